@@ -1,0 +1,227 @@
+/*
+ * escp native library: the per-byte half of escp.  TypeScript (Bun FFI) owns
+ * files and sessions; everything that touches every byte lives here.
+ *
+ * One header, one concern per source file:
+ *   crypto.c    AES-128-GCM records, HKDF-SHA256, XXH3-128 digests
+ *   io.c        aligned buffers, O_DIRECT opens with fallback, path-safe opens
+ *   net.c       listen/accept/connect, preamble + HELLO handshake, tuning
+ *   loops.c     fused per-stream send and receive loops (one call, many blocks)
+ *   compress.c  zstd block compression with bounded decompression
+ *   affinity.c  CPU and NUMA placement
+ *
+ * Conventions: functions return >= 0 on success and a negative code on
+ * failure: -errno for system errors, or one of the ESCP_E_* codes below.
+ * escp_strerror() turns any code into text; escp_last_error() returns the
+ * calling thread's detail for the last failure (e.g. "stream 3: tag mismatch
+ * on record seq 17").  All wire integers are big-endian.
+ *
+ * Wire format (../shared/DESIGN.md section 5):
+ *   record  = header(16, the AAD) || body(len, AES-128-GCM) || tag(16)
+ *   header  = type u8 | flags u8 | rsv u16 (0) | len u32 | seq u64
+ *   nonce   = u32be(stream * 2 + dir) || u64be(seq)
+ *   seq     = 0 for each direction's HELLO, then exactly +1 per record
+ *   preamble (connector -> listener, plaintext, before its HELLO):
+ *             "ESCP" | u16 version | u16 0 | u32 stream | u32 nstreams | sid[16]
+ *   HELLO body = sid[16] || u32be stream   (both directions)
+ *   DATA body  = u64 file_id || u64 offset || block (zstd frame if COMPRESSED)
+ */
+#ifndef ESCP_H
+#define ESCP_H
+#include <stdint.h>
+#include <stddef.h>
+
+#define ESCP_PROTO_VERSION 1
+#define ESCP_HDR_LEN 16        /* type u8, flags u8, rsv u16, len u32, seq u64 */
+#define ESCP_TAG_LEN 16
+#define ESCP_PREAMBLE_LEN 32   /* "ESCP" u16 version u16 rsv u32 stream u32 nstreams sid[16] */
+#define ESCP_DATA_PREFIX 16    /* DATA body: file_id u64, offset u64, then the block */
+#define ESCP_ALIGN 4096
+#define ESCP_MAX_CTRL_BODY (1u << 20) + 64 /* largest non-DATA record body */
+
+enum escp_rec_type {
+  ESCP_REC_HELLO = 1, ESCP_REC_FILES = 2, ESCP_REC_DATA = 3, ESCP_REC_DONE = 4,
+  ESCP_REC_RESULT = 5, ESCP_REC_RESUME = 6, ESCP_REC_ERROR = 7, ESCP_REC_END = 8,
+};
+#define ESCP_F_COMPRESSED 0x01
+
+enum escp_err {
+  ESCP_E_AUTH = -10001,     /* tag did not verify: altered, spliced or wrong key */
+  ESCP_E_SEQ = -10002,      /* seq not previous+1: dropped, replayed or reordered */
+  ESCP_E_TRUNC = -10003,    /* EOF before END */
+  ESCP_E_PROTO = -10004,    /* malformed: bad type, len over the limit, bad preamble */
+  ESCP_E_NEEDFILE = -10005, /* DATA for a file id not (yet) in the fd table */
+  ESCP_E_DECOMP = -10006,   /* zstd frame invalid or larger than the block size */
+  ESCP_E_TIMEOUT = -10007,
+  ESCP_E_CHANGED = -10008,  /* source shorter than announced: changed while read */
+  ESCP_E_RANGE = -10009,    /* DATA outside the announced file size */
+  ESCP_E_CANCEL = -10010,   /* *cancel became non-zero */
+  ESCP_E_VERSION = -10011,  /* preamble speaks another protocol version */
+};
+
+const char *escp_strerror(int code);
+/* Copies the calling thread's last failure detail into buf (NUL-terminated); returns its length. */
+int escp_last_error(char *buf, int cap);
+
+/* ---- crypto.c ---------------------------------------------------------- */
+int escp_hkdf_sha256(const uint8_t *ikm, uint32_t ikm_len, const uint8_t *salt, uint32_t salt_len,
+                     const uint8_t *info, uint32_t info_len, uint8_t *out, uint32_t out_len);
+/* Record key for stream s, direction d (0 = connector->listener, 1 = listener->connector):
+ * HKDF-SHA256(master, salt = sid, info = "escp/1 key" || u32be(s) || u8(d)), 16 bytes. */
+int escp_derive_key(const uint8_t master[32], const uint8_t sid[16], uint32_t stream, uint32_t dir,
+                    uint8_t key_out[16]);
+/* XXH3-128 of buf, written big-endian (high64 then low64) into out[16]. */
+void escp_xxh128(const void *buf, uint64_t len, uint8_t out[16]);
+/* Streaming XXH3-128 (file digests fold (offset||length||h_i) tuples in offset order). */
+void *escp_digest_new(void);
+void escp_digest_update(void *state, const void *buf, uint64_t len);
+void escp_digest_final(void *state, uint8_t out[16]); /* frees state */
+/* One-shot AES-128-GCM in place, for tests and benchmarks: nonce 12 bytes, tag 16 bytes. */
+int escp_gcm_seal(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
+                  uint8_t *buf, uint32_t len, uint8_t tag[16]);
+int escp_gcm_open(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
+                  uint8_t *buf, uint32_t len, const uint8_t tag[16]);
+
+/* ---- io.c -------------------------------------------------------------- */
+void *escp_alloc_aligned(uint64_t size); /* ESCP_ALIGN-aligned, zeroed */
+void escp_free_aligned(void *p);
+/* Opens path for reading; with direct != 0 tries O_DIRECT first and falls back to a
+ * buffered open when the filesystem refuses (EINVAL).  *is_direct says which it got.
+ * Returns fd or -errno. */
+int escp_open_read(const char *path, int direct, int32_t *is_direct);
+/* Opens rel beneath dirfd without ever leaving it (openat2 RESOLVE_BENEATH |
+ * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
+ * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */
+int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, int direct, int32_t *is_direct);
+/* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH).  EEXIST of a directory is success. */
+int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
+/* rename/unlink/symlink beneath dirfd, same rule. */
+int escp_renameat_beneath(int dirfd, const char *from, const char *to);
+int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
+/* fstat: out[0]=size out[1]=mtime_ns out[2]=mode out[3]=dev out[4]=ino out[5]=atime_ns out[6]=type bits */
+int escp_fstat(int fd, int64_t out[7]);
+/* futimens with nanoseconds; fchmod */
+int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
+int escp_fchmod(int fd, uint32_t mode);
+int escp_ftruncate(int fd, int64_t size);
+int escp_fdatasync(int fd);
+int escp_close(int fd);
+/* SEEK_DATA/SEEK_HOLE; returns offset or -errno (-ENXIO past the last data). */
+int64_t escp_seek_data(int fd, int64_t from);
+int64_t escp_seek_hole(int fd, int64_t from);
+/* Reads len bytes at off into buf (page cache dropped for [off,off+len) first when
+ * drop_cache): used by --verify and resume digests. Returns bytes read or -errno. */
+int64_t escp_pread(int fd, void *buf, uint64_t len, int64_t off);
+/* XXH3-128 of [off, off+len) of fd, read in ESCP_ALIGN chunks through an internal buffer. */
+int escp_hash_range(int fd, int64_t off, uint64_t len, uint8_t out[16]);
+
+/* ---- net.c ------------------------------------------------------------- */
+typedef struct escp_conn escp_conn;
+/* Listens on the first free port of [port_lo, port_hi] on bind_addr ("0.0.0.0", "::",
+ * "127.0.0.1"...).  Returns the listening fd, *port_out the port, or -errno
+ * (-EADDRINUSE when the whole range is taken). */
+int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_t *port_out);
+/* Accepts exactly nstreams authenticated connections (stream indexes 0..nstreams-1).
+ * Pending connections are handled concurrently (poll); any connection whose preamble
+ * (magic, version, sid, stream < nstreams, stream not yet taken) or first record (a
+ * HELLO that verifies under the stream's key with seq 0) is wrong, or that stays
+ * silent for 3 s, is closed and counted in *dropped.  Each accepted connection gets a
+ * HELLO back.  out[i] is the conn for stream i.  Gives up after timeout_ms:
+ * ESCP_E_TIMEOUT.  Closes nothing on success; the listening fd stays open. */
+int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_t sid[16], uint32_t nstreams,
+                        escp_conn **out, int timeout_ms, int32_t *dropped);
+/* Connects to host:port (numeric or name, v4/v6), sends the preamble and a HELLO for
+ * `stream`, waits for the listener's HELLO.  NULL on failure with *err set. */
+escp_conn *escp_connect(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],
+                        uint32_t stream, uint32_t nstreams, int timeout_ms, int32_t *err);
+/* Asks for sndbuf/rcvbuf bytes (0 = leave), pacing in bytes/s (0 = none), TCP keepalive so
+ * that a vanished peer is noticed in about keepalive_s seconds; reports what was granted. */
+int escp_conn_tune(escp_conn *c, int32_t sndbuf, int32_t rcvbuf, uint64_t pacing_bps, int32_t keepalive_s,
+                   int32_t granted[2]);
+int escp_conn_fd(escp_conn *c);
+void escp_conn_shutdown(escp_conn *c); /* unblocks any thread in send/recv on it */
+void escp_conn_free(escp_conn *c);     /* closes the socket, wipes keys */
+/* Seals one record (type, flags, body) with the next send seq and writes it whole. */
+int escp_send_record(escp_conn *c, uint32_t type, uint32_t flags, const uint8_t *body, uint32_t len);
+/* Reads one record, checks seq == previous+1 and the tag, decrypts body into body_out.
+ * Returns body length; meta_out[0]=type meta_out[1]=flags.  A body longer than cap is
+ * ESCP_E_PROTO (nothing is allocated on the peer's say-so).  EOF before END: ESCP_E_TRUNC. */
+int64_t escp_recv_record(escp_conn *c, uint8_t *body_out, uint32_t cap, uint32_t meta_out[2]);
+
+/* ---- loops.c ----------------------------------------------------------- */
+/* One unit of sender work: a block of a file. */
+typedef struct {
+  uint64_t file_id;
+  uint64_t offset;   /* multiple of ESCP_ALIGN */
+  uint32_t len;      /* <= block size */
+  int32_t fd;        /* opened by escp_open_read */
+  int32_t direct;    /* fd has O_DIRECT */
+  int32_t rsv;
+} escp_work;         /* 32 bytes */
+
+/* What happened to one block, on either side. */
+typedef struct {
+  uint64_t file_id;
+  uint64_t offset;
+  uint32_t len;
+  int32_t status;    /* 0 or a negative code (per-block failure: the stream goes on) */
+  uint8_t hash[16];  /* XXH3-128 of the plaintext block, big-endian */
+} escp_done;         /* 40 bytes */
+
+/* Per-stream counters, shared with the main thread for progress (read-only there). */
+typedef struct {
+  uint64_t bytes_disk;       /* plaintext bytes read (sender) or written (receiver) */
+  uint64_t bytes_network;    /* record bytes on the wire, headers and tags included */
+  uint64_t bytes_compressed; /* DATA payload bytes after compression (== disk when off) */
+  uint64_t blocks;
+  uint64_t records;
+  uint64_t rsv[3];
+} escp_counters;             /* 64 bytes */
+
+/* Receiver's file table: main thread publishes, stream workers look up. Slot index =
+ * file_id & (cap-1), cap a power of two.  Main writes size, fd, direct, then
+ * id_plus1 (= file_id + 1) last with release semantics; 0 = empty. */
+typedef struct {
+  uint64_t id_plus1;
+  uint64_t size;
+  int32_t fd;
+  int32_t direct;
+  uint64_t rsv;
+} escp_fdslot;               /* 32 bytes */
+
+typedef struct {
+  uint32_t block_size;       /* multiple of ESCP_ALIGN */
+  int32_t zstd_level;        /* 0 = no compression */
+  volatile int32_t *cancel;  /* checked between records */
+} escp_loop_opts;
+
+/* Sender: for each item, pread (O_DIRECT into an aligned buffer when item.direct),
+ * XXH3-128, optionally zstd (kept only if smaller), AES-GCM in place, send as one DATA
+ * record.  A read error or short read marks that item's status and sends nothing for
+ * it.  done[i] describes items[i].  Returns n, or a negative code when the stream
+ * itself failed (socket error, cancel). */
+int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done *done,
+                    const escp_loop_opts *o, escp_counters *ctr);
+/* Receiver: reads records until max_done blocks are written, END arrives, or a DATA
+ * record names a file that is not in the table.  Each DATA is verified (seq, tag),
+ * decompressed (bounded by block_size), hashed and pwritten to its slot's fd
+ * (unaligned tails through a buffered reopen of the same file when the fd is
+ * O_DIRECT).  *state: 0 = more to come, 1 = END received, 2 = waiting for a file id
+ * (the record is kept and retried on the next call; *need_id says which).
+ * Returns the number of done entries, or a negative code for a fatal stream error
+ * (ESCP_E_AUTH, ESCP_E_SEQ, ESCP_E_TRUNC, ESCP_E_RANGE, ESCP_E_DECOMP, -errno). */
+int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
+                    const escp_loop_opts *o, escp_counters *ctr, int32_t *state, uint64_t *need_id);
+
+/* ---- compress.c -------------------------------------------------------- */
+/* zstd one-shot helpers used by FILES batches; dst_cap bounds the output. */
+int64_t escp_zstd_compress(const void *src, uint64_t len, void *dst, uint64_t dst_cap, int level);
+int64_t escp_zstd_decompress(const void *src, uint64_t len, void *dst, uint64_t dst_cap);
+
+/* ---- affinity.c -------------------------------------------------------- */
+/* Pins the calling thread to the CPUs in mask (bit i = CPU i, hex string like "0xf" or
+ * "ff00"); nodemask likewise for set_mempolicy(MPOL_BIND).  Empty string = leave. */
+int escp_set_cpumask(const char *hexmask);
+int escp_set_nodemask(const char *hexmask);
+
+#endif
