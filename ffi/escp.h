@@ -37,7 +37,7 @@
 #define ESCP_PREAMBLE_LEN 32   /* "ESCP" u16 version u16 rsv u32 stream u32 nstreams sid[16] */
 #define ESCP_DATA_PREFIX 16    /* DATA body: file_id u64, offset u64, then the block */
 #define ESCP_ALIGN 4096
-#define ESCP_MAX_CTRL_BODY (1u << 20) + 64 /* largest non-DATA record body */
+#define ESCP_MAX_CTRL_BODY ((1u << 20) + 64) /* largest non-DATA record body */
 
 enum escp_rec_type {
   ESCP_REC_HELLO = 1, ESCP_REC_FILES = 2, ESCP_REC_DATA = 3, ESCP_REC_DONE = 4,
@@ -98,7 +98,9 @@ int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);
 int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
-/* fstat: out[0]=size out[1]=mtime_ns out[2]=mode out[3]=dev out[4]=ino out[5]=atime_ns out[6]=type bits */
+/* (added) creates symlink rel -> target; target is stored as given, never followed. */
+int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel);
+/* fstat: out[0]=size out[1]=mtime_ns out[2]=mode (st_mode & 07777) out[3]=dev out[4]=ino out[5]=atime_ns out[6]=type bits */
 int escp_fstat(int fd, int64_t out[7]);
 /* futimens with nanoseconds; fchmod */
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
@@ -109,11 +111,17 @@ int escp_close(int fd);
 /* SEEK_DATA/SEEK_HOLE; returns offset or -errno (-ENXIO past the last data). */
 int64_t escp_seek_data(int fd, int64_t from);
 int64_t escp_seek_hole(int fd, int64_t from);
-/* Reads len bytes at off into buf (page cache dropped for [off,off+len) first when
- * drop_cache): used by --verify and resume digests. Returns bytes read or -errno. */
+/* Reads len bytes at off into buf (loops until len or EOF; an unaligned request on an
+ * O_DIRECT fd goes through a buffered reopen): used by --verify and resume digests.
+ * Returns bytes read or -errno.  To read past the page cache, call escp_drop_cache first. */
 int64_t escp_pread(int fd, void *buf, uint64_t len, int64_t off);
-/* XXH3-128 of [off, off+len) of fd, read in ESCP_ALIGN chunks through an internal buffer. */
+/* XXH3-128 of [off, off+len) of fd, read in ESCP_ALIGN chunks through an internal buffer.
+ * 0, or -ENODATA when EOF comes first (out is then the digest of the bytes that exist). */
 int escp_hash_range(int fd, int64_t off, uint64_t len, uint8_t out[16]);
+/* (added) posix_fadvise(DONTNEED) for [off, off+len) (len 0 = to the end): 0 or -errno. */
+int escp_drop_cache(int fd, int64_t off, int64_t len);
+/* (added) fallocate(fd, 0, off, len); filesystems without it are not an error. */
+int escp_fallocate(int fd, int64_t off, int64_t len);
 
 /* ---- net.c ------------------------------------------------------------- */
 typedef struct escp_conn escp_conn;
@@ -122,6 +130,7 @@ typedef struct escp_conn escp_conn;
  * (-EADDRINUSE when the whole range is taken). */
 int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_t *port_out);
 /* Accepts exactly nstreams authenticated connections (stream indexes 0..nstreams-1).
+ * (timeout_ms <= 0: no overall limit.)
  * Pending connections are handled concurrently (poll); any connection whose preamble
  * (magic, version, sid, stream < nstreams, stream not yet taken) or first record (a
  * HELLO that verifies under the stream's key with seq 0) is wrong, or that stays
@@ -145,7 +154,10 @@ void escp_conn_free(escp_conn *c);     /* closes the socket, wipes keys */
 int escp_send_record(escp_conn *c, uint32_t type, uint32_t flags, const uint8_t *body, uint32_t len);
 /* Reads one record, checks seq == previous+1 and the tag, decrypts body into body_out.
  * Returns body length; meta_out[0]=type meta_out[1]=flags.  A body longer than cap is
- * ESCP_E_PROTO (nothing is allocated on the peer's say-so).  EOF before END: ESCP_E_TRUNC. */
+ * ESCP_E_PROTO (nothing is allocated on the peer's say-so).  EOF before END: ESCP_E_TRUNC.
+ * After END, a clean EOF returns 0 with meta_out[0] = 0.  A record that escp_recv_batch
+ * kept (state 2, or a non-DATA record, see there) is returned first.
+ * After escp_conn_shutdown, blocked or later calls return ESCP_E_CANCEL. */
 int64_t escp_recv_record(escp_conn *c, uint8_t *body_out, uint32_t cap, uint32_t meta_out[2]);
 
 /* ---- loops.c ----------------------------------------------------------- */
@@ -209,7 +221,10 @@ int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done 
  * O_DIRECT).  *state: 0 = more to come, 1 = END received, 2 = waiting for a file id
  * (the record is kept and retried on the next call; *need_id says which).
  * Returns the number of done entries, or a negative code for a fatal stream error
- * (ESCP_E_AUTH, ESCP_E_SEQ, ESCP_E_TRUNC, ESCP_E_RANGE, ESCP_E_DECOMP, -errno). */
+ * (ESCP_E_AUTH, ESCP_E_SEQ, ESCP_E_TRUNC, ESCP_E_RANGE, ESCP_E_DECOMP, -errno).
+ * A write error is per block (done[i].status = -errno; the stream goes on).
+ * A record other than DATA or END is ESCP_E_PROTO, but it stays kept in the conn so
+ * that escp_recv_record can still return it (e.g. to read an ERROR message). */
 int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
                     const escp_loop_opts *o, escp_counters *ctr, int32_t *state, uint64_t *need_id);
 

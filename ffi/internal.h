@@ -1,0 +1,126 @@
+/*
+ * Private declarations shared by the escp native library's source files.
+ * Nothing here is exported: the library is built with -fvisibility=hidden and
+ * only the functions marked ESCP_API (the escp_* API of escp.h) are visible.
+ */
+#ifndef ESCP_INTERNAL_H
+#define ESCP_INTERNAL_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdarg.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include "escp.h"
+
+#define ESCP_API __attribute__((visibility("default")))
+
+typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+typedef struct ZSTD_CCtx_s ZSTD_CCtx;
+typedef struct ZSTD_DCtx_s ZSTD_DCtx;
+
+/* One direction's AEAD state: the key is set once, only the IV changes per record. */
+typedef struct {
+  EVP_CIPHER_CTX *ctx;
+  uint32_t prefix;  /* stream * 2 + dir: the nonce's first 4 bytes */
+  uint64_t seq;     /* next seq to send / expected next seq to receive */
+} escp_dir;
+
+/*
+ * A connection for one stream.  The send half (tx*) belongs to the one thread that
+ * sends on the conn and the receive half (rx*) to the one thread that receives: the
+ * two never touch each other's fields, so stream 0 can send and receive from two
+ * threads at once.
+ */
+struct escp_conn {
+  int fd;
+  uint32_t stream;
+  uint32_t nstreams;
+  int role; /* 0 = connector, 1 = listener */
+  volatile int shut; /* escp_conn_shutdown was called */
+
+  /* ---- send half ---- */
+  escp_dir tx;
+  uint8_t *tx_ctl;        /* scratch for escp_send_record (malloc) */
+  size_t tx_ctl_cap;
+  uint8_t *tx_buf;        /* aligned: ESCP_ALIGN + block + ESCP_ALIGN */
+  uint32_t tx_block;
+  uint8_t *tx_zbuf;       /* aligned: ESCP_ALIGN + ZSTD_compressBound(block) + ESCP_ALIGN */
+  size_t tx_zcap;         /* ZSTD_compressBound(block) */
+  ZSTD_CCtx *cctx;
+  int cctx_level;
+
+  /* ---- receive half ---- */
+  escp_dir rx;
+  int rx_end;             /* END received */
+  uint8_t *rx_buf;        /* aligned: ESCP_ALIGN + rx_cap + ESCP_ALIGN */
+  uint32_t rx_block;
+  uint32_t rx_cap;        /* largest body the buffer holds (tag excluded) */
+  uint8_t *rx_zbuf;       /* aligned, rx_block (rounded up to ESCP_ALIGN) */
+  ZSTD_DCtx *dctx;
+  /* A verified, decrypted record kept for the next call (recv_batch state 2, or a
+   * control record met by recv_batch that escp_recv_record hands out). */
+  int pend;
+  uint8_t pend_type, pend_flags;
+  uint32_t pend_len;      /* body length; the body is at rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX */
+  uint64_t pend_seq;
+};
+
+/* ---- errors (crypto.c owns the thread-local detail) ---- */
+int escp__err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sets the detail to "<what>: <strerror(errno)>" and returns -errno. */
+int escp__errno(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- crypto.c ---- */
+int escp__crypto_init(void);
+/* Creates a direction with key derived for (stream, dir).  Returns 0 or a code. */
+int escp__dir_init(escp_dir *d, const uint8_t master[32], const uint8_t sid[16], uint32_t stream,
+                   uint32_t dir, int encrypt);
+void escp__dir_free(escp_dir *d);
+void escp__put_hdr(uint8_t hdr[16], uint32_t type, uint32_t flags, uint32_t len, uint64_t seq);
+/* Seals body in place with AAD = hdr (already filled with seq = d->seq); tag out. */
+int escp__seal(escp_dir *d, const uint8_t hdr[16], uint8_t *body, uint32_t len, uint8_t tag[16]);
+/* Opens body in place; 0 or ESCP_E_AUTH (body then wiped).  Uses seq from the header. */
+int escp__open(escp_dir *d, const uint8_t hdr[16], uint8_t *body, uint32_t len, const uint8_t tag[16]);
+void escp__hash128(const void *buf, size_t len, uint8_t out[16]);
+
+static inline uint32_t escp__be32(const uint8_t *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t escp__be64(const uint8_t *p) {
+  return ((uint64_t)escp__be32(p) << 32) | escp__be32(p + 4);
+}
+static inline void escp__put32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void escp__put64(uint8_t *p, uint64_t v) {
+  escp__put32(p, (uint32_t)(v >> 32)); escp__put32(p + 4, (uint32_t)v);
+}
+
+/* ---- net.c ---- */
+/* Writes all of buf (MSG_NOSIGNAL, EINTR, partial sends).  0 or -errno. */
+int escp__send_all(escp_conn *c, const void *buf, size_t len);
+/* Reads exactly len bytes.  Returns 0, ESCP_E_TRUNC on EOF (detail names the stream and
+ * `what`), ESCP_E_CANCEL after escp_conn_shutdown, or -errno. */
+int escp__recv_all(escp_conn *c, void *buf, size_t len, const char *what);
+/* Reads and checks one record header (seq == expected, known type, rsv 0, len <= cap).
+ * Returns 0 and fills type/flags/len/seq, or a code. */
+int escp__recv_hdr(escp_conn *c, uint8_t hdr[16], uint32_t cap, uint32_t *type, uint32_t *flags,
+                   uint32_t *len);
+const char *escp__type_name(uint32_t type);
+
+/* ---- compress.c ---- */
+size_t escp__zbound(size_t len);
+/* Compresses into dst (cap); returns compressed size, or 0 when it did not fit or failed. */
+size_t escp__zcompress(ZSTD_CCtx **cctx, int *cur_level, int level, const void *src, size_t len,
+                       void *dst, size_t cap);
+/* Decompresses a single frame into dst (cap); returns size or ESCP_E_DECOMP. */
+int64_t escp__zdecompress(ZSTD_DCtx **dctx, const void *src, size_t len, void *dst, size_t cap);
+void escp__zfree(ZSTD_CCtx *cctx, ZSTD_DCtx *dctx);
+
+/* ---- io.c ---- */
+void *escp__alloc(size_t size); /* aligned, not zeroed; NULL on failure */
+void escp__free(void *p);
+
+#endif

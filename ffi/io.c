@@ -1,0 +1,379 @@
+/*
+ * io.c: aligned buffers, O_DIRECT opens with per-file fallback, opens and directory
+ * operations that never leave a given directory, and small file helpers.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+void *escp__alloc(size_t size) {
+  void *p = NULL;
+  if (size == 0) size = ESCP_ALIGN;
+  if (posix_memalign(&p, ESCP_ALIGN, size) != 0) return NULL;
+  return p;
+}
+
+void escp__free(void *p) { free(p); }
+
+ESCP_API void *escp_alloc_aligned(uint64_t size) {
+  if (size > (uint64_t)SIZE_MAX - ESCP_ALIGN) return NULL;
+  size_t n = (size_t)((size + ESCP_ALIGN - 1) & ~(uint64_t)(ESCP_ALIGN - 1));
+  void *p = escp__alloc(n);
+  if (p) memset(p, 0, n);
+  return p;
+}
+
+ESCP_API void escp_free_aligned(void *p) { free(p); }
+
+/* Adds O_DIRECT to an open fd.  fcntl checks that the filesystem supports it, and
+ * unlike open(O_CREAT|O_EXCL|O_DIRECT) a refusal leaves no half-created file behind. */
+static int try_direct(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return 0;
+  if (fl & O_DIRECT) return 1;
+  return fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
+}
+
+ESCP_API int escp_open_read(const char *path, int direct, int32_t *is_direct) {
+  if (is_direct) *is_direct = 0;
+  if (!path) return -EINVAL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return escp__errno("open %s", path);
+  if (direct && try_direct(fd) && is_direct) *is_direct = 1;
+  return fd;
+}
+
+/* Fallback for kernels without openat2 (< 5.6): walk the components with O_NOFOLLOW,
+ * refusing "..", so nothing outside dirfd can be reached (stricter than openat2: no
+ * symlink is followed at all). */
+static int open_beneath_walk(int dirfd, const char *rel, int flags, mode_t mode) {
+  char buf[PATH_MAX];
+  size_t n = strlen(rel);
+  if (n >= sizeof buf) return -ENAMETOOLONG;
+  memcpy(buf, rel, n + 1);
+  int cur = dirfd;
+  char *s = buf;
+  for (;;) {
+    while (*s == '/') s++;
+    char *slash = strchr(s, '/');
+    char *next = NULL;
+    if (slash) {
+      *slash = 0;
+      next = slash + 1;
+      while (*next == '/') next++;
+      if (*next == 0) next = NULL; /* trailing slash: s is the last component */
+    }
+    if (strcmp(s, "..") == 0) {
+      if (cur != dirfd) close(cur);
+      return -EXDEV;
+    }
+    int fd;
+    if (next) {
+      fd = openat(cur, *s ? s : ".", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    } else {
+      fd = openat(cur, *s ? s : ".", flags | O_NOFOLLOW | O_CLOEXEC, mode);
+    }
+    int e = errno;
+    if (cur != dirfd) close(cur);
+    if (fd < 0) return -e;
+    if (!next) return fd;
+    cur = fd;
+    s = next;
+  }
+}
+
+static int open_beneath(int dirfd, const char *rel, int flags, mode_t mode) {
+  static int no_openat2;
+  if (!rel || !*rel) return -ENOENT;
+  if (rel[0] == '/') return -EXDEV;
+  if (!__atomic_load_n(&no_openat2, __ATOMIC_RELAXED)) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(flags | O_CLOEXEC);
+    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    for (;;) {
+      long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+      if (fd >= 0) return (int)fd;
+      if (errno == EINTR || errno == EAGAIN) continue; /* EAGAIN: rename race, retry */
+      if (errno != ENOSYS) return -errno;
+      break;
+    }
+    __atomic_store_n(&no_openat2, 1, __ATOMIC_RELAXED);
+  }
+  return open_beneath_walk(dirfd, rel, flags, mode);
+}
+
+ESCP_API int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, int direct,
+                                 int32_t *is_direct) {
+  if (is_direct) *is_direct = 0;
+  if (flags & O_DIRECT) direct = 1;
+  int fd = open_beneath(dirfd, rel, flags & ~O_DIRECT, (mode_t)mode);
+  if (fd < 0) return escp__err(fd, "open %s beneath the destination: %s", rel ? rel : "(null)",
+                               escp_strerror(fd));
+  if (direct && !(flags & (O_PATH | O_DIRECTORY)) && try_direct(fd) && is_direct) *is_direct = 1;
+  return fd;
+}
+
+/* Splits rel into its parent (opened beneath dirfd) and its last component. */
+static int open_parent(int dirfd, const char *rel, char *last, size_t last_cap) {
+  if (!rel || !*rel) return -ENOENT;
+  if (rel[0] == '/') return -EXDEV;
+  size_t n = strlen(rel);
+  while (n > 1 && rel[n - 1] == '/') n--;
+  size_t i = n;
+  while (i > 0 && rel[i - 1] != '/') i--;
+  size_t ln = n - i;
+  if (ln == 0 || ln >= last_cap) return -ENAMETOOLONG;
+  memcpy(last, rel + i, ln);
+  last[ln] = 0;
+  if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0) return -EINVAL;
+  if (i == 0) {
+    int d = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    return d < 0 ? -errno : d;
+  }
+  char parent[PATH_MAX];
+  if (i >= sizeof parent) return -ENAMETOOLONG;
+  memcpy(parent, rel, i);
+  parent[i] = 0;
+  return open_beneath(dirfd, parent, O_PATH | O_DIRECTORY, 0);
+}
+
+/* Like open_parent but returns dirfd itself (not a dup) when rel has no '/'. */
+static int parent_fd(int dirfd, const char *rel, char *last, size_t cap, int *owned) {
+  *owned = 0;
+  if (!rel || !*rel) return -ENOENT;
+  if (rel[0] == '/') return -EXDEV;
+  const char *sl = strchr(rel, '/');
+  if (!sl || sl[1] == 0) {
+    size_t n = sl ? (size_t)(sl - rel) : strlen(rel);
+    if (n == 0 || n >= cap) return -ENAMETOOLONG;
+    memcpy(last, rel, n);
+    last[n] = 0;
+    if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0) return -EINVAL;
+    return dirfd;
+  }
+  int fd = open_parent(dirfd, rel, last, cap);
+  if (fd >= 0) *owned = 1;
+  return fd;
+}
+
+ESCP_API int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode) {
+  char last[NAME_MAX + 1];
+  int owned;
+  int pfd = parent_fd(dirfd, rel, last, sizeof last, &owned);
+  if (pfd < 0) return escp__err(pfd, "mkdir %s: %s", rel ? rel : "(null)", escp_strerror(pfd));
+  int rc = 0;
+  if (mkdirat(pfd, last, (mode_t)mode) != 0) {
+    rc = -errno;
+    if (rc == -EEXIST) {
+      struct stat st;
+      if (fstatat(pfd, last, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) rc = 0;
+    }
+    if (rc) escp__err(rc, "mkdir %s: %s", rel, escp_strerror(rc));
+  }
+  if (owned) close(pfd);
+  return rc;
+}
+
+ESCP_API int escp_renameat_beneath(int dirfd, const char *from, const char *to) {
+  char l1[NAME_MAX + 1], l2[NAME_MAX + 1];
+  int o1, o2;
+  int p1 = parent_fd(dirfd, from, l1, sizeof l1, &o1);
+  if (p1 < 0) return escp__err(p1, "rename %s: %s", from ? from : "(null)", escp_strerror(p1));
+  int p2 = parent_fd(dirfd, to, l2, sizeof l2, &o2);
+  if (p2 < 0) {
+    if (o1) close(p1);
+    return escp__err(p2, "rename to %s: %s", to ? to : "(null)", escp_strerror(p2));
+  }
+  int rc = renameat(p1, l1, p2, l2) == 0 ? 0 : escp__errno("rename %s to %s", from, to);
+  if (o1) close(p1);
+  if (o2) close(p2);
+  return rc;
+}
+
+ESCP_API int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir) {
+  char last[NAME_MAX + 1];
+  int owned;
+  int pfd = parent_fd(dirfd, rel, last, sizeof last, &owned);
+  if (pfd < 0) return escp__err(pfd, "unlink %s: %s", rel ? rel : "(null)", escp_strerror(pfd));
+  int rc = unlinkat(pfd, last, is_dir ? AT_REMOVEDIR : 0) == 0 ? 0 : escp__errno("unlink %s", rel);
+  if (owned) close(pfd);
+  return rc;
+}
+
+/* Added to escp.h: the "symlink beneath dirfd" that its comment mentions. */
+ESCP_API int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel) {
+  char last[NAME_MAX + 1];
+  int owned;
+  if (!target) return -EINVAL;
+  int pfd = parent_fd(dirfd, rel, last, sizeof last, &owned);
+  if (pfd < 0) return escp__err(pfd, "symlink %s: %s", rel ? rel : "(null)", escp_strerror(pfd));
+  int rc = symlinkat(target, pfd, last) == 0 ? 0 : escp__errno("symlink %s", rel);
+  if (owned) close(pfd);
+  return rc;
+}
+
+ESCP_API int escp_fstat(int fd, int64_t out[7]) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return escp__errno("fstat fd %d", fd);
+  out[0] = (int64_t)st.st_size;
+  out[1] = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+  out[2] = (int64_t)(st.st_mode & 07777);
+  out[3] = (int64_t)st.st_dev;
+  out[4] = (int64_t)st.st_ino;
+  out[5] = (int64_t)st.st_atim.tv_sec * 1000000000LL + st.st_atim.tv_nsec;
+  out[6] = (int64_t)(st.st_mode & S_IFMT);
+  return 0;
+}
+
+static struct timespec ns_to_ts(int64_t ns) {
+  struct timespec t;
+  t.tv_sec = ns / 1000000000LL;
+  t.tv_nsec = ns % 1000000000LL;
+  if (t.tv_nsec < 0) {
+    t.tv_nsec += 1000000000LL;
+    t.tv_sec -= 1;
+  }
+  return t;
+}
+
+ESCP_API int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns) {
+  struct timespec ts[2] = {ns_to_ts(atime_ns), ns_to_ts(mtime_ns)};
+  return futimens(fd, ts) == 0 ? 0 : escp__errno("futimens fd %d", fd);
+}
+
+ESCP_API int escp_fchmod(int fd, uint32_t mode) {
+  return fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod fd %d", fd);
+}
+
+ESCP_API int escp_ftruncate(int fd, int64_t size) {
+  return ftruncate(fd, (off_t)size) == 0 ? 0 : escp__errno("ftruncate fd %d", fd);
+}
+
+ESCP_API int escp_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : escp__errno("fdatasync fd %d", fd); }
+
+ESCP_API int escp_close(int fd) {
+  if (close(fd) == 0) return 0;
+  if (errno == EINTR) return 0; /* Linux closes the fd anyway */
+  return escp__errno("close fd %d", fd);
+}
+
+ESCP_API int64_t escp_seek_data(int fd, int64_t from) {
+  off_t r = lseek(fd, (off_t)from, SEEK_DATA);
+  return r < 0 ? -errno : (int64_t)r;
+}
+
+ESCP_API int64_t escp_seek_hole(int fd, int64_t from) {
+  off_t r = lseek(fd, (off_t)from, SEEK_HOLE);
+  return r < 0 ? -errno : (int64_t)r;
+}
+
+/* Added to escp.h: preallocation (falls back to nothing where unsupported) and page-cache
+ * dropping for a range (the "drop_cache" of escp_pread's comment). */
+ESCP_API int escp_fallocate(int fd, int64_t off, int64_t len) {
+  if (len <= 0) return 0;
+  if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0) return 0;
+  if (errno == EOPNOTSUPP || errno == ENOSYS) return 0;
+  return escp__errno("fallocate fd %d", fd);
+}
+
+ESCP_API int escp_drop_cache(int fd, int64_t off, int64_t len) {
+  int e = posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+  return e ? -e : 0;
+}
+
+static int reopen_buffered(int fd, int flags) {
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  int r = open(p, flags | O_CLOEXEC);
+  return r < 0 ? -errno : r;
+}
+
+static int is_direct_fd(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl >= 0 && (fl & O_DIRECT);
+}
+
+/* Full pread (loops on short reads, stops at EOF).  Returns bytes or -errno. */
+static int64_t pread_full(int fd, void *buf, uint64_t len, int64_t off) {
+  uint64_t got = 0;
+  while (got < len) {
+    size_t want = (size_t)((len - got) > (1u << 30) ? (1u << 30) : (len - got));
+    ssize_t r = pread(fd, (char *)buf + got, want, (off_t)(off + (int64_t)got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) break;
+    got += (uint64_t)r;
+  }
+  return (int64_t)got;
+}
+
+ESCP_API int64_t escp_pread(int fd, void *buf, uint64_t len, int64_t off) {
+  int64_t r = pread_full(fd, buf, len, off);
+  if (r == -EINVAL && is_direct_fd(fd)) {
+    /* unaligned request on an O_DIRECT fd: read it through a buffered reopen */
+    int b = reopen_buffered(fd, O_RDONLY);
+    if (b < 0) return escp__err(b, "pread fd %d: %s", fd, escp_strerror(b));
+    r = pread_full(b, buf, len, off);
+    close(b);
+  }
+  if (r < 0) escp__err((int)r, "pread fd %d at %lld: %s", fd, (long long)off, escp_strerror((int)r));
+  return r;
+}
+
+ESCP_API int escp_hash_range(int fd, int64_t off, uint64_t len, uint8_t out[16]) {
+  const size_t chunk = 1u << 20;
+  int b = -1, rfd = fd;
+  if (is_direct_fd(fd) && (off % ESCP_ALIGN) != 0) {
+    b = reopen_buffered(fd, O_RDONLY);
+    if (b < 0) return escp__err(b, "hash fd %d: %s", fd, escp_strerror(b));
+    rfd = b;
+  }
+  int direct = is_direct_fd(rfd);
+  uint8_t *buf = escp__alloc(chunk);
+  void *st = escp_digest_new();
+  int rc = 0;
+  if (!buf || !st) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  uint64_t done = 0;
+  while (done < len) {
+    uint64_t want = len - done < chunk ? len - done : chunk;
+    uint64_t rd = direct ? (want + ESCP_ALIGN - 1) & ~(uint64_t)(ESCP_ALIGN - 1) : want;
+    int64_t r = pread_full(rfd, buf, rd, off + (int64_t)done);
+    if (r < 0) {
+      rc = escp__err((int)r, "hash fd %d at %lld: %s", fd, (long long)(off + (int64_t)done),
+                     escp_strerror((int)r));
+      break;
+    }
+    uint64_t use = (uint64_t)r < want ? (uint64_t)r : want;
+    escp_digest_update(st, buf, use);
+    done += use;
+    if (use < want) {
+      rc = -ENODATA; /* EOF inside the range: out is the digest of what exists */
+      break;
+    }
+  }
+out:
+  if (st) escp_digest_final(st, out);
+  else memset(out, 0, 16);
+  escp__free(buf);
+  if (b >= 0) close(b);
+  return rc;
+}

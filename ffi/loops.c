@@ -1,0 +1,358 @@
+/*
+ * loops.c: the fused per-stream loops.  One FFI call moves many blocks:
+ *   sender:   pread -> XXH3-128 -> [zstd] -> AES-GCM in place -> one send() per record
+ *   receiver: recv header -> recv body+tag (block lands page-aligned) -> check seq and
+ *             tag -> [bounded zstd] -> XXH3-128 -> pwrite (O_DIRECT when aligned)
+ *
+ * Buffer layout (both directions), one aligned allocation per conn and direction:
+ *
+ *   base                      base+ALIGN-32   base+ALIGN              +len   +len+16
+ *   |  ...unused...           | hdr(16) | prefix(16) | block ........ | tag |  ...  |
+ *
+ * so a record is contiguous (one send, no copies) and the block itself is aligned for
+ * O_DIRECT pread/pwrite.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define REC_OVERHEAD (ESCP_HDR_LEN + ESCP_TAG_LEN)
+#define ROUND_UP(x) (((x) + (size_t)ESCP_ALIGN - 1) & ~((size_t)ESCP_ALIGN - 1))
+
+static int cancelled(const escp_loop_opts *o) {
+  return o->cancel && __atomic_load_n(o->cancel, __ATOMIC_RELAXED) != 0;
+}
+
+static int check_opts(escp_conn *c, const escp_loop_opts *o) {
+  if (!c || !o) return -EINVAL;
+  if (o->block_size == 0 || (o->block_size % ESCP_ALIGN) != 0 || o->block_size > (1u << 30))
+    return escp__err(-EINVAL, "stream %u: block size %u is not a multiple of %d (at most 1 GiB)",
+                     c ? c->stream : 0, o->block_size, ESCP_ALIGN);
+  return 0;
+}
+
+/* ---- sender ------------------------------------------------------------ */
+
+static int ensure_tx(escp_conn *c, uint32_t block, int level) {
+  if (!c->tx_buf || c->tx_block != block) {
+    escp__free(c->tx_buf);
+    escp__free(c->tx_zbuf);
+    c->tx_zbuf = NULL;
+    c->tx_buf = escp__alloc((size_t)ESCP_ALIGN + block + ESCP_ALIGN);
+    c->tx_block = c->tx_buf ? block : 0;
+    if (!c->tx_buf) return escp__err(-ENOMEM, "stream %u: cannot allocate a %u-byte send buffer", c->stream, block);
+  }
+  if (level != 0 && !c->tx_zbuf) {
+    c->tx_zcap = escp__zbound(block);
+    c->tx_zbuf = escp__alloc((size_t)ESCP_ALIGN + ROUND_UP(c->tx_zcap) + ESCP_ALIGN);
+    if (!c->tx_zbuf) return escp__err(-ENOMEM, "stream %u: cannot allocate a compression buffer", c->stream);
+  }
+  return 0;
+}
+
+/* Reads want bytes at off into buf; with O_DIRECT the length is already rounded up and a
+ * partial (unaligned) read means EOF.  Returns bytes read or -errno. */
+static int64_t read_block(int fd, uint8_t *buf, size_t want, uint64_t off, int direct, size_t len) {
+  size_t got = 0;
+  while (got < want) {
+    ssize_t r = pread(fd, buf + got, want - got, (off_t)(off + got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL && direct) {
+        /* the filesystem wants another alignment: read this block buffered */
+        char p[64];
+        snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+        int b = open(p, O_RDONLY | O_CLOEXEC);
+        if (b < 0) return -EINVAL;
+        int64_t r2 = read_block(b, buf, len, off, 0, len);
+        close(b);
+        return r2;
+      }
+      return -errno;
+    }
+    if (r == 0) break;
+    got += (size_t)r;
+    if (direct && (got % ESCP_ALIGN) != 0) break;
+  }
+  return (int64_t)got;
+}
+
+ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done *done,
+                             const escp_loop_opts *o, escp_counters *ctr) {
+  int rc = check_opts(c, o);
+  if (rc) return rc;
+  if (n && (!items || !done)) return -EINVAL;
+  escp_counters dummy;
+  if (!ctr) ctr = &dummy;
+  uint32_t block = o->block_size;
+  int level = o->zstd_level;
+  rc = ensure_tx(c, block, level);
+  if (rc) return rc;
+  uint8_t *pay = c->tx_buf + ESCP_ALIGN;
+
+  for (uint32_t i = 0; i < n; i++) {
+    if (cancelled(o)) return escp__err(ESCP_E_CANCEL, "stream %u: cancelled", c->stream);
+    const escp_work *it = &items[i];
+    escp_done *d = &done[i];
+    d->file_id = it->file_id;
+    d->offset = it->offset;
+    d->len = it->len;
+    d->status = 0;
+    memset(d->hash, 0, sizeof d->hash);
+    if (it->len > block) {
+      d->status = escp__err(-EINVAL, "stream %u: file %llu block at %llu: length %u over the block size %u",
+                            c->stream, (unsigned long long)it->file_id, (unsigned long long)it->offset, it->len,
+                            block);
+      continue;
+    }
+    size_t want = it->direct ? ROUND_UP((size_t)it->len) : it->len;
+    int64_t got = read_block(it->fd, pay, want, it->offset, it->direct, it->len);
+    if (got < 0) {
+      errno = (int)-got;
+      d->status = escp__errno("stream %u: reading file %llu at %llu", c->stream, (unsigned long long)it->file_id,
+                              (unsigned long long)it->offset);
+      continue;
+    }
+    if ((uint64_t)got < it->len) {
+      d->status = escp__err(ESCP_E_CHANGED, "stream %u: file %llu shrank while read: %lld of %u bytes at offset %llu",
+                            c->stream, (unsigned long long)it->file_id, (long long)got, it->len,
+                            (unsigned long long)it->offset);
+      continue;
+    }
+    uint32_t len = it->len;
+    escp__hash128(pay, len, d->hash);
+    ctr->bytes_disk += len;
+
+    uint8_t *body = pay - ESCP_DATA_PREFIX;
+    uint32_t plen = len, flags = 0;
+    if (level != 0 && len > 64) {
+      uint8_t *zp = c->tx_zbuf + ESCP_ALIGN;
+      size_t zs = escp__zcompress(&c->cctx, &c->cctx_level, level, pay, len, zp, c->tx_zcap);
+      if (zs > 0 && zs < len) {
+        body = zp - ESCP_DATA_PREFIX;
+        plen = (uint32_t)zs;
+        flags = ESCP_F_COMPRESSED;
+      }
+    }
+    uint8_t *hdr = body - ESCP_HDR_LEN;
+    uint32_t blen = ESCP_DATA_PREFIX + plen;
+    escp__put64(body, it->file_id);
+    escp__put64(body + 8, it->offset);
+    escp__put_hdr(hdr, ESCP_REC_DATA, flags, blen, c->tx.seq);
+    rc = escp__seal(&c->tx, hdr, body, blen, body + blen);
+    if (rc) return rc;
+    c->tx.seq++;
+    rc = escp__send_all(c, hdr, (size_t)ESCP_HDR_LEN + blen + ESCP_TAG_LEN);
+    if (rc) return rc;
+    ctr->bytes_network += (uint64_t)REC_OVERHEAD + blen;
+    ctr->bytes_compressed += plen;
+    ctr->blocks++;
+    ctr->records++;
+  }
+  return (int)n;
+}
+
+/* ---- receiver ---------------------------------------------------------- */
+
+static int ensure_rx(escp_conn *c, uint32_t block) {
+  if (c->rx_buf && c->rx_block == block) return 0;
+  if (c->pend && c->rx_buf) {
+    /* keep the pending record: only grow */
+    if (block <= c->rx_block) return 0;
+    return escp__err(-EINVAL, "stream %u: block size changed while a record is pending", c->stream);
+  }
+  uint32_t cap = ESCP_DATA_PREFIX + block;
+  if (cap < ESCP_MAX_CTRL_BODY) cap = ESCP_MAX_CTRL_BODY;
+  cap = (uint32_t)ROUND_UP(cap);
+  escp__free(c->rx_buf);
+  escp__free(c->rx_zbuf);
+  c->rx_zbuf = NULL;
+  c->rx_buf = escp__alloc((size_t)ESCP_ALIGN + cap + ESCP_ALIGN);
+  if (!c->rx_buf) {
+    c->rx_block = c->rx_cap = 0;
+    return escp__err(-ENOMEM, "stream %u: cannot allocate a %u-byte receive buffer", c->stream, cap);
+  }
+  c->rx_block = block;
+  c->rx_cap = cap;
+  return 0;
+}
+
+static int pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t r = pwrite(fd, buf + done, len - done, (off_t)(off + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) return -EIO;
+    done += (size_t)r;
+  }
+  return 0;
+}
+
+/* Writes one block; an O_DIRECT fd gets only aligned writes, the rest goes through a
+ * buffered reopen of the same file (closed right away: fd numbers may be reused by the
+ * main thread as soon as a file is done). */
+static int write_block(int fd, int direct, const uint8_t *buf, size_t len, uint64_t off) {
+  if (len == 0) return 0;
+  if (!direct || ((off % ESCP_ALIGN) == 0 && (len % ESCP_ALIGN) == 0)) {
+    int rc = pwrite_all(fd, buf, len, off);
+    if (rc != -EINVAL || !direct) return rc;
+    /* the filesystem wants a larger alignment than ESCP_ALIGN: fall through */
+  }
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  int b = open(p, O_WRONLY | O_CLOEXEC);
+  if (b < 0) return -errno;
+  int rc = pwrite_all(b, buf, len, off);
+  close(b);
+  return rc;
+}
+
+ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
+                             const escp_loop_opts *o, escp_counters *ctr, int32_t *state, uint64_t *need_id) {
+  int32_t st_dummy;
+  uint64_t id_dummy;
+  if (!state) state = &st_dummy;
+  if (!need_id) need_id = &id_dummy;
+  *state = 0;
+  int rc = check_opts(c, o);
+  if (rc) return rc;
+  if (!tab || cap == 0 || (cap & (cap - 1)) != 0)
+    return escp__err(-EINVAL, "stream %u: file table capacity %u is not a power of two", c->stream, cap);
+  if (max_done && !done) return -EINVAL;
+  escp_counters dummy;
+  if (!ctr) ctr = &dummy;
+  uint32_t block = o->block_size;
+  rc = ensure_rx(c, block);
+  if (rc) return rc;
+  if (c->rx_end && !c->pend) {
+    *state = 1;
+    return 0;
+  }
+
+  uint8_t *hdr = c->rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX - ESCP_HDR_LEN;
+  uint8_t *body = c->rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX;
+  uint32_t n = 0;
+  while (n < max_done) {
+    uint32_t type, flags, blen;
+    uint64_t seq;
+    if (c->pend) {
+      type = c->pend_type;
+      flags = c->pend_flags;
+      blen = c->pend_len;
+      seq = c->pend_seq;
+      if (type == ESCP_REC_DATA && blen > ESCP_DATA_PREFIX + block) {
+        rc = escp__err(ESCP_E_PROTO, "stream %u: pending DATA record seq %llu is larger than the block size %u",
+                       c->stream, (unsigned long long)seq, block);
+        break;
+      }
+    } else {
+      if (cancelled(o)) {
+        rc = escp__err(ESCP_E_CANCEL, "stream %u: cancelled", c->stream);
+        break;
+      }
+      rc = escp__recv_hdr(c, hdr, c->rx_cap, &type, &flags, &blen);
+      if (rc) break;
+      seq = c->rx.seq;
+      if (type == ESCP_REC_DATA ? (blen < ESCP_DATA_PREFIX || blen > ESCP_DATA_PREFIX + block)
+                                : blen > ESCP_MAX_CTRL_BODY) {
+        rc = escp__err(ESCP_E_PROTO, "stream %u: %s record seq %llu announces %u bytes, over the limit of %u",
+                       c->stream, escp__type_name(type), (unsigned long long)seq, blen,
+                       type == ESCP_REC_DATA ? ESCP_DATA_PREFIX + block : ESCP_MAX_CTRL_BODY);
+        break;
+      }
+      rc = escp__recv_all(c, body, (size_t)blen + ESCP_TAG_LEN, "body");
+      if (rc) break;
+      rc = escp__open(&c->rx, hdr, body, blen, body + blen);
+      if (rc) {
+        rc = escp__err(rc, "stream %u: record seq %llu failed authentication (altered, spliced or wrong key)",
+                       c->stream, (unsigned long long)seq);
+        break;
+      }
+      c->rx.seq++;
+      ctr->records++;
+      ctr->bytes_network += (uint64_t)REC_OVERHEAD + blen;
+    }
+    c->pend = 0;
+    if (type == ESCP_REC_END) {
+      c->rx_end = 1;
+      *state = 1;
+      break;
+    }
+    if (type != ESCP_REC_DATA) {
+      /* kept for escp_recv_record (e.g. an ERROR record's message) */
+      c->pend = 1;
+      c->pend_type = (uint8_t)type;
+      c->pend_flags = (uint8_t)flags;
+      c->pend_len = blen;
+      c->pend_seq = seq;
+      rc = escp__err(ESCP_E_PROTO, "stream %u: unexpected %s record (seq %llu) on a data stream; "
+                     "escp_recv_record returns it", c->stream, escp__type_name(type), (unsigned long long)seq);
+      break;
+    }
+    uint64_t file_id = escp__be64(body), off = escp__be64(body + 8);
+    const escp_fdslot *s = &tab[file_id & (cap - 1)];
+    if (__atomic_load_n(&s->id_plus1, __ATOMIC_ACQUIRE) != file_id + 1 || file_id == UINT64_MAX) {
+      c->pend = 1;
+      c->pend_type = (uint8_t)type;
+      c->pend_flags = (uint8_t)flags;
+      c->pend_len = blen;
+      c->pend_seq = seq;
+      *state = 2;
+      *need_id = file_id;
+      break;
+    }
+    uint64_t size = s->size;
+    int fd = s->fd, direct = s->direct;
+    const uint8_t *plain = body + ESCP_DATA_PREFIX;
+    uint32_t plen = blen - ESCP_DATA_PREFIX;
+    uint64_t len = plen;
+    if (flags & ESCP_F_COMPRESSED) {
+      if (!c->rx_zbuf) {
+        c->rx_zbuf = escp__alloc(ROUND_UP((size_t)c->rx_block)); /* rx_block >= block */
+        if (!c->rx_zbuf) {
+          rc = escp__err(-ENOMEM, "stream %u: cannot allocate a decompression buffer", c->stream);
+          break;
+        }
+      }
+      int64_t r = escp__zdecompress(&c->dctx, plain, plen, c->rx_zbuf, block);
+      if (r < 0) {
+        rc = escp__err(r == -ENOMEM ? -ENOMEM : ESCP_E_DECOMP,
+                       "stream %u: record seq %llu (file %llu offset %llu): compressed block is invalid or "
+                       "larger than the block size %u", c->stream, (unsigned long long)seq,
+                       (unsigned long long)file_id, (unsigned long long)off, block);
+        break;
+      }
+      plain = c->rx_zbuf;
+      len = (uint64_t)r;
+    }
+    if (off > size || len > size - off) {
+      rc = escp__err(ESCP_E_RANGE, "stream %u: record seq %llu writes [%llu, %llu) of file %llu, which has %llu bytes",
+                     c->stream, (unsigned long long)seq, (unsigned long long)off,
+                     (unsigned long long)(off + len), (unsigned long long)file_id, (unsigned long long)size);
+      break;
+    }
+    escp_done *d = &done[n++];
+    d->file_id = file_id;
+    d->offset = off;
+    d->len = (uint32_t)len;
+    escp__hash128(plain, (size_t)len, d->hash);
+    d->status = write_block(fd, direct, plain, (size_t)len, off);
+    if (d->status) {
+      errno = -d->status;
+      escp__errno("stream %u: writing file %llu at %llu", c->stream, (unsigned long long)file_id,
+                  (unsigned long long)off);
+    } else {
+      ctr->bytes_disk += len;
+    }
+    ctr->bytes_compressed += plen;
+    ctr->blocks++;
+  }
+  return rc ? rc : (int)n;
+}
