@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #define REC_OVERHEAD (ESCP_HDR_LEN + ESCP_TAG_LEN)
 #define ROUND_UP(x) (((x) + (size_t)ESCP_ALIGN - 1) & ~((size_t)ESCP_ALIGN - 1))
@@ -214,6 +215,13 @@ static int write_block(int fd, int direct, const uint8_t *buf, size_t len, uint6
   return rc;
 }
 
+/* True when a read on the stream would not block (data or EOF is waiting). */
+static int socket_has_data(escp_conn *c) {
+  uint8_t b;
+  ssize_t r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
 ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
                              const escp_loop_opts *o, escp_counters *ctr, int32_t *state, uint64_t *need_id) {
   int32_t st_dummy;
@@ -353,6 +361,9 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
     }
     ctr->bytes_compressed += plen;
     ctr->blocks++;
+    /* Hand back what is written as soon as the socket has nothing more for us
+       right now: the main thread settles a file when its last block lands. */
+    if (!socket_has_data(c)) break;
   }
   return rc ? rc : (int)n;
 }

@@ -1,0 +1,131 @@
+/**
+ * The native library (ffi/, built into build/libescp.so and embedded in
+ * dist/escp): loading it and typing its symbols. Every byte of file data goes
+ * through these functions; nothing in TypeScript touches data blocks.
+ *
+ * The library is embedded as a file. Inside the compiled executable that file
+ * lives in Bun's virtual filesystem, which dlopen cannot read, so it is copied
+ * into a memfd and opened as /proc/self/fd/N: nothing is left on disk, and
+ * workers that open the same path share the one loaded copy.
+ *
+ * @example
+ * const lib = native();
+ * const key = new Uint8Array(16);
+ * lib.escp_derive_key(master, sid, 0, 0, key);
+ */
+import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
+import fs from "node:fs";
+// @ts-ignore: a file import yields the path of the embedded (or built) library
+import embeddedLib from "../build/libescp.so" with { type: "file" };
+
+const { i32, u32, u64, i64, ptr: P, cstring, void: V } = FFIType;
+
+const symbols = {
+  escp_strerror: { args: [i32], returns: cstring },
+  escp_last_error: { args: [P, i32], returns: i32 },
+  escp_hkdf_sha256: { args: [P, u32, P, u32, P, u32, P, u32], returns: i32 },
+  escp_derive_key: { args: [P, P, u32, u32, P], returns: i32 },
+  escp_xxh128: { args: [P, u64, P], returns: V },
+  escp_digest_new: { args: [], returns: P },
+  escp_digest_update: { args: [P, P, u64], returns: V },
+  escp_digest_final: { args: [P, P], returns: V },
+  escp_gcm_seal: { args: [P, P, P, u32, P, u32, P], returns: i32 },
+  escp_gcm_open: { args: [P, P, P, u32, P, u32, P], returns: i32 },
+  escp_alloc_aligned: { args: [u64], returns: P },
+  escp_free_aligned: { args: [P], returns: V },
+  escp_open_read: { args: [cstring, i32, P], returns: i32 },
+  escp_openat_beneath: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
+  escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },
+  escp_renameat_beneath: { args: [i32, cstring, cstring], returns: i32 },
+  escp_unlinkat_beneath: { args: [i32, cstring, i32], returns: i32 },
+  escp_fstat: { args: [i32, P], returns: i32 },
+  escp_futimens: { args: [i32, i64, i64], returns: i32 },
+  escp_fchmod: { args: [i32, u32], returns: i32 },
+  escp_ftruncate: { args: [i32, i64], returns: i32 },
+  escp_fdatasync: { args: [i32], returns: i32 },
+  escp_close: { args: [i32], returns: i32 },
+  escp_seek_data: { args: [i32, i64], returns: i64 },
+  escp_seek_hole: { args: [i32, i64], returns: i64 },
+  escp_pread: { args: [i32, P, u64, i64], returns: i64 },
+  escp_hash_range: { args: [i32, i64, u64, P], returns: i32 },
+  escp_listen: { args: [cstring, i32, i32, P], returns: i32 },
+  escp_accept_streams: { args: [i32, P, P, u32, P, i32, P], returns: i32 },
+  escp_connect: { args: [cstring, i32, P, P, u32, u32, i32, P], returns: P },
+  escp_conn_tune: { args: [P, i32, i32, u64, i32, P], returns: i32 },
+  escp_conn_fd: { args: [P], returns: i32 },
+  escp_conn_shutdown: { args: [P], returns: V },
+  escp_conn_free: { args: [P], returns: V },
+  escp_send_record: { args: [P, u32, u32, P, u32], returns: i32 },
+  escp_recv_record: { args: [P, P, u32, P], returns: i64 },
+  escp_send_batch: { args: [P, P, u32, P, P, P], returns: i32 },
+  escp_recv_batch: { args: [P, P, u32, P, u32, P, P, P, P], returns: i32 },
+  escp_zstd_compress: { args: [P, u64, P, u64, i32], returns: i64 },
+  escp_zstd_decompress: { args: [P, u64, P, u64], returns: i64 },
+  escp_set_cpumask: { args: [cstring], returns: i32 },
+  escp_set_nodemask: { args: [cstring], returns: i32 },
+} as const;
+
+export type Native = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+
+/** Record types and flags (ffi/escp.h). */
+export const Rec = { HELLO: 1, FILES: 2, DATA: 3, DONE: 4, RESULT: 5, RESUME: 6, ERROR: 7, END: 8 } as const;
+export const E = {
+  AUTH: -10001, SEQ: -10002, TRUNC: -10003, PROTO: -10004, NEEDFILE: -10005, DECOMP: -10006,
+  TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011,
+} as const;
+export const PROTO_VERSION = 1;
+export const ALIGN = 4096;
+export const WORK_SIZE = 32;
+export const DONE_SIZE = 40;
+export const COUNTERS_SIZE = 64;
+export const FDSLOT_SIZE = 32;
+export const LOOP_OPTS_SIZE = 16;
+
+let lib: Native | undefined;
+
+/** Path the library is loaded from: ESCP_LIB overrides, for tests of a fresh build. */
+function libraryPath(): string {
+  const override = process.env.ESCP_LIB;
+  if (override) return override;
+  if (!embeddedLib.startsWith("/$bunfs")) return embeddedLib;
+  const shared = (globalThis as any).__escpLibPath as string | undefined;
+  if (shared) return shared;
+  const libc = dlopen("libc.so.6", { memfd_create: { args: [cstring, u32], returns: i32 } });
+  const fd = libc.symbols.memfd_create(Buffer.from("escp-native\0"), 0);
+  if (fd < 0) throw new Error("escp: cannot create a memfd for the native library");
+  fs.writeFileSync(fd, fs.readFileSync(embeddedLib));
+  return `/proc/${process.pid}/fd/${fd}`;
+}
+
+/** The loaded library; loads it on first use (per thread). */
+export function native(path?: string): Native {
+  if (!lib) {
+    const p = path ?? libraryPath();
+    lib = dlopen(p, symbols).symbols;
+    (globalThis as any).__escpLibPath = p;
+  }
+  return lib;
+}
+
+/** The path workers should load (the main thread's, so one copy is shared). */
+export function nativePath(): string {
+  native();
+  return (globalThis as any).__escpLibPath;
+}
+
+/** Text for a native return code plus the thread's detail, e.g. "stream 2: ...". */
+export function nativeError(code: number): string {
+  const n = native();
+  const buf = new Uint8Array(512);
+  const len = n.escp_last_error(buf, buf.length);
+  const detail = len > 0 ? new TextDecoder().decode(buf.subarray(0, len)) : "";
+  const base = String(n.escp_strerror(code));
+  return detail && !detail.includes(base) ? `${detail}: ${base}` : detail || base;
+}
+
+/** NUL-terminated UTF-8 for cstring arguments. */
+export function cstr(s: string): Buffer {
+  return Buffer.from(s + "\0", "utf8");
+}
+
+export { ptr, CString, type Pointer };

@@ -1,0 +1,101 @@
+/**
+ * Where a received entry goes. The destination operand is resolved once, the
+ * way scp resolves it (an existing directory receives the sources inside it;
+ * otherwise a single source takes the destination's name), and every path the
+ * sender sends is checked before it is used: it must be relative, with no
+ * empty, `.` or `..` component and no NUL. All opens then go through
+ * openat2(RESOLVE_BENEATH) relative to the destination directory, so even a
+ * symlink planted inside it cannot lead out.
+ *
+ * @example
+ * const t = resolveTarget("backup/", { multipleSources: false, home: "/root" });
+ * t.place("a.txt"); // "a.txt", relative to t.rootFd
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { errnoText } from "./walk.ts";
+
+export interface Target {
+  /** The directory every entry is written beneath (absolute, for messages). */
+  root: string;
+  rootFd: number;
+  /** Relative path under root for an entry path; throws PathError if the path is unsafe. */
+  place(entryPath: string): string;
+  /** Human-readable destination of a relative path, for messages. */
+  show(rel: string): string;
+}
+
+export class PathError extends Error {}
+export class TargetError extends Error {}
+
+const MAX_PATH = 4096;
+const MAX_NAME = 255;
+
+/** Checks a sender-supplied path and returns its components. */
+export function safeComponents(p: string): string[] {
+  if (p.length === 0) throw new PathError("empty path");
+  if (p.length > MAX_PATH) throw new PathError(`path longer than ${MAX_PATH} bytes`);
+  if (p.includes("\0")) throw new PathError("path contains a NUL byte");
+  if (p.startsWith("/")) throw new PathError(`absolute path '${p}'`);
+  const parts = p.split("/");
+  for (const c of parts) {
+    if (c === "" || c === "." || c === "..") throw new PathError(`path '${p}' has a '${c || "empty"}' component`);
+    if (Buffer.byteLength(c) > MAX_NAME) throw new PathError(`a name in '${p.slice(0, 80)}...' is longer than ${MAX_NAME} bytes`);
+  }
+  return parts;
+}
+
+/** Expands `~` and `~user` and makes an empty path mean the home directory, as ssh's remote shell would. */
+export function expandHome(p: string, home = os.homedir()): string {
+  if (p === "" || p === "~") return home;
+  if (p.startsWith("~/")) return path.join(home, p.slice(2));
+  const m = /^~([^/]+)(\/.*)?$/.exec(p);
+  if (m) {
+    try {
+      const line = fs.readFileSync("/etc/passwd", "utf8").split("\n").find((l) => l.split(":")[0] === m[1]);
+      if (line) return path.join(line.split(":")[5], m[2] ?? "");
+    } catch {}
+  }
+  return p;
+}
+
+export function resolveTarget(dest: string, o: { multipleSources: boolean; home?: string }): Target {
+  const target = expandHome(dest, o.home);
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(target);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new TargetError(`${target}: ${errnoText(e)}`);
+  }
+  let root: string;
+  let rename: string | undefined;
+  if (st?.isDirectory()) {
+    root = target;
+  } else if (o.multipleSources) {
+    throw new TargetError(`${target}: ${st ? "Not a directory" : "No such file or directory"} (several sources need an existing directory as destination)`);
+  } else if (target.endsWith("/")) {
+    throw new TargetError(`${target}: No such file or directory`);
+  } else {
+    root = path.dirname(target);
+    rename = path.basename(target);
+  }
+  let rootFd: number;
+  try {
+    rootFd = fs.openSync(root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  } catch (e) {
+    throw new TargetError(`${root}: ${errnoText(e)}`);
+  }
+  return {
+    root,
+    rootFd,
+    place(entryPath) {
+      const parts = safeComponents(entryPath);
+      if (rename) parts[0] = rename;
+      return parts.join("/");
+    },
+    show(rel) {
+      return path.join(root, rel);
+    },
+  };
+}

@@ -1,0 +1,94 @@
+/**
+ * The sender's plan: which files and directories each source operand stands
+ * for, streamed as they are found so a million files never sit in one array.
+ *
+ * Follows OpenSSH scp: symbolic links are followed (the file or directory
+ * they point to is sent), hard links are sent as separate files, and special
+ * files (FIFOs, sockets, devices) are skipped with a warning. A directory
+ * that links back to one of its ancestors is skipped to avoid a loop.
+ *
+ * @example
+ * for await (const item of walk(["src"], { recursive: true })) console.log(item.rel);
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { native } from "../native.ts";
+
+export type WalkItem =
+  | { kind: "file" | "dir"; abs: string; rel: string; top: boolean; stat: fs.BigIntStats }
+  | { kind: "error"; abs: string; message: string }
+  | { kind: "warning"; abs: string; message: string };
+
+export interface WalkOptions {
+  recursive: boolean;
+}
+
+export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem> {
+  for (const src of sources) {
+    let st: fs.BigIntStats;
+    try {
+      st = fs.statSync(src, { bigint: true });
+    } catch (e) {
+      yield { kind: "error", abs: src, message: errnoText(e) };
+      continue;
+    }
+    const name = topName(src);
+    if (st.isDirectory()) {
+      if (!opts.recursive) {
+        yield { kind: "error", abs: src, message: "not a regular file (use -r to copy directories)" };
+        continue;
+      }
+      yield* walkDir(src, name, st, [st]);
+    } else if (st.isFile()) {
+      yield { kind: "file", abs: src, rel: name, top: true, stat: st };
+    } else {
+      yield { kind: "error", abs: src, message: "not a regular file" };
+    }
+  }
+}
+
+async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[]): AsyncGenerator<WalkItem> {
+  yield { kind: "dir", abs, rel, top: ancestors.length === 1, stat: st };
+  let dir: fs.Dir;
+  try {
+    dir = await fs.promises.opendir(abs, { bufferSize: 256 });
+  } catch (e) {
+    yield { kind: "error", abs, message: errnoText(e) };
+    return;
+  }
+  const subdirs: [string, string, fs.BigIntStats][] = [];
+  for await (const d of dir) {
+    const childAbs = path.join(abs, d.name);
+    const childRel = `${rel}/${d.name}`;
+    let cst: fs.BigIntStats;
+    try {
+      cst = fs.statSync(childAbs, { bigint: true });
+    } catch (e) {
+      yield { kind: "error", abs: childAbs, message: errnoText(e) };
+      continue;
+    }
+    if (cst.isFile()) yield { kind: "file", abs: childAbs, rel: childRel, top: false, stat: cst };
+    else if (cst.isDirectory()) {
+      if (ancestors.some((a) => a.dev === cst.dev && a.ino === cst.ino)) {
+        yield { kind: "warning", abs: childAbs, message: "directory loop through a symbolic link, skipped" };
+      } else subdirs.push([childAbs, childRel, cst]);
+    } else yield { kind: "warning", abs: childAbs, message: "not a regular file, skipped" };
+  }
+  // Files of a directory first, then its subdirectories: the receiver sees each
+  // directory before anything inside it, and the open handle count stays at one.
+  for (const [a, r, s] of subdirs) yield* walkDir(a, r, s, [...ancestors, s]);
+}
+
+/** The name a source operand takes at the destination, as scp names it. */
+function topName(src: string): string {
+  const trimmed = src.replace(/\/+$/, "");
+  const base = path.basename(trimmed || "/");
+  return base === "" || base === "." || base === ".." ? path.basename(path.resolve(src)) || "root" : base;
+}
+
+/** The C library's wording of an errno ("No such file or directory"), as scp prints it. */
+export function errnoText(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  if (err && typeof err.errno === "number") return String(native().escp_strerror(-Math.abs(err.errno)));
+  return err instanceof Error ? err.message : String(e);
+}

@@ -1,0 +1,176 @@
+/**
+ * What the two ends say to each other, above the records of ffi/: the JSON
+ * control messages on the ssh pipe and the binary bodies of stream 0 (FILES,
+ * DONE, RESULT, ERROR). Record framing, keys and sequence numbers live in C.
+ *
+ * @example
+ * const body = encodeFiles([{ id: 0n, path: "a.txt", kind: "file", size: 5n, mode: 0o644, mtimeNs: 0n, atimeNs: 0n, top: true }]);
+ * decodeFiles(body)[0].path; // "a.txt"
+ */
+
+/** One entry of the file list, as the sender announces it. */
+export interface FileEntry {
+  id: bigint;
+  /** `/`-separated, relative to the transfer root; its first component names the source operand. */
+  path: string;
+  kind: "file" | "dir";
+  size: bigint;
+  mode: number;
+  mtimeNs: bigint;
+  atimeNs: bigint;
+  /** True for the entry that stands for a source operand itself. */
+  top: boolean;
+}
+
+/** Transfer options both ends must agree on; sent in `hello`. */
+export interface SessionOptions {
+  recursive: boolean;
+  preserve: boolean;
+  compress: boolean;
+  zstdLevel: number;
+  direct: boolean;
+  resume: boolean;
+  verify: boolean;
+  sparse: boolean;
+  inplace: boolean;
+  limitBps: number;
+  keepaliveS: number;
+  verbose: number;
+  log?: string;
+}
+
+export type ControlMessage =
+  | {
+      type: "hello";
+      version: number;
+      sid: string; // hex, 16 bytes
+      key: string; // hex, 32 bytes
+      serverRole: "sender" | "receiver";
+      streams: number; // data streams; stream 0 comes on top
+      blockSize: number;
+      options: SessionOptions;
+      target?: string; // push: the destination path on the server
+      sources?: string[]; // pull: the source paths on the server
+      multipleSources?: boolean; // push: several operands, so the target must be a directory
+      ports: [number, number];
+    }
+  | { type: "ready"; version: number; port: number; addr?: string }
+  | { type: "error"; message: string; version?: number }
+  | { type: "report"; summary: TransferSummary }
+  | { type: "bye" };
+
+/** Totals of one side, as shown to the user and in --json. */
+export interface TransferSummary {
+  files: number;
+  bytes: number;
+  bytesNetwork: number;
+  bytesDisk: number;
+  bytesCompressed: number;
+  seconds: number;
+  failures: { path: string; message: string }[];
+  streams: number;
+}
+
+export const MAX_CONTROL_MESSAGE = 1 << 20;
+/** Largest stream-0 record body either side accepts. */
+export const MAX_CTRL_BODY = (1 << 20) + 64;
+
+const KIND_CODE = { file: 1, dir: 2 } as const;
+const ENTRY_FIXED = 8 + 1 + 1 + 2 + 4 + 8 + 8 + 8; // id kind top pathLen mode size mtime atime
+
+/** Serialises a batch of entries into one FILES body (big-endian, see docs/protocol.md). */
+export function encodeFiles(entries: FileEntry[]): Uint8Array {
+  const paths = entries.map((e) => Buffer.from(e.path, "utf8"));
+  const total = paths.reduce((n, p) => n + ENTRY_FIXED + p.length, 4);
+  const out = Buffer.alloc(total);
+  out.writeUInt32BE(entries.length, 0);
+  let o = 4;
+  entries.forEach((e, i) => {
+    out.writeBigUInt64BE(e.id, o);
+    out[o + 8] = KIND_CODE[e.kind];
+    out[o + 9] = e.top ? 1 : 0;
+    out.writeUInt16BE(paths[i].length, o + 10);
+    out.writeUInt32BE(e.mode >>> 0, o + 12);
+    out.writeBigUInt64BE(e.size, o + 16);
+    out.writeBigInt64BE(e.mtimeNs, o + 24);
+    out.writeBigInt64BE(e.atimeNs, o + 32);
+    paths[i].copy(out, o + ENTRY_FIXED);
+    o += ENTRY_FIXED + paths[i].length;
+  });
+  return out;
+}
+
+/** Parses a FILES body; throws ProtocolError on anything malformed. Paths are checked by plan/target. */
+export function decodeFiles(body: Uint8Array): FileEntry[] {
+  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (b.length < 4) throw new ProtocolError("FILES record too short");
+  const n = b.readUInt32BE(0);
+  // Each entry needs at least its fixed part, so a count the body cannot hold is a lie.
+  if (n * ENTRY_FIXED > b.length - 4) throw new ProtocolError(`FILES record claims ${n} entries in ${b.length} bytes`);
+  const out: FileEntry[] = [];
+  let o = 4;
+  for (let i = 0; i < n; i++) {
+    if (o + ENTRY_FIXED > b.length) throw new ProtocolError("FILES entry truncated");
+    const kindCode = b[o + 8];
+    const kind = kindCode === 1 ? "file" : kindCode === 2 ? "dir" : undefined;
+    if (!kind) throw new ProtocolError(`FILES entry has unknown type ${kindCode}`);
+    const pathLen = b.readUInt16BE(o + 10);
+    if (o + ENTRY_FIXED + pathLen > b.length) throw new ProtocolError("FILES entry path truncated");
+    const size = b.readBigUInt64BE(o + 16);
+    if (size > 1n << 62n) throw new ProtocolError(`FILES entry claims a size of ${size} bytes`);
+    const pathBytes = b.subarray(o + ENTRY_FIXED, o + ENTRY_FIXED + pathLen);
+    const path = new TextDecoder("utf-8", { fatal: false }).decode(pathBytes);
+    out.push({
+      id: b.readBigUInt64BE(o),
+      kind,
+      top: b[o + 9] === 1,
+      mode: b.readUInt32BE(o + 12),
+      size,
+      mtimeNs: b.readBigInt64BE(o + 24),
+      atimeNs: b.readBigInt64BE(o + 32),
+      path,
+    });
+    o += ENTRY_FIXED + pathLen;
+  }
+  if (o !== b.length) throw new ProtocolError("FILES record has trailing bytes");
+  return out;
+}
+
+/** DONE (sender → receiver) and RESULT (receiver → sender) share one layout. */
+export interface FileVerdict {
+  id: bigint;
+  status: number; // 0 = ok, else a negative native code or -errno
+  bytes: bigint; // DONE: bytes actually sent; RESULT: bytes written
+  digest: Uint8Array; // 16 bytes
+  message: string;
+}
+
+export function encodeVerdict(v: FileVerdict): Uint8Array {
+  const msg = Buffer.from(v.message, "utf8").subarray(0, 4096);
+  const out = Buffer.alloc(8 + 4 + 4 + 8 + 16 + msg.length);
+  out.writeBigUInt64BE(v.id, 0);
+  out.writeInt32BE(v.status, 8);
+  out.writeBigUInt64BE(v.bytes, 16);
+  Buffer.from(v.digest).copy(out, 24);
+  msg.copy(out, 40);
+  return out;
+}
+
+export function decodeVerdict(body: Uint8Array): FileVerdict {
+  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (b.length < 40) throw new ProtocolError("DONE/RESULT record too short");
+  return {
+    id: b.readBigUInt64BE(0),
+    status: b.readInt32BE(8),
+    bytes: b.readBigUInt64BE(16),
+    digest: new Uint8Array(b.subarray(24, 40)),
+    message: new TextDecoder().decode(b.subarray(40)),
+  };
+}
+
+/** The peer broke the protocol: always fatal for the session. */
+export class ProtocolError extends Error {}
+
+export function hex(b: Uint8Array): string {
+  return Buffer.from(b).toString("hex");
+}

@@ -1,0 +1,75 @@
+/**
+ * What the user is told: per-file events from either side of the transfer,
+ * failures as one line each on stderr ("escp: path: cause", as scp words
+ * them), and the summary. Each failure is printed once even when both ends
+ * learn of it (they share file ids).
+ *
+ * @example
+ * const ev = new Report({ quiet: false, json: false });
+ * ev.failed("/data/a", "Permission denied");
+ */
+import type { TransferSummary } from "./protocol.ts";
+
+/** The hooks the sender and receiver call; the server collects them for its report. */
+export interface Events {
+  started(path: string, size: number): void;
+  finished(path: string, size: number): void;
+  failed(subject: string, cause: string, id?: bigint): void;
+  warning(message: string): void;
+}
+
+export interface ReportOptions {
+  quiet: boolean;
+  json: boolean;
+}
+
+export interface Failure {
+  path: string;
+  message: string;
+  id?: string;
+}
+
+/** Collects events; prints failures as they happen unless told to only collect (the server). */
+export class Report implements Events {
+  readonly failures: Failure[] = [];
+  private readonly seen = new Set<string>();
+
+  constructor(
+    private readonly opts: ReportOptions,
+    private readonly print = true,
+  ) {}
+
+  started(path: string, size: number): void {
+    this.json({ event: "file_start", path, size });
+  }
+
+  finished(path: string, size: number): void {
+    this.json({ event: "file_done", path, size });
+  }
+
+  failed(subject: string, cause: string, id?: bigint): void {
+    const key = id === undefined ? `p:${subject}:${cause}` : `i:${id}`;
+    if (this.seen.has(key)) return;
+    this.seen.add(key);
+    this.failures.push({ path: subject, message: cause, id: id?.toString() });
+    this.json({ event: "file_failed", path: subject, message: cause });
+    if (this.print) process.stderr.write(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
+  }
+
+  warning(message: string): void {
+    if (this.print && !this.opts.quiet) process.stderr.write(`escp: warning: ${message}\n`);
+  }
+
+  /** Failures the peer found that we have not printed yet. */
+  merge(remote: Failure[]): void {
+    for (const f of remote) this.failed(f.path, f.message, f.id === undefined ? undefined : BigInt(f.id));
+  }
+
+  summary(s: TransferSummary): void {
+    this.json({ event: "summary", ...s, failures: this.failures.length, failed: this.failures });
+  }
+
+  private json(o: object): void {
+    if (this.opts.json && this.print) process.stdout.write(JSON.stringify(o, (_, v) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * The connecting escp: decides the direction from the operands, starts the
+ * other end (`escp --server` over ssh, or as a local child for a local copy),
+ * hands it the session keys on the ssh pipe, opens the streams and runs the
+ * sender or the receiver. Its exit status is scp's: 0 only if every file
+ * arrived verified.
+ */
+import type { Options } from "../cli/args.ts";
+import type { Operand } from "../cli/operands.ts";
+import { sshArgs } from "../cli/args.ts";
+import { ControlChannel } from "./control.ts";
+import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
+import { PROTO_VERSION } from "../native.ts";
+import { StreamPool } from "../streams/pool.ts";
+import { Sender } from "../transfer/sender.ts";
+import { Receiver } from "../transfer/receiver.ts";
+import { resolveTarget, TargetError } from "../plan/target.ts";
+import { Report } from "../report.ts";
+import { hex, type SessionOptions, type ControlMessage } from "../protocol.ts";
+
+export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130;
+
+type Plan =
+  | { dir: "push"; host: Remote; sources: string[]; target: string }
+  | { dir: "pull"; host: Remote; sources: string[]; target: string }
+  | { dir: "local"; sources: string[]; target: string };
+type Remote = { user?: string; host: string; port?: number };
+
+/** Works out who sends and who receives; operands scp cannot combine are usage errors. */
+export function planTransfer(sources: Operand[], target: Operand): Plan | string {
+  const remoteSources = sources.filter((s) => s.kind === "remote");
+  if (target.kind === "remote") {
+    if (remoteSources.length) return "remote-to-remote copies (-3) are not supported yet: copy via a local directory";
+    return { dir: "push", host: target, sources: sources.map((s) => s.path), target: target.path };
+  }
+  if (remoteSources.length === 0) return { dir: "local", sources: sources.map((s) => s.path), target: target.path };
+  if (remoteSources.length !== sources.length) return "mixing local and remote sources in one copy is not supported";
+  const first = remoteSources[0] as Extract<Operand, { kind: "remote" }>;
+  for (const s of remoteSources as Extract<Operand, { kind: "remote" }>[]) {
+    if (s.host !== first.host || s.user !== first.user || s.port !== first.port) {
+      return "sources on different hosts must be copied one host at a time";
+    }
+  }
+  return { dir: "pull", host: first, sources: sources.map((s) => s.path), target: target.path };
+}
+
+export async function runClient(o: Options, sources: Operand[], target: Operand): Promise<number> {
+  const report = new Report({ quiet: o.quiet, json: o.json });
+  const plan = planTransfer(sources, target);
+  if (typeof plan === "string") {
+    process.stderr.write(`escp: ${plan}\n`);
+    return EXIT_USAGE;
+  }
+  const where = plan.dir === "local" ? "localhost" : plan.host.host;
+  // A local receiver checks its destination before anything is started remotely.
+  let localTarget;
+  if (plan.dir === "pull") {
+    try {
+      localTarget = resolveTarget(plan.target, { multipleSources: plan.sources.length > 1 });
+    } catch (e) {
+      process.stderr.write(`escp: ${(e as Error).message}\n`);
+      return EXIT_FAILED;
+    }
+  }
+  const child = startServer(o, plan);
+  const stderrTail = forwardStderr(child.stderr, o);
+  const ch = new ControlChannel(child.stdout, (b) => {
+    try {
+      child.stdin.write(b);
+      child.stdin.flush();
+    } catch {}
+  }, where);
+  const keys = newKeys();
+  const session: SessionOptions = {
+    recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,
+    resume: o.resume, verify: o.verify, sparse: o.sparse, inplace: o.inplace,
+    limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, verbose: o.verbose, log: o.log,
+  };
+  ch.send({
+    type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
+    serverRole: plan.dir === "pull" ? "sender" : "receiver", streams: o.threads, blockSize: o.blockSize,
+    options: session, ports: o.ports,
+    target: plan.dir === "pull" ? undefined : plan.target,
+    sources: plan.dir === "pull" ? plan.sources : undefined,
+    multipleSources: plan.sources.length > 1,
+  });
+  let pool: StreamPool | undefined;
+  let receiver: Receiver | undefined;
+  const interrupt = () => {
+    pool?.abort();
+    receiver?.cleanup();
+    child.kill();
+    process.stderr.write("escp: interrupted\n");
+    process.exit(EXIT_INTERRUPTED);
+  };
+  process.on("SIGINT", interrupt);
+  process.on("SIGTERM", interrupt);
+  try {
+    const ready = await ch.receive();
+    if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
+    if (ready.type === "error") throw new Error(`${where}: ${ready.message}`);
+    if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
+    const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
+    const conns = connectStreams(addr, port, keys, o.threads, 10_000);
+    keys.master.fill(0);
+    tuneStreams(conns, session.limitBps, o.keepaliveS);
+    const role = plan.dir === "pull" ? "receiver" : "sender";
+    pool = new StreamPool(conns, role, { blockSize: o.blockSize, zstdLevel: o.compress ? o.zstdLevel : 0, cpumask: o.cpumask, nodemask: o.nodemask });
+    const started = performance.now();
+    // The server's verdict may arrive while we still work (a fatal error on its side).
+    const serverEnd = ch.receive();
+    const work = (async () => {
+      if (role === "receiver") {
+        receiver = new Receiver(pool!, localTarget!, { preserve: o.preserve, direct: o.direct, verify: o.verify, blockSize: o.blockSize }, report);
+        await receiver.run();
+      } else {
+        await new Sender(pool!, { recursive: o.recursive, direct: o.direct, blockSize: o.blockSize }, report).run(plan.sources);
+      }
+    })();
+    const workError = work.then(() => undefined, (e: Error) => e);
+    const first = await Promise.race([workError.then((e) => ({ e })), serverEnd.then((m) => ({ m }))]);
+    let remote: ControlMessage | null | undefined;
+    if ("m" in first && first.m?.type === "error") {
+      // The server gave up (its disk, its stream): stop ours and say why it did.
+      pool.abort();
+      receiver?.cleanup();
+      await work.catch(() => {});
+      throw new Error(`${where}: ${first.m.message}`);
+    }
+    const err = await workError;
+    if (err) {
+      // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
+      remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
+      throw new Error(remote?.type === "error" ? `${where}: ${remote.message}` : err.message);
+    }
+    remote = await serverEnd;
+    if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));
+    if (remote.type === "error") throw new Error(`${where}: ${remote.message}`);
+    if (remote.type === "report") report.merge(remote.summary.failures as any);
+    ch.send({ type: "bye" });
+    const t = pool.totals();
+    report.summary({
+      files: 0, bytes: t.bytesDisk, ...t, seconds: (performance.now() - started) / 1000, failures: report.failures, streams: o.threads,
+    });
+    pool.close();
+    child.stdin.end();
+    return report.failures.length ? EXIT_FAILED : EXIT_OK;
+  } catch (e) {
+    pool?.abort();
+    receiver?.cleanup();
+    process.stderr.write(`escp: ${(e as Error).message}\n`);
+    child.kill();
+    return EXIT_FAILED;
+  } finally {
+    process.off("SIGINT", interrupt);
+    process.off("SIGTERM", interrupt);
+  }
+}
+
+/**
+ * Where the data streams connect. ESCP_DATA_VIA=host:port sends them through
+ * something in between (the tests' tampering proxy; a port forward): the
+ * records are end-to-end authenticated, so a middle box can only break them.
+ */
+function dataAddress(addr: string, port: number): [string, number] {
+  const via = process.env.ESCP_DATA_VIA;
+  if (!via) return [addr, port];
+  const i = via.lastIndexOf(":");
+  return [via.slice(0, i).replace(/^\[|\]$/g, ""), Number(via.slice(i + 1))];
+}
+
+/** The command that starts the other end: ssh to the host, or this same program locally. */
+function startServer(o: Options, plan: Plan) {
+  const self = selfCommand();
+  if (plan.dir === "local") {
+    return Bun.spawn([...self, "--server"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  }
+  const remote = o.remoteEscp ?? process.env.ESCP_REMOTE ?? "escp";
+  const ssh = o.sshProgram ?? "ssh";
+  return Bun.spawn([ssh, ...sshArgs(o, plan.host), `${shellQuote(remote)} --server`], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+}
+
+/** This program as a command line: the compiled executable, or bun + the entry script. */
+export function selfCommand(): string[] {
+  return Bun.main.startsWith("/$bunfs") ? [process.execPath] : [process.execPath, Bun.main];
+}
+
+function shellQuote(s: string): string {
+  return /^[\w./~-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping the tail for diagnosis. */
+function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): { text: string; done: Promise<void> } {
+  const tail = { text: "", done: Promise.resolve() };
+  tail.done = (async () => {
+    for await (const chunk of stream as any as AsyncIterable<Uint8Array>) {
+      const s = Buffer.from(chunk).toString("utf8");
+      tail.text = (tail.text + s).slice(-4096);
+      if (!o.quiet || /error|denied|refused|not found/i.test(s)) process.stderr.write(s);
+    }
+  })();
+  return tail;
+}
+
+async function connectionFailure(where: string, child: { exited: Promise<number> }, tail: { text: string; done: Promise<void> }): Promise<string> {
+  const code = await child.exited;
+  await tail.done;
+  const last = tail.text.trim().split("\n").pop() ?? "";
+  if (/command not found|No such file or directory|not found/.test(last) && /escp/.test(last)) {
+    return `${where}: escp is not installed there (${last.trim()}); name it with --remote-escp PATH`;
+  }
+  if (code === 255) return `${where}: ssh failed${last ? `: ${last}` : ""}`;
+  return `${where}: the remote escp exited (status ${code}) before the transfer started${last ? `: ${last}` : ""}`;
+}

@@ -1,0 +1,73 @@
+/**
+ * Opening a session's TCP streams (0 = file list and verdicts, 1..N = data)
+ * and the key material they are keyed from. The side that ran `--server`
+ * listens; the side that started it connects. The handshake itself (preamble,
+ * HELLO both ways, dropping strangers) is in ffi/net.c.
+ */
+import crypto from "node:crypto";
+import { native, cstr, ptr, nativeError, type Pointer } from "../native.ts";
+
+export interface SessionKeys {
+  sid: Uint8Array; // 16 bytes, public
+  master: Uint8Array; // 32 bytes, secret: only on the ssh pipe, never on a command line
+}
+
+export function newKeys(): SessionKeys {
+  return { sid: new Uint8Array(crypto.randomBytes(16)), master: new Uint8Array(crypto.randomBytes(32)) };
+}
+
+export interface Listener {
+  fd: number;
+  port: number;
+}
+
+/** Listens on the first free port of the range; the error says what to do when none is. */
+export function listen(bindAddr: string, range: [number, number], host: string): Listener {
+  const port = new Int32Array(1);
+  const fd = native().escp_listen(cstr(bindAddr), range[0], range[1], ptr(port));
+  if (fd < 0) {
+    const cause = nativeError(fd);
+    throw new Error(`cannot listen on ${host} ports ${range[0]}-${range[1]}: ${cause} (choose another range with --port first-last)`);
+  }
+  return { fd, port: port[0] };
+}
+
+/** Accepts the session's 1 + dataStreams connections; anything else that knocks is dropped. */
+export function acceptStreams(l: Listener, keys: SessionKeys, dataStreams: number, timeoutMs: number): number[] {
+  const n = dataStreams + 1;
+  const out = new BigUint64Array(n);
+  const dropped = new Int32Array(1);
+  const r = native().escp_accept_streams(l.fd, ptr(keys.master), ptr(keys.sid), n, ptr(out), timeoutMs, ptr(dropped));
+  native().escp_close(l.fd);
+  if (r < 0) throw new Error(`waiting for the data connections on port ${l.port}: ${nativeError(r)}`);
+  return Array.from(out, (p) => Number(p));
+}
+
+/** Connects every stream; the error names host and port and what to try. */
+export function connectStreams(addr: string, port: number, keys: SessionKeys, dataStreams: number, timeoutMs: number): number[] {
+  const n = dataStreams + 1;
+  const conns: number[] = [];
+  const err = new Int32Array(1);
+  for (let s = 0; s < n; s++) {
+    const c = native().escp_connect(cstr(addr), port, ptr(keys.master), ptr(keys.sid), s, n, timeoutMs, ptr(err));
+    if (!c) {
+      for (const done of conns) native().escp_conn_free(done as Pointer);
+      throw new Error(
+        `cannot open data stream ${s} to ${addr} port ${port}: ${nativeError(err[0])} ` +
+          `(is the port range open in the firewall? choose another with --port)`,
+      );
+    }
+    conns.push(Number(c));
+  }
+  return conns;
+}
+
+/** Socket tuning for every stream: pacing splits -l evenly, keepalive notices a vanished peer. */
+export function tuneStreams(conns: number[], limitBps: number, keepaliveS: number): void {
+  const granted = new Int32Array(2);
+  const dataStreams = Math.max(1, conns.length - 1);
+  conns.forEach((c, s) => {
+    const pacing = s > 0 && limitBps > 0 ? Math.ceil(limitBps / dataStreams) : 0;
+    native().escp_conn_tune(c as Pointer, 0, 0, pacing, keepaliveS, ptr(granted));
+  });
+}

@@ -1,0 +1,93 @@
+/**
+ * The control channel: 4-byte big-endian length + UTF-8 JSON, at most 1 MiB,
+ * over the ssh pipe (or a local child's stdio). It carries only session
+ * set-up and the final report; file data never passes here.
+ *
+ * Anything on the pipe that is not a frame (a login banner, "command not
+ * found") is reported with the text that was read, so the user sees why.
+ *
+ * @example
+ * const ch = new ControlChannel(proc.stdout, (b) => proc.stdin.write(b));
+ * ch.send({ type: "bye" });
+ * const msg = await ch.receive();
+ */
+import { MAX_CONTROL_MESSAGE, type ControlMessage } from "../protocol.ts";
+
+export class ControlChannel {
+  private buf = Buffer.alloc(0);
+  private waiting: ((m: ControlMessage | null) => void)[] = [];
+  private queue: (ControlMessage | null)[] = [];
+  private failure: Error | undefined;
+  private closed = false;
+
+  constructor(
+    source: AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
+    private readonly write: (b: Uint8Array) => void,
+    private readonly peer: string,
+  ) {
+    void this.pump(source);
+  }
+
+  send(m: ControlMessage): void {
+    const json = Buffer.from(JSON.stringify(m), "utf8");
+    const frame = Buffer.alloc(4 + json.length);
+    frame.writeUInt32BE(json.length, 0);
+    json.copy(frame, 4);
+    this.write(frame);
+  }
+
+  /** Next message, or null when the pipe closed. Throws on a malformed frame. */
+  receive(): Promise<ControlMessage | null> {
+    if (this.failure) return Promise.reject(this.failure);
+    const m = this.queue.shift();
+    if (m !== undefined) return Promise.resolve(m);
+    if (this.closed) return Promise.resolve(null);
+    return new Promise((resolve, reject) => {
+      this.waiting.push((msg) => (this.failure ? reject(this.failure) : resolve(msg)));
+    });
+  }
+
+  private deliver(m: ControlMessage | null): void {
+    const w = this.waiting.shift();
+    if (w) w(m);
+    else this.queue.push(m);
+  }
+
+  private async pump(source: AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>): Promise<void> {
+    try {
+      for await (const chunk of source as AsyncIterable<Uint8Array>) {
+        this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : Buffer.from(chunk);
+        while (this.buf.length >= 4) {
+          const len = this.buf.readUInt32BE(0);
+          if (len > MAX_CONTROL_MESSAGE || this.buf[0] !== 0) throw this.garbage();
+          if (this.buf.length < 4 + len) break;
+          const text = this.buf.subarray(4, 4 + len).toString("utf8");
+          this.buf = this.buf.subarray(4 + len);
+          let msg: ControlMessage;
+          try {
+            msg = JSON.parse(text);
+          } catch {
+            throw new Error(`${this.peer} sent a malformed control message`);
+          }
+          if (!msg || typeof msg !== "object" || typeof (msg as any).type !== "string") {
+            throw new Error(`${this.peer} sent a control message without a type`);
+          }
+          this.deliver(msg);
+        }
+      }
+      if (this.buf.length) throw this.garbage();
+    } catch (e) {
+      this.failure = e instanceof Error ? e : new Error(String(e));
+    }
+    this.closed = true;
+    while (this.waiting.length) this.deliver(null);
+  }
+
+  private garbage(): Error {
+    const text = this.buf.subarray(0, 200).toString("utf8").replace(/[^\x20-\x7e]+/g, " ").trim();
+    return new Error(
+      `${this.peer} printed text where escp expected its protocol: "${text}" ` +
+        `(a login banner or shell startup output? make non-interactive shells silent)`,
+    );
+  }
+}

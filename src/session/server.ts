@@ -1,0 +1,96 @@
+/**
+ * `escp --server`: the remote end, started by the connecting escp over ssh
+ * (or as a local child). It reads `hello` from stdin, listens, says `ready`,
+ * accepts the streams and then sends or receives. It lives only as long as
+ * its stdin: when the ssh session ends it removes its temporary files and
+ * exits, so no receiver is ever left behind.
+ */
+import os from "node:os";
+import { ControlChannel } from "./control.ts";
+import { listen, acceptStreams, tuneStreams } from "./connect.ts";
+import { PROTO_VERSION } from "../native.ts";
+import { StreamPool } from "../streams/pool.ts";
+import { Sender } from "../transfer/sender.ts";
+import { Receiver } from "../transfer/receiver.ts";
+import { resolveTarget, expandHome } from "../plan/target.ts";
+import { expandSources } from "../plan/sources.ts";
+import { Report } from "../report.ts";
+import type { ControlMessage } from "../protocol.ts";
+
+export async function runServer(): Promise<number> {
+  const ch = new ControlChannel(Bun.stdin.stream(), (b) => void process.stdout.write(b), "the connecting escp");
+  const hello = await ch.receive();
+  if (!hello) return 1;
+  if (hello.type !== "hello") {
+    ch.send({ type: "error", message: `expected hello, got ${hello.type}` });
+    return 1;
+  }
+  if (hello.version !== PROTO_VERSION) {
+    ch.send({ type: "error", version: PROTO_VERSION, message: `protocol version mismatch: this escp speaks ${PROTO_VERSION}, the local one ${hello.version}` });
+    return 1;
+  }
+  const hostName = os.hostname();
+  const report = new Report({ quiet: true, json: false }, false);
+  let pool: StreamPool | undefined;
+  let receiver: Receiver | undefined;
+  // The ssh session is our lifeline: when it goes, so do we (and our temporary files).
+  let finished = false;
+  const lifeline = (async () => {
+    for (;;) {
+      const m = await ch.receive().catch(() => null);
+      if (m === null || m.type === "bye") break;
+    }
+    if (!finished) {
+      pool?.abort();
+      receiver?.cleanup();
+      process.exit(1);
+    }
+  })();
+  try {
+    const target = hello.serverRole === "receiver"
+      ? resolveTarget(hello.target ?? "", { multipleSources: !!hello.multipleSources })
+      : undefined;
+    const sources = expandSources(hello.serverRole === "sender" ? (hello.sources ?? []).map((s) => expandHome(s)) : []);
+    const bindAddr = sshServerAddress() ?? "127.0.0.1";
+    const l = listen(bindAddr, hello.ports, hostName);
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr });
+    const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
+    const conns = acceptStreams(l, keys, hello.streams, 30_000);
+    keys.master.fill(0);
+    tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS);
+    const started = performance.now();
+    pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
+    let files = 0, bytes = 0;
+    if (target) {
+      receiver = new Receiver(pool, target, { preserve: hello.options.preserve, direct: hello.options.direct, verify: hello.options.verify, blockSize: hello.blockSize }, report);
+      await receiver.run();
+      files = receiver.filesOk;
+      bytes = receiver.bytes;
+    } else {
+      for (const s of sources.missing) report.failed(s.path, s.message);
+      const sender = new Sender(pool, { recursive: hello.options.recursive, direct: hello.options.direct, blockSize: hello.blockSize }, report);
+      await sender.run(sources.paths);
+      files = sender.files;
+      bytes = sender.bytes;
+    }
+    const t = pool.totals();
+    finished = true;
+    ch.send({
+      type: "report",
+      summary: { files, bytes, ...t, seconds: (performance.now() - started) / 1000, failures: report.failures, streams: hello.streams },
+    });
+  } catch (e) {
+    finished = true;
+    receiver?.cleanup();
+    pool?.abort();
+    ch.send({ type: "error", message: (e as Error).message } satisfies ControlMessage);
+  }
+  await lifeline;
+  return 0;
+}
+
+/** The address the ssh client reached us on: the data streams use the same one. */
+function sshServerAddress(): string | undefined {
+  const parts = (process.env.SSH_CONNECTION ?? "").split(" ");
+  return parts.length === 4 ? parts[2] : undefined;
+}

@@ -1,0 +1,232 @@
+/**
+ * The main thread's side of the streams: one worker per TCP stream, the
+ * shared memory they report through (counters, cancel flag, the receiver's
+ * file table), and stream 0's outgoing records, which the main thread seals
+ * and sends itself (they are small; its incoming half has a worker).
+ *
+ * @example
+ * const pool = new StreamPool(conns, "sender", { blockSize, zstdLevel });
+ * pool.onDone = (entries) => ...;
+ * pool.offer(batch);
+ */
+import { native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, type Pointer } from "../native.ts";
+import { WORKER_URL } from "../entrypoints.ts";
+import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
+
+export interface PoolOptions {
+  blockSize: number;
+  zstdLevel: number;
+  cpumask?: string;
+  nodemask?: string;
+}
+
+/** Per-block outcome decoded from escp_done. */
+export interface BlockDone {
+  fileId: bigint;
+  offset: bigint;
+  len: number;
+  status: number;
+  hash: Uint8Array;
+}
+
+export interface StreamCounters {
+  bytesDisk: number;
+  bytesNetwork: number;
+  bytesCompressed: number;
+}
+
+/** Receiver file table capacity: more than the sender's window of open files, a power of two. */
+export const TABLE_CAP = 4096;
+
+export class StreamPool {
+  readonly cancel = new SharedArrayBuffer(4);
+  readonly counters: SharedArrayBuffer;
+  readonly table = new SharedArrayBuffer(TABLE_CAP * FDSLOT_SIZE);
+  readonly tableGen = new SharedArrayBuffer(4);
+  private readonly workers: Worker[] = [];
+  private readonly outstanding: number[] = [];
+  private readonly endedStreams = new Set<number>();
+  private endWaiters: (() => void)[] = [];
+  private fatal: Error | undefined;
+
+  onDone: (blocks: BlockDone[]) => void = () => {};
+  onRecord: (type: number, flags: number, body: Uint8Array) => void = () => {};
+  onNeed: (id: bigint, stream: number) => void = () => {};
+  onFatal: (e: Error) => void = () => {};
+  /** Called when a send worker can take another batch. */
+  onIdle: () => void = () => {};
+
+  constructor(
+    private readonly conns: number[],
+    private readonly role: "sender" | "receiver",
+    opts: PoolOptions,
+  ) {
+    this.counters = new SharedArrayBuffer(conns.length * COUNTERS_SIZE);
+    const libPath = nativePath();
+    conns.forEach((conn, stream) => {
+      const w = new Worker(WORKER_URL);
+      const init: WorkerInit = {
+        kind: "init",
+        role: stream === 0 ? "control-rx" : role === "sender" ? "send" : "recv",
+        stream,
+        conn,
+        libPath,
+        blockSize: opts.blockSize,
+        zstdLevel: opts.zstdLevel,
+        cancel: this.cancel,
+        counters: this.counters,
+        table: this.table,
+        tableCap: TABLE_CAP,
+        tableGen: this.tableGen,
+        cpumask: opts.cpumask,
+        nodemask: opts.nodemask,
+      };
+      w.onmessage = (ev: MessageEvent<FromWorker>) => this.handle(ev.data);
+      w.onerror = (ev) => this.die(new Error(`stream ${stream} worker crashed: ${ev.message}`));
+      w.postMessage(init);
+      this.workers.push(w);
+      this.outstanding.push(0);
+    });
+  }
+
+  get dataStreams(): number {
+    return this.conns.length - 1;
+  }
+
+  /** Seals and sends one stream-0 record from the main thread. */
+  sendControl(type: number, body: Uint8Array | null): void {
+    const n = native();
+    const r = n.escp_send_record(this.conns[0] as Pointer, type, 0, body && body.length ? ptr(body) : null, body?.length ?? 0);
+    if (r < 0) throw new Error(nativeError(r));
+  }
+
+  /** Gives a batch of escp_work items to the least busy send worker; false if all are full. */
+  offer(items: Uint8Array): boolean {
+    let best = -1;
+    for (let s = 1; s < this.workers.length; s++) {
+      if (this.outstanding[s] < 2 && (best < 0 || this.outstanding[s] < this.outstanding[best])) best = s;
+    }
+    if (best < 0) return false;
+    this.outstanding[best]++;
+    this.workers[best].postMessage({ kind: "batch", items } satisfies ToWorker, [items.buffer as ArrayBuffer]);
+    return true;
+  }
+
+  hasRoom(): boolean {
+    return this.outstanding.some((n, s) => s > 0 && n < 2);
+  }
+
+  /** Sender: END on every data stream, resolved once all are sent. */
+  finish(): Promise<void> {
+    for (let s = 1; s < this.workers.length; s++) this.workers[s].postMessage({ kind: "finish" } satisfies ToWorker);
+    return this.allEnded();
+  }
+
+  /** Resolves when every data stream has ended (sent END, or received it). */
+  allEnded(): Promise<void> {
+    if (this.fatal) return Promise.reject(this.fatal);
+    if (this.endedStreams.size >= this.dataStreams) return Promise.resolve();
+    return new Promise((resolve, reject) => this.endWaiters.push(() => (this.fatal ? reject(this.fatal) : resolve())));
+  }
+
+  /** Receiver: makes file `id` writable by the stream workers through fd. */
+  publish(id: bigint, size: bigint, fd: number, direct: boolean): void {
+    const slot = Number(id & BigInt(TABLE_CAP - 1));
+    const u64 = new BigUint64Array(this.table, slot * FDSLOT_SIZE, 4);
+    const i32 = new Int32Array(this.table, slot * FDSLOT_SIZE + 16, 2);
+    u64[1] = size;
+    i32[0] = fd;
+    i32[1] = direct ? 1 : 0;
+    Atomics.store(u64, 0, id + 1n);
+    const gen = new Int32Array(this.tableGen);
+    Atomics.add(gen, 0, 1);
+    Atomics.notify(gen, 0);
+  }
+
+  unpublish(id: bigint): void {
+    const slot = Number(id & BigInt(TABLE_CAP - 1));
+    const u64 = new BigUint64Array(this.table, slot * FDSLOT_SIZE, 1);
+    Atomics.compareExchange(u64, 0, id + 1n, 0n);
+  }
+
+  totals(): StreamCounters {
+    const c = new BigUint64Array(this.counters);
+    const t = { bytesDisk: 0, bytesNetwork: 0, bytesCompressed: 0 };
+    for (let s = 0; s < this.conns.length; s++) {
+      t.bytesDisk += Number(c[s * 8]);
+      t.bytesNetwork += Number(c[s * 8 + 1]);
+      t.bytesCompressed += Number(c[s * 8 + 2]);
+    }
+    return t;
+  }
+
+  /** Stops every loop: sets the cancel flag and shuts the sockets so blocked calls return. */
+  abort(): void {
+    Atomics.store(new Int32Array(this.cancel), 0, 1);
+    Atomics.notify(new Int32Array(this.tableGen), 0);
+    for (const c of this.conns) native().escp_conn_shutdown(c as Pointer);
+  }
+
+  /** Ends the workers and frees the connections; call once, at the end. */
+  close(): void {
+    this.abort();
+    for (const w of this.workers) w.terminate();
+    // Workers may still be inside a native call until the shutdown reaches them; the
+    // process exits right after, so the connections are left to the kernel.
+  }
+
+  private handle(m: FromWorker): void {
+    switch (m.kind) {
+      case "done":
+        if (this.role === "sender") this.outstanding[m.stream]--;
+        this.onDone(decodeDone(m.entries));
+        if (this.role === "sender") this.onIdle();
+        break;
+      case "record":
+        this.onRecord(m.type, m.flags, m.body);
+        break;
+      case "need":
+        this.onNeed(m.id, m.stream);
+        break;
+      case "ended":
+        this.endedStreams.add(m.stream);
+        if (this.endedStreams.size >= this.dataStreams) this.wakeEnders();
+        break;
+      case "error":
+        if (Atomics.load(new Int32Array(this.cancel), 0)) return; // our own abort, not news
+        this.die(new Error(m.message));
+        break;
+    }
+  }
+
+  private die(e: Error): void {
+    if (this.fatal) return;
+    this.fatal = e;
+    this.abort();
+    this.wakeEnders();
+    this.onFatal(e);
+  }
+
+  private wakeEnders(): void {
+    const w = this.endWaiters;
+    this.endWaiters = [];
+    w.forEach((f) => f());
+  }
+}
+
+function decodeDone(entries: Uint8Array): BlockDone[] {
+  const dv = new DataView(entries.buffer, entries.byteOffset, entries.byteLength);
+  const out: BlockDone[] = [];
+  for (let o = 0; o < entries.byteLength; o += 40) {
+    out.push({
+      fileId: dv.getBigUint64(o, true),
+      offset: dv.getBigUint64(o + 8, true),
+      len: dv.getUint32(o + 16, true),
+      status: dv.getInt32(o + 20, true),
+      hash: entries.slice(o + 24, o + 40),
+    });
+  }
+  return out;
+}
+
+export { Rec };

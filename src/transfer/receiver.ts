@@ -1,0 +1,272 @@
+/**
+ * The receiving side of a session (the remote `escp --server` on push, the
+ * local escp on pull). Here a file's fate is decided: each entry the sender
+ * announces is checked (plan/target.ts) and opened under a temporary name
+ * beside its target; stream workers write its blocks; when the sender's DONE
+ * and all its bytes are in, the digest of what was written is compared with
+ * the digest of what was read, and only a match is renamed over the target.
+ * Anything else removes the temporary file and names the cause in RESULT.
+ */
+import crypto from "node:crypto";
+import path from "node:path";
+import fs from "node:fs";
+import { native, cstr, ptr, nativeError, Rec, E } from "../native.ts";
+import { decodeFiles, decodeVerdict, encodeVerdict, ProtocolError, type FileEntry, type FileVerdict } from "../protocol.ts";
+import { PathError, type Target } from "../plan/target.ts";
+import { FileDigest, sameDigest } from "./digest.ts";
+import type { StreamPool, BlockDone } from "../streams/pool.ts";
+import type { Events } from "../report.ts";
+
+export interface ReceiverOptions {
+  preserve: boolean;
+  direct: boolean;
+  verify: boolean;
+  blockSize: number;
+}
+
+interface RecvFile {
+  entry: FileEntry;
+  rel: string;
+  tmp: string;
+  fd: number;
+  processed: bigint;
+  digest: FileDigest;
+  verdict?: FileVerdict;
+  error?: string;
+  mode: number;
+}
+
+const O_WRONLY = fs.constants.O_WRONLY, O_CREAT = fs.constants.O_CREAT, O_EXCL = fs.constants.O_EXCL;
+/** Files smaller than this skip O_DIRECT: its set-up costs more than the page cache it saves. */
+const DIRECT_MIN = 1 << 20;
+
+export class Receiver {
+  private readonly files = new Map<bigint, RecvFile>();
+  private readonly dirs: { rel: string; entry: FileEntry }[] = [];
+  private highestId = -1n;
+  private ended: (() => void) | undefined;
+  private fatal: Error | undefined;
+  private readonly lib = native();
+  private readonly umask = process.umask();
+  failures = 0;
+  filesOk = 0;
+  bytes = 0;
+
+  constructor(
+    private readonly pool: StreamPool,
+    private readonly target: Target,
+    private readonly opts: ReceiverOptions,
+    private readonly events: Events,
+  ) {
+    pool.onRecord = (type, flags, body) => this.record(type, flags, body);
+    pool.onDone = (blocks) => this.blocksDone(blocks);
+    pool.onNeed = (id) => this.need(id);
+    pool.onFatal = (e) => this.die(e);
+  }
+
+  /** Resolves when the sender has ended the session and every file is settled. */
+  async run(): Promise<void> {
+    await new Promise<void>((r) => (this.ended = r));
+    if (this.fatal) throw this.fatal;
+    await this.pool.allEnded();
+    this.finishDirs();
+    this.pool.sendControl(Rec.END, null);
+  }
+
+  /** Removes temporary files of unfinished transfers (on a fatal error or interrupt). */
+  cleanup(): void {
+    for (const f of this.files.values()) {
+      this.pool.unpublish(f.entry.id);
+      this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+    }
+    this.files.clear();
+  }
+
+  private record(type: number, flags: number, body: Uint8Array): void {
+    try {
+      if (type === Rec.FILES) {
+        const raw = flags & 1 ? decompress(body) : body;
+        for (const e of decodeFiles(raw)) this.announce(e);
+      } else if (type === Rec.DONE) {
+        const v = decodeVerdict(body);
+        const f = this.files.get(v.id);
+        if (!f || f.verdict) throw new ProtocolError(`DONE for unknown file id ${v.id}`);
+        f.verdict = v;
+        this.maybeFinish(f);
+      } else if (type === Rec.END) {
+        if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} files unfinished`);
+        this.ended?.();
+      } else if (type === Rec.ERROR) {
+        throw new Error(new TextDecoder().decode(body));
+      } else {
+        throw new ProtocolError(`unexpected record type ${type} on stream 0`);
+      }
+    } catch (e) {
+      this.die(e as Error);
+    }
+  }
+
+  private announce(e: FileEntry): void {
+    if (e.id <= this.highestId) throw new ProtocolError(`file id ${e.id} announced out of order`);
+    this.highestId = e.id;
+    let rel: string;
+    try {
+      rel = this.target.place(e.path);
+    } catch (err) {
+      if (err instanceof PathError) return this.reject(e, e.path, `refused: ${err.message}`);
+      throw err;
+    }
+    if (e.kind === "dir") return this.makeDir(e, rel);
+    const tmp = tempName(rel);
+    const isDirect = new Int32Array(1);
+    const fd = this.lib.escp_openat_beneath(
+      this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | O_EXCL, 0o600,
+      this.opts.direct && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
+    );
+    if (fd < 0) return this.reject(e, rel, nativeError(fd));
+    const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, rel) };
+    this.files.set(e.id, f);
+    this.events.started(this.target.show(rel), Number(e.size));
+    this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
+  }
+
+  private makeDir(e: FileEntry, rel: string): void {
+    const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
+    if (r < 0) return this.reject(e, rel, nativeError(r));
+    if (this.opts.preserve) this.dirs.push({ rel, entry: e });
+  }
+
+  /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
+  private finalMode(e: FileEntry, rel: string): number {
+    if (this.opts.preserve) return e.mode & 0o7777;
+    try {
+      const st = fs.lstatSync(this.target.show(rel));
+      if (st.isFile()) return st.mode & 0o7777;
+    } catch {}
+    return e.mode & 0o777 & ~this.umask;
+  }
+
+  /** An entry that will not be written: the sender hears why, and its data (if any) goes nowhere. */
+  private reject(e: FileEntry, rel: string, cause: string): void {
+    const shown = this.target.show(rel);
+    this.failures++;
+    this.events.failed(shown, cause, e.id);
+    this.pool.sendControl(Rec.RESULT, encodeVerdict({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` }));
+    if (e.kind === "file") {
+      // Blocks may already be on their way: they are verified and dropped into /dev/null.
+      const fd = fs.openSync("/dev/null", "w");
+      const f: RecvFile = { entry: e, rel, tmp: "", fd, processed: 0n, digest: new FileDigest(), error: cause, mode: 0 };
+      this.files.set(e.id, f);
+      this.pool.publish(e.id, e.size, fd, false);
+    }
+  }
+
+  private blocksDone(blocks: BlockDone[]): void {
+    for (const b of blocks) {
+      const f = this.files.get(b.fileId);
+      if (!f) continue;
+      f.processed += BigInt(b.len);
+      if (b.status < 0) f.error ??= nativeError(b.status);
+      else f.digest.add(b.offset, b.len, b.hash);
+      this.maybeFinish(f);
+    }
+  }
+
+  private maybeFinish(f: RecvFile): void {
+    if (!f.verdict || f.processed < f.verdict.bytes) return;
+    this.files.delete(f.entry.id);
+    this.pool.unpublish(f.entry.id);
+    const digest = f.digest.final();
+    const shown = this.target.show(f.rel);
+    if (!f.tmp) {
+      this.lib.escp_close(f.fd); // a rejected entry: already reported
+      return;
+    }
+    let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || nativeError(f.verdict.status) : undefined);
+    if (!cause && (f.processed !== f.entry.size || !sameDigest(digest, f.verdict.digest))) {
+      cause = "integrity check failed: what was written differs from what was read";
+    }
+    if (!cause && this.opts.verify) cause = this.reread(f, f.verdict.digest);
+    if (!cause) cause = this.applyMetadata(f);
+    this.lib.escp_close(f.fd);
+    if (!cause) {
+      const r = this.lib.escp_renameat_beneath(this.target.rootFd, cstr(f.tmp), cstr(f.rel));
+      if (r < 0) cause = nativeError(r);
+    }
+    if (cause) {
+      this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+      this.failures++;
+      this.events.failed(shown, cause, f.entry.id);
+    } else {
+      this.filesOk++;
+      this.bytes += Number(f.entry.size);
+      this.events.finished(shown, Number(f.entry.size));
+    }
+    const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: f.processed, digest, message: cause ? `${shown}\0${cause}` : "" };
+    this.pool.sendControl(Rec.RESULT, encodeVerdict(v));
+  }
+
+  /** --verify: hash the file again from disk, block by block, and compare with the sender's digest. */
+  private reread(f: RecvFile, expected: Uint8Array): string | undefined {
+    const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(f.tmp), fs.constants.O_RDONLY, 0, 1, null);
+    if (fd < 0) return `verify: ${nativeError(fd)}`;
+    const d = new FileDigest();
+    const h = new Uint8Array(16);
+    const bs = BigInt(this.opts.blockSize);
+    try {
+      for (let off = 0n; off < f.entry.size; off += bs) {
+        const len = f.entry.size - off < bs ? f.entry.size - off : bs;
+        const r = this.lib.escp_hash_range(fd, off, len, ptr(h));
+        if (r < 0) return `verify: ${nativeError(r)}`;
+        d.add(off, Number(len), h);
+      }
+    } finally {
+      this.lib.escp_close(fd);
+    }
+    return sameDigest(d.final(), expected) ? undefined : "verify failed: the file read back from disk differs from the source";
+  }
+
+  private applyMetadata(f: RecvFile): string | undefined {
+    let r = this.lib.escp_fchmod(f.fd, f.mode);
+    if (r >= 0 && this.opts.preserve) r = this.lib.escp_futimens(f.fd, f.entry.atimeNs, f.entry.mtimeNs);
+    return r < 0 ? nativeError(r) : undefined;
+  }
+
+  /** -p on directories: modes and times last, deepest first, so writing their contents does not change them. */
+  private finishDirs(): void {
+    for (const { rel, entry } of this.dirs.reverse()) {
+      const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(rel), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0, 0, null);
+      if (fd < 0) continue;
+      this.lib.escp_fchmod(fd, entry.mode & 0o7777);
+      this.lib.escp_futimens(fd, entry.atimeNs, entry.mtimeNs);
+      this.lib.escp_close(fd);
+    }
+  }
+
+  private need(id: bigint): void {
+    // Data for an id the sender has not announced yet is normal (stream 0 may lag);
+    // data for one it announced and we already settled is a protocol violation.
+    if (id <= this.highestId && !this.files.has(id)) this.die(new ProtocolError(`data for file id ${id}, which is not being received`));
+  }
+
+  private die(e: Error): void {
+    if (this.fatal) return;
+    this.fatal = e;
+    this.pool.abort();
+    this.cleanup();
+    this.ended?.();
+  }
+}
+
+function tempName(rel: string): string {
+  const dir = path.posix.dirname(rel);
+  const name = `.${path.posix.basename(rel).slice(0, 200)}.${crypto.randomBytes(4).toString("hex")}.escp-part`;
+  return dir === "." ? name : `${dir}/${name}`;
+}
+
+function decompress(body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(1 << 20);
+  const n = Number(native().escp_zstd_decompress(ptr(body), body.length, ptr(out), out.length));
+  if (n < 0) throw new ProtocolError(`FILES record does not decompress: ${nativeError(n)}`);
+  return out.subarray(0, n);
+}

@@ -1,0 +1,287 @@
+/**
+ * The sending side of a session, wherever it runs (the local escp on push,
+ * the remote `escp --server` on pull). Per file it decides: open, announce in
+ * a FILES record, cut into blocks for the stream workers, check the file did
+ * not change while it was read, send DONE with the digest of what was read,
+ * and learn the receiver's verdict from RESULT. The bytes themselves only
+ * ever pass through ffi/loops.c.
+ */
+import { native, cstr, ptr, nativeError, Rec, E, WORK_SIZE } from "../native.ts";
+import { encodeFiles, decodeVerdict, encodeVerdict, type FileEntry, type FileVerdict } from "../protocol.ts";
+import { walk, type WalkItem } from "../plan/walk.ts";
+import { FileDigest, sameDigest } from "./digest.ts";
+import type { StreamPool, BlockDone } from "../streams/pool.ts";
+import type { Events } from "../report.ts";
+
+export interface SenderOptions {
+  recursive: boolean;
+  direct: boolean;
+  blockSize: number;
+}
+
+/** Files announced but not yet judged by the receiver; bounds open fds and memory. */
+const WINDOW = 512;
+const BATCH_ITEMS = 64;
+const BATCH_BYTES = 8 << 20;
+const ANNOUNCE_BATCH = 256;
+
+interface SendFile {
+  id: bigint;
+  path: string; // as the user named it (for messages)
+  rel: string;
+  fd: number;
+  direct: boolean;
+  size: bigint;
+  mtimeNs: bigint;
+  next: bigint; // next offset to hand to a worker
+  outstanding: number; // blocks handed out, not yet reported
+  sent: bigint;
+  digest: FileDigest;
+  error?: string;
+  doneSent: boolean;
+  ourDigest?: Uint8Array;
+  /** A verdict that came before our DONE (the receiver refused the file): applied once DONE is out. */
+  early?: FileVerdict;
+}
+
+export class Sender {
+  private nextId = 0n;
+  private readonly inflight = new Map<bigint, SendFile>();
+  private readonly cursors: SendFile[] = [];
+  private announce: FileEntry[] = [];
+  private windowWaiter: (() => void) | undefined;
+  private peerEnded: (() => void) | undefined;
+  private fatal: Error | undefined;
+  private readonly lib = native();
+  failures = 0;
+  files = 0;
+  bytes = 0;
+
+  constructor(
+    private readonly pool: StreamPool,
+    private readonly opts: SenderOptions,
+    private readonly events: Events,
+  ) {
+    pool.onDone = (blocks) => this.blocksDone(blocks);
+    pool.onIdle = () => this.pump();
+    pool.onRecord = (type, _flags, body) => this.record(type, body);
+    pool.onFatal = (e) => this.die(e);
+  }
+
+  /** Sends every source; resolves when the receiver has judged every file. */
+  async run(sources: string[]): Promise<void> {
+    for await (const item of walk(sources, { recursive: this.opts.recursive })) {
+      this.check();
+      this.take(item);
+      if (this.announce.length >= ANNOUNCE_BATCH || this.cursors.length === 0) this.pump();
+      while (this.inflight.size >= WINDOW) {
+        this.pump();
+        await new Promise<void>((r) => (this.windowWaiter = r));
+        this.check();
+      }
+    }
+    this.pump();
+    while (this.inflight.size > 0) {
+      await new Promise<void>((r) => (this.windowWaiter = r));
+      this.check();
+    }
+    await this.pool.finish();
+    const ended = new Promise<void>((r) => (this.peerEnded = r));
+    this.pool.sendControl(Rec.END, null);
+    await ended;
+    this.check();
+  }
+
+  private take(item: WalkItem): void {
+    if (item.kind === "error") {
+      this.failures++;
+      this.events.failed(item.abs, item.message);
+      return;
+    }
+    if (item.kind === "warning") {
+      this.events.warning(`${item.abs}: ${item.message}`);
+      return;
+    }
+    const entry: FileEntry = {
+      id: this.nextId,
+      path: item.rel,
+      kind: item.kind,
+      size: 0n,
+      mode: Number(item.stat.mode & 0o7777n),
+      mtimeNs: item.stat.mtimeNs,
+      atimeNs: item.stat.atimeNs,
+      top: item.top,
+    };
+    if (item.kind === "dir") {
+      this.nextId++;
+      this.announce.push(entry);
+      return;
+    }
+    const isDirect = new Int32Array(1);
+    const fd = this.lib.escp_open_read(cstr(item.abs), this.opts.direct ? 1 : 0, ptr(isDirect));
+    if (fd < 0) {
+      this.failures++;
+      this.events.failed(item.abs, nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
+      return;
+    }
+    // Size and mtime come from the open file, so a file replaced after the walk is seen as it is read.
+    const st = fstat(fd);
+    entry.size = BigInt(st[0]);
+    entry.mtimeNs = st[1];
+    entry.mode = Number(st[2]) & 0o7777;
+    this.nextId++;
+    const f: SendFile = {
+      id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
+      mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
+    };
+    this.inflight.set(f.id, f);
+    this.announce.push(entry);
+    this.events.started(item.abs, Number(entry.size));
+    this.cursors.push(f);
+  }
+
+  /** Announces pending entries, then feeds workers while they have room. */
+  private pump(): void {
+    if (this.fatal) return;
+    if (this.announce.length) {
+      this.pool.sendControl(Rec.FILES, encodeFiles(this.announce));
+      const announced = this.announce;
+      this.announce = [];
+      // Empty files have no blocks: their DONE can go right away.
+      for (const e of announced) {
+        const f = e.kind === "file" ? this.inflight.get(e.id) : undefined;
+        if (f && f.size === 0n) this.readFinished(f);
+      }
+    }
+    while (this.cursors.length && this.pool.hasRoom()) {
+      const items = this.nextBatch();
+      if (!items) break;
+      this.pool.offer(items);
+    }
+  }
+
+  private nextBatch(): Uint8Array | null {
+    const buf = new Uint8Array(BATCH_ITEMS * WORK_SIZE);
+    const dv = new DataView(buf.buffer);
+    const bs = BigInt(this.opts.blockSize);
+    let n = 0;
+    let bytes = 0;
+    while (n < BATCH_ITEMS && bytes < BATCH_BYTES && this.cursors.length) {
+      const f = this.cursors[0];
+      if (f.next >= f.size) {
+        this.cursors.shift();
+        continue;
+      }
+      const len = f.size - f.next < bs ? Number(f.size - f.next) : this.opts.blockSize;
+      const o = n * WORK_SIZE;
+      dv.setBigUint64(o, f.id, true);
+      dv.setBigUint64(o + 8, f.next, true);
+      dv.setUint32(o + 16, len, true);
+      dv.setInt32(o + 20, f.fd, true);
+      dv.setInt32(o + 24, f.direct ? 1 : 0, true);
+      f.next += BigInt(len);
+      f.outstanding++;
+      n++;
+      bytes += len;
+      if (f.next >= f.size) this.cursors.shift();
+    }
+    return n ? buf.slice(0, n * WORK_SIZE) : null;
+  }
+
+  private blocksDone(blocks: BlockDone[]): void {
+    for (const b of blocks) {
+      const f = this.inflight.get(b.fileId);
+      if (!f) continue;
+      f.outstanding--;
+      if (b.status < 0) {
+        f.error ??= b.status === E.CHANGED ? "file changed while being read (it is shorter than when the copy started)" : nativeError(b.status);
+      } else {
+        f.sent += BigInt(b.len);
+        f.digest.add(b.offset, b.len, b.hash);
+      }
+      if (f.outstanding === 0 && f.next >= f.size) this.readFinished(f);
+    }
+  }
+
+  /** Every block of f has been read and sent (or failed): tell the receiver what it should have. */
+  private readFinished(f: SendFile): void {
+    if (f.doneSent) return;
+    f.doneSent = true;
+    if (!f.error) {
+      const st = fstat(f.fd);
+      if (BigInt(st[0]) !== f.size || st[1] !== f.mtimeNs) f.error = "file changed while being read (size or modification time differs)";
+    }
+    this.lib.escp_close(f.fd);
+    const digest = f.digest.final();
+    const verdict: FileVerdict = { id: f.id, status: f.error ? E.CHANGED : 0, bytes: f.sent, digest, message: f.error ?? "" };
+    f.ourDigest = digest;
+    this.pool.sendControl(Rec.DONE, encodeVerdict(verdict));
+    if (f.early) this.result(f.early);
+  }
+
+  private record(type: number, body: Uint8Array): void {
+    try {
+      if (type === Rec.RESULT) this.result(decodeVerdict(body));
+      else if (type === Rec.END) this.peerEnded?.();
+      else if (type === Rec.ERROR) this.die(new Error(new TextDecoder().decode(body)));
+      else this.die(new Error(`receiver sent an unexpected record type ${type} on stream 0`));
+    } catch (e) {
+      this.die(e as Error);
+    }
+  }
+
+  private result(v: FileVerdict): void {
+    const f = this.inflight.get(v.id);
+    if (!f) {
+      // A directory the receiver refused: we keep no state for directories.
+      if (v.status !== 0) this.receiverFailure(v);
+      return;
+    }
+    if (!f.doneSent) {
+      f.early = v; // its blocks are still in flight; the receiver drops them
+      return;
+    }
+    this.inflight.delete(v.id);
+    const ours = f.ourDigest;
+    let problem = f.error;
+    if (!problem && v.status !== 0) {
+      this.receiverFailure(v);
+    } else if (!problem && (!ours || !sameDigest(ours, v.digest) || v.bytes !== f.size)) {
+      problem = "integrity check failed: the receiver's digest differs from the sender's";
+    }
+    if (problem) {
+      this.failures++;
+      this.events.failed(f.path, problem, f.id);
+    } else if (v.status === 0) {
+      this.files++;
+      this.bytes += Number(f.size);
+      this.events.finished(f.path, Number(f.size));
+    }
+    this.windowWaiter?.();
+  }
+
+  /** The receiver's RESULT message is "destination\0cause". */
+  private receiverFailure(v: FileVerdict): void {
+    const [subject, cause] = v.message.includes("\0") ? v.message.split("\0", 2) : ["", v.message || nativeError(v.status)];
+    this.failures++;
+    this.events.failed(subject, cause, v.id);
+  }
+
+  private die(e: Error): void {
+    this.fatal ??= e;
+    this.windowWaiter?.();
+    this.peerEnded?.();
+  }
+
+  private check(): void {
+    if (this.fatal) throw this.fatal;
+  }
+}
+
+/** [size, mtime_ns, mode, dev, ino, atime_ns, type] of an open fd. */
+export function fstat(fd: number): BigInt64Array {
+  const out = new BigInt64Array(7);
+  const r = native().escp_fstat(fd, ptr(out));
+  if (r < 0) throw new Error(nativeError(r));
+  return out;
+}

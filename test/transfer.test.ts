@@ -1,0 +1,149 @@
+/**
+ * The foundation (issue 3): files pushed to the test sshd by the compiled
+ * dist/escp, over encrypted multi-stream TCP, arrive verified and only then
+ * under their names.
+ */
+import { describe, test, expect, beforeAll } from "bun:test";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { startSshd, runEscp, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
+import { startProxy } from "./proxy.ts";
+
+const BLOCK = 1 << 20;
+
+beforeAll(async () => {
+  await startSshd();
+});
+
+function listNames(dir: string): string[] {
+  return fs.readdirSync(dir).sort();
+}
+
+describe("push", () => {
+  test("one file arrives byte for byte under its own name", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "one.bin"), 3 * BLOCK + 123, { seed: 1 });
+    const r = await runEscp([path.join(src, "one.bin"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "one.bin"), path.join(dst, "one.bin"))).toBe(true);
+    expect(listNames(dst)).toEqual(["one.bin"]);
+  });
+
+  test("a single file to a new name takes that name", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "a"), 5000, { seed: 2 });
+    const r = await runEscp([path.join(src, "a"), `${SSH_HOST}:${dst}/renamed`]);
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "a"), path.join(dst, "renamed"))).toBe(true);
+  });
+
+  test("several files go into a directory", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const names = ["a.txt", "b.bin", "c with space"];
+    for (const [i, n] of names.entries()) await makeFile(path.join(src, n), 1000 * (i + 1) + BLOCK * i, { seed: 10 + i });
+    const r = await runEscp([...names.map((n) => path.join(src, n)), `${SSH_HOST}:${dst}`]);
+    expect(r.code).toBe(0);
+    expect(listNames(dst)).toEqual(names.sort());
+    for (const n of names) expect(await sameFile(path.join(src, n), path.join(dst, n))).toBe(true);
+  });
+
+  test("edge sizes: 0, 1, block-1, block, block+1 bytes", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const sizes = [0, 1, 4095, 4096, 4097, BLOCK - 1, BLOCK, BLOCK + 1];
+    for (const s of sizes) await makeFile(path.join(src, `f${s}`), s, { seed: s });
+    const r = await runEscp([...sizes.map((s) => path.join(src, `f${s}`)), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    for (const s of sizes) {
+      expect(fs.statSync(path.join(dst, `f${s}`)).size).toBe(s);
+      expect(await sameFile(path.join(src, `f${s}`), path.join(dst, `f${s}`))).toBe(true);
+    }
+  });
+
+  test("--nodirect and -t 1 give the same bytes", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "x"), 5 * BLOCK + 7, { seed: 5 });
+    const r = await runEscp(["--nodirect", "-t", "1", path.join(src, "x"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "x"), path.join(dst, "x"))).toBe(true);
+  });
+
+  test("a sparse file just over 4 GiB keeps offsets past 2^32 intact", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const size = 4 * 1024 ** 3 + 3 * BLOCK + 17;
+    // Data around the 2^32 boundary and at the very end, holes elsewhere.
+    await makeSparseFile(path.join(src, "big"), size, { seed: 42, extents: [[0, BLOCK], [2 ** 32 - 4096, 2 * BLOCK], [size - 100, 100]] });
+    const r = await runEscp(["-C", path.join(src, "big"), `${SSH_HOST}:${dst}/`], { timeoutMs: 300_000 });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.statSync(path.join(dst, "big")).size).toBe(size);
+    expect(await sameFile(path.join(src, "big"), path.join(dst, "big"))).toBe(true);
+  }, 300_000);
+
+  test("a missing source is named on stderr and the exit status is 1", async () => {
+    const dst = tmpdir("dst");
+    const r = await runEscp(["/nonexistent/file", `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("/nonexistent/file");
+    expect(r.stderr).toContain("No such file or directory");
+  });
+});
+
+describe("the data port", () => {
+  test("a stranger with the wrong key is refused while the transfer succeeds", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 64 * BLOCK, { seed: 7 });
+    const port = await freePort();
+    // Knock on the port as soon as it opens, with a right-looking preamble and garbage after it.
+    let knocked = 0;
+    const stop = Date.now() + 20_000;
+    const knocker = (async () => {
+      while (Date.now() < stop && knocked < 20) {
+        await new Promise<void>((resolve) => {
+          const s = net.connect(port, "127.0.0.1", () => {
+            knocked++;
+            const pre = Buffer.alloc(32);
+            pre.write("ESCP", 0);
+            pre.writeUInt16BE(1, 4);
+            s.write(Buffer.concat([pre, Buffer.alloc(200, 0x41)]));
+          });
+          s.on("error", () => resolve());
+          s.on("close", () => resolve());
+          setTimeout(() => { s.destroy(); resolve(); }, 200);
+        });
+        await Bun.sleep(20);
+      }
+    })();
+    const r = await runEscp(["--port", `${port}-${port}`, path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    await knocker;
+    expect(r.code).toBe(0);
+    expect(knocked).toBeGreaterThan(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
+  test("a record altered in flight fails the transfer and leaves no file", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 8 });
+    const port = await freePort();
+    // Flip one bit in the body of the 3rd record of data stream 1 (connection 1).
+    const proxy = await startProxy(port, ({ conn, index, record }) => {
+      if (conn === 1 && index === 3) {
+        const r = Buffer.from(record);
+        r[40] ^= 0x01;
+        return [r];
+      }
+      return [record];
+    });
+    const r = await runEscp(["--port", `${port}-${port}`, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_DATA_VIA: `127.0.0.1:${proxy.port}` },
+    });
+    proxy.close();
+    expect(proxy.tampered).toBe(1);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/authentication|integrity/i);
+    expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
+    expect(listNames(dst)).toEqual([]);
+  });
+});
