@@ -82,14 +82,13 @@ export const FDSLOT_SIZE = 32;
 export const LOOP_OPTS_SIZE = 16;
 
 let lib: Native | undefined;
+let loadedFrom = "";
 
 /** Path the library is loaded from: ESCP_LIB overrides, for tests of a fresh build. */
 function libraryPath(): string {
   const override = process.env.ESCP_LIB;
   if (override) return override;
   if (!embeddedLib.startsWith("/$bunfs")) return embeddedLib;
-  const shared = (globalThis as any).__escpLibPath as string | undefined;
-  if (shared) return shared;
   const libc = dlopen("libc.so.6", { memfd_create: { args: [cstring, u32], returns: i32 } });
   const fd = libc.symbols.memfd_create(Buffer.from("escp-native\0"), 0);
   if (fd < 0) throw new Error("escp: cannot create a memfd for the native library");
@@ -102,7 +101,7 @@ export function native(path?: string): Native {
   if (!lib) {
     const p = path ?? libraryPath();
     lib = dlopen(p, symbols).symbols;
-    (globalThis as any).__escpLibPath = p;
+    loadedFrom = p;
   }
   return lib;
 }
@@ -110,7 +109,7 @@ export function native(path?: string): Native {
 /** The path workers should load (the main thread's, so one copy is shared). */
 export function nativePath(): string {
   native();
-  return (globalThis as any).__escpLibPath;
+  return loadedFrom;
 }
 
 /** Text for a native return code plus the thread's detail, e.g. "stream 2: ...". */
@@ -119,8 +118,13 @@ export function nativeError(code: number): string {
   const buf = new Uint8Array(512);
   const len = n.escp_last_error(buf, buf.length);
   const detail = len > 0 ? new TextDecoder().decode(buf.subarray(0, len)) : "";
-  const base = String(n.escp_strerror(code));
-  return detail && !detail.includes(base) ? `${detail}: ${base}` : detail || base;
+  // The detail (set by the failing call on this thread) already ends with the cause.
+  return detail || String(n.escp_strerror(code));
+}
+
+/** Text for a code that another thread produced (a block's status): no thread detail applies. */
+export function codeText(code: number): string {
+  return String(native().escp_strerror(code));
 }
 
 /** NUL-terminated UTF-8 for cstring arguments. */

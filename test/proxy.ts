@@ -21,13 +21,15 @@ const PREAMBLE = 32;
 /**
  * Forwards 127.0.0.1:<port> → 127.0.0.1:<target>. Records sent by the
  * connecting side (after its preamble) pass through `tamper`; the other
- * direction is forwarded untouched.
+ * direction is forwarded untouched. `beforeEach` runs before each upstream
+ * connection is opened (to put strangers in the listener's queue first).
  */
-export function startProxy(target: number, tamper: Tamper): Promise<Proxy> {
+export function startProxy(target: number, tamper: Tamper, beforeEach?: () => void): Promise<Proxy> {
   const p: Proxy = { port: 0, connections: 0, tampered: 0, close: () => server.close() };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const conn = p.connections++;
+    beforeEach?.();
     const upstream = net.connect(target, "127.0.0.1");
     sockets.add(client).add(upstream);
     upstream.on("data", (d: Buffer) => client.write(d));

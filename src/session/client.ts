@@ -124,7 +124,6 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
       // The server gave up (its disk, its stream): stop ours and say why it did.
       pool.abort();
       receiver?.cleanup();
-      await work.catch(() => {});
       throw new Error(`${where}: ${first.m.message}`);
     }
     const err = await workError;

@@ -10,7 +10,7 @@
 import crypto from "node:crypto";
 import path from "node:path";
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, Rec, E } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
 import { decodeFiles, decodeVerdict, encodeVerdict, ProtocolError, type FileEntry, type FileVerdict } from "../protocol.ts";
 import { PathError, type Target } from "../plan/target.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
@@ -44,7 +44,9 @@ export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
   private readonly dirs: { rel: string; entry: FileEntry }[] = [];
   private highestId = -1n;
-  private ended: (() => void) | undefined;
+  private ended!: () => void;
+  /** Resolves on the sender's END or a fatal error, whichever comes first. */
+  private readonly over = new Promise<void>((r) => (this.ended = r));
   private fatal: Error | undefined;
   private readonly lib = native();
   private readonly umask = process.umask();
@@ -66,7 +68,7 @@ export class Receiver {
 
   /** Resolves when the sender has ended the session and every file is settled. */
   async run(): Promise<void> {
-    await new Promise<void>((r) => (this.ended = r));
+    await this.over;
     if (this.fatal) throw this.fatal;
     await this.pool.allEnded();
     this.finishDirs();
@@ -95,7 +97,7 @@ export class Receiver {
         this.maybeFinish(f);
       } else if (type === Rec.END) {
         if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} files unfinished`);
-        this.ended?.();
+        this.ended();
       } else if (type === Rec.ERROR) {
         throw new Error(new TextDecoder().decode(body));
       } else {
@@ -166,7 +168,7 @@ export class Receiver {
       const f = this.files.get(b.fileId);
       if (!f) continue;
       f.processed += BigInt(b.len);
-      if (b.status < 0) f.error ??= nativeError(b.status);
+      if (b.status < 0) f.error ??= codeText(b.status);
       else f.digest.add(b.offset, b.len, b.hash);
       this.maybeFinish(f);
     }
@@ -182,7 +184,7 @@ export class Receiver {
       this.lib.escp_close(f.fd); // a rejected entry: already reported
       return;
     }
-    let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || nativeError(f.verdict.status) : undefined);
+    let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || codeText(f.verdict.status) : undefined);
     if (!cause && (f.processed !== f.entry.size || !sameDigest(digest, f.verdict.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
@@ -254,7 +256,7 @@ export class Receiver {
     this.fatal = e;
     this.pool.abort();
     this.cleanup();
-    this.ended?.();
+    this.ended();
   }
 }
 

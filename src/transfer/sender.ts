@@ -6,7 +6,7 @@
  * and learn the receiver's verdict from RESULT. The bytes themselves only
  * ever pass through ffi/loops.c.
  */
-import { native, cstr, ptr, nativeError, Rec, E, WORK_SIZE } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
 import { encodeFiles, decodeVerdict, encodeVerdict, type FileEntry, type FileVerdict } from "../protocol.ts";
 import { walk, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
@@ -76,19 +76,23 @@ export class Sender {
       if (this.announce.length >= ANNOUNCE_BATCH || this.cursors.length === 0) this.pump();
       while (this.inflight.size >= WINDOW) {
         this.pump();
-        await new Promise<void>((r) => (this.windowWaiter = r));
-        this.check();
+        await this.verdicts();
       }
     }
     this.pump();
-    while (this.inflight.size > 0) {
-      await new Promise<void>((r) => (this.windowWaiter = r));
-      this.check();
-    }
+    while (this.inflight.size > 0) await this.verdicts();
     await this.pool.finish();
+    this.check();
     const ended = new Promise<void>((r) => (this.peerEnded = r));
     this.pool.sendControl(Rec.END, null);
     await ended;
+    this.check();
+  }
+
+  /** Waits for the next verdict (or a fatal error, which it throws). */
+  private async verdicts(): Promise<void> {
+    this.check();
+    await new Promise<void>((r) => (this.windowWaiter = r));
     this.check();
   }
 
@@ -194,7 +198,7 @@ export class Sender {
       if (!f) continue;
       f.outstanding--;
       if (b.status < 0) {
-        f.error ??= b.status === E.CHANGED ? "file changed while being read (it is shorter than when the copy started)" : nativeError(b.status);
+        f.error ??= b.status === E.CHANGED ? "file changed while being read (it is shorter than when the copy started)" : codeText(b.status);
       } else {
         f.sent += BigInt(b.len);
         f.digest.add(b.offset, b.len, b.hash);
@@ -262,7 +266,7 @@ export class Sender {
 
   /** The receiver's RESULT message is "destination\0cause". */
   private receiverFailure(v: FileVerdict): void {
-    const [subject, cause] = v.message.includes("\0") ? v.message.split("\0", 2) : ["", v.message || nativeError(v.status)];
+    const [subject, cause] = v.message.includes("\0") ? v.message.split("\0", 2) : ["", v.message || codeText(v.status)];
     this.failures++;
     this.events.failed(subject, cause, v.id);
   }
