@@ -7,8 +7,8 @@
  */
 import type { Options } from "../cli/args.ts";
 import type { Operand } from "../cli/operands.ts";
-import { sshArgs } from "../cli/args.ts";
 import { ControlChannel } from "./control.ts";
+import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION } from "../native.ts";
 import { StreamPool } from "../streams/pool.ts";
@@ -20,11 +20,6 @@ import { hex, type SessionOptions, type ControlMessage } from "../protocol.ts";
 
 export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130;
 
-type Plan =
-  | { dir: "push"; host: Remote; sources: string[]; target: string }
-  | { dir: "pull"; host: Remote; sources: string[]; target: string }
-  | { dir: "local"; sources: string[]; target: string };
-type Remote = { user?: string; host: string; port?: number };
 
 /** Works out who sends and who receives; operands scp cannot combine are usage errors. */
 export function planTransfer(sources: Operand[], target: Operand): Plan | string {
@@ -168,46 +163,3 @@ function dataAddress(addr: string, port: number): [string, number] {
   return [via.slice(0, i).replace(/^\[|\]$/g, ""), Number(via.slice(i + 1))];
 }
 
-/** The command that starts the other end: ssh to the host, or this same program locally. */
-function startServer(o: Options, plan: Plan) {
-  const self = selfCommand();
-  if (plan.dir === "local") {
-    return Bun.spawn([...self, "--server"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
-  }
-  const remote = o.remoteEscp ?? process.env.ESCP_REMOTE ?? "escp";
-  const ssh = o.sshProgram ?? "ssh";
-  return Bun.spawn([ssh, ...sshArgs(o, plan.host), `${shellQuote(remote)} --server`], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
-}
-
-/** This program as a command line: the compiled executable, or bun + the entry script. */
-export function selfCommand(): string[] {
-  return Bun.main.startsWith("/$bunfs") ? [process.execPath] : [process.execPath, Bun.main];
-}
-
-function shellQuote(s: string): string {
-  return /^[\w./~-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-/** Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping the tail for diagnosis. */
-function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): { text: string; done: Promise<void> } {
-  const tail = { text: "", done: Promise.resolve() };
-  tail.done = (async () => {
-    for await (const chunk of stream as any as AsyncIterable<Uint8Array>) {
-      const s = Buffer.from(chunk).toString("utf8");
-      tail.text = (tail.text + s).slice(-4096);
-      if (!o.quiet || /error|denied|refused|not found/i.test(s)) process.stderr.write(s);
-    }
-  })();
-  return tail;
-}
-
-async function connectionFailure(where: string, child: { exited: Promise<number> }, tail: { text: string; done: Promise<void> }): Promise<string> {
-  const code = await child.exited;
-  await tail.done;
-  const last = tail.text.trim().split("\n").pop() ?? "";
-  if (/command not found|No such file or directory|not found/.test(last) && /escp/.test(last)) {
-    return `${where}: escp is not installed there (${last.trim()}); name it with --remote-escp PATH`;
-  }
-  if (code === 255) return `${where}: ssh failed${last ? `: ${last}` : ""}`;
-  return `${where}: the remote escp exited (status ${code}) before the transfer started${last ? `: ${last}` : ""}`;
-}
