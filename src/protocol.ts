@@ -63,6 +63,8 @@ export type ControlMessage =
 export interface TransferSummary {
   files: number;
   bytes: number;
+  /** Bytes the receiver already had (--resume) and that were not sent again. */
+  bytesSkipped: number;
   bytesNetwork: number;
   bytesDisk: number;
   bytesCompressed: number;
@@ -173,4 +175,40 @@ export class ProtocolError extends Error {}
 
 export function hex(b: Uint8Array): string {
   return Buffer.from(b).toString("hex");
+}
+
+/** RESULT status for a file the receiver already has, identical: nothing was sent. */
+export const STATUS_SKIPPED = 1;
+
+/**
+ * RESUME (receiver → sender, --resume): digests of the blocks the receiver
+ * already holds for a file, blocks first..first+count-1. The sender resends
+ * only blocks whose digest differs; `last` closes the list for that file.
+ */
+export interface ResumeOffer {
+  id: bigint;
+  first: number;
+  hashes: Uint8Array; // count × 16
+  last: boolean;
+}
+
+/** Hashes per RESUME record: keeps each record under the stream-0 body limit. */
+export const RESUME_CHUNK = 32768;
+
+export function encodeResume(r: ResumeOffer): Uint8Array {
+  const out = Buffer.alloc(20 + r.hashes.length);
+  out.writeBigUInt64BE(r.id, 0);
+  out.writeUInt32BE(r.first, 8);
+  out.writeUInt32BE(r.hashes.length / 16, 12);
+  out[16] = r.last ? 1 : 0;
+  out.set(r.hashes, 20);
+  return out;
+}
+
+export function decodeResume(body: Uint8Array): ResumeOffer {
+  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (b.length < 20) throw new ProtocolError("RESUME record too short");
+  const count = b.readUInt32BE(12);
+  if (b.length !== 20 + count * 16) throw new ProtocolError(`RESUME record claims ${count} digests in ${b.length} bytes`);
+  return { id: b.readBigUInt64BE(0), first: b.readUInt32BE(8), hashes: new Uint8Array(b.subarray(20)), last: b[16] === 1 };
 }

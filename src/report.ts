@@ -18,6 +18,14 @@ export interface Events {
   warning(message: string): void;
 }
 
+/** What one side counted: files and bytes delivered (verified), of which skippedBytes never travelled. */
+export interface TransferStats {
+  files: number;
+  bytes: number;
+  skippedBytes: number;
+  failures: number;
+}
+
 export interface ReportOptions {
   quiet: boolean;
   json: boolean;

@@ -12,8 +12,7 @@ import { startServer, forwardStderr, connectionFailure, type Plan } from "./remo
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION } from "../native.ts";
 import { StreamPool } from "../streams/pool.ts";
-import { Sender } from "../transfer/sender.ts";
-import { Receiver } from "../transfer/receiver.ts";
+import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import { Report } from "../report.ts";
 import { hex, type SessionOptions, type ControlMessage } from "../protocol.ts";
@@ -80,10 +79,10 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
     multipleSources: plan.sources.length > 1,
   });
   let pool: StreamPool | undefined;
-  let receiver: Receiver | undefined;
+  let side: Side | undefined;
   const interrupt = () => {
     pool?.abort();
-    receiver?.cleanup();
+    side?.cleanup();
     child.kill();
     process.stderr.write("escp: interrupted\n");
     process.exit(EXIT_INTERRUPTED);
@@ -104,21 +103,15 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
     const started = performance.now();
     // The server's verdict may arrive while we still work (a fatal error on its side).
     const serverEnd = ch.receive();
-    const work = (async () => {
-      if (role === "receiver") {
-        receiver = new Receiver(pool!, localTarget!, { preserve: o.preserve, direct: o.direct, verify: o.verify, blockSize: o.blockSize }, report);
-        await receiver.run();
-      } else {
-        await new Sender(pool!, { recursive: o.recursive, direct: o.direct, blockSize: o.blockSize }, report).run(plan.sources);
-      }
-    })();
+    side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, session, o.blockSize, report);
+    const work = side.run();
     const workError = work.then(() => undefined, (e: Error) => e);
     const first = await Promise.race([workError.then((e) => ({ e })), serverEnd.then((m) => ({ m }))]);
     let remote: ControlMessage | null | undefined;
     if ("m" in first && first.m?.type === "error") {
       // The server gave up (its disk, its stream): stop ours and say why it did.
       pool.abort();
-      receiver?.cleanup();
+      side?.cleanup();
       throw new Error(`${where}: ${first.m.message}`);
     }
     const err = await workError;
@@ -132,16 +125,13 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
     if (remote.type === "error") throw new Error(`${where}: ${remote.message}`);
     if (remote.type === "report") report.merge(remote.summary.failures as any);
     ch.send({ type: "bye" });
-    const t = pool.totals();
-    report.summary({
-      files: 0, bytes: t.bytesDisk, ...t, seconds: (performance.now() - started) / 1000, failures: report.failures, streams: o.threads,
-    });
+    report.summary(summarize(side, pool, started, report.failures));
     pool.close();
     child.stdin.end();
     return report.failures.length ? EXIT_FAILED : EXIT_OK;
   } catch (e) {
     pool?.abort();
-    receiver?.cleanup();
+    side?.cleanup();
     process.stderr.write(`escp: ${(e as Error).message}\n`);
     child.kill();
     return EXIT_FAILED;

@@ -10,8 +10,7 @@ import { ControlChannel } from "./control.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION } from "../native.ts";
 import { StreamPool } from "../streams/pool.ts";
-import { Sender } from "../transfer/sender.ts";
-import { Receiver } from "../transfer/receiver.ts";
+import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, expandHome } from "../plan/target.ts";
 import { expandSources } from "../plan/sources.ts";
 import { Report } from "../report.ts";
@@ -32,7 +31,7 @@ export async function runServer(): Promise<number> {
   const hostName = os.hostname();
   const report = new Report({ quiet: true, json: false }, false);
   let pool: StreamPool | undefined;
-  let receiver: Receiver | undefined;
+  let side: Side | undefined;
   // The ssh session is our lifeline: when it goes, so do we (and our temporary files).
   let finished = false;
   const lifeline = (async () => {
@@ -42,7 +41,7 @@ export async function runServer(): Promise<number> {
     }
     if (!finished) {
       pool?.abort();
-      receiver?.cleanup();
+      side?.cleanup();
       process.exit(1);
     }
   })();
@@ -60,28 +59,14 @@ export async function runServer(): Promise<number> {
     tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS);
     const started = performance.now();
     pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
-    let files = 0, bytes = 0;
-    if (target) {
-      receiver = new Receiver(pool, target, { preserve: hello.options.preserve, direct: hello.options.direct, verify: hello.options.verify, blockSize: hello.blockSize }, report);
-      await receiver.run();
-      files = receiver.filesOk;
-      bytes = receiver.bytes;
-    } else {
-      for (const s of sources.missing) report.failed(s.path, s.message);
-      const sender = new Sender(pool, { recursive: hello.options.recursive, direct: hello.options.direct, blockSize: hello.blockSize }, report);
-      await sender.run(sources.paths);
-      files = sender.files;
-      bytes = sender.bytes;
-    }
-    const t = pool.totals();
+    for (const s of sources.missing) report.failed(s.path, s.message);
+    side = makeSide(target ? { role: "receiver", target } : { role: "sender", sources: sources.paths }, pool, hello.options, hello.blockSize, report);
+    await side.run();
     finished = true;
-    ch.send({
-      type: "report",
-      summary: { files, bytes, ...t, seconds: (performance.now() - started) / 1000, failures: report.failures, streams: hello.streams },
-    });
+    ch.send({ type: "report", summary: summarize(side, pool, started, report.failures) });
   } catch (e) {
     finished = true;
-    receiver?.cleanup();
+    side?.cleanup();
     pool?.abort();
     ch.send({ type: "error", message: (e as Error).message } satisfies ControlMessage);
   }

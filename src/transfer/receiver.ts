@@ -7,22 +7,20 @@
  * the digest of what was read, and only a match is renamed over the target.
  * Anything else removes the temporary file and names the cause in RESULT.
  */
-import crypto from "node:crypto";
 import path from "node:path";
 import fs from "node:fs";
 import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
-import { decodeFiles, decodeVerdict, encodeVerdict, ProtocolError, type FileEntry, type FileVerdict } from "../protocol.ts";
+import {
+  decodeFiles, decodeVerdict, encodeVerdict, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
+  type FileEntry, type FileVerdict, type SessionOptions,
+} from "../protocol.ts";
 import { PathError, type Target } from "../plan/target.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
-import type { Events } from "../report.ts";
+import type { Events, TransferStats } from "../report.ts";
 
-export interface ReceiverOptions {
-  preserve: boolean;
-  direct: boolean;
-  verify: boolean;
-  blockSize: number;
-}
+/** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
+export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume"> & { blockSize: number };
 
 interface RecvFile {
   entry: FileEntry;
@@ -34,9 +32,20 @@ interface RecvFile {
   verdict?: FileVerdict;
   error?: string;
   mode: number;
+  /** --resume: what we already held when the file was announced. */
+  kept?: Kept;
 }
 
-const O_WRONLY = fs.constants.O_WRONLY, O_CREAT = fs.constants.O_CREAT, O_EXCL = fs.constants.O_EXCL;
+/** Blocks held before the transfer (a partial file, or a complete target of the same size). */
+interface Kept {
+  hashes: Uint8Array; // 16 per block, blocks 0..n-1
+  n: number;
+  /** Where the kept bytes are: the temporary file itself, or the old target (copied at the end). */
+  fromTarget: boolean;
+  received: Uint8Array; // per block of the file: 1 once DATA replaced it
+}
+
+const { O_WRONLY, O_RDONLY, O_CREAT, O_TRUNC } = fs.constants;
 /** Files smaller than this skip O_DIRECT: its set-up costs more than the page cache it saves. */
 const DIRECT_MIN = 1 << 20;
 
@@ -50,9 +59,7 @@ export class Receiver {
   private fatal: Error | undefined;
   private readonly lib = native();
   private readonly umask = process.umask();
-  failures = 0;
-  filesOk = 0;
-  bytes = 0;
+  readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
     private readonly pool: StreamPool,
@@ -75,11 +82,11 @@ export class Receiver {
     this.pool.sendControl(Rec.END, null);
   }
 
-  /** Removes temporary files of unfinished transfers (on a fatal error or interrupt). */
+  /** Removes temporary files of unfinished transfers (on a fatal error or interrupt); --resume keeps them. */
   cleanup(): void {
     for (const f of this.files.values()) {
       this.pool.unpublish(f.entry.id);
-      this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+      if (f.tmp && !this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
     }
     this.files.clear();
   }
@@ -119,17 +126,60 @@ export class Receiver {
       throw err;
     }
     if (e.kind === "dir") return this.makeDir(e, rel);
-    const tmp = tempName(rel);
+    const existing = lstat(this.target.show(rel));
+    if (this.opts.resume && !this.opts.verify && existing?.isFile() && BigInt(existing.size) === e.size && existing.mtimeNs === e.mtimeNs) {
+      return this.skip(e, rel);
+    }
+    const tmp = partName(rel);
+    // Without --resume a stale partial file (from a killed run) is simply overwritten.
     const isDirect = new Int32Array(1);
     const fd = this.lib.escp_openat_beneath(
-      this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | O_EXCL, 0o600,
-      this.opts.direct && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
+      this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | (this.opts.resume ? 0 : O_TRUNC), 0o600,
+      this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
     );
     if (fd < 0) return this.reject(e, rel, nativeError(fd));
     const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, rel) };
     this.files.set(e.id, f);
     this.events.started(this.target.show(rel), Number(e.size));
+    if (this.opts.resume) this.offer(f, !!existing?.isFile() && BigInt(existing.size) === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
+  }
+
+  /** --resume: a complete, identical file (same size and mtime) is left as it is. */
+  private skip(e: FileEntry, rel: string): void {
+    this.stats.files++;
+    this.stats.bytes += Number(e.size);
+    this.stats.skippedBytes += Number(e.size);
+    this.events.finished(this.target.show(rel), Number(e.size));
+    this.pool.sendControl(Rec.RESULT, encodeVerdict({ id: e.id, status: STATUS_SKIPPED, bytes: e.size, digest: new Uint8Array(16), message: "" }));
+  }
+
+  /**
+   * --resume: tells the sender the digests of the blocks we hold, from the partial
+   * file (its whole blocks), or else from a complete target of the same size.
+   */
+  private offer(f: RecvFile, targetSameSize: boolean): void {
+    const bs = BigInt(this.opts.blockSize);
+    const partSize = BigInt(fstatSize(f.fd));
+    const fromTarget = partSize === 0n && targetSameSize;
+    const held = fromTarget ? f.entry.size : partSize < f.entry.size ? partSize : f.entry.size;
+    const n = Number(fromTarget ? (held + bs - 1n) / bs : held / bs);
+    const hashes = new Uint8Array(n * 16);
+    if (n > 0) {
+      const rd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(fromTarget ? f.rel : f.tmp), O_RDONLY, 0, 0, null);
+      const h = hashes;
+      for (let i = 0; i < n && rd >= 0; i++) {
+        const off = BigInt(i) * bs;
+        const len = held - off < bs ? held - off : bs;
+        if (this.lib.escp_hash_range(rd, off, len, ptr(h.subarray(i * 16))) < 0) h.fill(0, i * 16, i * 16 + 16);
+      }
+      if (rd >= 0) this.lib.escp_close(rd);
+    }
+    f.kept = { hashes, n, fromTarget, received: new Uint8Array(Number((f.entry.size + bs - 1n) / bs)) };
+    for (let first = 0; first < n || first === 0; first += RESUME_CHUNK) {
+      const chunk = hashes.subarray(first * 16, Math.min(n, first + RESUME_CHUNK) * 16);
+      this.pool.sendControl(Rec.RESUME, encodeResume({ id: f.entry.id, first, hashes: chunk, last: first + RESUME_CHUNK >= n }));
+    }
   }
 
   private makeDir(e: FileEntry, rel: string): void {
@@ -151,7 +201,7 @@ export class Receiver {
   /** An entry that will not be written: the sender hears why, and its data (if any) goes nowhere. */
   private reject(e: FileEntry, rel: string, cause: string): void {
     const shown = this.target.show(rel);
-    this.failures++;
+    this.stats.failures++;
     this.events.failed(shown, cause, e.id);
     this.pool.sendControl(Rec.RESULT, encodeVerdict({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` }));
     if (e.kind === "file") {
@@ -168,6 +218,7 @@ export class Receiver {
       const f = this.files.get(b.fileId);
       if (!f) continue;
       f.processed += BigInt(b.len);
+      if (f.kept) f.kept.received[Number(b.offset / BigInt(this.opts.blockSize))] = 1;
       if (b.status < 0) f.error ??= codeText(b.status);
       else f.digest.add(b.offset, b.len, b.hash);
       this.maybeFinish(f);
@@ -178,14 +229,17 @@ export class Receiver {
     if (!f.verdict || f.processed < f.verdict.bytes) return;
     this.files.delete(f.entry.id);
     this.pool.unpublish(f.entry.id);
-    const digest = f.digest.final();
+    let digest: Uint8Array;
     const shown = this.target.show(f.rel);
     if (!f.tmp) {
+      f.digest.discard();
       this.lib.escp_close(f.fd); // a rejected entry: already reported
       return;
     }
     let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || codeText(f.verdict.status) : undefined);
-    if (!cause && (f.processed !== f.entry.size || !sameDigest(digest, f.verdict.digest))) {
+    const covered = f.processed + (f.kept && !cause ? this.restoreKept(f) : 0n);
+    digest = f.digest.final();
+    if (!cause && (covered !== f.entry.size || !sameDigest(digest, f.verdict.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
     if (!cause && this.opts.verify) cause = this.reread(f, f.verdict.digest);
@@ -196,16 +250,45 @@ export class Receiver {
       if (r < 0) cause = nativeError(r);
     }
     if (cause) {
-      this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
-      this.failures++;
+      if (!this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+      this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
     } else {
-      this.filesOk++;
-      this.bytes += Number(f.entry.size);
+      this.stats.files++;
+      this.stats.bytes += Number(f.entry.size);
       this.events.finished(shown, Number(f.entry.size));
     }
-    const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: f.processed, digest, message: cause ? `${shown}\0${cause}` : "" };
+    const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: covered, digest, message: cause ? `${shown}\0${cause}` : "" };
     this.pool.sendControl(Rec.RESULT, encodeVerdict(v));
+  }
+
+  /**
+   * --resume: blocks the sender did not resend are the ones we held. Their digests
+   * join the file's; if they live in the old target they are copied into the
+   * temporary file. Returns the bytes they cover.
+   */
+  private restoreKept(f: RecvFile): bigint {
+    const k = f.kept!;
+    const bs = BigInt(this.opts.blockSize);
+    let bytes = 0n;
+    const src = k.fromTarget ? this.lib.escp_openat_beneath(this.target.rootFd, cstr(f.rel), O_RDONLY, 0, 0, null) : -1;
+    const buf = k.fromTarget ? Buffer.alloc(this.opts.blockSize) : undefined;
+    for (let i = 0; i < k.n; i++) {
+      if (k.received[i]) continue;
+      const off = BigInt(i) * bs;
+      const len = Number(f.entry.size - off < bs ? f.entry.size - off : bs);
+      if (buf) {
+        if (src < 0 || Number(this.lib.escp_pread(src, ptr(buf), len, off)) !== len) break;
+        fs.writeSync(f.fd, buf, 0, len, Number(off));
+      }
+      f.digest.add(off, len, k.hashes.subarray(i * 16, i * 16 + 16));
+      bytes += BigInt(len);
+    }
+    if (src >= 0) this.lib.escp_close(src);
+    this.stats.skippedBytes += Number(bytes);
+    // A partial file longer than the source (it changed) must not keep its tail.
+    this.lib.escp_ftruncate(f.fd, f.entry.size);
+    return bytes;
   }
 
   /** --verify: hash the file again from disk, block by block, and compare with the sender's digest. */
@@ -260,10 +343,28 @@ export class Receiver {
   }
 }
 
-function tempName(rel: string): string {
+/**
+ * The temporary name beside the target. It is fixed (not random) so that a
+ * later --resume finds what a killed run left; a run without --resume simply
+ * overwrites it.
+ */
+export function partName(rel: string): string {
   const dir = path.posix.dirname(rel);
-  const name = `.${path.posix.basename(rel).slice(0, 200)}.${crypto.randomBytes(4).toString("hex")}.escp-part`;
+  const name = `.${path.posix.basename(rel).slice(0, 200)}.escp-part`;
   return dir === "." ? name : `${dir}/${name}`;
+}
+
+function lstat(p: string): fs.BigIntStats | undefined {
+  try {
+    return fs.lstatSync(p, { bigint: true });
+  } catch {
+    return undefined;
+  }
+}
+
+function fstatSize(fd: number): number {
+  const out = new BigInt64Array(7);
+  return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
 function decompress(body: Uint8Array): Uint8Array {

@@ -7,17 +7,14 @@
  * ever pass through ffi/loops.c.
  */
 import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
-import { encodeFiles, decodeVerdict, encodeVerdict, type FileEntry, type FileVerdict } from "../protocol.ts";
+import { encodeFiles, decodeVerdict, encodeVerdict, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walk, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
-import type { Events } from "../report.ts";
+import type { Events, TransferStats } from "../report.ts";
 
-export interface SenderOptions {
-  recursive: boolean;
-  direct: boolean;
-  blockSize: number;
-}
+/** recursive, direct and resume (wait for the receiver's RESUME offer, send only what it lacks). */
+export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume"> & { blockSize: number };
 
 /** Files announced but not yet judged by the receiver; bounds open fds and memory. */
 const WINDOW = 512;
@@ -42,6 +39,9 @@ interface SendFile {
   ourDigest?: Uint8Array;
   /** A verdict that came before our DONE (the receiver refused the file): applied once DONE is out. */
   early?: FileVerdict;
+  /** --resume: blocks the receiver already has (index → 1); cursor waits until the offer is complete. */
+  have?: Uint8Array;
+  awaitingOffer: boolean;
 }
 
 export class Sender {
@@ -53,9 +53,7 @@ export class Sender {
   private peerEnded: (() => void) | undefined;
   private fatal: Error | undefined;
   private readonly lib = native();
-  failures = 0;
-  files = 0;
-  bytes = 0;
+  readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
     private readonly pool: StreamPool,
@@ -98,7 +96,7 @@ export class Sender {
 
   private take(item: WalkItem): void {
     if (item.kind === "error") {
-      this.failures++;
+      this.stats.failures++;
       this.events.failed(item.abs, item.message);
       return;
     }
@@ -124,7 +122,7 @@ export class Sender {
     const isDirect = new Int32Array(1);
     const fd = this.lib.escp_open_read(cstr(item.abs), this.opts.direct ? 1 : 0, ptr(isDirect));
     if (fd < 0) {
-      this.failures++;
+      this.stats.failures++;
       this.events.failed(item.abs, nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
       return;
     }
@@ -137,11 +135,12 @@ export class Sender {
     const f: SendFile = {
       id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
       mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
+      awaitingOffer: this.opts.resume,
     };
     this.inflight.set(f.id, f);
     this.announce.push(entry);
     this.events.started(item.abs, Number(entry.size));
-    this.cursors.push(f);
+    if (!f.awaitingOffer) this.cursors.push(f);
   }
 
   /** Announces pending entries, then feeds workers while they have room. */
@@ -151,10 +150,10 @@ export class Sender {
       this.pool.sendControl(Rec.FILES, encodeFiles(this.announce));
       const announced = this.announce;
       this.announce = [];
-      // Empty files have no blocks: their DONE can go right away.
+      // Empty files have no blocks: their DONE can go right away (after the offer, with --resume).
       for (const e of announced) {
         const f = e.kind === "file" ? this.inflight.get(e.id) : undefined;
-        if (f && f.size === 0n) this.readFinished(f);
+        if (f && f.size === 0n && !f.awaitingOffer) this.readFinished(f);
       }
     }
     while (this.cursors.length && this.pool.hasRoom()) {
@@ -177,6 +176,14 @@ export class Sender {
         continue;
       }
       const len = f.size - f.next < bs ? Number(f.size - f.next) : this.opts.blockSize;
+      if (f.have?.[Number(f.next / bs)]) {
+        f.next += BigInt(len); // the receiver has this block already
+        if (f.next >= f.size) {
+          this.cursors.shift();
+          if (f.outstanding === 0) this.readFinished(f);
+        }
+        continue;
+      }
       const o = n * WORK_SIZE;
       dv.setBigUint64(o, f.id, true);
       dv.setBigUint64(o + 8, f.next, true);
@@ -226,6 +233,7 @@ export class Sender {
   private record(type: number, body: Uint8Array): void {
     try {
       if (type === Rec.RESULT) this.result(decodeVerdict(body));
+      else if (type === Rec.RESUME) this.offer(body);
       else if (type === Rec.END) this.peerEnded?.();
       else if (type === Rec.ERROR) this.die(new Error(new TextDecoder().decode(body)));
       else this.die(new Error(`receiver sent an unexpected record type ${type} on stream 0`));
@@ -241,6 +249,18 @@ export class Sender {
       if (v.status !== 0) this.receiverFailure(v);
       return;
     }
+    if (v.status === STATUS_SKIPPED && f.awaitingOffer) {
+      // --resume: the receiver has this file complete and identical.
+      this.inflight.delete(v.id);
+      this.lib.escp_close(f.fd);
+      f.digest.discard();
+      this.stats.files++;
+      this.stats.bytes += Number(f.size);
+      this.stats.skippedBytes += Number(f.size);
+      this.events.finished(f.path, Number(f.size));
+      this.windowWaiter?.();
+      return;
+    }
     if (!f.doneSent) {
       f.early = v; // its blocks are still in flight; the receiver drops them
       return;
@@ -254,20 +274,52 @@ export class Sender {
       problem = "integrity check failed: the receiver's digest differs from the sender's";
     }
     if (problem) {
-      this.failures++;
+      this.stats.failures++;
       this.events.failed(f.path, problem, f.id);
     } else if (v.status === 0) {
-      this.files++;
-      this.bytes += Number(f.size);
+      this.stats.files++;
+      this.stats.bytes += Number(f.size);
       this.events.finished(f.path, Number(f.size));
     }
     this.windowWaiter?.();
   }
 
+  /**
+   * --resume: the receiver lists digests of blocks it holds; ours are computed
+   * from the source (local reads only), and matching blocks are never sent.
+   */
+  private offer(body: Uint8Array): void {
+    const r = decodeResume(body);
+    const f = this.inflight.get(r.id);
+    if (!f || !f.awaitingOffer) throw new ProtocolError(`RESUME for file id ${r.id}, which awaits none`);
+    const bs = BigInt(this.opts.blockSize);
+    const blocks = Number((f.size + bs - 1n) / bs);
+    f.have ??= new Uint8Array(blocks);
+    const ours = new Uint8Array(16);
+    for (let i = 0; i < r.hashes.length / 16; i++) {
+      const idx = r.first + i;
+      if (idx >= blocks) break;
+      const off = BigInt(idx) * bs;
+      const len = f.size - off < bs ? f.size - off : bs;
+      if (this.lib.escp_hash_range(f.fd, off, len, ptr(ours)) < 0) continue; // unreadable now: just send it
+      const theirs = r.hashes.subarray(i * 16, i * 16 + 16);
+      if (ours.every((v, k) => v === theirs[k])) {
+        f.have[idx] = 1;
+        f.digest.add(off, Number(len), theirs);
+        this.stats.skippedBytes += Number(len);
+      }
+    }
+    if (!r.last) return;
+    f.awaitingOffer = false;
+    if (f.size === 0n) this.readFinished(f);
+    else this.cursors.push(f);
+    this.pump();
+  }
+
   /** The receiver's RESULT message is "destination\0cause". */
   private receiverFailure(v: FileVerdict): void {
     const [subject, cause] = v.message.includes("\0") ? v.message.split("\0", 2) : ["", v.message || codeText(v.status)];
-    this.failures++;
+    this.stats.failures++;
     this.events.failed(subject, cause, v.id);
   }
 
