@@ -1,0 +1,264 @@
+/**
+ * Never lose or corrupt data (issue 5): every fault ends with a clear
+ * message and a non-zero exit, and no file under a target name that differs
+ * from its source. One scenario per test, against dist/escp and the real sshd.
+ */
+import { describe, test, expect, beforeAll, afterEach, setDefaultTimeout } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { startSshd, runEscp, run, tmpdir, makeFile, sameFile, freePort, descendants, ESCP_BIN, SSH_HOST } from "./harness.ts";
+import { startProxy } from "./proxy.ts";
+
+setDefaultTimeout(120_000);
+const MiB = 1 << 20;
+let cfg = "";
+
+beforeAll(async () => {
+  cfg = (await startSshd()).configPath;
+});
+
+/** Starts escp in the background (same set-up as runEscp) so a test can interrupt it. */
+function spawnEscp(args: string[], env: Record<string, string> = {}) {
+  const p = Bun.spawn([ESCP_BIN, "-F", cfg, ...args], {
+    env: { ...process.env, ESCP_REMOTE: ESCP_BIN, ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  return { p, stderr: new Response(p.stderr).text(), stdout: new Response(p.stdout).text() };
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+}
+
+function size(p: string): number {
+  try {
+    return fs.statSync(p).size;
+  } catch {
+    return -1;
+  }
+}
+
+function serverPids(): number[] {
+  const r = Bun.spawnSync(["pgrep", "-f", `${ESCP_BIN} --server`]);
+  return r.stdout.toString().trim().split("\n").filter(Boolean).map(Number)
+    .filter((pid) => fs.existsSync(`/proc/${pid}`) && !fs.readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z "));
+}
+
+/** The target either does not exist or is byte-identical to the source. */
+async function intactOrAbsent(src: string, dst: string): Promise<boolean> {
+  return !fs.existsSync(dst) || (await sameFile(src, dst));
+}
+
+afterEach(async () => {
+  // No receiver may outlive its transfer.
+  await waitFor(() => serverPids().length === 0, 10_000, "remote escp --server processes to exit").catch(() => {});
+});
+
+describe("resume", () => {
+  test("an interrupted 1 GiB push resumes and sends less than half the bytes again", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "big"), part = path.join(dst, ".big.escp-part");
+    const total = 1024 * MiB;
+    await makeFile(file, total, { seed: 51 });
+    const first = spawnEscp(["--resume", file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(part) > 0.6 * total, 60_000, "60% of the file to arrive");
+    first.p.kill("SIGKILL");
+    await first.p.exited;
+    await waitFor(() => serverPids().length === 0, 10_000, "the receiver to notice");
+    expect(fs.existsSync(path.join(dst, "big"))).toBe(false);
+    expect(size(part)).toBeGreaterThan(0.5 * total);
+    const r = await runEscp(["--resume", "--json", file, `${SSH_HOST}:${dst}/`], { timeoutMs: 120_000 });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    expect(summary.event).toBe("summary");
+    expect(summary.bytes).toBe(total);
+    expect(summary.bytesSkipped).toBeGreaterThan(0.5 * total);
+    expect(summary.bytesNetwork).toBeLessThan(0.5 * total);
+    expect(await sameFile(file, path.join(dst, "big"))).toBe(true);
+    expect(fs.existsSync(part)).toBe(false);
+  });
+
+  test("a complete identical file is skipped without sending its data", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 20 * MiB, { seed: 52 });
+    expect((await runEscp(["-p", file, `${SSH_HOST}:${dst}/`])).code).toBe(0);
+    const r = await runEscp(["-p", "--resume", "--json", file, `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    expect(summary.bytesSkipped).toBe(20 * MiB);
+    expect(summary.bytesNetwork).toBeLessThan(64 * 1024);
+  });
+
+  test("a partial file whose content differs is corrected, not trusted", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 8 * MiB + 5, { seed: 53 });
+    // A stale partial file: right prefix, one wrong block in the middle, and too long.
+    const stale = Buffer.from(fs.readFileSync(file));
+    stale[3 * MiB + 10] ^= 0xff;
+    fs.writeFileSync(path.join(dst, ".f.escp-part"), Buffer.concat([stale, Buffer.alloc(MiB, 7)]));
+    const r = await runEscp(["--resume", "--json", file, `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    expect(summary.bytesSkipped).toBe(7 * MiB); // 8 whole blocks held, one of them wrong
+    expect(await sameFile(file, path.join(dst, "f"))).toBe(true);
+  });
+});
+
+describe("killed processes", () => {
+  test("SIGKILL of the remote receiver fails the transfer and leaves no corrupt file", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 512 * MiB, { seed: 54 });
+    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    for (const pid of serverPids()) process.kill(pid, "SIGKILL");
+    const code = await t.p.exited;
+    expect(code).toBe(1);
+    expect(await t.stderr).toMatch(/escp: /);
+    expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
+  });
+
+  test("SIGKILL of the sender makes the receiver exit and remove its temporary file", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 512 * MiB, { seed: 55 });
+    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    t.p.kill("SIGKILL");
+    await waitFor(() => serverPids().length === 0, 10_000, "the receiver to exit");
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
+  test("Ctrl-C stops both sides quickly, exits 130 and removes temporary files", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 512 * MiB, { seed: 56 });
+    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const sent = Date.now();
+    t.p.kill("SIGINT");
+    expect(await t.p.exited).toBe(130);
+    expect(Date.now() - sent).toBeLessThan(2500);
+    await waitFor(() => serverPids().length === 0, 5_000, "the receiver to exit");
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+});
+
+describe("broken streams", () => {
+  test("a data stream cut mid-transfer fails cleanly instead of hanging", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 64 * MiB, { seed: 57 });
+    const port = await freePort();
+    const proxy = await startProxy(port, ({ conn, index, record }) => (conn === 2 && index === 5 ? "close" : [record]));
+    const started = Date.now();
+    const r = await runEscp(["--port", `${port}-${port}`, file, `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_DATA_VIA: `127.0.0.1:${proxy.port}` },
+    });
+    proxy.close();
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/stream 2/);
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+});
+
+describe("sources that misbehave", () => {
+  test("a file that grows while it is read is reported, not silently truncated", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "growing");
+    await makeFile(file, 256 * MiB, { seed: 58 });
+    const t = spawnEscp(["-t", "1", file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".growing.escp-part")) > 0, 60_000, "data to arrive");
+    fs.appendFileSync(file, Buffer.alloc(MiB, 1));
+    expect(await t.p.exited).toBe(1);
+    expect(await t.stderr).toMatch(/growing: file changed while being read/);
+    expect(fs.existsSync(path.join(dst, "growing"))).toBe(false);
+  });
+
+  test("an unreadable source is named, the others are still copied, exit status 1", async () => {
+    // root reads anything: this local copy runs as nobody so the permission bites,
+    // in a directory nobody can reach (the per-run temp dirs are private).
+    const base = fs.mkdtempSync("/tmp/escp-nobody-");
+    try {
+      fs.chmodSync(base, 0o755);
+      const src = path.join(base, "src"), dst = path.join(base, "dst");
+      fs.mkdirSync(src, { mode: 0o755 });
+      fs.mkdirSync(dst);
+      fs.chmodSync(dst, 0o777);
+      await makeFile(path.join(src, "a"), 1000, { seed: 1 });
+      await makeFile(path.join(src, "secret"), 1000, { seed: 2, mode: 0o000 });
+      await makeFile(path.join(src, "b"), 1000, { seed: 3 });
+      const r = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ESCP_BIN,
+        path.join(src, "a"), path.join(src, "secret"), path.join(src, "b"), `${dst}/`], { env: { HOME: base } });
+      expect(r.stderr).toBe(`escp: ${path.join(src, "secret")}: Permission denied\n`);
+      expect(r.code).toBe(1);
+      expect(fs.readdirSync(dst).sort()).toEqual(["a", "b"]);
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the receiving disk", () => {
+  test("disk full names the file and ENOSPC; files that fit are intact, no partial file stays", async () => {
+    const src = tmpdir("src");
+    const mnt = tmpdir("full");
+    const m = await run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", mnt]);
+    expect(m.code).toBe(0);
+    try {
+      await makeFile(path.join(src, "small1"), MiB, { seed: 61 });
+      await makeFile(path.join(src, "small2"), MiB, { seed: 62 });
+      await makeFile(path.join(src, "huge"), 40 * MiB, { seed: 63 });
+      const r = await runEscp(["-t", "1", path.join(src, "small1"), path.join(src, "small2"), path.join(src, "huge"), `${SSH_HOST}:${mnt}/`]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`${mnt}/huge: .*No space left on device`));
+      expect(await sameFile(path.join(src, "small1"), path.join(mnt, "small1"))).toBe(true);
+      expect(await sameFile(path.join(src, "small2"), path.join(mnt, "small2"))).toBe(true);
+      expect(fs.readdirSync(mnt).sort()).toEqual(["small1", "small2"]);
+    } finally {
+      await run(["umount", "-l", mnt]);
+    }
+  });
+
+  test("--verify reads the written file back before it takes the target name", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "v"), 5 * MiB + 3, { seed: 64 });
+    const r = await runEscp(["--verify", path.join(src, "v"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "v"), path.join(dst, "v"))).toBe(true);
+  });
+});
+
+describe("the control connection", () => {
+  test("a remote escp that crashes on start is reported with its exit", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 10, { seed: 65 });
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: "/bin/false" } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/escp-test: .*(exited|status 1)/);
+  });
+
+  test("the ssh connection dropping mid-transfer fails the transfer", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 512 * MiB, { seed: 66 });
+    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const ssh = descendants(t.p.pid).filter((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("ssh"));
+    expect(ssh.length).toBe(1);
+    process.kill(ssh[0], "SIGKILL");
+    expect(await t.p.exited).toBe(1);
+    expect(await t.stderr).toMatch(/escp: /);
+    await waitFor(() => serverPids().length === 0, 10_000, "the receiver to exit");
+    expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
+  });
+});
