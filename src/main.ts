@@ -5,9 +5,11 @@
  *   cli (args, config) → session (client or server) → plan → streams → report
  */
 import { parseArgs, UsageError, type Options, type Explicit } from "./cli/args.ts";
+import type { Operand } from "./cli/operands.ts";
 import { helpText, usage, completion } from "./cli/help.ts";
 import { loadConfig, mergeConfig, formatConfig, ConfigError } from "./cli/config.ts";
-import { runClient, EXIT_USAGE, EXIT_FAILED } from "./session/client.ts";
+import { transfer } from "./session/client.ts";
+import { Report } from "./report.ts";
 import { runServer } from "./session/server.ts";
 import { VERSION } from "./version.ts";
 import { PROTO_VERSION } from "./native.ts";
@@ -36,8 +38,30 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case "copy":
-      return runClient(withConfig(parsed.options, parsed.explicit), parsed.sources, parsed.target);
+      return copy(withConfig(parsed.options, parsed.explicit), parsed.sources, parsed.target);
   }
+}
+
+/** Exit statuses, as scp's: 0 only if every file arrived verified. */
+export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130;
+
+async function copy(o: Options, sources: Operand[], target: Operand): Promise<number> {
+  const report = new Report({ quiet: o.quiet, json: o.json });
+  const stop = new AbortController();
+  const interrupt = () => stop.abort();
+  process.on("SIGINT", interrupt);
+  process.on("SIGTERM", interrupt);
+  const r = await transfer(o, sources, target, report, stop.signal);
+  if (r.interrupted) {
+    process.stderr.write("escp: interrupted\n");
+    return EXIT_INTERRUPTED;
+  }
+  if (r.error) {
+    process.stderr.write(`escp: ${r.error}\n`);
+    return r.usage ? EXIT_USAGE : EXIT_FAILED;
+  }
+  if (r.summary) report.summary(r.summary);
+  return r.failures.length ? EXIT_FAILED : EXIT_OK;
 }
 
 /** Flags win over ~/.config/escp/escp.yaml, which wins over /etc/escp.conf. */

@@ -14,11 +14,20 @@ import { PROTO_VERSION } from "../native.ts";
 import { StreamPool } from "../streams/pool.ts";
 import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
-import { Report } from "../report.ts";
-import { hex, type SessionOptions, type ControlMessage } from "../protocol.ts";
+import type { Report, Failure } from "../report.ts";
+import { hex, type SessionOptions, type ControlMessage, type TransferSummary } from "../protocol.ts";
 
-export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130;
-
+/** What a transfer came to: the summary when it ran, the fatal error when it could not. */
+export interface TransferResult {
+  summary?: TransferSummary;
+  /** Per-file failures, each also reported through events.failed. */
+  failures: Failure[];
+  /** A failure of the whole session (host unreachable, stream broken...), one line. */
+  error?: string;
+  /** The operands cannot be combined (exit status 2, like a usage error). */
+  usage?: boolean;
+  interrupted?: boolean;
+}
 
 /** Works out who sends and who receives; operands scp cannot combine are usage errors. */
 export function planTransfer(sources: Operand[], target: Operand): Plan | string {
@@ -38,13 +47,14 @@ export function planTransfer(sources: Operand[], target: Operand): Plan | string
   return { dir: "pull", host: first, sources: sources.map((s) => s.path), target: target.path };
 }
 
-export async function runClient(o: Options, sources: Operand[], target: Operand): Promise<number> {
-  const report = new Report({ quiet: o.quiet, json: o.json });
+/**
+ * Copies sources to target with the same engine as the command line; events
+ * hear about every file, and `signal` interrupts (temporary files are removed
+ * unless --resume keeps them).
+ */
+export async function transfer(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
   const plan = planTransfer(sources, target);
-  if (typeof plan === "string") {
-    process.stderr.write(`escp: ${plan}\n`);
-    return EXIT_USAGE;
-  }
+  if (typeof plan === "string") return { failures: [], error: plan, usage: true };
   const where = plan.dir === "local" ? "localhost" : plan.host.host;
   // A local receiver checks its destination before anything is started remotely.
   let localTarget;
@@ -52,8 +62,7 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
     try {
       localTarget = resolveTarget(plan.target, { multipleSources: plan.sources.length > 1 });
     } catch (e) {
-      process.stderr.write(`escp: ${(e as Error).message}\n`);
-      return EXIT_FAILED;
+      return { failures: [], error: (e as Error).message };
     }
   }
   const child = startServer(o, plan);
@@ -80,17 +89,20 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
   });
   let pool: StreamPool | undefined;
   let side: Side | undefined;
+  let interrupted = false;
+  let wake: () => void = () => {};
+  const aborted = new Promise<never>((_, reject) => (wake = () => reject(new Error("interrupted"))));
+  aborted.catch(() => {});
   const interrupt = () => {
+    interrupted = true;
     pool?.abort();
     side?.cleanup();
     child.kill();
-    process.stderr.write("escp: interrupted\n");
-    process.exit(EXIT_INTERRUPTED);
+    wake();
   };
-  process.on("SIGINT", interrupt);
-  process.on("SIGTERM", interrupt);
+  signal?.addEventListener("abort", interrupt);
   try {
-    const ready = await ch.receive();
+    const ready = await Promise.race([ch.receive(), aborted]);
     if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
     if (ready.type === "error") throw new Error(`${where}: ${ready.message}`);
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
@@ -104,7 +116,7 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
     // The server's verdict may arrive while we still work (a fatal error on its side).
     const serverEnd = ch.receive();
     side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, session, o.blockSize, report);
-    const work = side.run();
+    const work = Promise.race([side.run(), aborted]);
     const workError = work.then(() => undefined, (e: Error) => e);
     const first = await Promise.race([workError.then((e) => ({ e })), serverEnd.then((m) => ({ m }))]);
     let remote: ControlMessage | null | undefined;
@@ -118,27 +130,30 @@ export async function runClient(o: Options, sources: Operand[], target: Operand)
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
-      throw new Error(remote?.type === "error" ? `${where}: ${remote.message}` : err.message);
+      throw new Error(remote?.type === "error" && !isHangup(remote.message) ? `${where}: ${remote.message}` : err.message);
     }
     remote = await serverEnd;
     if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));
     if (remote.type === "error") throw new Error(`${where}: ${remote.message}`);
     if (remote.type === "report") report.merge(remote.summary.failures as any);
     ch.send({ type: "bye" });
-    report.summary(summarize(side, pool, started, report.failures));
+    const summary = summarize(side, pool, started, report.failures);
     pool.close();
     child.stdin.end();
-    return report.failures.length ? EXIT_FAILED : EXIT_OK;
+    return { summary, failures: report.failures };
   } catch (e) {
     pool?.abort();
     side?.cleanup();
-    process.stderr.write(`escp: ${(e as Error).message}\n`);
     child.kill();
-    return EXIT_FAILED;
+    return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error: (e as Error).message };
   } finally {
-    process.off("SIGINT", interrupt);
-    process.off("SIGTERM", interrupt);
+    signal?.removeEventListener("abort", interrupt);
   }
+}
+
+/** A peer's error that only says the connection went away: a consequence, rarely the cause. */
+function isHangup(message: string): boolean {
+  return /connection closed|Connection reset|Broken pipe|cancelled/i.test(message);
 }
 
 /**

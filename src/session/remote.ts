@@ -3,9 +3,15 @@
  * through the user's ssh (so ~/.ssh/config, agents, ProxyJump and
  * ControlMaster apply), or this same program as a local child for a local
  * copy. Also what the user is told when that fails.
+ *
+ * On a remote host the command is bootstrap.ts's snippet: the escp cached in
+ * ~/.cache/escp/VERSION, else `escp` from PATH if it speaks our protocol,
+ * else this executable is copied there first (--no-bootstrap forbids that).
+ * --remote-escp PATH (or ESCP_REMOTE) names the remote escp outright.
  */
 import type { Options } from "../cli/args.ts";
 import { sshArgs } from "../cli/args.ts";
+import { bootstrapping } from "./bootstrap.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
 export type Plan =
@@ -20,17 +26,23 @@ export interface ServerProcess {
   stderr: ReadableStream<Uint8Array>;
   exited: Promise<number>;
   kill(): void;
+  /** Set when the other end could not be started at all (e.g. bootstrap refused): the whole message. */
+  failure?: string;
 }
 
 /** The command that starts the other end: ssh to the host, or this same program locally. */
 export function startServer(o: Options, plan: Plan): ServerProcess {
   const self = selfCommand();
   if (plan.dir === "local") {
-    return Bun.spawn([...self, "--server"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    return withKeepalive(Bun.spawn([...self, "--server"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" }), o.keepaliveS);
   }
-  const remote = o.remoteEscp ?? process.env.ESCP_REMOTE ?? "escp";
+  const remote = o.remoteEscp ?? (process.env.ESCP_REMOTE || undefined);
   const ssh = o.sshProgram ?? "ssh";
-  return Bun.spawn([ssh, ...sshArgs(o, plan.host), `${shellQuote(remote)} --server`], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  // Every command this session runs on the host (the server, a bootstrap upload) goes through here.
+  const run = (command: string): ServerProcess =>
+    Bun.spawn([ssh, ...sshArgs(o, plan.host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const server = remote !== undefined ? run(`${shellQuote(remote)} --server`) : bootstrapping(o, plan.host.host, run);
+  return withKeepalive(server, o.keepaliveS);
 }
 
 /** This program as a command line: the compiled executable, or bun + the entry script. */
@@ -40,6 +52,68 @@ export function selfCommand(): string[] {
 
 function shellQuote(s: string): string {
   return /^[\w./~-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** `{"type":"ping"}` as a control frame: the server ignores it except as a sign of life. */
+const PING = (() => {
+  const json = Buffer.from(JSON.stringify({ type: "ping" }));
+  const frame = Buffer.alloc(4 + json.length);
+  frame.writeUInt32BE(json.length, 0);
+  json.copy(frame, 4);
+  return new Uint8Array(frame);
+})();
+
+/**
+ * Control-channel keepalive: once the client has written (its hello), a ping
+ * every `seconds` tells the server we are still there. A server that hears
+ * nothing for three intervals gives up (server.ts), so a client that hangs or
+ * vanishes behind a live ssh connection leaves no receiver behind. A server
+ * that predates pings ignores them.
+ */
+export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess {
+  if (!(seconds > 0)) return p;
+  let timer: ReturnType<typeof setInterval> | undefined;
+  let stopped = false;
+  const stop = () => {
+    stopped = true;
+    if (timer) clearInterval(timer);
+    timer = undefined;
+  };
+  void p.exited.then(stop, stop);
+  return {
+    stdin: {
+      write(b: Uint8Array) {
+        const r = p.stdin.write(b);
+        if (!timer && !stopped) {
+          timer = setInterval(() => {
+            try {
+              p.stdin.write(PING);
+              p.stdin.flush();
+            } catch {
+              stop();
+            }
+          }, seconds * 1000);
+          (timer as any).unref?.();
+        }
+        return r;
+      },
+      flush: () => p.stdin.flush(),
+      end() {
+        stop();
+        return p.stdin.end();
+      },
+    },
+    stdout: p.stdout,
+    stderr: p.stderr,
+    exited: p.exited,
+    kill() {
+      stop();
+      p.kill();
+    },
+    get failure() {
+      return p.failure;
+    },
+  };
 }
 
 /** Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping the tail for diagnosis. */
@@ -55,9 +129,14 @@ export function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): {
   return tail;
 }
 
-export async function connectionFailure(where: string, child: { exited: Promise<number> }, tail: { text: string; done: Promise<void> }): Promise<string> {
+export async function connectionFailure(
+  where: string,
+  child: { exited: Promise<number>; failure?: string },
+  tail: { text: string; done: Promise<void> },
+): Promise<string> {
   const code = await child.exited;
   await tail.done;
+  if (child.failure) return child.failure;
   const last = tail.text.trim().split("\n").pop() ?? "";
   if (/command not found|No such file or directory|not found/.test(last) && /escp/.test(last)) {
     return `${where}: escp is not installed there (${last.trim()}); name it with --remote-escp PATH`;

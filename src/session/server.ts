@@ -35,10 +35,19 @@ export async function runServer(): Promise<number> {
   // The ssh session is our lifeline: when it goes, so do we (and our temporary files).
   let finished = false;
   const lifeline = (async () => {
+    const silence = watchSilence(hello.options.keepaliveS, () => {
+      // The connecting escp hung or vanished behind a live ssh connection.
+      process.stderr.write(`escp --server: no word from the connecting escp for ${3 * hello.options.keepaliveS} s: giving up\n`);
+      pool?.abort();
+      side?.cleanup();
+      process.exit(1);
+    });
     for (;;) {
       const m = await ch.receive().catch(() => null);
+      silence.heard(m);
       if (m === null || m.type === "bye") break;
     }
+    silence.stop();
     if (!finished) {
       pool?.abort();
       side?.cleanup();
@@ -78,4 +87,35 @@ export async function runServer(): Promise<number> {
 function sshServerAddress(): string | undefined {
   const parts = (process.env.SSH_CONNECTION ?? "").split(" ");
   return parts.length === 4 ? parts[2] : undefined;
+}
+
+/**
+ * Keepalive on the control channel (remote.ts withKeepalive): a client that
+ * pings every `keepaliveS` seconds is given up after three silent intervals.
+ * It arms on the first ping, so a client that never pings is waited for as
+ * before. Time during which our own event loop was blocked (a long FFI call
+ * such as accepting the streams) does not count as silence: we were not
+ * listening.
+ */
+function watchSilence(keepaliveS: number, giveUp: () => void): { heard(m: ControlMessage | null): void; stop(): void } {
+  if (!(keepaliveS > 0)) return { heard() {}, stop() {} };
+  const limitMs = 3 * keepaliveS * 1000;
+  const tickMs = Math.min(1000, keepaliveS * 500);
+  let armed = false;
+  let last = performance.now();
+  let lastTick = last;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now - lastTick > 2 * tickMs + 250) last = now; // we were blocked, not the client silent
+    lastTick = now;
+    if (armed && now - last > limitMs) giveUp();
+  }, tickMs);
+  (timer as any).unref?.();
+  return {
+    heard(m) {
+      last = performance.now();
+      if ((m as { type?: string } | null)?.type === "ping") armed = true;
+    },
+    stop: () => clearInterval(timer),
+  };
 }

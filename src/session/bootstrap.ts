@@ -1,0 +1,317 @@
+/**
+ * Self-bootstrap (DESIGN §9): when the remote host has no escp that speaks
+ * our protocol, escp copies its own executable there and runs it. Nothing
+ * but a POSIX sh, mkdir, cat/zstd/gzip, sha256sum and mv is needed remotely.
+ *
+ * The common case costs one ssh connection: the remote command is a small sh
+ * snippet (launchCommand) that execs, in order,
+ *   1. ~/.cache/escp/VERSION/escp, a copy an earlier bootstrap left there;
+ *   2. `escp` from PATH, if `escp --version` names our protocol;
+ * and otherwise prints one line, BOOTSTRAP_MARKER plus what it saw (OS,
+ * machine, zstd/gzip/sha256sum), and exits. No control frame starts with
+ * that text (frames start with a 0 byte), so `bootstrapping` can tell the
+ * two apart before the control channel sees anything. On the marker it
+ * uploads this executable over a second ssh connection (compressed if the
+ * remote can decompress; written to a temporary name, sha256 checked,
+ * chmod 755, renamed into place, so concurrent first transfers each write
+ * their own temporary file and the rename is atomic), then runs the snippet
+ * again (third connection), replaying what the client already wrote (its
+ * `hello`). The client never notices, except for one line on stderr.
+ *
+ *   const p = bootstrapping(o, "host", (cmd) => Bun.spawn(["ssh", "host", cmd], ...));
+ *   // p behaves like the ssh child of `escp --server`
+ */
+import zlib from "node:zlib";
+import type { Options } from "../cli/args.ts";
+import { VERSION } from "../version.ts";
+import { PROTO_VERSION } from "../native.ts";
+import type { ServerProcess } from "./remote.ts";
+
+/** First word of the line the snippet prints when the remote has no usable escp. */
+export const BOOTSTRAP_MARKER = "escp-bootstrap-needed";
+const MARKER_LINE = new RegExp(`${BOOTSTRAP_MARKER} (\\S+) (\\S+)((?: \\S+)*)\\r?\\n`);
+
+/** Where the copy lives on the remote, relative to $HOME (as users are told). */
+export const CACHE_PATH = `.cache/escp/${safeWord(VERSION)}/escp`;
+const CACHE_DIR_SH = `"$HOME/${CACHE_PATH.slice(0, -"/escp".length)}"`;
+
+/** Runs one command line on the remote host (the user's ssh, or the built-in one). */
+export type RemoteRunner = (command: string) => ServerProcess;
+
+/** The remote command that starts the escp found there with `args`, or prints the marker. */
+export function launchCommand(args: string): string {
+  const script =
+    `c=${CACHE_DIR_SH}/escp; ` +
+    `if [ -x "$c" ]; then exec "$c" ${args}; fi; ` +
+    `if command -v escp >/dev/null 2>&1 && escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
+    `then exec escp ${args}; fi; ` +
+    `t=; for p in zstd gzip sha256sum; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
+    `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"`;
+  return shSnippet(script);
+}
+
+/** The remote command that stores stdin (compressed by `method`) as the cached escp. */
+export function uploadCommand(method: Method, sha256: string | undefined, size: number): string {
+  const decompress = method === "zstd" ? "zstd -dcq" : method === "gzip" ? "gzip -dc" : "cat";
+  // Without sha256sum the size is checked; zstd and gzip check their own frames too.
+  const check = sha256
+    ? `s=$(sha256sum "$t") || exit 1; s=\${s%% *}; ` +
+      `if [ "$s" != ${sha256} ]; then echo "digest mismatch: sha256 $s, expected ${sha256}" >&2; exit 1; fi; `
+    : `n=$(wc -c <"$t") || exit 1; ` +
+      `if [ $n -ne ${size} ]; then echo "size mismatch: $n bytes, expected ${size}" >&2; exit 1; fi; `;
+  const script =
+    `umask 022; d=${CACHE_DIR_SH}; mkdir -p "$d" || exit 1; ` +
+    // $$ is unique among live processes on the host: concurrent uploads never share a file.
+    `t="$d/.escp.tmp.$$"; trap "rm -f \\"$t\\"" 0; ` +
+    `${decompress} >"$t" || exit 1; ` +
+    check +
+    `chmod 755 "$t" && mv -f "$t" "$d/escp" || exit 1`;
+  return shSnippet(script);
+}
+
+/** Runs the script with sh whatever the login shell is (csh, fish): single quotes mean the same in all. */
+function shSnippet(script: string): string {
+  if (script.includes("'")) throw new Error("internal: quote in a remote sh snippet");
+  return `sh -c '${script}'`;
+}
+
+function safeWord(s: string): string {
+  if (!/^[\w.+-]+$/.test(s)) throw new Error(`internal: version ${JSON.stringify(s)} is not a safe path component`);
+  return s;
+}
+
+/** This program's executable, if it is the compiled one (a script run by bun cannot copy itself). */
+export function selfExecutable(): string | undefined {
+  return Bun.main.startsWith("/$bunfs") ? process.execPath : undefined;
+}
+
+type Method = "zstd" | "gzip" | "raw";
+
+/** What the snippet reported about the remote. */
+export interface RemoteInfo {
+  os: string;
+  machine: string;
+  tools: Set<string>;
+}
+
+export function parseMarker(text: string): RemoteInfo | undefined {
+  const m = MARKER_LINE.exec(text);
+  if (!m) return undefined;
+  return { os: m[1], machine: m[2], tools: new Set(m[3].trim().split(/\s+/).filter(Boolean)) };
+}
+
+const MACHINES: Record<string, string> = { x86_64: "x64", amd64: "x64", aarch64: "arm64", arm64: "arm64" };
+
+/** Why this executable cannot serve the remote, or undefined if it can. */
+function incompatible(info: RemoteInfo): string | undefined {
+  const os = info.os.toLowerCase();
+  if (os !== process.platform || MACHINES[info.machine] !== process.arch) {
+    return `it is ${info.os} ${info.machine} and this escp is built for ${process.platform} ${process.arch}`;
+  }
+  return undefined;
+}
+
+interface Payload {
+  data: Uint8Array;
+  method: Method;
+  sha256: string | undefined;
+  size: number;
+}
+
+/** The executable, compressed with what the remote can undo (zstd, else gzip, else as it is). */
+async function preparePayload(exe: string, tools: Set<string>): Promise<Payload> {
+  const raw = await Bun.file(exe).bytes();
+  const sha256 = tools.has("sha256sum") ? new Bun.CryptoHasher("sha256").update(raw).digest("hex") : undefined;
+  // zstd -3: ~110 MB → ~50 MB in ~1.4 s on one core; gzip -6: ~55 MB in ~2.5 s.
+  if (tools.has("zstd")) return { data: await Bun.zstdCompress(raw, { level: 3 }), method: "zstd", sha256, size: raw.length };
+  if (tools.has("gzip")) {
+    const data = await new Promise<Uint8Array>((res, rej) => zlib.gzip(raw, { level: 6 }, (e, b) => (e ? rej(e) : res(b))));
+    return { data, method: "gzip", sha256, size: raw.length };
+  }
+  return { data: raw, method: "raw", sha256, size: raw.length };
+}
+
+/** A ReadableStream fed by hand. */
+class Feed {
+  private c!: ReadableStreamDefaultController<Uint8Array>;
+  readonly stream = new ReadableStream<Uint8Array>({ start: (c) => void (this.c = c) });
+  push(b: Uint8Array): void {
+    try {
+      this.c.enqueue(b);
+    } catch {}
+  }
+  close(): void {
+    try {
+      this.c.close();
+    } catch {}
+  }
+}
+
+async function collect(stream: ReadableStream<Uint8Array>): Promise<string> {
+  try {
+    return await new Response(stream).text();
+  } catch {
+    return "";
+  }
+}
+
+function lastLines(text: string, n = 3): string {
+  return text.trim().split("\n").slice(-n).join("; ").trim();
+}
+
+/** How the remote's first output reads: escp talking, the marker, or something else. */
+type Head = { kind: "escp" | "other"; bytes: Buffer; done: boolean } | { kind: "marker"; info: RemoteInfo };
+
+async function readHead(it: AsyncIterator<Uint8Array>): Promise<Head> {
+  let buf = Buffer.alloc(0);
+  for (;;) {
+    const r = await it.next().catch(() => ({ done: true as const, value: undefined }));
+    if (r.done) return { kind: "other", bytes: buf, done: true };
+    buf = Buffer.concat([buf, r.value]);
+    if (buf[0] === 0) return { kind: "escp", bytes: buf, done: false };
+    if (buf.includes(0) || buf.length > 65536) return { kind: "other", bytes: buf, done: false };
+    const info = parseMarker(buf.toString("latin1"));
+    if (info) return { kind: "marker", info };
+  }
+}
+
+/**
+ * Starts the remote end with `launchCommand("--server")` and bootstraps it if
+ * needed. The result looks like one ssh child: what the client writes before
+ * the remote escp answers is kept and replayed to the retried one. When no
+ * escp can be started, stdout ends and `failure` says why (connectionFailure
+ * in remote.ts reports it).
+ */
+export function bootstrapping(o: Options, where: string, run: RemoteRunner): ServerProcess & { failure?: string } {
+  const command = launchCommand("--server");
+  const written: Uint8Array[] = [];
+  let decided = false; // the remote escp (or something that is not the marker) answered
+  let inputEnded = false;
+  let killed = false;
+  let live: ServerProcess | undefined = run(command); // where stdin goes now
+  let upload: ServerProcess | undefined;
+  const out = new Feed();
+  const err = new Feed();
+  let setExit!: (code: number) => void;
+  const exited = new Promise<number>((r) => (setExit = r));
+
+  const proc: ServerProcess & { failure?: string } = {
+    stdin: {
+      write(b: Uint8Array) {
+        if (!decided) written.push(Uint8Array.from(b));
+        try {
+          live?.stdin.write(b);
+        } catch {}
+      },
+      flush() {
+        try {
+          return live?.stdin.flush();
+        } catch {}
+      },
+      end() {
+        inputEnded = true;
+        try {
+          return live?.stdin.end();
+        } catch {}
+      },
+    },
+    stdout: out.stream,
+    stderr: err.stream,
+    exited,
+    kill() {
+      killed = true;
+      live?.kill();
+      upload?.kill();
+    },
+  };
+
+  const fail = (message: string, code: number) => {
+    proc.failure = message;
+    out.close();
+    err.close();
+    setExit(code);
+  };
+
+  void (async () => {
+    for (let attempt = 0; ; attempt++) {
+      const p = live!;
+      const errDone = (async () => {
+        for await (const c of p.stderr as any as AsyncIterable<Uint8Array>) err.push(c);
+      })().catch(() => {});
+      const it = (p.stdout as any as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+      const head = await readHead(it);
+      if (head.kind !== "marker") {
+        // escp runs there (or something printed text: the control channel will say what).
+        decided = true;
+        written.length = 0;
+        if (head.bytes.length) out.push(head.bytes);
+        if (!head.done) {
+          try {
+            for (let r = await it.next(); !r.done; r = await it.next()) out.push(r.value);
+          } catch {}
+        }
+        out.close();
+        await errDone;
+        err.close();
+        setExit(await p.exited);
+        return;
+      }
+      live = undefined;
+      const code = await p.exited;
+      await errDone;
+      if (killed) return fail("interrupted", code);
+      if (attempt > 0) {
+        return fail(`escp was copied to ${where} (~/${CACHE_PATH}) but did not start there`, code);
+      }
+      const why = await install(head.info);
+      if (why) return fail(why, code);
+      if (killed) return fail("interrupted", code);
+      live = run(command);
+      for (const b of written) live.stdin.write(b);
+      live.stdin.flush();
+      if (inputEnded) live.stdin.end();
+    }
+  })().catch((e) => fail(`${where}: ${(e as Error).message}`, 1));
+
+  /** Copies this executable into the remote's cache; returns why it could not. */
+  async function install(info: RemoteInfo): Promise<string | undefined> {
+    if (!o.bootstrap) return `escp is not installed on ${where}: install it or drop --no-bootstrap`;
+    const bad = incompatible(info);
+    if (bad) return `escp is not installed on ${where} and this one cannot run there (${bad}): install escp there or name it with --remote-escp PATH`;
+    const exe = selfExecutable();
+    if (!exe) {
+      return `escp is not installed on ${where}, and this escp runs from source (bun src/main.ts), so it cannot copy itself there: ` +
+        `use the built executable (bash scripts/build.sh makes dist/escp), install escp there, or name it with --remote-escp PATH`;
+    }
+    const payload = await preparePayload(exe, info.tools);
+    if (!o.quiet) {
+      const mb = (payload.data.length / 1e6).toFixed(0);
+      process.stderr.write(
+        `escp: ${where} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/${CACHE_PATH}` +
+          ` (sending ${mb} MB${payload.method === "raw" ? "" : `, ${payload.method}`})\n`,
+      );
+    }
+    const up = (upload = run(uploadCommand(payload.method, payload.sha256, payload.size)));
+    const upErr = collect(up.stderr);
+    void collect(up.stdout);
+    try {
+      const CHUNK = 4 << 20;
+      for (let off = 0; off < payload.data.length; off += CHUNK) {
+        up.stdin.write(payload.data.subarray(off, off + CHUNK));
+        await up.stdin.flush();
+      }
+      await up.stdin.end();
+    } catch {
+      // The remote side went away; its status and stderr say why.
+    }
+    const code = await up.exited;
+    upload = undefined;
+    if (code !== 0) {
+      const text = lastLines(await upErr);
+      return `cannot install escp on ${where} as ~/${CACHE_PATH}: ${text || `the upload exited with status ${code}`}`;
+    }
+    return undefined;
+  }
+
+  return proc;
+}
