@@ -18,6 +18,23 @@ export interface Events {
   warning(message: string): void;
 }
 
+/** The session as the client sees it once the streams are up. */
+export interface SessionInfo {
+  host: string;
+  direction: "push" | "pull" | "local";
+  streams: number;
+  blockSize: number;
+  port: number;
+}
+
+/** Counters of all streams so far (bytes), read from shared memory every 200 ms. */
+export interface ProgressSnapshot {
+  bytesDisk: number;
+  bytesNetwork: number;
+  bytesCompressed: number;
+  seconds: number;
+}
+
 /** What one side counted: files and bytes delivered (verified), of which skippedBytes never travelled. */
 export interface TransferStats {
   files: number;
@@ -46,6 +63,14 @@ export class Report implements Events {
     private readonly opts: ReportOptions,
     private readonly print = true,
   ) {}
+
+  session(info: SessionInfo): void {
+    this.json({ event: "session", ...info });
+  }
+
+  progress(p: ProgressSnapshot): void {
+    this.json({ event: "progress", ...p });
+  }
 
   started(path: string, size: number): void {
     this.json({ event: "file_start", path, size });

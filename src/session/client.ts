@@ -10,6 +10,7 @@ import type { Operand } from "../cli/operands.ts";
 import { ControlChannel } from "./control.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
+import { connectData } from "./tunnel.ts";
 import { PROTO_VERSION } from "../native.ts";
 import { StreamPool } from "../streams/pool.ts";
 import { makeSide, summarize, type Side } from "../transfer/side.ts";
@@ -107,12 +108,18 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     if (ready.type === "error") throw new Error(`${where}: ${ready.message}`);
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
-    const conns = connectStreams(addr, port, keys, o.threads, 10_000);
+    // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
+    const conns = plan.dir === "local"
+      ? connectStreams(addr, port, keys, o.threads, 10_000)
+      : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child);
     keys.master.fill(0);
     tuneStreams(conns, session.limitBps, o.keepaliveS);
     const role = plan.dir === "pull" ? "receiver" : "sender";
     pool = new StreamPool(conns, role, { blockSize: o.blockSize, zstdLevel: o.compress ? o.zstdLevel : 0, cpumask: o.cpumask, nodemask: o.nodemask });
     const started = performance.now();
+    report.session({ host: where, direction: plan.dir, streams: o.threads, blockSize: o.blockSize, port: ready.port });
+    // Progress reads the workers' shared counters; it never touches the data path.
+    const progress = setInterval(() => report.progress({ ...pool!.totals(), seconds: (performance.now() - started) / 1000 }), PROGRESS_MS);
     // The server's verdict may arrive while we still work (a fatal error on its side).
     const serverEnd = ch.receive();
     side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, session, o.blockSize, report);
@@ -137,6 +144,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     if (remote.type === "error") throw new Error(`${where}: ${remote.message}`);
     if (remote.type === "report") report.merge(remote.summary.failures as any);
     ch.send({ type: "bye" });
+    clearInterval(progress);
     const summary = summarize(side, pool, started, report.failures);
     pool.close();
     child.stdin.end();
@@ -150,6 +158,9 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     signal?.removeEventListener("abort", interrupt);
   }
 }
+
+/** How often the progress display is refreshed from the stream counters. */
+const PROGRESS_MS = 200;
 
 /** A peer's error that only says the connection went away: a consequence, rarely the cause. */
 function isHangup(message: string): boolean {
