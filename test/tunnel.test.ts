@@ -1,0 +1,96 @@
+/**
+ * Data streams through ssh (issue 9, item 4): --tunnel, and the automatic
+ * fallback when the data port cannot be reached. "Cannot be reached" is made
+ * with ESCP_DATA_VIA, which the client uses instead of the server's address
+ * for its direct connections: a port where nothing listens (refused at once)
+ * or a listener that accepts and never answers (what a firewall that drops
+ * packets looks like to the connect timeout). The tunnel itself forwards to the
+ * server's real address from the remote side, so it is not affected.
+ */
+import { describe, test, expect, beforeAll, setDefaultTimeout } from "bun:test";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { startSshd, runEscp, tmpdir, makeFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
+
+setDefaultTimeout(120_000);
+const MiB = 1 << 20;
+
+beforeAll(async () => {
+  await startSshd();
+});
+
+const FALLBACK = /^escp: data ports 1232-1242 on escp-test unreachable \((.*)\); falling back to --tunnel \(slower\)\n$/;
+
+describe("--tunnel", () => {
+  test("a push through the tunnel is byte-identical and needs no data port", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 20 * MiB + 12345, { seed: 1 });
+    await makeFile(path.join(src, "g"), 7, { seed: 2 });
+    // The direct address is dead: only the tunnel can carry the streams.
+    const dead = await freePort();
+    const r = await runEscp(["--tunnel", "-t", "3", path.join(src, "f"), path.join(src, "g"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_DATA_VIA: `127.0.0.1:${dead}` },
+    });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(await sameFile(path.join(src, "g"), path.join(dst, "g"))).toBe(true);
+  });
+
+  test("a pull through the tunnel is byte-identical", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 9 * MiB + 1, { seed: 3 });
+    const r = await runEscp(["--tunnel", `${SSH_HOST}:${src}/f`, `${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+});
+
+describe("fallback", () => {
+  test("a refused data port falls back to the tunnel and says so", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 10 * MiB + 3, { seed: 4 });
+    const dead = await freePort();
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_DATA_VIA: `127.0.0.1:${dead}` } });
+    expect(r.stderr).toMatch(FALLBACK);
+    expect(r.stderr.match(FALLBACK)![1]).toMatch(new RegExp(`port ${dead}.*refused`, "i"));
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
+  test("a data port that never answers falls back after the short connect timeout", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 4 * MiB, { seed: 5 });
+    // Accepts and stays silent, like a path that swallows packets.
+    const held: net.Socket[] = [];
+    const silent = net.createServer((s) => void held.push(s.on("error", () => {})));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const port = (silent.address() as net.AddressInfo).port;
+    try {
+      const t0 = performance.now();
+      const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_DATA_VIA: `127.0.0.1:${port}` } });
+      const seconds = (performance.now() - t0) / 1000;
+      expect(r.stderr).toMatch(FALLBACK);
+      expect(r.stderr.match(FALLBACK)![1]).toMatch(/tim/i);
+      expect(r.code).toBe(0);
+      expect(held.length).toBe(1); // only stream 0 tried the direct way
+      expect(seconds).toBeGreaterThan(3);
+      expect(seconds).toBeLessThan(15);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    } finally {
+      for (const s of held) s.destroy();
+      silent.close();
+    }
+  });
+
+  test("-q keeps the fallback quiet", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 100, { seed: 6 });
+    const r = await runEscp(["-q", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_DATA_VIA: `127.0.0.1:${await freePort()}` } });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.readFileSync(path.join(dst, "f")).length).toBe(100);
+  });
+});
