@@ -1,0 +1,196 @@
+/**
+ * Self-bootstrap (issue 9, item 1): a remote account without escp gets this
+ * executable copied to ~/.cache/escp/VERSION/escp on the first transfer, and
+ * later transfers reuse it. The remote account is a throwaway local user whose
+ * PATH has no escp and whose home is a fresh directory; it logs in to the test
+ * sshd with the harness key (sshd reads authorized_keys as that user, so the
+ * run directory is made traversable).
+ */
+import { describe, test, expect, beforeAll, afterAll, setDefaultTimeout } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { startSshd, runEscp, run, runTmp, makeFile, sameFile, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
+import { launchCommand, uploadCommand, parseMarker, BOOTSTRAP_MARKER } from "../src/session/bootstrap.ts";
+import { VERSION } from "../src/version.ts";
+import { PROTO_VERSION } from "../src/native.ts";
+
+setDefaultTimeout(120_000);
+
+const USER = `escpbt${process.pid}`;
+let sshd: Sshd;
+let home = "";
+let uid = 0;
+const cached = () => path.join(home, ".cache/escp", VERSION, "escp");
+const host = () => `${USER}@${SSH_HOST}`;
+/** Files in the cache directory other than escp itself (temporary files left behind). */
+const leftovers = () => fs.readdirSync(path.dirname(cached())).filter((n) => n !== "escp");
+
+/** A directory the remote user owns, for destinations. */
+function userDir(name: string): string {
+  const d = fs.mkdtempSync(path.join(home, `${name}-`));
+  fs.chownSync(d, uid, uid);
+  return d;
+}
+
+function sh(cmd: string, env: Record<string, string> = {}, input?: Uint8Array) {
+  return spawnSync("/bin/sh", ["-c", cmd], { env: { PATH: "/usr/bin:/bin", ...env }, input, encoding: "buffer" });
+}
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  // sshd opens authorized_keys as the user logging in.
+  fs.chmodSync(runTmp(), 0o711);
+  fs.chmodSync(sshd.tmp, 0o711);
+  fs.chmodSync(path.join(sshd.tmp, "authorized_keys"), 0o644);
+  // Users of killed earlier runs.
+  for (const line of fs.readFileSync("/etc/passwd", "utf8").split("\n")) {
+    const m = /^escpbt(\d+):/.exec(line);
+    if (m && !fs.existsSync(`/proc/${m[1]}`)) spawnSync("userdel", [`escpbt${m[1]}`]);
+  }
+  home = fs.mkdtempSync("/tmp/escp-boot-home-");
+  const r = spawnSync("useradd", ["-M", "-d", home, "-s", "/bin/sh", "-p", "*", USER], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`useradd failed: ${r.stderr}`);
+  uid = Number(spawnSync("id", ["-u", USER], { encoding: "utf8" }).stdout.trim());
+  fs.chownSync(home, uid, uid);
+  fs.chmodSync(home, 0o755);
+  const which = await run(["ssh", "-F", sshd.configPath, host(), "command -v escp; echo PATH=$PATH"]);
+  expect(which.stdout).toMatch(/^PATH=/); // no escp on the remote account's PATH
+});
+
+afterAll(() => {
+  spawnSync("userdel", [USER]);
+  if (home) fs.rmSync(home, { recursive: true, force: true });
+});
+
+describe("the remote command", () => {
+  // The snippet's decisions, run by the local sh with a chosen HOME and PATH.
+  const fake = (dir: string, name: string, script: string) => {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, name), `#!/bin/sh\n${script}\n`, { mode: 0o755 });
+  };
+
+  test("prefers the cached copy, then a PATH escp of our protocol, else prints the marker", () => {
+    const t = fs.mkdtempSync(path.join(runTmp(), "snippet-"));
+    const cmd = launchCommand("--server");
+    const bin = path.join(t, "bin");
+    // Nothing installed: the marker, with what the host has.
+    let r = sh(cmd, { HOME: t });
+    const info = parseMarker(r.stdout.toString());
+    expect(info).toBeDefined();
+    expect(info!.os).toBe("Linux");
+    expect(info!.machine).toBe(spawnSync("uname", ["-m"], { encoding: "utf8" }).stdout.trim());
+    expect(info!.tools.has("sha256sum")).toBe(true);
+    // An escp of another protocol on PATH is not used.
+    fake(bin, "escp", `[ "$1" = --version ] && echo "escp 9.9 (protocol ${PROTO_VERSION + 1})" && exit 0; echo WRONG`);
+    r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
+    expect(r.stdout.toString()).toStartWith(BOOTSTRAP_MARKER);
+    // One of ours is.
+    fake(bin, "escp", `[ "$1" = --version ] && echo "escp 0.0.9 (protocol ${PROTO_VERSION})" && exit 0; echo "path escp $*"`);
+    r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
+    expect(r.stdout.toString()).toBe("path escp --server\n");
+    // The cached copy wins over both.
+    fake(path.join(t, ".cache/escp", VERSION), "escp", `echo "cached escp $*"`);
+    r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
+    expect(r.stdout.toString()).toBe("cached escp --server\n");
+  });
+
+  test("the upload checks the digest before the copy takes its name", () => {
+    const t = fs.mkdtempSync(path.join(runTmp(), "upload-"));
+    const payload = new TextEncoder().encode("#!/bin/sh\necho hi\n");
+    const sha = new Bun.CryptoHasher("sha256").update(payload).digest("hex");
+    const dest = path.join(t, ".cache/escp", VERSION);
+    // Wrong digest: refused, nothing left behind.
+    let r = sh(uploadCommand("raw", "0".repeat(64), payload.length), { HOME: t }, payload);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.toString()).toMatch(/digest mismatch/);
+    expect(fs.readdirSync(dest)).toEqual([]);
+    // Right digest, gzip-compressed: installed, mode 755.
+    r = sh(uploadCommand("gzip", sha, payload.length), { HOME: t }, Bun.gzipSync(payload));
+    expect(r.status).toBe(0);
+    expect(fs.readdirSync(dest)).toEqual(["escp"]);
+    expect(fs.statSync(path.join(dest, "escp")).mode & 0o777).toBe(0o755);
+    expect(fs.readFileSync(path.join(dest, "escp"))).toEqual(Buffer.from(payload));
+    // No sha256sum: the size is checked instead.
+    r = sh(uploadCommand("raw", undefined, payload.length + 1), { HOME: t }, payload);
+    expect(r.stderr.toString()).toMatch(/size mismatch/);
+  });
+});
+
+describe("bootstrap over ssh", () => {
+  test("--no-bootstrap refuses with a clear error", async () => {
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1000, { seed: 1 });
+    const r = await runEscp(["--no-bootstrap", path.join(src, "f"), `${host()}:${userDir("dst")}/`], { env: { ESCP_REMOTE: undefined } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`escp: escp is not installed on ${SSH_HOST}: install it or drop --no-bootstrap\n`);
+    expect(fs.existsSync(cached())).toBe(false);
+  });
+
+  test("escp run from source refuses to bootstrap and says what to do", async () => {
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1000, { seed: 1 });
+    const r = await run([process.execPath, path.join(REPO_ROOT, "src/main.ts"), "-F", sshd.configPath, path.join(src, "f"), `${host()}:${userDir("dst")}/`], {
+      env: { ESCP_REMOTE: undefined },
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/escp is not installed on escp-test, and this escp runs from source .*--remote-escp PATH/);
+    expect(fs.existsSync(cached())).toBe(false);
+  });
+
+  test("the first transfer installs escp in ~/.cache/escp/VERSION and says so once", async () => {
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 3 << 20, { seed: 2 });
+    const dst = userDir("dst");
+    const r = await runEscp([path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    expect(r.stderr).toBe(
+      `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${VERSION}/escp` +
+        ` (sending ${r.stderr.match(/sending (\d+) MB/)?.[1]} MB, zstd)\n`,
+    );
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    const st = fs.statSync(cached());
+    expect(st.mode & 0o777).toBe(0o755);
+    expect(st.uid).toBe(uid);
+    expect(await sameFile(ESCP_BIN, cached())).toBe(true);
+    expect(leftovers()).toEqual([]);
+  });
+
+  test("the next transfer reuses it: no upload, no message", async () => {
+    const before = fs.statSync(cached());
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1 << 20, { seed: 3 });
+    const dst = userDir("dst");
+    const t0 = performance.now();
+    const r = await runEscp([path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    const seconds = (performance.now() - t0) / 1000;
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    const after = fs.statSync(cached());
+    expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
+    expect(seconds).toBeLessThan(5);
+    // A pull runs the cached copy too.
+    const back = fs.mkdtempSync(path.join(runTmp(), "back-"));
+    const p = await runEscp([`${host()}:${dst}/f`, `${back}/`], { env: { ESCP_REMOTE: undefined } });
+    expect(p.stderr).toBe("");
+    expect(p.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(back, "f"))).toBe(true);
+  });
+
+  test("two concurrent first transfers both succeed and leave one intact copy", async () => {
+    fs.rmSync(path.join(home, ".cache"), { recursive: true, force: true });
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "a"), 2 << 20, { seed: 4 });
+    await makeFile(path.join(src, "b"), 2 << 20, { seed: 5 });
+    const dst = userDir("dst");
+    const [ra, rb] = await Promise.all(["a", "b"].map((n) =>
+      runEscp(["-q", path.join(src, n), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } })));
+    expect([ra.code, ra.stderr, rb.code, rb.stderr]).toEqual([0, "", 0, ""]);
+    expect(await sameFile(path.join(src, "a"), path.join(dst, "a"))).toBe(true);
+    expect(await sameFile(path.join(src, "b"), path.join(dst, "b"))).toBe(true);
+    expect(await sameFile(ESCP_BIN, cached())).toBe(true);
+    expect(fs.statSync(cached()).mode & 0o777).toBe(0o755);
+    expect(leftovers()).toEqual([]);
+  });
+});
