@@ -28,6 +28,7 @@ import { sshArgs, type Options } from "../cli/args.ts";
 import { native, cstr, ptr, nativeError, E, type Pointer } from "../native.ts";
 import type { SessionKeys } from "./connect.ts";
 import type { Remote } from "./remote.ts";
+import { useBuiltinSsh } from "./builtin-ssh.ts";
 
 /** Connect timeout for the first stream when a fallback is possible: a dropped SYN must not cost long. */
 export const FALLBACK_CONNECT_MS = 3000;
@@ -64,10 +65,16 @@ export async function connectData(
     }
     const cause = nativeError(err[0]);
     if (!UNREACHABLE.has(err[0])) throw new Error(`cannot open data stream 0 to ${addr} port ${port}: ${cause}`);
+    if (useBuiltinSsh(o)) {
+      throw new Error(`data ports ${o.ports[0]}-${o.ports[1]} on ${host.host} unreachable (${cause}), ` +
+        `and falling back to --tunnel needs the system ssh program: open the port range or install ssh`);
+    }
     if (!o.quiet) {
       process.stderr.write(`escp: data ports ${o.ports[0]}-${o.ports[1]} on ${host.host} unreachable (${cause}); falling back to --tunnel (slower)\n`);
     }
   }
+  // The built-in client runs on our event loop, which the blocking connects below would stall.
+  if (useBuiltinSsh(o)) throw new Error("--tunnel needs the system ssh program; the built-in ssh client cannot carry the data streams");
   const tunnel = await openTunnel(o, host, to.server);
   void session.exited.then(tunnel.close, tunnel.close);
   try {
