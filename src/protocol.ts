@@ -78,6 +78,7 @@ export const MAX_CONTROL_MESSAGE = 1 << 20;
 export const MAX_CTRL_BODY = (1 << 20) + 64;
 
 const KIND_CODE = { file: 1, dir: 2 } as const;
+const utf8 = new TextDecoder();
 const ENTRY_FIXED = 8 + 1 + 1 + 2 + 4 + 8 + 8 + 8; // id kind top pathLen mode size mtime atime
 
 /** Serialises a batch of entries into one FILES body (big-endian, see docs/protocol.md). */
@@ -121,7 +122,7 @@ export function decodeFiles(body: Uint8Array): FileEntry[] {
     const size = b.readBigUInt64BE(o + 16);
     if (size > 1n << 62n) throw new ProtocolError(`FILES entry claims a size of ${size} bytes`);
     const pathBytes = b.subarray(o + ENTRY_FIXED, o + ENTRY_FIXED + pathLen);
-    const path = new TextDecoder("utf-8", { fatal: false }).decode(pathBytes);
+    const path = utf8.decode(pathBytes);
     out.push({
       id: b.readBigUInt64BE(o),
       kind,
@@ -147,27 +148,48 @@ export interface FileVerdict {
   message: string;
 }
 
-export function encodeVerdict(v: FileVerdict): Uint8Array {
-  const msg = Buffer.from(v.message, "utf8").subarray(0, 4096);
-  const out = Buffer.alloc(8 + 4 + 4 + 8 + 16 + msg.length);
-  out.writeBigUInt64BE(v.id, 0);
-  out.writeInt32BE(v.status, 8);
-  out.writeBigUInt64BE(v.bytes, 16);
-  Buffer.from(v.digest).copy(out, 24);
-  msg.copy(out, 40);
+const VERDICT_FIXED = 8 + 4 + 4 + 8 + 16; // id status msgLen bytes digest
+
+/** Many verdicts share one DONE or RESULT record: small files would otherwise cost a record each. */
+export function encodeVerdicts(vs: FileVerdict[]): Uint8Array {
+  const msgs = vs.map((v) => Buffer.from(v.message, "utf8").subarray(0, 4096));
+  const out = Buffer.alloc(msgs.reduce((n, m) => n + VERDICT_FIXED + m.length, 4));
+  out.writeUInt32BE(vs.length, 0);
+  let o = 4;
+  vs.forEach((v, i) => {
+    out.writeBigUInt64BE(v.id, o);
+    out.writeInt32BE(v.status, o + 8);
+    out.writeUInt32BE(msgs[i].length, o + 12);
+    out.writeBigUInt64BE(v.bytes, o + 16);
+    out.set(v.digest, o + 24);
+    msgs[i].copy(out, o + VERDICT_FIXED);
+    o += VERDICT_FIXED + msgs[i].length;
+  });
   return out;
 }
 
-export function decodeVerdict(body: Uint8Array): FileVerdict {
+export function decodeVerdicts(body: Uint8Array): FileVerdict[] {
   const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  if (b.length < 40) throw new ProtocolError("DONE/RESULT record too short");
-  return {
-    id: b.readBigUInt64BE(0),
-    status: b.readInt32BE(8),
-    bytes: b.readBigUInt64BE(16),
-    digest: new Uint8Array(b.subarray(24, 40)),
-    message: new TextDecoder().decode(b.subarray(40)),
-  };
+  if (b.length < 4) throw new ProtocolError("DONE/RESULT record too short");
+  const n = b.readUInt32BE(0);
+  if (n * VERDICT_FIXED > b.length - 4) throw new ProtocolError(`DONE/RESULT record claims ${n} verdicts in ${b.length} bytes`);
+  const out: FileVerdict[] = [];
+  let o = 4;
+  for (let i = 0; i < n; i++) {
+    if (o + VERDICT_FIXED > b.length) throw new ProtocolError("DONE/RESULT verdict truncated");
+    const msgLen = b.readUInt32BE(o + 12);
+    if (o + VERDICT_FIXED + msgLen > b.length) throw new ProtocolError("DONE/RESULT message truncated");
+    out.push({
+      id: b.readBigUInt64BE(o),
+      status: b.readInt32BE(o + 8),
+      bytes: b.readBigUInt64BE(o + 16),
+      digest: new Uint8Array(b.subarray(o + 24, o + 40)),
+      message: utf8.decode(b.subarray(o + VERDICT_FIXED, o + VERDICT_FIXED + msgLen)),
+    });
+    o += VERDICT_FIXED + msgLen;
+  }
+  if (o !== b.length) throw new ProtocolError("DONE/RESULT record has trailing bytes");
+  return out;
 }
 
 /** The peer broke the protocol: always fatal for the session. */

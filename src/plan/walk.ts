@@ -15,7 +15,9 @@ import path from "node:path";
 import { native } from "../native.ts";
 
 export type WalkItem =
-  | { kind: "file" | "dir"; abs: string; rel: string; top: boolean; stat: fs.BigIntStats }
+  /** A file's stat is left to the sender, which takes it from the open file. */
+  | { kind: "file"; abs: string; rel: string; top: boolean }
+  | { kind: "dir"; abs: string; rel: string; top: boolean; stat: fs.BigIntStats }
   | { kind: "error"; abs: string; message: string }
   | { kind: "warning"; abs: string; message: string };
 
@@ -40,7 +42,7 @@ export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerato
       }
       yield* walkDir(src, name, st, [st]);
     } else if (st.isFile()) {
-      yield { kind: "file", abs: src, rel: name, top: true, stat: st };
+      yield { kind: "file", abs: src, rel: name, top: true };
     } else {
       yield { kind: "error", abs: src, message: "not a regular file" };
     }
@@ -60,6 +62,11 @@ async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors:
   for await (const d of dir) {
     const childAbs = path.join(abs, d.name);
     const childRel = `${rel}/${d.name}`;
+    // The directory entry's type spares a stat per file; links and unknown types are resolved.
+    if (d.isFile()) {
+      yield { kind: "file", abs: childAbs, rel: childRel, top: false };
+      continue;
+    }
     let cst: fs.BigIntStats;
     try {
       cst = fs.statSync(childAbs, { bigint: true });
@@ -67,7 +74,7 @@ async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors:
       yield { kind: "error", abs: childAbs, message: errnoText(e) };
       continue;
     }
-    if (cst.isFile()) yield { kind: "file", abs: childAbs, rel: childRel, top: false, stat: cst };
+    if (cst.isFile()) yield { kind: "file", abs: childAbs, rel: childRel, top: false };
     else if (cst.isDirectory()) {
       if (ancestors.some((a) => a.dev === cst.dev && a.ino === cst.ino)) {
         yield { kind: "warning", abs: childAbs, message: "directory loop through a symbolic link, skipped" };

@@ -129,7 +129,7 @@ export class StreamPool {
     return new Promise((resolve, reject) => this.endWaiters.push(() => (this.fatal ? reject(this.fatal) : resolve())));
   }
 
-  /** Receiver: makes file `id` writable by the stream workers through fd. */
+  /** Receiver: makes file `id` writable by the stream workers through fd; call published() after a batch. */
   publish(id: bigint, size: bigint, fd: number, direct: boolean): void {
     const slot = Number(id & BigInt(TABLE_CAP - 1));
     const u64 = new BigUint64Array(this.table, slot * FDSLOT_SIZE, 4);
@@ -138,6 +138,10 @@ export class StreamPool {
     i32[0] = fd;
     i32[1] = direct ? 1 : 0;
     Atomics.store(u64, 0, id + 1n);
+  }
+
+  /** Wakes workers waiting for files: once per FILES record, not per file (each wake costs a context switch). */
+  published(): void {
     const gen = new Int32Array(this.tableGen);
     Atomics.add(gen, 0, 1);
     Atomics.notify(gen, 0);

@@ -100,9 +100,9 @@ async function receiveLoop(): Promise<void> {
     }
     if (state[0] === 1) return post({ kind: "ended", stream: init.stream });
     if (state[0] === 2) {
-      post({ kind: "need", stream: init.stream, id: needId[0] });
-      // The main thread bumps gen after publishing a file; cancel also wakes us.
-      Atomics.wait(gen, 0, seen, 1000);
+      // The main thread bumps gen after publishing files; cancel also wakes us. Only a
+      // long wait is news to it (it checks that the id is one it will announce).
+      if (Atomics.wait(gen, 0, seen, 1000) === "timed-out") post({ kind: "need", stream: init.stream, id: needId[0] });
       if (Atomics.load(cancel, 0)) return fail(E.CANCEL);
     }
   }

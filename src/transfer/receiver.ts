@@ -11,11 +11,12 @@ import path from "node:path";
 import fs from "node:fs";
 import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
 import {
-  decodeFiles, decodeVerdict, encodeVerdict, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
+  decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
 } from "../protocol.ts";
 import { PathError, type Target } from "../plan/target.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
+import { VerdictBatch } from "./verdicts.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 
@@ -58,6 +59,7 @@ export class Receiver {
   private readonly over = new Promise<void>((r) => (this.ended = r));
   private fatal: Error | undefined;
   private readonly lib = native();
+  private readonly results: VerdictBatch;
   private readonly umask = process.umask();
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
@@ -67,6 +69,7 @@ export class Receiver {
     private readonly opts: ReceiverOptions,
     private readonly events: Events,
   ) {
+    this.results = new VerdictBatch(pool, Rec.RESULT);
     pool.onRecord = (type, flags, body) => this.record(type, flags, body);
     pool.onDone = (blocks) => this.blocksDone(blocks);
     pool.onNeed = (id) => this.need(id);
@@ -96,12 +99,14 @@ export class Receiver {
       if (type === Rec.FILES) {
         const raw = flags & 1 ? decompress(body) : body;
         for (const e of decodeFiles(raw)) this.announce(e);
+        this.pool.published();
       } else if (type === Rec.DONE) {
-        const v = decodeVerdict(body);
-        const f = this.files.get(v.id);
-        if (!f || f.verdict) throw new ProtocolError(`DONE for unknown file id ${v.id}`);
-        f.verdict = v;
-        this.maybeFinish(f);
+        for (const v of decodeVerdicts(body)) {
+          const f = this.files.get(v.id);
+          if (!f || f.verdict) throw new ProtocolError(`DONE for unknown file id ${v.id}`);
+          f.verdict = v;
+          this.maybeFinish(f);
+        }
       } else if (type === Rec.END) {
         if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} files unfinished`);
         this.ended();
@@ -110,6 +115,7 @@ export class Receiver {
       } else {
         throw new ProtocolError(`unexpected record type ${type} on stream 0`);
       }
+      this.results.flush();
     } catch (e) {
       this.die(e as Error);
     }
@@ -126,7 +132,8 @@ export class Receiver {
       throw err;
     }
     if (e.kind === "dir") return this.makeDir(e, rel);
-    const existing = lstat(this.target.show(rel));
+    // What is there now decides skipping (--resume) and the mode of an overwritten file (no -p).
+    const existing = this.opts.resume || !this.opts.preserve ? lstat(this.target.show(rel)) : undefined;
     if (this.opts.resume && !this.opts.verify && existing?.isFile() && BigInt(existing.size) === e.size && existing.mtimeNs === e.mtimeNs) {
       return this.skip(e, rel);
     }
@@ -138,7 +145,7 @@ export class Receiver {
       this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
     );
     if (fd < 0) return this.reject(e, rel, nativeError(fd));
-    const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, rel) };
+    const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, existing) };
     this.files.set(e.id, f);
     this.events.started(this.target.show(rel), Number(e.size));
     if (this.opts.resume) this.offer(f, !!existing?.isFile() && BigInt(existing.size) === e.size);
@@ -151,7 +158,7 @@ export class Receiver {
     this.stats.bytes += Number(e.size);
     this.stats.skippedBytes += Number(e.size);
     this.events.finished(this.target.show(rel), Number(e.size));
-    this.pool.sendControl(Rec.RESULT, encodeVerdict({ id: e.id, status: STATUS_SKIPPED, bytes: e.size, digest: new Uint8Array(16), message: "" }));
+    this.results.add({ id: e.id, status: STATUS_SKIPPED, bytes: e.size, digest: new Uint8Array(16), message: "" });
   }
 
   /**
@@ -189,12 +196,9 @@ export class Receiver {
   }
 
   /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
-  private finalMode(e: FileEntry, rel: string): number {
+  private finalMode(e: FileEntry, existing: fs.BigIntStats | undefined): number {
     if (this.opts.preserve) return e.mode & 0o7777;
-    try {
-      const st = fs.lstatSync(this.target.show(rel));
-      if (st.isFile()) return st.mode & 0o7777;
-    } catch {}
+    if (existing?.isFile()) return Number(existing.mode) & 0o7777;
     return e.mode & 0o777 & ~this.umask;
   }
 
@@ -203,7 +207,7 @@ export class Receiver {
     const shown = this.target.show(rel);
     this.stats.failures++;
     this.events.failed(shown, cause, e.id);
-    this.pool.sendControl(Rec.RESULT, encodeVerdict({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` }));
+    this.results.add({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` });
     if (e.kind === "file") {
       // Blocks may already be on their way: they are verified and dropped into /dev/null.
       const fd = fs.openSync("/dev/null", "w");
@@ -223,6 +227,7 @@ export class Receiver {
       else f.digest.add(b.offset, b.len, b.hash);
       this.maybeFinish(f);
     }
+    this.results.flush();
   }
 
   private maybeFinish(f: RecvFile): void {
@@ -259,7 +264,7 @@ export class Receiver {
       this.events.finished(shown, Number(f.entry.size));
     }
     const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: covered, digest, message: cause ? `${shown}\0${cause}` : "" };
-    this.pool.sendControl(Rec.RESULT, encodeVerdict(v));
+    this.results.add(v);
   }
 
   /**
@@ -355,11 +360,7 @@ export function partName(rel: string): string {
 }
 
 function lstat(p: string): fs.BigIntStats | undefined {
-  try {
-    return fs.lstatSync(p, { bigint: true });
-  } catch {
-    return undefined;
-  }
+  return fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
 }
 
 function fstatSize(fd: number): number {

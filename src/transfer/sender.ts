@@ -7,9 +7,10 @@
  * ever pass through ffi/loops.c.
  */
 import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
-import { encodeFiles, decodeVerdict, encodeVerdict, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
+import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walk, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
+import { VerdictBatch } from "./verdicts.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 
@@ -21,6 +22,7 @@ const WINDOW = 512;
 const BATCH_ITEMS = 64;
 const BATCH_BYTES = 8 << 20;
 const ANNOUNCE_BATCH = 256;
+const ANNOUNCE_BYTES = 16 << 20;
 
 interface SendFile {
   id: bigint;
@@ -49,10 +51,12 @@ export class Sender {
   private readonly inflight = new Map<bigint, SendFile>();
   private readonly cursors: SendFile[] = [];
   private announce: FileEntry[] = [];
+  private announcedBytes = 0;
   private windowWaiter: (() => void) | undefined;
   private peerEnded: (() => void) | undefined;
   private fatal: Error | undefined;
   private readonly lib = native();
+  private readonly dones: VerdictBatch;
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -60,8 +64,10 @@ export class Sender {
     private readonly opts: SenderOptions,
     private readonly events: Events,
   ) {
+    this.dones = new VerdictBatch(pool, Rec.DONE);
     pool.onDone = (blocks) => this.blocksDone(blocks);
-    pool.onIdle = () => this.pump();
+    // A worker finished a batch: feed it; announce early only if it would otherwise starve.
+    pool.onIdle = () => this.pump(this.cursors.length === 0);
     pool.onRecord = (type, _flags, body) => this.record(type, body);
     pool.onFatal = (e) => this.die(e);
   }
@@ -71,13 +77,14 @@ export class Sender {
     for await (const item of walk(sources, { recursive: this.opts.recursive })) {
       this.check();
       this.take(item);
-      if (this.announce.length >= ANNOUNCE_BATCH || this.cursors.length === 0) this.pump();
-      while (this.inflight.size >= WINDOW) {
-        this.pump();
-        await this.verdicts();
+      if (this.announce.length >= ANNOUNCE_BATCH || this.announcedBytes >= ANNOUNCE_BYTES) this.pump(true);
+      if (this.inflight.size >= WINDOW) {
+        // Refill in large steps: waking per verdict would announce one file at a time.
+        this.pump(true);
+        while (this.inflight.size > WINDOW / 2) await this.verdicts();
       }
     }
-    this.pump();
+    this.pump(true);
     while (this.inflight.size > 0) await this.verdicts();
     await this.pool.finish();
     this.check();
@@ -104,19 +111,12 @@ export class Sender {
       this.events.warning(`${item.abs}: ${item.message}`);
       return;
     }
-    const entry: FileEntry = {
-      id: this.nextId,
-      path: item.rel,
-      kind: item.kind,
-      size: 0n,
-      mode: Number(item.stat.mode & 0o7777n),
-      mtimeNs: item.stat.mtimeNs,
-      atimeNs: item.stat.atimeNs,
-      top: item.top,
-    };
     if (item.kind === "dir") {
-      this.nextId++;
-      this.announce.push(entry);
+      const st = item.stat;
+      this.announce.push({
+        id: this.nextId++, path: item.rel, kind: "dir", size: 0n, mode: Number(st.mode & 0o7777n),
+        mtimeNs: st.mtimeNs, atimeNs: st.atimeNs, top: item.top,
+      });
       return;
     }
     const isDirect = new Int32Array(1);
@@ -126,12 +126,12 @@ export class Sender {
       this.events.failed(item.abs, nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
       return;
     }
-    // Size and mtime come from the open file, so a file replaced after the walk is seen as it is read.
+    // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
     const st = fstat(fd);
-    entry.size = BigInt(st[0]);
-    entry.mtimeNs = st[1];
-    entry.mode = Number(st[2]) & 0o7777;
-    this.nextId++;
+    const entry: FileEntry = {
+      id: this.nextId++, path: item.rel, kind: "file", size: st[0], mode: Number(st[2]) & 0o7777,
+      mtimeNs: st[1], atimeNs: st[5], top: item.top,
+    };
     const f: SendFile = {
       id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
       mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
@@ -139,21 +139,29 @@ export class Sender {
     };
     this.inflight.set(f.id, f);
     this.announce.push(entry);
+    this.announcedBytes += Number(entry.size);
     this.events.started(item.abs, Number(entry.size));
-    if (!f.awaitingOffer) this.cursors.push(f);
   }
 
-  /** Announces pending entries, then feeds workers while they have room. */
-  private pump(): void {
+  /**
+   * Announces pending entries (when flush), then feeds workers while they have
+   * room. Entries wait to be announced in batches so that many small files
+   * share one FILES record and one worker batch.
+   */
+  private pump(flush: boolean): void {
     if (this.fatal) return;
-    if (this.announce.length) {
+    if (flush && this.announce.length) {
       this.pool.sendControl(Rec.FILES, encodeFiles(this.announce));
       const announced = this.announce;
       this.announce = [];
-      // Empty files have no blocks: their DONE can go right away (after the offer, with --resume).
+      this.announcedBytes = 0;
+      // Only announced files may have blocks in flight. Empty files have no blocks:
+      // their DONE can go right away (after the offer, with --resume).
       for (const e of announced) {
         const f = e.kind === "file" ? this.inflight.get(e.id) : undefined;
-        if (f && f.size === 0n && !f.awaitingOffer) this.readFinished(f);
+        if (!f || f.awaitingOffer) continue;
+        if (f.size === 0n) this.readFinished(f);
+        else this.cursors.push(f);
       }
     }
     while (this.cursors.length && this.pool.hasRoom()) {
@@ -161,6 +169,7 @@ export class Sender {
       if (!items) break;
       this.pool.offer(items);
     }
+    this.dones.flush();
   }
 
   private nextBatch(): Uint8Array | null {
@@ -212,6 +221,7 @@ export class Sender {
       }
       if (f.outstanding === 0 && f.next >= f.size) this.readFinished(f);
     }
+    this.dones.flush();
   }
 
   /** Every block of f has been read and sent (or failed): tell the receiver what it should have. */
@@ -226,13 +236,13 @@ export class Sender {
     const digest = f.digest.final();
     const verdict: FileVerdict = { id: f.id, status: f.error ? E.CHANGED : 0, bytes: f.sent, digest, message: f.error ?? "" };
     f.ourDigest = digest;
-    this.pool.sendControl(Rec.DONE, encodeVerdict(verdict));
+    this.dones.add(verdict);
     if (f.early) this.result(f.early);
   }
 
   private record(type: number, body: Uint8Array): void {
     try {
-      if (type === Rec.RESULT) this.result(decodeVerdict(body));
+      if (type === Rec.RESULT) decodeVerdicts(body).forEach((v) => this.result(v));
       else if (type === Rec.RESUME) this.offer(body);
       else if (type === Rec.END) this.peerEnded?.();
       else if (type === Rec.ERROR) this.die(new Error(new TextDecoder().decode(body)));
@@ -313,7 +323,7 @@ export class Sender {
     f.awaitingOffer = false;
     if (f.size === 0n) this.readFinished(f);
     else this.cursors.push(f);
-    this.pump();
+    this.pump(false);
   }
 
   /** The receiver's RESULT message is "destination\0cause". */
