@@ -91,6 +91,19 @@ describe("push", () => {
   });
 });
 
+describe("relay", () => {
+  test("a remote-to-remote copy is relayed through this host", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "tree", "a"), 3 * BLOCK + 1, { seed: 21 });
+    await makeFile(path.join(src, "tree", "sub", "b"), 10, { seed: 22 });
+    const r = await runEscp(["-r", `${SSH_HOST}:${src}/tree`, `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "tree", "a"), path.join(dst, "tree", "a"))).toBe(true);
+    expect(await sameFile(path.join(src, "tree", "sub", "b"), path.join(dst, "tree", "sub", "b"))).toBe(true);
+  });
+});
+
 describe("the data port", () => {
   test("strangers on the data port are dropped while the transfer succeeds", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -8,6 +8,7 @@
 import type { Options } from "../cli/args.ts";
 import type { Operand } from "../cli/operands.ts";
 import { ControlChannel } from "./control.ts";
+import { relay } from "./relay.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
@@ -34,7 +35,7 @@ export interface TransferResult {
 export function planTransfer(sources: Operand[], target: Operand): Plan | string {
   const remoteSources = sources.filter((s) => s.kind === "remote");
   if (target.kind === "remote") {
-    if (remoteSources.length) return "remote-to-remote copies (-3) are not supported yet: copy via a local directory";
+    if (remoteSources.length) return "remote-to-remote copies go through relay()";
     return { dir: "push", host: target, sources: sources.map((s) => s.path), target: target.path };
   }
   if (remoteSources.length === 0) return { dir: "local", sources: sources.map((s) => s.path), target: target.path };
@@ -54,6 +55,7 @@ export function planTransfer(sources: Operand[], target: Operand): Plan | string
  * unless --resume keeps them).
  */
 export async function transfer(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
+  if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) return relay(o, sources, target, report, signal);
   const plan = planTransfer(sources, target);
   if (typeof plan === "string") return { failures: [], error: plan, usage: true };
   const where = plan.dir === "local" ? "localhost" : plan.host.host;

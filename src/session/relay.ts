@@ -1,0 +1,30 @@
+/**
+ * Remote-to-remote copies (`escp a:x b:y`, and what `-3` asks for): relayed
+ * through this host, as scp ≥ 8.7 does by default, so the two remotes need
+ * no access to each other. The files pass through a private spool directory
+ * here: pulled from the source host (times and modes kept), then pushed to the
+ * target with the user's options, then removed. This needs local space for
+ * the files of one copy; streaming the relay without the spool is future work
+ * (docs/design-notes.md).
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { Options } from "../cli/args.ts";
+import type { Operand } from "../cli/operands.ts";
+import type { Report } from "../report.ts";
+import { transfer, type TransferResult } from "./client.ts";
+
+export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
+  const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), "escp-relay-"));
+  try {
+    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
+    if (pulled.error || pulled.interrupted) return pulled;
+    const names = fs.readdirSync(spool).sort();
+    if (names.length === 0) return pulled;
+    const pushed = await transfer(o, names.map((n) => ({ kind: "local", path: path.join(spool, n) }) as Operand), target, report, signal);
+    return { ...pushed, failures: report.failures };
+  } finally {
+    fs.rmSync(spool, { recursive: true, force: true });
+  }
+}
