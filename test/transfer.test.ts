@@ -82,6 +82,20 @@ describe("push", () => {
     expect(await sameFile(path.join(src, "big"), path.join(dst, "big"))).toBe(true);
   }, 300_000);
 
+  test("--sparse: holes never travel and stay holes at the destination", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const size = 2 * 1024 ** 3;
+    await makeSparseFile(path.join(src, "s"), size, { seed: 43, extents: [[10 * BLOCK, 2 * BLOCK], [size - 5000, 5000]] });
+    const r = await runEscp(["--sparse", "--json", path.join(src, "s"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    expect(summary.bytesNetwork).toBeLessThan(4 * BLOCK);
+    const st = fs.statSync(path.join(dst, "s"));
+    expect(st.size).toBe(size);
+    expect(st.blocks * 512).toBeLessThan(8 * BLOCK);
+    expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
+  });
+
   test("a missing source is named on stderr and the exit status is 1", async () => {
     const dst = tmpdir("dst");
     const r = await runEscp(["/nonexistent/file", `${SSH_HOST}:${dst}/`]);

@@ -35,9 +35,19 @@ export class FileDigest {
     }
   }
 
-  /** The digest; blocks that never joined the contiguous run are left out (the sizes then differ). */
+  /**
+   * The digest. Blocks still waiting behind a gap (holes with --sparse, or
+   * blocks that never came) are folded in offset order, so both sides agree
+   * exactly when they hold the same blocks.
+   */
   final(): Uint8Array {
     const out = new Uint8Array(16);
+    for (const off of [...this.waiting.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
+      const b = this.waiting.get(off);
+      if (!b) continue; // folded already, behind an earlier one
+      this.next = off;
+      this.add(off, b.len, b.hash);
+    }
     if (this.state) native().escp_digest_final(this.state, ptr(out));
     this.state = null;
     return out;

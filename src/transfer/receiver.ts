@@ -21,7 +21,7 @@ import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 
 /** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
-export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume"> & { blockSize: number };
+export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse"> & { blockSize: number };
 
 interface RecvFile {
   entry: FileEntry;
@@ -244,7 +244,10 @@ export class Receiver {
     let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || codeText(f.verdict.status) : undefined);
     const covered = f.processed + (f.kept && !cause ? this.restoreKept(f) : 0n);
     digest = f.digest.final();
-    if (!cause && (covered !== f.entry.size || !sameDigest(digest, f.verdict.digest))) {
+    // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
+    const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict.bytes : covered === f.entry.size;
+    if (!cause && this.opts.sparse) cause = this.sized(f);
+    if (!cause && (!whole || !sameDigest(digest, f.verdict.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
     if (!cause && this.opts.verify) cause = this.reread(f, f.verdict.digest);
@@ -263,7 +266,7 @@ export class Receiver {
       this.stats.bytes += Number(f.entry.size);
       this.events.finished(shown, Number(f.entry.size));
     }
-    const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: covered, digest, message: cause ? `${shown}\0${cause}` : "" };
+    const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: cause ? covered : f.entry.size, digest, message: cause ? `${shown}\0${cause}` : "" };
     this.results.add(v);
   }
 
@@ -314,6 +317,11 @@ export class Receiver {
       this.lib.escp_close(fd);
     }
     return sameDigest(d.final(), expected) ? undefined : "verify failed: the file read back from disk differs from the source";
+  }
+
+  private sized(f: RecvFile): string | undefined {
+    const r = this.lib.escp_ftruncate(f.fd, f.entry.size);
+    return r < 0 ? nativeError(r) : undefined;
   }
 
   private applyMetadata(f: RecvFile): string | undefined {

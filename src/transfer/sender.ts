@@ -14,8 +14,10 @@ import { VerdictBatch } from "./verdicts.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 
-/** recursive, direct and resume (wait for the receiver's RESUME offer, send only what it lacks). */
-export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume"> & { blockSize: number };
+/** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
+export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse"> & { blockSize: number };
+
+const ENXIO = 6;
 
 /** Files announced but not yet judged by the receiver; bounds open fds and memory. */
 const WINDOW = 512;
@@ -185,8 +187,9 @@ export class Sender {
         continue;
       }
       const len = f.size - f.next < bs ? Number(f.size - f.next) : this.opts.blockSize;
-      if (f.have?.[Number(f.next / bs)]) {
-        f.next += BigInt(len); // the receiver has this block already
+      const skipTo = this.skipTarget(f, len);
+      if (skipTo > f.next) {
+        f.next = skipTo;
         if (f.next >= f.size) {
           this.cursors.shift();
           if (f.outstanding === 0) this.readFinished(f);
@@ -206,6 +209,22 @@ export class Sender {
       if (f.next >= f.size) this.cursors.shift();
     }
     return n ? buf.slice(0, n * WORK_SIZE) : null;
+  }
+
+  /**
+   * Where f's cursor may jump to without sending: past a block the receiver
+   * already has (--resume), or past holes (--sparse: the receiver's file keeps
+   * them, as its size is set at the end). f.next when the block must travel.
+   */
+  private skipTarget(f: SendFile, len: number): bigint {
+    const bs = BigInt(this.opts.blockSize);
+    if (f.have?.[Number(f.next / bs)]) return f.next + BigInt(len);
+    if (this.opts.sparse && !this.opts.resume) {
+      const data = BigInt(this.lib.escp_seek_data(f.fd, f.next));
+      if (data === -BigInt(ENXIO)) return f.size; // nothing but a hole is left
+      if (data >= f.next + bs) return (data / bs) * bs;
+    }
+    return f.next;
   }
 
   private blocksDone(blocks: BlockDone[]): void {
