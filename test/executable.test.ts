@@ -1,0 +1,50 @@
+/**
+ * One executable (issue 3, point 6): dist/escp copied alone into an empty
+ * directory, with no Bun, npm or node_modules reachable, is sender and
+ * receiver; its native library needs nothing but glibc.
+ */
+import { test, expect, beforeAll } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { run, tmpdir, makeFile, sameFile, ESCP_BIN, REPO_ROOT } from "./harness.ts";
+
+let lone = "";
+const bare = { PATH: "/usr/bin:/bin", HOME: "/nonexistent" };
+
+beforeAll(() => {
+  const dir = tmpdir("lone");
+  lone = path.join(dir, "escp");
+  fs.copyFileSync(ESCP_BIN, lone);
+  fs.chmodSync(lone, 0o755);
+});
+
+function envOnly(extra: Record<string, string> = {}): Record<string, string | undefined> {
+  // run() merges with process.env: blank out everything that could lead back to Bun or the repo.
+  const cleared = Object.fromEntries(Object.keys(process.env).map((k) => [k, undefined]));
+  return { ...cleared, ...bare, ...extra };
+}
+
+test("--version and --help work from an empty directory with a bare environment", async () => {
+  const v = await run([lone, "--version"], { cwd: path.dirname(lone), env: envOnly() });
+  expect(v.code).toBe(0);
+  expect(v.stdout).toMatch(/^escp \d+\.\d+\.\d+ \(protocol \d+\)\n$/);
+  const h = await run([lone, "--help"], { cwd: path.dirname(lone), env: envOnly() });
+  expect(h.code).toBe(0);
+  expect(h.stdout).toContain("--resume");
+});
+
+test("a local copy runs sender and --server from the lone executable", async () => {
+  const src = tmpdir("src"), dst = tmpdir("dst");
+  await makeFile(path.join(src, "f"), 3 * 1024 * 1024 + 7, { seed: 90 });
+  const r = await run([lone, path.join(src, "f"), `${dst}/`], { cwd: path.dirname(lone), env: envOnly() });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+});
+
+test("the embedded native library needs only glibc", async () => {
+  const r = await run(["ldd", path.join(REPO_ROOT, "build", "libescp.so")]);
+  expect(r.code).toBe(0);
+  const libs = r.stdout.trim().split("\n").map((l) => l.trim().split(/\s+/)[0]);
+  for (const l of libs) expect(l).toMatch(/^(linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|\/lib64\/ld-linux-x86-64\.so\.2)$/);
+});
