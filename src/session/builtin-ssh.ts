@@ -287,7 +287,7 @@ export function resolveSettings(o: Options, target: Remote, env: Environment = l
     pubkey: !no(get("pubkeyauthentication")),
     password: !no(get("passwordauthentication")),
     kbdInteractive: !no(get("kbdinteractiveauthentication")) && !no(get("challengeresponseauthentication")),
-    ciphers: cipherList?.replace(/^[+^-]/, "") ? cipherList.split(",").filter(Boolean) : undefined,
+    ciphers: cipherList && !/^[+^-]/.test(cipherList) ? cipherList.split(",").filter(Boolean) : undefined, // +/-/^ edits of the defaults: keep ours
     proxy,
     verbose: o.verbose,
     quiet: o.quiet || /^quiet$/i.test(get("loglevel") ?? ""),
@@ -622,61 +622,69 @@ type Attempt = { kind: "none" } | { kind: "agent" } | { kind: "file"; path: stri
 
 const METHOD_OF: Record<Attempt["kind"], string> = { none: "none", agent: "publickey", file: "publickey", kbd: "keyboard-interactive", password: "password" };
 
+/** Where a connection's messages go: the stderr of a process using it. */
+interface User {
+  say(line: string): void;
+  /** The connection is gone: end this process with the message and 255. */
+  fail(message?: string): void;
+}
+
 /**
- * Starts `command` on the remote host over the built-in ssh client. Returns at
- * once; the connection is made in the background and its failure shows as
- * stderr text, closed stdout/stderr and exit status 255, as with ssh.
+ * One authenticated ssh connection to a host. The commands of one session
+ * (a bootstrap upload, then the server) share it as channels, so the user is
+ * asked about the host key or a passphrase once; it closes when no command has
+ * used it for a moment.
  */
-export function startBuiltinSsh(o: Options, target: Remote, command: string, env: Environment = localEnvironment()): ServerProcess {
-  const out = new Pipe();
-  const err = new Pipe();
-  let resolveExit!: (n: number) => void;
-  let exitCode: number | undefined;
-  const exited = new Promise<number>((r) => (resolveExit = r));
-  let conn: Client | undefined;
-  let chan: ClientChannel | undefined;
-  let pending: Uint8Array[] | undefined = [];
-  let wantEnd = false;
-  let finished = false;
+class Connection {
+  readonly ready: Promise<Client>;
+  dead = false;
+  private client?: Client;
+  private readonly users = new Set<User>();
+  private idle?: ReturnType<typeof setTimeout>;
+  settings?: SshSettings;
 
-  const say = (line: string) => err.push(Buffer.from(`${line}\n`));
-  const finish = (code: number, message?: string) => {
-    if (finished) return;
-    finished = true;
-    if (message) say(message);
-    exitCode = code;
-    out.close();
-    err.close();
+  constructor(o: Options, target: Remote, env: Environment, first: User) {
+    this.users.add(first);
+    this.ready = this.open(o, target, env);
+    this.ready.catch(() => {
+      this.dead = true;
+    });
+  }
+
+  private say(line: string): void {
+    const u = this.users.values().next().value;
+    u?.say(line);
+  }
+
+  attach(u: User): void {
+    clearTimeout(this.idle);
+    this.users.add(u);
+  }
+
+  detach(u: User, now = false): void {
+    this.users.delete(u);
+    if (this.users.size) return;
+    clearTimeout(this.idle);
+    if (now) this.close();
+    else {
+      this.idle = setTimeout(() => this.close(), 1500);
+      (this.idle as any).unref?.();
+    }
+  }
+
+  close(): void {
+    this.dead = true;
     try {
-      conn?.end();
+      this.client?.end();
     } catch {}
-    setTimeout(() => conn?.destroy(), 1000).unref?.();
-    resolveExit(code);
-  };
+    const c = this.client;
+    setTimeout(() => c?.destroy(), 1000).unref?.();
+  }
 
-  const stdin: ServerProcess["stdin"] = {
-    write(b: Uint8Array) {
-      if (finished) return 0;
-      if (chan) {
-        try {
-          chan.write(b);
-        } catch {}
-      } else pending?.push(Uint8Array.from(b));
-      return b.byteLength;
-    },
-    flush() {},
-    end() {
-      wantEnd = true;
-      if (chan) {
-        try {
-          chan.end();
-        } catch {}
-      }
-    },
-  };
-
-  (async () => {
-    const s = resolveSettings(o, target, env);
+  /** Connects, checks the host key, logs in. Rejects with an SshFailure whose message is the one line to show. */
+  private async open(o: Options, target: Remote, env: Environment): Promise<Client> {
+    const s = (this.settings = resolveSettings(o, target, env));
+    const say = (m: string) => this.say(m);
     const debug = (level: number, m: string) => {
       if (s.verbose >= level) say(m);
     };
@@ -691,9 +699,9 @@ export function startBuiltinSsh(o: Options, target: Remote, command: string, env
     if (s.ciphers) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const { SUPPORTED_CIPHER } = require("ssh2/lib/protocol/constants.js") as { SUPPORTED_CIPHER: string[] };
-      const bad = s.ciphers.filter((c) => !SUPPORTED_CIPHER.includes(c));
-      if (bad.length) throw new SshFailure(`Unknown cipher type '${bad.join(",")}' (the built-in ssh client knows ${SUPPORTED_CIPHER.join(", ")})`);
-      ciphers = s.ciphers;
+      // Like a list that names ciphers this ssh lacks (chacha20-poly1305 in Bun): use the ones it has.
+      ciphers = s.ciphers.filter((c) => SUPPORTED_CIPHER.includes(c));
+      if (!ciphers.length) throw new SshFailure(`Unknown cipher type '${s.ciphers.join(",")}' (the built-in ssh client knows ${SUPPORTED_CIPHER.join(", ")})`);
     }
 
     // Keys: the agent's (only those of the identity files with IdentitiesOnly), then the files the agent lacks.
@@ -725,207 +733,305 @@ export function startBuiltinSsh(o: Options, target: Remote, command: string, env
     const knownFiles = [...s.userKnownHosts, ...s.globalKnownHosts];
     const knownTypes = [...new Set(knownKeysFor(knownFiles, name).filter((e) => !e.marker).map((e) => e.type))];
 
-    if (finished) return; // killed while we looked for keys
+    if (this.dead) throw new SshFailure("killed");
     const sock = await connectTcp(s, d1);
-    if (finished) return void sock.destroy();
-    // ConnectTimeout also bounds the wait for the server's greeting and key, as in OpenSSH.
-    let bannerTimer = s.connectTimeoutS
-      ? setTimeout(() => {
-          sock.destroy();
-          finish(255, `Connection timed out during banner exchange\nConnection to ${s.hostname} port ${s.port} timed out`);
-        }, s.connectTimeoutS * 1000)
-      : undefined;
+    if (this.dead) {
+      sock.destroy();
+      throw new SshFailure("killed");
+    }
 
-    let hostKeyRejected = false;
-    let lastError: (Error & { level?: string }) | undefined;
-    let methodsLeft: string[] = [];
-    let usedMethod = "";
-    let authenticated = false;
+    return new Promise<Client>((resolve, rejectP) => {
+      let failure: string | undefined;
+      const fail = (line: string) => {
+        failure ??= line;
+      };
+      // ConnectTimeout also bounds the wait for the server's greeting and key, as in OpenSSH.
+      let bannerTimer = s.connectTimeoutS
+        ? setTimeout(() => {
+            say("Connection timed out during banner exchange");
+            fail(`Connection to ${s.hostname} port ${s.port} timed out`);
+            sock.destroy();
+          }, s.connectTimeoutS * 1000)
+        : undefined;
 
-    const hostVerifier = (blob: Buffer, verify: (ok: boolean) => void) => {
-      clearTimeout(bannerTimer);
-      bannerTimer = undefined;
-      const reject = (msg: string) => {
-        hostKeyRejected = true;
-        say(msg);
-        verify(false);
-      };
-      const type = keyType(blob);
-      const label = keyTypeLabel(type);
-      const fp = fingerprint(blob);
-      d1(`debug1: Server host key: ${type} ${fp}`);
-      const st = checkHostKey(knownFiles, name, blob);
-      const addFile = s.userKnownHosts[0];
-      const tilde = (p: string) => (p.startsWith(`${env.home}/`) ? `~${p.slice(env.home.length)}` : p);
-      const add = () => {
-        if (!addFile) return;
-        try {
-          addKnownHost(addFile, name, blob, s.hashKnownHosts);
-          warn(`Warning: Permanently added '${name}' (${label}) to the list of known hosts.`);
-        } catch (e) {
-          warn(`Failed to add the host to the list of known hosts (${addFile}): ${(e as Error).message}`);
-        }
-      };
-      switch (st.status) {
-        case "known":
-          d1(`debug1: Host '${name}' is known and matches the ${label} host key.`);
-          d1(`debug1: Found key in ${st.entry.file}:${st.entry.line}`);
-          return verify(true);
-        case "revoked":
-          say("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@       WARNING: REVOKED HOST KEY DETECTED!               @\n@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@");
-          return reject(`Host key verification failed: the ${label} key of ${name} (${fp}) is marked as revoked in ${st.entry.file}:${st.entry.line}`);
-        case "changed": {
-          const where = `${st.entry.file}:${st.entry.line}`;
-          say(
-            [
-              "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@",
-              "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @",
-              "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@",
-              "IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!",
-              "Someone could be eavesdropping on you right now (man-in-the-middle attack)!",
-              "It is also possible that a host key has just been changed.",
-              `The fingerprint for the ${label} key sent by the remote host is`,
-              `${fp}.`,
-              "Please contact your system administrator.",
-              `Add correct host key in ${st.entry.file} to get rid of this message.`,
-              `Offending ${label} key in ${where}`,
-            ].join("\n"),
-          );
-          if (s.strict === "no") {
-            warn(`Warning: connecting anyway (StrictHostKeyChecking=no).`);
+      let lastError: (Error & { level?: string }) | undefined;
+      let methodsLeft: string[] = [];
+      let usedMethod = "";
+      let authenticated = false;
+
+      const hostVerifier = (blob: Buffer, verify: (ok: boolean) => void) => {
+        clearTimeout(bannerTimer);
+        bannerTimer = undefined;
+        const refuse = (msg: string) => {
+          fail(msg);
+          verify(false);
+        };
+        const type = keyType(blob);
+        const label = keyTypeLabel(type);
+        const fp = fingerprint(blob);
+        d1(`debug1: Server host key: ${type} ${fp}`);
+        const st = checkHostKey(knownFiles, name, blob);
+        const addFile = s.userKnownHosts[0];
+        const tilde = (p: string) => (p.startsWith(`${env.home}/`) ? `~${p.slice(env.home.length)}` : p);
+        const add = () => {
+          if (!addFile) return;
+          try {
+            addKnownHost(addFile, name, blob, s.hashKnownHosts);
+            warn(`Warning: Permanently added '${name}' (${label}) to the list of known hosts.`);
+          } catch (e) {
+            warn(`Failed to add the host to the list of known hosts (${addFile}): ${(e as Error).message}`);
+          }
+        };
+        switch (st.status) {
+          case "known":
+            d1(`debug1: Host '${name}' is known and matches the ${label} host key.`);
+            d1(`debug1: Found key in ${st.entry.file}:${st.entry.line}`);
             return verify(true);
+          case "revoked":
+            say("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@       WARNING: REVOKED HOST KEY DETECTED!               @\n@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@");
+            return refuse(`Host key verification failed: the ${label} key of ${name} (${fp}) is marked as revoked in ${st.entry.file}:${st.entry.line}`);
+          case "changed": {
+            const where = `${st.entry.file}:${st.entry.line}`;
+            say(
+              [
+                "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@",
+                "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @",
+                "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@",
+                "IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!",
+                "Someone could be eavesdropping on you right now (man-in-the-middle attack)!",
+                "It is also possible that a host key has just been changed.",
+                `The fingerprint for the ${label} key sent by the remote host is`,
+                `${fp}.`,
+                "Please contact your system administrator.",
+                `Add correct host key in ${st.entry.file} to get rid of this message.`,
+                `Offending ${label} key in ${where}`,
+              ].join("\n"),
+            );
+            if (s.strict === "no") {
+              warn("Warning: connecting anyway (StrictHostKeyChecking=no).");
+              return verify(true);
+            }
+            return refuse(
+              `Host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED for ${name} (it now offers ${label} key ${fp}; the old key is in ${where}). ` +
+                `If the change is expected, remove the old key with: ssh-keygen -f '${st.entry.file}' -R '${name}'`,
+            );
           }
-          return reject(
-            `Host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED for ${name} (now ${label} ${fp}; offending key in ${where}); ` +
-              `if the change is expected, remove the old key with: ssh-keygen -f '${st.entry.file}' -R '${name}'`,
-          );
-        }
-        case "unknown": {
-          const other = st.otherTypes.length ? ` (known_hosts has only ${st.otherTypes.map(keyTypeLabel).join(", ")} keys for it)` : "";
-          if (s.strict === "no" || s.strict === "accept-new") {
-            add();
-            return verify(true);
-          }
-          const hint =
-            `Host key verification failed: no host key is known for ${name}${other}; the host offered ${label} key ${fp}. ` +
-            `If that is its key, add it with: ssh-keyscan ${s.port === 22 ? "" : `-p ${s.port} `}-t ${type.startsWith("ecdsa") ? "ecdsa" : type.replace(/^ssh-/, "")} ${s.hostname} >> ${tilde(addFile ?? "~/.ssh/known_hosts")}` +
-            ` (or connect once with ssh)`;
-          if (s.strict === "yes") {
-            say(`No ${label} host key is known for ${name} and you have requested strict checking.`);
-            return reject(hint);
-          }
-          if (!interactive) return reject(hint);
-          const preamble =
-            `The authenticity of host '${name}${s.hostKeyAlias ? ` (${s.hostname})` : ""}' can't be established${other}.\n` +
-            `${label} key fingerprint is ${fp}.\n`;
-          askYesNo(preamble, "Are you sure you want to continue connecting?").then(
-            (ok) => {
-              if (!ok) return reject("Host key verification failed.");
+          case "unknown": {
+            const other = st.otherTypes.length ? ` (known_hosts has only ${st.otherTypes.map(keyTypeLabel).join(", ")} keys for it)` : "";
+            if (s.strict === "no" || s.strict === "accept-new") {
               add();
-              verify(true);
-            },
-            () => reject("Host key verification failed."),
-          );
-          return;
-        }
-      }
-    };
-
-    const authHandler = (left: string[] | null, _partial: boolean | null, next: (m: any) => void): void => {
-      if (left) methodsLeft = left;
-      const step = async (): Promise<any> => {
-        for (let a = attempts.shift(); a; a = attempts.shift()) {
-          if (left && !left.includes(METHOD_OF[a.kind])) continue;
-          switch (a.kind) {
-            case "none":
-              return { type: "none", username: s.user };
-            case "agent":
-              usedMethod = "publickey";
-              d1("debug1: Offering public keys from the agent");
-              return { type: "agent", username: s.user, agent: new KeyListAgent(agent!, fromAgent) };
-            case "file": {
-              const key = await loadKey(a.path, a.explicit);
-              if (!key) continue;
-              usedMethod = "publickey";
-              d1(`debug1: Offering public key: ${a.path} ${keyTypeLabel(key.type)} ${fingerprint(key.getPublicSSH())}`);
-              return { type: "publickey", username: s.user, key };
+              return verify(true);
             }
-            case "kbd":
-              usedMethod = "keyboard-interactive";
-              return {
-                type: "keyboard-interactive",
-                username: s.user,
-                prompt: (_n: string, instructions: string, _l: string, prompts: { prompt: string; echo?: boolean }[], done: (a: string[]) => void) => {
-                  (async () => {
-                    const t = openTty();
-                    if (instructions && t) t.output.write(`${instructions}\n`);
-                    t?.close();
-                    const answers: string[] = [];
-                    for (const p of prompts) answers.push((await askSecret(p.prompt.trim(), !!p.echo)) ?? "");
-                    done(answers);
-                  })();
-                },
-              };
-            case "password": {
-              const pw = await askSecret(`${s.user}@${s.hostname}'s password:`);
-              if (pw === undefined) continue;
-              usedMethod = "password";
-              return { type: "password", username: s.user, password: pw };
+            const scanType = type.startsWith("ecdsa") ? "ecdsa" : type.replace(/^ssh-/, "");
+            const hint =
+              `Host key verification failed: no host key is known for ${name}${other}; it offered ${label} key ${fp}. ` +
+              `If that is its key, add it with: ssh-keyscan ${s.port === 22 ? "" : `-p ${s.port} `}-t ${scanType} ${s.hostname} >> ${tilde(addFile ?? "~/.ssh/known_hosts")}` +
+              " (or connect once with ssh)";
+            if (s.strict === "yes") {
+              say(`No ${label} host key is known for ${name} and you have requested strict checking.`);
+              return refuse(hint);
             }
+            if (!interactive) return refuse(hint);
+            const preamble =
+              `The authenticity of host '${name}${s.hostKeyAlias ? ` (${s.hostname})` : ""}' can't be established${other}.\n` +
+              `${label} key fingerprint is ${fp}.\n`;
+            askYesNo(preamble, "Are you sure you want to continue connecting?").then(
+              (ok) => {
+                if (!ok) return refuse("Host key verification failed.");
+                add();
+                verify(true);
+              },
+              () => refuse("Host key verification failed."),
+            );
+            return;
           }
         }
-        return false;
       };
-      step().then(next, () => next(false));
-    };
 
-    const loadKey = async (file: string, explicit: boolean): Promise<ParsedKey | undefined> => {
-      let data: Buffer;
-      try {
-        data = fs.readFileSync(file);
-      } catch (e) {
-        if (explicit) warn(`Warning: Identity file ${file} not accessible: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "No such file or directory" : (e as Error).message}.`);
-        return undefined;
-      }
-      let k = utils.parseKey(data);
-      for (let tries = 0; k instanceof Error && /passphrase|encrypted/i.test(k.message) && tries < 3; tries++) {
-        if (!interactive) {
-          d1(`debug1: skipping ${file}: it needs a passphrase and there is no terminal to ask on`);
+      const loadKey = async (file: string, explicit: boolean): Promise<ParsedKey | undefined> => {
+        let data: Buffer;
+        try {
+          data = fs.readFileSync(file);
+        } catch (e) {
+          if (explicit) warn(`Warning: Identity file ${file} not accessible: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "No such file or directory" : (e as Error).message}.`);
           return undefined;
         }
-        const pass = await askSecret(`Enter passphrase for key '${file}':`);
-        if (pass === undefined || pass === "") return undefined;
-        k = utils.parseKey(data, pass);
-        if (k instanceof Error) say(`Bad passphrase, try again for ${file}`);
-      }
-      if (k instanceof Error) {
-        d1(`debug1: cannot use ${file}: ${k.message}`);
-        return undefined;
-      }
-      const key = Array.isArray(k) ? k[0] : k;
-      return key && key.isPrivateKey() ? key : undefined;
-    };
+        let k = utils.parseKey(data);
+        for (let tries = 0; k instanceof Error && /passphrase|encrypted/i.test(k.message) && tries < 3; tries++) {
+          if (!interactive) {
+            d1(`debug1: skipping ${file}: it needs a passphrase and there is no terminal to ask for it`);
+            return undefined;
+          }
+          const pass = await askSecret(`Enter passphrase for key '${file}':`);
+          if (pass === undefined || pass === "") return undefined;
+          k = utils.parseKey(data, pass);
+          if (k instanceof Error) say(`Bad passphrase, try again for ${file}`);
+        }
+        if (k instanceof Error) {
+          d1(`debug1: cannot use ${file}: ${k.message}`);
+          return undefined;
+        }
+        const key = Array.isArray(k) ? k[0] : k;
+        return key && key.isPrivateKey() ? key : undefined;
+      };
 
-    const c = (conn = new Client());
-    c.on("error", (e: Error & { level?: string }) => {
-      if (e.level === "agent") return d1(`debug1: agent: ${e.message}`);
-      if (e.level === "client-authentication" && /signing|sign/i.test(e.message)) return d1(`debug1: ${e.message}`);
-      lastError = e;
-      debug(2, `debug2: ${e.level ?? "error"}: ${e.message}`);
+      const authHandler = (left: string[] | null, _partial: boolean | null, next: (m: unknown) => void): void => {
+        if (left) {
+          methodsLeft = left;
+          d1(`debug1: Authentications that can continue: ${left.join(",")}`);
+        }
+        const step = async (): Promise<unknown> => {
+          for (let a = attempts.shift(); a; a = attempts.shift()) {
+            if (left && !left.includes(METHOD_OF[a.kind])) continue;
+            switch (a.kind) {
+              case "none":
+                return { type: "none", username: s.user };
+              case "agent":
+                usedMethod = "publickey";
+                d1("debug1: Offering public keys from the agent");
+                return { type: "agent", username: s.user, agent: new KeyListAgent(agent!, fromAgent) };
+              case "file": {
+                const key = await loadKey(a.path, a.explicit);
+                if (!key) continue;
+                usedMethod = "publickey";
+                d1(`debug1: Offering public key: ${a.path} ${keyTypeLabel(key.type)} ${fingerprint(key.getPublicSSH())}`);
+                return { type: "publickey", username: s.user, key };
+              }
+              case "kbd":
+                usedMethod = "keyboard-interactive";
+                return {
+                  type: "keyboard-interactive",
+                  username: s.user,
+                  prompt: (_n: string, instructions: string, _l: string, prompts: { prompt: string; echo?: boolean }[], done: (a: string[]) => void) => {
+                    void (async () => {
+                      if (instructions) say(instructions.replace(/\n$/, ""));
+                      const answers: string[] = [];
+                      for (const p of prompts) answers.push((await askSecret(p.prompt.trim(), !!p.echo)) ?? "");
+                      done(answers);
+                    })();
+                  },
+                };
+              case "password": {
+                const pw = await askSecret(`${s.user}@${s.hostname}'s password:`);
+                if (pw === undefined) continue;
+                usedMethod = "password";
+                return { type: "password", username: s.user, password: pw };
+              }
+            }
+          }
+          return false;
+        };
+        step().then(next, () => next(false));
+      };
+
+      const c = (this.client = new Client());
+      c.on("error", (e: Error & { level?: string }) => {
+        if (e.level === "agent") return d1(`debug1: agent: ${e.message}`);
+        if (e.level === "client-authentication" && /sign/i.test(e.message)) return d1(`debug1: ${e.message}`);
+        lastError = e;
+        debug(2, `debug2: ${e.level ?? "error"}: ${e.message}`);
+      });
+      c.on("banner", (msg: string) => {
+        if (!s.quiet) say(msg.replace(/\n$/, ""));
+      });
+      c.on("ready", () => {
+        authenticated = true;
+        d1(`debug1: Authenticated to ${s.hostname} ([${sock.remoteAddress}]:${s.port}) using "${usedMethod}".`);
+        resolve(c);
+      });
+      c.on("close", () => {
+        clearTimeout(bannerTimer);
+        this.dead = true;
+        const e = lastError;
+        if (!authenticated) {
+          let line = failure;
+          if (!line && e?.level === "client-authentication") line = `${s.user}@${s.hostname}: Permission denied (${methodsLeft.join(",") || "publickey"}).`;
+          if (!line && e?.level === "client-timeout") line = `Connection to ${s.hostname} port ${s.port} timed out`;
+          if (!line && (e?.level === "handshake" || e?.level === "protocol")) line = `Unable to negotiate with ${s.hostname} port ${s.port}: ${e.message}`;
+          line ??= `Connection closed by ${sock.remoteAddress ?? s.hostname} port ${s.port}${e ? ` (${e.message})` : ""}`;
+          return rejectP(new SshFailure(line));
+        }
+        // Dropped after login: every command still running ends with the reason, as ssh would.
+        const line = e?.level === "client-timeout" ? `Timeout, server ${s.hostname} not responding.` : `Connection to ${s.hostname} closed${e ? `: ${e.message}` : " by remote host."}`;
+        for (const u of [...this.users]) u.fail(line);
+      });
+
+      const algorithms: Record<string, string[]> = {};
+      const hk = hostKeyAlgorithms(knownTypes);
+      if (hk) algorithms.serverHostKey = hk;
+      if (ciphers) algorithms.cipher = ciphers;
+      c.connect({
+        sock,
+        username: s.user,
+        hostVerifier: hostVerifier as any,
+        authHandler: authHandler as any,
+        readyTimeout: 0, // ConnectTimeout is ours; a host key question may take the user a while
+        keepaliveInterval: s.aliveIntervalS * 1000,
+        keepaliveCountMax: s.aliveCountMax,
+        algorithms: Object.keys(algorithms).length ? (algorithms as any) : undefined,
+        debug: s.verbose >= 3 ? (m: string) => say(`debug3: ${m}`) : undefined,
+      });
     });
-    c.on("banner", (msg: string) => {
-      if (!s.quiet) say(msg.replace(/\n$/, ""));
-    });
-    c.on("ready", () => {
-      authenticated = true;
-      d1(`debug1: Authenticated to ${s.hostname} ([${sock.remoteAddress}]:${s.port}) using "${usedMethod}".`);
-      c.exec(command, (e, ch) => {
+  }
+}
+
+/** The open connections of each session (keyed by its Options object), by user@host:port. */
+const connections = new WeakMap<Options, Map<string, Connection>>();
+
+/**
+ * Runs `command` on the remote host over the built-in ssh client, as `ssh host
+ * command` would. Returns at once; the connection is made in the background
+ * (or reused: the same Options and host share one) and a failure shows as
+ * stderr text ending in one line that says what happened, closed stdout and
+ * stderr, and exit status 255, as with ssh. Otherwise exited is the remote
+ * command's exit status.
+ */
+export function startBuiltinSsh(o: Options, target: Remote, command: string, env: Environment = localEnvironment()): ServerProcess {
+  const out = new Pipe();
+  const err = new Pipe();
+  let resolveExit!: (n: number) => void;
+  const exited = new Promise<number>((r) => (resolveExit = r));
+  let chan: ClientChannel | undefined;
+  let pending: Uint8Array[] | undefined = [];
+  let wantEnd = false;
+  let finished = false;
+  let full = false; // the channel asked us to wait for 'drain'
+  const drained: (() => void)[] = [];
+  const wake = () => {
+    full = false;
+    for (const r of drained.splice(0)) r();
+  };
+
+  const say = (line: string) => err.push(Buffer.from(`${line}\n`));
+  const user: User = { say, fail: (m) => finish(255, m) };
+  const finish = (code: number, message?: string, closeNow = false) => {
+    if (finished) return;
+    finished = true;
+    if (message) say(message);
+    out.close();
+    err.close();
+    conn?.detach(user, closeNow);
+    wake();
+    resolveExit(code);
+  };
+
+  const key = `${target.user ?? ""}@${target.host}:${target.port ?? ""}`;
+  let byHost = connections.get(o);
+  if (!byHost) connections.set(o, (byHost = new Map()));
+  let conn = byHost.get(key);
+  if (conn && !conn.dead) conn.attach(user);
+  else byHost.set(key, (conn = new Connection(o, target, env, user)));
+
+  conn.ready.then(
+    (client) => {
+      if (finished) return;
+      client.exec(command, (e, ch) => {
         if (e) return finish(255, `exec request failed on channel 0: ${e.message}`);
+        if (finished) return void ch.close();
         chan = ch;
         let status: number | undefined;
-        ch.on("exit", (code: number | null, signal?: string) => {
+        ch.on("exit", (code: number | null) => {
           status = typeof code === "number" ? code : 255;
-          if (code === null && signal) d1(`debug1: remote command killed by signal ${signal}`);
         });
         ch.on("data", (b: Buffer) => {
           if (!out.push(b)) ch.pause();
@@ -936,55 +1042,54 @@ export function startBuiltinSsh(o: Options, target: Remote, command: string, env
         });
         err.onPull = () => ch.stderr.resume();
         ch.on("error", () => {});
-        ch.on("close", () => finish(status ?? 255, status === undefined && !finished ? `Connection to ${s.hostname} closed by remote host.` : undefined));
-        for (const b of pending ?? []) ch.write(b);
+        ch.on("close", () => finish(status ?? 255, status === undefined ? `Connection to ${conn!.settings?.hostname ?? target.host} closed by remote host.` : undefined));
+        ch.on("drain", wake);
+        for (const b of pending ?? []) if (!ch.write(b)) full = true;
         pending = undefined;
+        if (!full) wake();
         if (wantEnd) ch.end();
       });
-    });
-    c.on("close", () => {
-      if (finished) return;
-      clearTimeout(bannerTimer);
-      if (hostKeyRejected) return finish(255);
-      const e = lastError;
-      if (!authenticated) {
-        if (e?.level === "client-authentication") {
-          return finish(255, `${s.user}@${s.hostname}: Permission denied (${methodsLeft.join(",") || "publickey"}).`);
-        }
-        if (e?.level === "client-timeout") return finish(255, `Connection to ${s.hostname} port ${s.port} timed out`);
-        if (e?.level === "handshake" || e?.level === "protocol")
-          return finish(255, `Unable to negotiate with ${s.hostname} port ${s.port}: ${e.message}`);
-        return finish(255, `Connection closed by ${sock.remoteAddress ?? s.hostname} port ${s.port}${e ? ` (${e.message})` : ""}`);
-      }
-      if (e?.level === "client-timeout") return finish(255, `Timeout, server ${s.hostname} not responding.`);
-      finish(255, `Connection to ${s.hostname} closed${e ? `: ${e.message}` : " by remote host."}`);
-    });
-
-    const algorithms: Record<string, string[]> = {};
-    const hk = hostKeyAlgorithms(knownTypes);
-    if (hk) algorithms.serverHostKey = hk;
-    if (ciphers) algorithms.cipher = ciphers;
-    c.connect({
-      sock,
-      username: s.user,
-      hostVerifier: hostVerifier as any,
-      authHandler: authHandler as any,
-      readyTimeout: 0, // ConnectTimeout is ours; a host key question may take the user a while
-      keepaliveInterval: s.aliveIntervalS * 1000,
-      keepaliveCountMax: s.aliveCountMax,
-      algorithms: Object.keys(algorithms).length ? (algorithms as any) : undefined,
-      debug: s.verbose >= 3 ? (m: string) => say(`debug3: ${m}`) : undefined,
-    });
-  })().catch((e) => finish(255, e instanceof SshFailure ? e.message : `ssh: ${(e as Error).message}`));
+    },
+    (e) => {
+      if (e instanceof SshFailure && e.message === "killed") return finish(143);
+      finish(255, (e as Error).message);
+    },
+  );
 
   return {
-    stdin,
+    stdin: {
+      write(b: Uint8Array) {
+        if (finished) return 0;
+        if (chan) {
+          try {
+            if (!chan.write(b)) full = true;
+          } catch {}
+        } else pending?.push(Uint8Array.from(b));
+        return b.byteLength;
+      },
+      /** Resolves when what was written has gone into the connection's window (ssh2 buffers the rest), or the command ended. */
+      flush(): Promise<void> | undefined {
+        if (finished || (chan && !full)) return undefined;
+        return new Promise<void>((r) => drained.push(r));
+      },
+      end() {
+        wantEnd = true;
+        if (chan) {
+          try {
+            chan.end();
+          } catch {}
+        }
+      },
+    },
     stdout: out.stream,
     stderr: err.stream,
     exited,
     kill() {
-      if (exitCode === undefined) finish(143);
-      conn?.destroy();
+      try {
+        chan?.close();
+      } catch {}
+      // Like killing ssh: this command's connection goes (at once, unless another command still uses it).
+      finish(143, undefined, true);
     },
   };
 }

@@ -11,6 +11,7 @@
  */
 import type { Options } from "../cli/args.ts";
 import { sshArgs } from "../cli/args.ts";
+import { startBuiltinSsh, useBuiltinSsh } from "./builtin-ssh.ts";
 import { bootstrapping } from "./bootstrap.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
@@ -40,7 +41,7 @@ export function startServer(o: Options, plan: Plan): ServerProcess {
   const ssh = o.sshProgram ?? "ssh";
   // Every command this session runs on the host (the server, a bootstrap upload) goes through here.
   const run = (command: string): ServerProcess =>
-    Bun.spawn([ssh, ...sshArgs(o, plan.host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    useBuiltinSsh(o) ? startBuiltinSsh(o, plan.host, command) : Bun.spawn([ssh, ...sshArgs(o, plan.host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   const server = remote !== undefined ? run(`${shellQuote(remote)} --server`) : bootstrapping(o, plan.host.host, run);
   return withKeepalive(server, o.keepaliveS);
 }
