@@ -4,6 +4,8 @@
  * XXH3-128 digests (libxxhash), and the library's error reporting.
  */
 #include "internal.h"
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -336,3 +338,13 @@ static void xst_final_avx2(void *st, uint8_t out[16]) {
   XXH3_freeState((XXH3_state_t *)st);
 }
 #pragma GCC pop_options
+
+/* Session keys live in this process's memory: keep them out of core dumps and
+ * away from other processes of the same user (ptrace, /proc/PID/mem), as
+ * ssh-agent does. */
+ESCP_API int escp_protect_secrets(void) {
+  struct rlimit none = {0, 0};
+  if (setrlimit(RLIMIT_CORE, &none) != 0) return escp__errno("setrlimit(RLIMIT_CORE)");
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return escp__errno("prctl(PR_SET_DUMPABLE)");
+  return 0;
+}

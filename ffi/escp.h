@@ -72,6 +72,9 @@ int escp_derive_key(const uint8_t master[32], const uint8_t sid[16], uint32_t st
                     uint8_t key_out[16]);
 /* XXH3-128 of buf, written big-endian (high64 then low64) into out[16]. */
 void escp_xxh128(const void *buf, uint64_t len, uint8_t out[16]);
+/* No core dumps, no ptrace or /proc/PID/mem access by other processes of the user:
+ * called once at start-up, before any key exists. */
+int escp_protect_secrets(void);
 /* Streaming XXH3-128 (file digests fold (offset||length||h_i) tuples in offset order). */
 void *escp_digest_new(void);
 void escp_digest_update(void *state, const void *buf, uint64_t len);

@@ -26,6 +26,7 @@ const symbols = {
   escp_hkdf_sha256: { args: [P, u32, P, u32, P, u32, P, u32], returns: i32 },
   escp_derive_key: { args: [P, P, u32, u32, P], returns: i32 },
   escp_xxh128: { args: [P, u64, P], returns: V },
+  escp_protect_secrets: { args: [], returns: i32 },
   escp_digest_new: { args: [], returns: P },
   escp_digest_update: { args: [P, P, u64], returns: V },
   escp_digest_final: { args: [P, P], returns: V },

@@ -12,7 +12,14 @@ export interface SessionKeys {
   master: Uint8Array; // 32 bytes, secret: only on the ssh pipe, never on a command line
 }
 
+/** No core dumps and no ptrace for this process from here on: it is about to hold keys. */
+function protectSecrets(): void {
+  const r = native().escp_protect_secrets();
+  if (r < 0) throw new Error(`cannot protect the session keys: ${nativeError(r)}`);
+}
+
 export function newKeys(): SessionKeys {
+  protectSecrets();
   return { sid: new Uint8Array(crypto.randomBytes(16)), master: new Uint8Array(crypto.randomBytes(32)) };
 }
 
@@ -23,6 +30,7 @@ export interface Listener {
 
 /** Listens on the first free port of the range; the error says what to do when none is. */
 export function listen(bindAddr: string, range: [number, number], host: string): Listener {
+  protectSecrets(); // the server parses the master key right after it listens
   const port = new Int32Array(1);
   const fd = native().escp_listen(cstr(bindAddr), range[0], range[1], ptr(port));
   if (fd < 0) {
