@@ -86,14 +86,17 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
       write(b: Uint8Array) {
         const r = p.stdin.write(b);
         if (!timer && !stopped) {
-          timer = setInterval(() => {
+          const ping = () => {
             try {
               p.stdin.write(PING);
               p.stdin.flush();
             } catch {
               stop();
             }
-          }, seconds * 1000);
+          };
+          // One right away, so the server knows from the start that we ping.
+          ping();
+          timer = setInterval(ping, seconds * 1000);
           (timer as any).unref?.();
         }
         return r;
