@@ -12,7 +12,7 @@ import { describe, test, expect, beforeAll, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, tmpdir, makeFile, sameFile, freePort, portAccepts, descendants, ESCP_BIN, SSH_HOST, type Sshd } from "./harness.ts";
+import { startSshd, runEscp, tmpdir, makeFile, sameFile, portAccepts, descendants, ESCP_BIN, SSH_HOST, type Sshd } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 setDefaultTimeout(120_000);
@@ -94,18 +94,50 @@ function spawnEscp(args: string[], env: Record<string, string> = {}) {
   return { p, stderr: new Response(p.stderr).text() };
 }
 
+/** Waits for a running escp to reach a point; if it does not, fails with what that escp said. */
+async function waitForEscp(t: { p: { kill(): void }; stderr: Promise<string> }, cond: () => boolean, ms: number, what: string) {
+  try {
+    await waitFor(cond, ms, what);
+  } catch (e) {
+    t.p.kill();
+    throw new Error(`${(e as Error).message}; escp said: ${await t.stderr}`);
+  }
+}
+
+/**
+ * `n` consecutive ports that are free now, below the ephemeral range (where
+ * outgoing connections take their local ports and could make one busy).
+ */
+async function freePorts(n: number): Promise<number> {
+  for (;;) {
+    const first = 20000 + Math.floor(Math.random() * 12000);
+    const servers: net.Server[] = [];
+    let ok = true;
+    for (let p = first; p < first + n && ok; p++) {
+      const srv = net.createServer();
+      ok = await new Promise<boolean>((r) => {
+        srv.once("error", () => r(false));
+        srv.listen(p, "127.0.0.1", () => r(true));
+      });
+      if (ok) servers.push(srv);
+    }
+    await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+    if (ok) return first;
+  }
+}
+
 /** A push that is still running a few seconds from now: -l keeps it at ~8 MB/s. */
 async function slowPush(extra: string[] = []) {
   const src = tmpdir("src"), dst = tmpdir("dst");
   await makeFile(path.join(src, "f"), 96 * MiB, { seed: 7 });
   const t = spawnEscp(["-l", "64000", ...extra, path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
-  await waitFor(() => size(path.join(dst, ".f.escp-part")) > 4 * MiB, 60_000, "data to arrive");
+  await waitForEscp(t, () => size(path.join(dst, ".f.escp-part")) > 4 * MiB, 60_000, "data to arrive");
   return { ...t, src, dst };
 }
 
 describe("the remote end exits", () => {
   test("when the local escp is killed: within seconds, port released, no temporary file", async () => {
-    const port = await freePort();
+    const port = await freePorts(2);
     const { p, dst } = await slowPush(["--port", `${port}-${port}`]);
     const [server] = servers();
     expect(server).toBeDefined();
@@ -144,7 +176,7 @@ describe("the remote end exits", () => {
   test("when the local escp exits after a fatal error on the remote", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 8 * MiB, { seed: 9 });
-    const port = await freePort();
+    const port = await freePorts(2);
     // One bit flipped in flight: the receiver's authentication check fails.
     const proxy = await startProxy(port, ({ conn, index, record }) => {
       if (conn === 1 && index === 3) {
@@ -177,7 +209,7 @@ describe("the remote end exits", () => {
 
 describe("ports", () => {
   test("two transfers to one host at the same time take different ports and both succeed", async () => {
-    const port = await freePort();
+    const port = await freePorts(2);
     const range = `${port}-${port + 1}`;
     const srcA = tmpdir("src"), srcB = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(srcA, "a"), 8 * MiB, { seed: 11 });
@@ -193,12 +225,12 @@ describe("ports", () => {
       ESCP_DATA_VIA: `127.0.0.1:${(silent.address() as net.AddressInfo).port}`,
     });
     try {
-      await waitFor(() => held.length > 0, 30_000, "A to try its data port");
+      await waitForEscp(a, () => held.length > 0, 30_000, "A to try its data port");
       a.p.kill("SIGSTOP");
       const [serverA] = servers();
       expect(portsOf(serverA).has(port)).toBe(true);
       const b = spawnEscp(["-l", "64000", "--port", range, path.join(srcB, "b"), `${SSH_HOST}:${dst}/`]);
-      await waitFor(() => size(path.join(dst, ".b.escp-part")) > 0, 30_000, "B to start");
+      await waitForEscp(b, () => size(path.join(dst, ".b.escp-part")) > 0, 30_000, "B to start");
       const serverB = servers().find((s) => s !== serverA)!;
       expect(portsOf(serverB).has(port + 1)).toBe(true);
       a.p.kill("SIGCONT"); // A times out on the silent port and goes through the tunnel
@@ -215,7 +247,7 @@ describe("ports", () => {
   });
 
   test("a busy port is skipped; a range with no free port is a clear error", async () => {
-    const port = await freePort();
+    const port = await freePorts(2);
     const busy = net.createServer();
     await new Promise<void>((r) => busy.listen(port, "127.0.0.1", r));
     try {
