@@ -1,0 +1,326 @@
+/**
+ * A hostile peer (issue 6, DESIGN §5 and §10): in pull mode the local escp is
+ * the receiver and the remote decides every name, size and byte it is sent.
+ * test/fake-server.ts plays that remote: it runs behind the real sshd, does
+ * the real handshake with the real native library and then sends crafted
+ * records that all pass authentication. Each attack must be refused with a
+ * clear error, in bounded time and memory, with nothing written outside the
+ * destination (a canary directory beside it stays empty) and no temporary
+ * files left behind.
+ *
+ * The last tests do the same against the real `escp --server` in push mode
+ * for symlinks that already exist in the destination.
+ *
+ * One attack per test, named after it (OpenSSH regress style).
+ */
+import { describe, test, expect, beforeAll } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { startSshd, run, runEscp, tmpdir, makeFile, sameFile, ESCP_BIN, SSH_HOST, REPO_ROOT } from "./harness.ts";
+import * as harness from "./harness.ts";
+
+const BUN = process.execPath;
+/** A hostile attempt must be over in this long (the normal case takes under a second). */
+const BOUND_MS = 10_000;
+/** A hostile attempt may not grow the receiver by more than this over an honest transfer. */
+const RSS_SLACK_KB = 160 * 1024;
+/** Data ports below the ephemeral range, so concurrent tests' outgoing connections never hold them. */
+const PORTS = "21000-31999";
+const TIME = fs.existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined;
+
+/** At most n transfers at once: the tests run concurrently, the machine has few cores. */
+function limiter(n: number) {
+  let active = 0;
+  const queue: (() => void)[] = [];
+  return async <T>(f: () => Promise<T>): Promise<T> => {
+    if (active >= n) await new Promise<void>((r) => queue.push(r));
+    active++;
+    try {
+      return await f();
+    } finally {
+      active--;
+      queue.shift()?.();
+    }
+  };
+}
+const slot = limiter(Number(process.env.ESCP_TEST_PARALLEL ?? 3));
+
+let wrapper = "";
+let baselineKb = 0;
+
+beforeAll(async () => {
+  await startSshd();
+  // What sshd runs as the "remote escp": the fake, from this checkout, with this bun.
+  const dir = tmpdir("fake-remote");
+  wrapper = path.join(dir, "escp-fake");
+  fs.writeFileSync(wrapper, `#!/bin/sh\nexec '${BUN}' '${path.join(REPO_ROOT, "test", "fake-server.ts")}' "$@"\n`, { mode: 0o755 });
+  baselineKb = (await pull("honest")).maxRssKb;
+});
+
+interface Pulled {
+  code: number;
+  stderr: string;
+  timedOut: boolean;
+  ms: number;
+  maxRssKb: number;
+  root: string;
+  dst: string;
+  canary: string;
+  /** The most entries the destination held at once (sampled every 20 ms). */
+  peakEntries: number;
+}
+
+/**
+ * `escp escp-test:<scenario> <root>/dst/` against the fake server, under
+ * /usr/bin/time for the receiver's peak RSS. <root>/canary sits beside the
+ * destination; `prepare` may plant things in both first.
+ */
+function pull(scenario: string, prepare?: (p: { root: string; dst: string; canary: string }) => void): Promise<Pulled> {
+  return slot(() => pullNow(scenario, prepare));
+}
+
+async function pullNow(scenario: string, prepare?: (p: { root: string; dst: string; canary: string }) => void): Promise<Pulled> {
+  const root = tmpdir("pull");
+  const dst = path.join(root, "dst"), canary = path.join(root, "canary");
+  fs.mkdirSync(dst);
+  fs.mkdirSync(canary);
+  prepare?.({ root, dst, canary });
+  const spec = scenario.replace(/\{canary\}/g, canary);
+  const argv = [ESCP_BIN, "-F", harness.SSH_CONFIG!, "--port", PORTS, `${SSH_HOST}:${spec}`, `${dst}/`];
+  let peakEntries = 0;
+  const sampler = setInterval(() => {
+    try {
+      peakEntries = Math.max(peakEntries, fs.readdirSync(dst).length);
+    } catch {}
+  }, 20);
+  const t0 = performance.now();
+  const r = await run(TIME ? [TIME, "-f", "escp-maxrss-kb %M", ...argv] : argv, {
+    env: { ESCP_REMOTE: wrapper },
+    timeoutMs: BOUND_MS + 5000,
+  });
+  const ms = performance.now() - t0;
+  clearInterval(sampler);
+  const m = /escp-maxrss-kb (\d+)\s*$/.exec(r.stderr);
+  const stderr = m ? r.stderr.slice(0, m.index) : r.stderr;
+  const code = TIME && /^Command exited with non-zero status (\d+)$/m.test(stderr) ? Number(/non-zero status (\d+)/.exec(stderr)![1]) : r.code;
+  return { code, stderr: stderr.replace(/^Command exited with non-zero status \d+\n?/m, ""), timedOut: r.timedOut, ms, maxRssKb: m ? Number(m[1]) : 0, root, dst, canary, peakEntries };
+}
+
+/** Every file under dir (relative), symlinks not followed. */
+function tree(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string, rel: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      out.push(r);
+      if (e.isDirectory()) walk(path.join(d, e.name), r);
+    }
+  };
+  walk(dir, "");
+  return out.sort();
+}
+
+/** What every refused attack must leave: a failed exit in bounded time, a clean destination, an untouched canary. */
+/** A file's text, or a short note that it was overwritten (no binary dump in a failure). */
+function text(file: string): string {
+  const b = fs.readFileSync(file);
+  return /^[\x20-\x7e]*$/.test(b.toString("latin1")) ? b.toString() : `<overwritten: ${b.length} bytes of binary>`;
+}
+
+function expectRefused(p: Pulled, message: RegExp, dstAfter: string[] = []) {
+  expect(p.timedOut).toBe(false);
+  expect(p.code).not.toBe(0);
+  expect(p.stderr).toMatch(message);
+  expect(p.ms).toBeLessThan(BOUND_MS);
+  expect(tree(p.canary)).toEqual([]);
+  expect(tree(p.dst)).toEqual(dstAfter);
+  if (TIME && baselineKb) expect(p.maxRssKb).toBeLessThan(baselineKb + RSS_SLACK_KB);
+}
+
+describe("a hostile remote in pull mode", () => {
+  test.concurrent("control: the fake server speaks the protocol well enough to deliver files", async () => {
+    const p = await pull("honest");
+    expect(p.stderr).toBe("");
+    expect(p.code).toBe(0);
+    expect(tree(p.dst)).toEqual(["blocks.bin", "hello.txt"]);
+    expect(fs.readFileSync(path.join(p.dst, "hello.txt"), "utf8")).toBe("hello from the fake server\n");
+    expect(baselineKb === 0 || p.maxRssKb > 0).toBe(true);
+  });
+
+  test.concurrent("names with '..' components are refused and nothing lands beside the destination", async () => {
+    const p = await pull("dotdot");
+    expectRefused(p, /refused: path '\.\.\/canary\/pwned' has a '\.\.' component/, ["ok.txt"]);
+    expect(p.stderr).toMatch(/refused: path 'sub\/\.\.\/\.\.\/canary\/pwned2' has a '\.\.' component/);
+    expect(p.stderr).toMatch(/refused: path '\.\.' has a '\.\.' component/);
+  });
+
+  test.concurrent("an absolute file name is refused", async () => {
+    const p = await pull("absolute={canary}/pwned");
+    expectRefused(p, /refused: absolute path '\/.*\/canary\/pwned'/, ["ok.txt"]);
+  });
+
+  test.concurrent("a NUL byte, an empty component and a '.' component are refused", async () => {
+    const p = await pull("nul");
+    expectRefused(p, /refused: path contains a NUL byte/, ["ok.txt"]);
+    expect(p.stderr).toMatch(/refused: path 'a\/\/b' has a 'empty' component/);
+    expect(p.stderr).toMatch(/refused: path '\.\/c' has a '\.' component/);
+    expect(p.stderr).toMatch(/refused: empty path/);
+  });
+
+  test.concurrent("a 300-byte name and a 60000-byte path are refused", async () => {
+    const p = await pull("longname");
+    expectRefused(p, /is longer than 255 bytes/, ["ok.txt"]);
+    expect(p.stderr).toMatch(/path longer than 4096 bytes/);
+  });
+
+  test.concurrent("terminal control sequences in a remote file name are not printed raw", async () => {
+    const p = await pull("ctrlchars");
+    expectRefused(p, /refused/, ["ok.txt"]);
+    // ESC, BEL, CR, BS and the C1 CSI (U+009B) from the remote must not reach the terminal as such.
+    expect(p.stderr).not.toMatch(/[\x1b\x07\x08\r\u009b]/);
+  });
+
+  test.concurrent("a file list claiming 10^9 files is refused without allocating for them", async () => {
+    const p = await pull("manyfiles");
+    expectRefused(p, /FILES record claims 1000000000 entries in \d+ bytes/);
+  });
+
+  test.concurrent("a file claiming 2^63 bytes is refused", async () => {
+    const p = await pull("hugesize");
+    expectRefused(p, /claims a size of 9223372036854775808 bytes/);
+  });
+
+  test.concurrent("a data record claiming a 4 GiB body is refused before it is read", async () => {
+    const p = await pull("hugerecord");
+    expectRefused(p, /stream 1: DATA record seq 1 announces 4294967280 bytes, over the limit/);
+  });
+
+  test.concurrent("a stream-0 record claiming a 4 GiB body is refused before it is read", async () => {
+    const p = await pull("hugecontrol");
+    expectRefused(p, /stream 0: FILES record seq 1 announces 4294967280 bytes, over the limit/);
+  });
+
+  test.concurrent("a zstd bomb in a DATA block (256 MiB from a few KiB) is refused", async () => {
+    const p = await pull("zstdbomb");
+    expectRefused(p, /stream 1: record seq 1 .*compressed block is invalid or larger than the block size/);
+  });
+
+  test.concurrent("a zstd bomb without a content size in its frame header is refused", async () => {
+    const p = await pull("zstdbombnosize");
+    expectRefused(p, /stream 1: record seq 1 .*compressed block is invalid or larger than the block size/);
+  });
+
+  test.concurrent("a zstd bomb in a compressed FILES record is refused", async () => {
+    const p = await pull("filesbomb");
+    expectRefused(p, /FILES record does not decompress/);
+  });
+
+  test.concurrent("data past a file's announced size is refused", async () => {
+    const p = await pull("overrun");
+    expectRefused(p, /stream 1: record seq 1 writes \[0, 4096\) of file 0, which has 10 bytes/);
+  });
+
+  test.concurrent("data for a file after its verdict is refused", async () => {
+    const p = await pull("aftersettled");
+    // ok.txt was complete and verified before the violation: it may stay.
+    expectRefused(p, /data for file id 0, which is not being received/, ["ok.txt"]);
+  });
+
+  test.concurrent("a file id announced twice is refused", async () => {
+    const p = await pull("dupid");
+    expectRefused(p, /file id 0 announced out of order/);
+  });
+
+  test.concurrent("a DONE for a file never announced is refused", async () => {
+    const p = await pull("strangedone");
+    expectRefused(p, /DONE for unknown file id 999/);
+  });
+
+  test.concurrent("a record type that does not belong on stream 0 is refused", async () => {
+    const p = await pull("badtype");
+    expectRefused(p, /unexpected record type 1 on stream 0/);
+  });
+
+  test.concurrent("a remote path through a destination symlink that leads outside is refused", async () => {
+    const p = await pull("through=evil", ({ dst, canary }) => fs.symlinkSync(canary, path.join(dst, "evil")));
+    expectRefused(p, /evil\/x: open evil\/\.x\.escp-part beneath the destination: Invalid cross-device link/, ["evil", "ok.txt"]);
+  });
+
+  test.concurrent("a remote file named like a destination symlink replaces the link, not its target", async () => {
+    let victim = "";
+    const p = await pull("overlink=link", ({ dst, root }) => {
+      victim = path.join(root, "victim");
+      fs.writeFileSync(victim, "precious");
+      fs.symlinkSync(victim, path.join(dst, "link"));
+    });
+    expect(p.code).toBe(0);
+    expect(text(victim)).toBe("precious");
+    expect(fs.lstatSync(path.join(p.dst, "link")).isFile()).toBe(true);
+    expect(fs.statSync(path.join(p.dst, "link")).size).toBe(100);
+  });
+
+  test.concurrent("announcing 6000 files that never finish keeps the receiver's open files bounded", async () => {
+    // The honest sender keeps at most 512 files in flight and the receiver's file
+    // table has 4096 slots: a remote that announces more must be stopped before
+    // the receiver holds a temporary file (and a descriptor) for each.
+    const p = await pull("flood=6000");
+    expect(p.timedOut).toBe(false);
+    expect(p.code).not.toBe(0);
+    expect(tree(p.dst)).toEqual([]);
+    expect(p.peakEntries).toBeLessThanOrEqual(4096);
+    expect(p.stderr).not.toMatch(/Too many open files/);
+  });
+
+  test.todo("data for a file the remote never announces ends the session instead of hanging", async () => {
+    const p = await pull("unannounced");
+    expectRefused(p, /file id 123456789/, ["ok.txt"]);
+  });
+
+  test.todo("more files in flight than the receiver's file table holds ends the session instead of stalling", async () => {
+    const p = await pull("collide");
+    expectRefused(p, /file/);
+  });
+});
+
+describe("symlinks already in the destination (push to the real escp --server)", () => {
+  test.concurrent("a directory symlink in the destination that points outside is not written through", async () => {
+    const src = tmpdir("src"), root = tmpdir("dst");
+    const dst = path.join(root, "dst"), outside = path.join(root, "outside");
+    fs.mkdirSync(dst);
+    fs.mkdirSync(outside);
+    fs.symlinkSync(outside, path.join(dst, "evil"));
+    fs.mkdirSync(path.join(src, "evil"));
+    await makeFile(path.join(src, "evil", "x"), 1000, { seed: 1 });
+    const r = await slot(() => runEscp(["--port", PORTS, "-r", path.join(src, "evil"), `${SSH_HOST}:${dst}/`]));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/evil/);
+    expect(tree(outside)).toEqual([]);
+    expect(fs.lstatSync(path.join(dst, "evil")).isSymbolicLink()).toBe(true);
+  });
+
+  test.concurrent("a relative symlink planted at the temporary name is not followed", async () => {
+    // Another local user who can write the destination plants .f.escp-part -> keep.txt.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 5000, { seed: 2 });
+    fs.writeFileSync(path.join(dst, "keep.txt"), "precious");
+    fs.symlinkSync("keep.txt", path.join(dst, ".f.escp-part"));
+    const r = await slot(() => runEscp(["--port", PORTS, path.join(src, "f"), `${SSH_HOST}:${dst}/`]));
+    expect(text(path.join(dst, "keep.txt"))).toBe("precious");
+    if (r.code === 0) {
+      expect(fs.lstatSync(path.join(dst, "f")).isFile()).toBe(true);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    }
+  });
+
+  test.concurrent("an absolute symlink planted at the temporary name does not lead outside", async () => {
+    const src = tmpdir("src"), root = tmpdir("dst");
+    const dst = path.join(root, "dst"), victim = path.join(root, "victim");
+    fs.mkdirSync(dst);
+    fs.writeFileSync(victim, "precious");
+    await makeFile(path.join(src, "f"), 5000, { seed: 3 });
+    fs.symlinkSync(victim, path.join(dst, ".f.escp-part"));
+    const r = await slot(() => runEscp(["--port", PORTS, path.join(src, "f"), `${SSH_HOST}:${dst}/`]));
+    expect(text(victim)).toBe("precious");
+    if (r.code === 0) expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+});
