@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/build-native.sh
 mkdir -p dist
 ./node_modules/.bin/bun build --compile --minify-syntax \
-  src/main.ts src/streams/worker.ts --outfile dist/escp >build/bun-build.log 2>&1 \
+  src/main.ts src/streams/worker.ts src/plan/walker.ts --outfile dist/escp >build/bun-build.log 2>&1 \
   || { cat build/bun-build.log; exit 1; }
 echo "built dist/escp ($(du -h dist/escp | cut -f1))"

@@ -13,18 +13,27 @@
 import fs from "node:fs";
 import path from "node:path";
 import { native } from "../native.ts";
+import { WALKER_URL } from "../entrypoints.ts";
 
 export type WalkItem =
   /** A file's stat is left to the sender, which takes it from the open file. */
   | { kind: "file"; abs: string; rel: string; top: boolean }
-  | { kind: "dir"; abs: string; rel: string; top: boolean; stat: fs.BigIntStats }
+  | { kind: "dir"; abs: string; rel: string; top: boolean; stat: DirStat }
   | { kind: "error"; abs: string; message: string }
   | { kind: "warning"; abs: string; message: string };
+
+/** What the receiver needs of a directory (plain values: items cross from the walker thread). */
+export interface DirStat {
+  mode: number;
+  mtimeNs: bigint;
+  atimeNs: bigint;
+}
 
 export interface WalkOptions {
   recursive: boolean;
 }
 
+/** The walk itself, on the calling thread (the walker worker runs this; see walkInWorker). */
 export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem> {
   for (const src of sources) {
     let st: fs.BigIntStats;
@@ -50,7 +59,7 @@ export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerato
 }
 
 async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[]): AsyncGenerator<WalkItem> {
-  yield { kind: "dir", abs, rel, top: ancestors.length === 1, stat: st };
+  yield { kind: "dir", abs, rel, top: ancestors.length === 1, stat: { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs } };
   let dir: fs.Dir;
   try {
     dir = await fs.promises.opendir(abs, { bufferSize: 256 });
@@ -98,4 +107,40 @@ export function errnoText(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
   if (err && typeof err.errno === "number") return String(native().escp_strerror(-Math.abs(err.errno)));
   return err instanceof Error ? err.message : String(e);
+}
+
+/** Items per message from the walker thread; it stays at most two batches ahead. */
+const WALK_BATCH = 512;
+
+/**
+ * The walk on its own thread, so directory iteration overlaps the main
+ * thread's per-file work; items arrive in batches, and the walker waits
+ * whenever two batches are not yet consumed (bounded memory for any tree).
+ */
+export async function* walkInWorker(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem> {
+  const w = new Worker(WALKER_URL);
+  const batches: (WalkItem[] | null)[] = [];
+  let wake: (() => void) | undefined;
+  let failure: Error | undefined;
+  w.onmessage = (ev: MessageEvent<WalkItem[] | null>) => {
+    batches.push(ev.data);
+    wake?.();
+  };
+  w.onerror = (ev) => {
+    failure = new Error(`directory walker crashed: ${ev.message}`);
+    wake?.();
+  };
+  w.postMessage({ sources, opts, batch: WALK_BATCH });
+  try {
+    for (;;) {
+      while (!batches.length && !failure) await new Promise<void>((r) => (wake = r));
+      if (failure) throw failure;
+      const batch = batches.shift()!;
+      if (batch === null) return;
+      w.postMessage("more");
+      yield* batch;
+    }
+  } finally {
+    w.terminate();
+  }
 }

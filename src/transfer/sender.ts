@@ -8,11 +8,12 @@
  */
 import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
-import { walk, type WalkItem } from "../plan/walk.ts";
+import { walkInWorker, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
+import { log } from "../log.ts";
 
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
 export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse"> & { blockSize: number };
@@ -76,7 +77,7 @@ export class Sender {
 
   /** Sends every source; resolves when the receiver has judged every file. */
   async run(sources: string[]): Promise<void> {
-    for await (const item of walk(sources, { recursive: this.opts.recursive })) {
+    for await (const item of walkInWorker(sources, { recursive: this.opts.recursive })) {
       this.check();
       this.take(item);
       if (this.announce.length >= ANNOUNCE_BATCH || this.announcedBytes >= ANNOUNCE_BYTES) this.pump(true);
@@ -116,8 +117,7 @@ export class Sender {
     if (item.kind === "dir") {
       const st = item.stat;
       this.announce.push({
-        id: this.nextId++, path: item.rel, kind: "dir", size: 0n, mode: Number(st.mode & 0o7777n),
-        mtimeNs: st.mtimeNs, atimeNs: st.atimeNs, top: item.top,
+        id: this.nextId++, path: item.rel, kind: "dir", size: 0n, mode: st.mode, mtimeNs: st.mtimeNs, atimeNs: st.atimeNs, top: item.top,
       });
       return;
     }
@@ -143,6 +143,7 @@ export class Sender {
     this.announce.push(entry);
     this.announcedBytes += Number(entry.size);
     this.events.started(item.abs, Number(entry.size));
+    log.debug("file start", { file: entry.id, path: item.abs, size: entry.size });
   }
 
   /**
@@ -287,6 +288,7 @@ export class Sender {
       this.stats.bytes += Number(f.size);
       this.stats.skippedBytes += Number(f.size);
       this.events.finished(f.path, Number(f.size));
+      log.debug("file done: the receiver has it already", { file: f.id });
       this.windowWaiter?.();
       return;
     }
@@ -309,6 +311,7 @@ export class Sender {
       this.stats.files++;
       this.stats.bytes += Number(f.size);
       this.events.finished(f.path, Number(f.size));
+      log.debug("file done: verified by the receiver", { file: f.id, bytes: f.sent });
     }
     this.windowWaiter?.();
   }

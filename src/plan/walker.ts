@@ -1,0 +1,39 @@
+/**
+ * The directory walker thread (see walkInWorker in walk.ts): runs the walk
+ * and posts its items in batches, never more than two batches ahead of the
+ * sender; null ends the walk.
+ */
+import { walk, type WalkItem, type WalkOptions } from "./walk.ts";
+
+declare const self: Worker;
+
+let credit = 2;
+let resume: (() => void) | undefined;
+
+self.onmessage = (ev: MessageEvent<"more" | { sources: string[]; opts: WalkOptions; batch: number }>) => {
+  if (ev.data === "more") {
+    credit++;
+    resume?.();
+    return;
+  }
+  void run(ev.data.sources, ev.data.opts, ev.data.batch);
+};
+
+async function send(items: WalkItem[] | null): Promise<void> {
+  while (credit === 0) await new Promise<void>((r) => (resume = r));
+  credit--;
+  self.postMessage(items);
+}
+
+async function run(sources: string[], opts: WalkOptions, size: number): Promise<void> {
+  let batch: WalkItem[] = [];
+  for await (const item of walk(sources, opts)) {
+    batch.push(item);
+    if (batch.length >= size) {
+      await send(batch);
+      batch = [];
+    }
+  }
+  if (batch.length) await send(batch);
+  await send(null);
+}
