@@ -147,10 +147,10 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     await makeFile(path.join(src, "f"), 3 << 20, { seed: 2 });
     const dst = userDir("dst");
     const r = await runEscp([path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
-    expect(r.stderr).toBe(
-      `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${VERSION}/escp` +
-        ` (sending ${r.stderr.match(/sending (\d+) MB/)?.[1]} MB, zstd)\n`,
-    );
+    // One line; the compression is whatever the host can undo (zstd, gzip or none).
+    const said = `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${VERSION}/escp`;
+    expect(r.stderr.startsWith(said)).toBe(true);
+    expect(r.stderr.slice(said.length)).toMatch(/^ \(sending \d+ MB(, zstd|, gzip)?\)\n$/);
     expect(r.code).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     const st = fs.statSync(cached());
@@ -173,7 +173,7 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     const after = fs.statSync(cached());
     expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
-    expect(seconds).toBeLessThan(5);
+    expect(seconds).toBeLessThan(10); // no 110 MB upload (which the unchanged inode proves too)
     // A pull runs the cached copy too.
     const back = fs.mkdtempSync(path.join(runTmp(), "back-"));
     const p = await runEscp([`${host()}:${dst}/f`, `${back}/`], { env: { ESCP_REMOTE: undefined } });
