@@ -157,7 +157,7 @@ describe(`TypeScript parsers under random input (ESCP_FUZZ_SEED=${SEED})`, () =>
 
   test("DONE/RESULT verdicts and RESUME: random and mutated bodies return or throw ProtocolError", () => {
     const r = rng(SEED + 4);
-    const verdict = () => ({ id: BigInt(r.int(1e9)), status: -r.int(20000), bytes: BigInt(r.int(2 ** 31)), digest: r.bytes(16), message: r.pick(NAME_PARTS) });
+    const verdict = () => ({ id: BigInt(r.int(1e9)), status: 0 - r.int(20000), bytes: BigInt(r.int(2 ** 31)), digest: r.bytes(16), message: r.pick(NAME_PARTS) });
     for (let i = 0; i < 20_000; i++) {
       let b: Buffer;
       if (r.chance(0.4)) {
@@ -195,7 +195,7 @@ describe(`TypeScript parsers under random input (ESCP_FUZZ_SEED=${SEED})`, () =>
     const r = rng(SEED + 7);
     for (let i = 0; i < 2_000; i++) {
       const vs = Array.from({ length: BATCHED ? r.int(5) + (BATCHED ? 0 : 1) : 1 }, () => ({
-        id: BigInt(r.int(1e9)), status: -r.int(20000), bytes: BigInt(r.int(2 ** 31)), digest: new Uint8Array(r.bytes(16)), message: r.pick(["", "a", "x\0y", "é"]),
+        id: BigInt(r.int(1e9)), status: 0 - r.int(20000), bytes: BigInt(r.int(2 ** 31)), digest: new Uint8Array(r.bytes(16)), message: r.pick(["", "a", "x\0y", "é"]),
       }));
       expect(decodeVerdicts(encodeVerdicts(vs))).toEqual(vs);
     }
