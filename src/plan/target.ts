@@ -35,7 +35,7 @@ const MAX_NAME = 255;
 /** Checks a sender-supplied path and returns its components. */
 export function safeComponents(p: string): string[] {
   if (p.length === 0) throw new PathError("empty path");
-  if (p.length > MAX_PATH) throw new PathError(`path longer than ${MAX_PATH} bytes`);
+  if (Buffer.byteLength(p) > MAX_PATH) throw new PathError(`path longer than ${MAX_PATH} bytes`);
   if (p.includes("\0")) throw new PathError("path contains a NUL byte");
   if (p.startsWith("/")) throw new PathError(`absolute path '${p}'`);
   const parts = p.split("/");
