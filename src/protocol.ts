@@ -57,6 +57,8 @@ export type ControlMessage =
   | { type: "ready"; version: number; port: number; addr?: string }
   | { type: "error"; message: string; version?: number }
   | { type: "report"; summary: TransferSummary }
+  /** Client → server every --keepalive seconds: a silent client for 3 intervals is gone. */
+  | { type: "ping" }
   | { type: "bye" };
 
 /** Totals of one side, as shown to the user and in --json. */
