@@ -46,22 +46,23 @@ async function main(argv: string[]): Promise<number> {
 export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130;
 
 async function copy(o: Options, sources: Operand[], target: Operand): Promise<number> {
-  const report = new Report({ quiet: o.quiet, json: o.json });
+  // Progress and the summary line only on a terminal; -q and --json turn them off (report.ts).
+  const report = new Report({ quiet: o.quiet, json: o.json, tty: process.stdout.isTTY === true });
   const stop = new AbortController();
   const interrupt = () => stop.abort();
   process.on("SIGINT", interrupt);
   process.on("SIGTERM", interrupt);
   const r = await transfer(o, sources, target, report, stop.signal);
-  if (r.interrupted) {
-    process.stderr.write("escp: interrupted\n");
-    return EXIT_INTERRUPTED;
+  const code = Report.exitStatus(r);
+  if (r.interrupted || r.error) {
+    // The progress line goes first, so the message starts a clean line.
+    report.error(r.interrupted ? "interrupted" : r.error!, code, { interrupted: r.interrupted, usage: r.usage });
+    process.stderr.write(`escp: ${r.interrupted ? "interrupted" : r.error}\n`);
+    return code;
   }
-  if (r.error) {
-    process.stderr.write(`escp: ${r.error}\n`);
-    return r.usage ? EXIT_USAGE : EXIT_FAILED;
-  }
-  if (r.summary) report.summary(r.summary);
-  return r.failures.length ? EXIT_FAILED : EXIT_OK;
+  if (r.summary) report.summary(r.summary, code);
+  else report.close();
+  return code;
 }
 
 /** Flags win over ~/.config/escp/escp.yaml, which wins over /etc/escp.conf. */

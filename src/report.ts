@@ -1,14 +1,27 @@
 /**
  * What the user is told: per-file events from either side of the transfer,
  * failures as one line each on stderr ("escp: path: cause", as scp words
- * them), and the summary. Each failure is printed once even when both ends
- * learn of it (they share file ids).
+ * them), progress, and the summary. Each failure is printed once even when
+ * both ends learn of it (they share file ids).
+ *
+ * Every event becomes one TransferEvent object. Where it goes depends on
+ * the options:
+ * - `json`: one line of JSON on stdout per event (docs/json.md);
+ * - `tty` (stdout is a terminal, neither -q nor --json): the in-place
+ *   progress display of progress.ts, then one summary line;
+ * - `listener`: the library API (src/index.ts) gets every event object;
+ * - otherwise nothing but failures and warnings on stderr, and with -q only
+ *   failures.
  *
  * @example
  * const ev = new Report({ quiet: false, json: false });
  * ev.failed("/data/a", "Permission denied");
  */
+import { log as clackLog } from "@clack/prompts";
 import type { TransferSummary } from "./protocol.ts";
+import { Tally, TtyProgress, formatBytes, formatBits, type Terminal } from "./progress.ts";
+import { log } from "./log.ts";
+import { VERSION } from "./version.ts";
 
 /** The hooks the sender and receiver call; the server collects them for its report. */
 export interface Events {
@@ -46,51 +59,191 @@ export interface TransferStats {
 export interface ReportOptions {
   quiet: boolean;
   json: boolean;
+  /** Draw progress and the summary line on stdout (the CLI passes stdout.isTTY). Ignored with quiet or json. */
+  tty?: boolean;
+  /** Receives every event (the library API). */
+  listener?: (e: TransferEvent) => void;
+  /** Where the terminal display goes (tests); default process.stdout. */
+  terminal?: Terminal;
 }
 
 export interface Failure {
   path: string;
   message: string;
+  /** The file's id in the session, when the failing side knew it (decimal). */
   id?: string;
 }
 
+/** Exit statuses, as scp's (src/main.ts uses the same numbers): 0 only if every file arrived verified. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
+export type ExitStatus = (typeof EXIT)[keyof typeof EXIT];
+
+/** The exit status a transfer's outcome calls for. */
+export function exitStatus(r: { error?: string; usage?: boolean; interrupted?: boolean; failures: unknown[] }): ExitStatus {
+  if (r.interrupted) return EXIT.interrupted;
+  if (r.error) return r.usage ? EXIT.usage : EXIT.failed;
+  return r.failures.length ? EXIT.failed : EXIT.ok;
+}
+
+// ── the events, as --json prints them and the library delivers them (docs/json.md) ──
+
+interface Stamp {
+  /** When the event happened: ISO 8601, UTC, milliseconds. */
+  time: string;
+}
+export interface SessionEvent extends Stamp, SessionInfo {
+  event: "session";
+  /** escp's version. */
+  version: string;
+  /** What this escp does: sender (push, local) or receiver (pull). */
+  role: "sender" | "receiver";
+}
+export interface FileStartEvent extends Stamp {
+  event: "file_start";
+  path: string;
+  size: number;
+}
+export interface FileDoneEvent extends Stamp {
+  event: "file_done";
+  path: string;
+  size: number;
+}
+export interface FileFailedEvent extends Stamp {
+  event: "file_failed";
+  path: string;
+  message: string;
+  id?: string;
+}
+export interface WarningEvent extends Stamp {
+  event: "warning";
+  message: string;
+}
+export interface ProgressEvent extends Stamp, ProgressSnapshot {
+  event: "progress";
+  filesStarted: number;
+  filesDone: number;
+  filesFailed: number;
+  bytesStarted: number;
+  bytesDone: number;
+  /** Bytes per second (disk counter) over the last few seconds. */
+  rate: number;
+}
+export interface SummaryEvent extends Stamp, Omit<TransferSummary, "failures"> {
+  event: "summary";
+  /** Average bytes per second: bytes / seconds. */
+  rate: number;
+  /** How many files failed; `failed` lists them. */
+  failures: number;
+  failed: Failure[];
+  /** The exit status escp returns. */
+  exit: number;
+}
+export interface ErrorEvent extends Stamp {
+  event: "error";
+  /** One line: why the session could not run or went on no longer. */
+  message: string;
+  exit: number;
+  interrupted?: boolean;
+  usage?: boolean;
+  /** Files that failed before the session ended. */
+  failed: Failure[];
+}
+export type TransferEvent =
+  | SessionEvent
+  | FileStartEvent
+  | FileDoneEvent
+  | FileFailedEvent
+  | WarningEvent
+  | ProgressEvent
+  | SummaryEvent
+  | ErrorEvent;
+
+/** --json progress lines come at most this often (the library's listener gets every sample). */
+const JSON_PROGRESS_MS = 1000;
+
 /** Collects events; prints failures as they happen unless told to only collect (the server). */
 export class Report implements Events {
+  /** The exit status a transfer's outcome calls for (exitStatus). */
+  static readonly exitStatus = exitStatus;
   readonly failures: Failure[] = [];
+  readonly tally = new Tally();
   private readonly seen = new Set<string>();
+  private readonly display: TtyProgress | undefined;
+  private readonly timers: ReturnType<typeof setInterval>[] = [];
+  private lastJsonProgress = -Infinity;
+  private ended = false;
+  private role: "sender" | "receiver" = "sender";
 
   constructor(
     private readonly opts: ReportOptions,
     private readonly print = true,
-  ) {}
+  ) {
+    if (print && opts.tty && !opts.quiet && !opts.json) this.display = new TtyProgress(opts.terminal ?? process.stdout, this.tally);
+  }
 
   session(info: SessionInfo): void {
-    this.json({ event: "session", ...info });
+    this.role = info.direction === "pull" ? "receiver" : "sender";
+    log.info("session start", { ...info, role: this.role });
+    this.emit({ event: "session", time: now(), version: VERSION, role: this.role, ...info });
+  }
+
+  /**
+   * Calls `sample` every `ms` and reports the snapshot as progress until the
+   * report ends (close()), so a session that fails midway leaves no timer.
+   */
+  poll(ms: number, sample: () => ProgressSnapshot): ReturnType<typeof setInterval> {
+    const t = setInterval(() => {
+      if (this.ended) return clearInterval(t);
+      this.progress(sample());
+    }, ms);
+    this.timers.push(t);
+    return t;
   }
 
   progress(p: ProgressSnapshot): void {
-    this.json({ event: "progress", ...p });
+    if (this.ended) return;
+    this.tally.sample(p);
+    this.display?.draw();
+    if (!this.opts.listener && !(this.opts.json && this.print)) return;
+    const t = this.tally;
+    const ev: ProgressEvent = {
+      event: "progress", time: now(), ...p,
+      filesStarted: t.filesStarted, filesDone: t.filesDone, filesFailed: t.filesFailed,
+      bytesStarted: t.bytesStarted, bytesDone: t.bytesDone, rate: Math.round(t.rate),
+    };
+    log.trace("progress", { disk: p.bytesDisk, network: p.bytesNetwork, files: t.filesDone });
+    this.opts.listener?.(ev);
+    if (p.seconds * 1000 - this.lastJsonProgress >= JSON_PROGRESS_MS) {
+      this.lastJsonProgress = p.seconds * 1000;
+      this.json(ev);
+    }
   }
 
   started(path: string, size: number): void {
-    this.json({ event: "file_start", path, size });
+    this.tally.started(path, size);
+    this.emit({ event: "file_start", time: now(), path, size });
   }
 
   finished(path: string, size: number): void {
-    this.json({ event: "file_done", path, size });
+    this.tally.finished(path, size);
+    this.emit({ event: "file_done", time: now(), path, size });
   }
 
   failed(subject: string, cause: string, id?: bigint): void {
     const key = id === undefined ? `p:${subject}:${cause}` : `i:${id}`;
     if (this.seen.has(key)) return;
     this.seen.add(key);
+    this.tally.failed(subject);
     this.failures.push({ path: subject, message: cause, id: id?.toString() });
-    this.json({ event: "file_failed", path: subject, message: cause });
-    if (this.print) process.stderr.write(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
+    log.warn(`file failed: ${cause}`, { file: id, path: subject });
+    this.emit({ event: "file_failed", time: now(), path: subject, message: cause, id: id?.toString() });
+    if (this.print) this.stderr(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
   }
 
   warning(message: string): void {
-    if (this.print && !this.opts.quiet) process.stderr.write(`escp: warning: ${message}\n`);
+    log.warn(message);
+    this.emit({ event: "warning", time: now(), message });
+    if (this.print && !this.opts.quiet) this.stderr(`escp: warning: ${message}\n`);
   }
 
   /** Failures the peer found that we have not printed yet. */
@@ -98,11 +251,102 @@ export class Report implements Events {
     for (const f of remote) this.failed(f.path, f.message, f.id === undefined ? undefined : BigInt(f.id));
   }
 
-  summary(s: TransferSummary): void {
-    this.json({ event: "summary", ...s, failures: this.failures.length, failed: this.failures });
+  /** The transfer ran: its figures (one line on a terminal, an event otherwise). */
+  summary(s: TransferSummary, exit: number = this.failures.length ? EXIT.failed : EXIT.ok): void {
+    this.close();
+    const ev: SummaryEvent = {
+      event: "summary", time: now(), ...s, rate: s.seconds > 0 ? Math.round(s.bytes / s.seconds) : 0,
+      failures: this.failures.length, failed: this.failures, exit,
+    };
+    log.info("session end", { files: s.files, bytes: s.bytes, network: s.bytesNetwork, disk: s.bytesDisk, seconds: s.seconds.toFixed(3), failures: this.failures.length });
+    this.emit(ev);
+    if (this.display) {
+      const width = Math.max(40, ((this.opts.terminal ?? process.stdout).columns || 80) - 3);
+      const text = summaryLines(ev, width).join("\n");
+      const output = (this.opts.terminal ?? process.stdout) as import("node:stream").Writable;
+      if (this.failures.length) clackLog.warn(`${text}\n${failedLine(this.failures, width)}`, { spacing: 0, output });
+      else clackLog.success(text, { spacing: 0, output });
+    }
+  }
+
+  /**
+   * The session failed as a whole (or was interrupted): the caller prints
+   * the message on stderr; this ends the display and tells --json and the
+   * library.
+   */
+  error(message: string, exit: number, how: { interrupted?: boolean; usage?: boolean } = {}): void {
+    this.close();
+    log.error(`session failed: ${message}`, { exit });
+    this.emit({ event: "error", time: now(), message, exit, ...how, failed: this.failures });
+  }
+
+  /** Stops progress (timers, display); later progress samples are ignored. */
+  close(): void {
+    this.ended = true;
+    for (const t of this.timers) clearInterval(t);
+    this.timers.length = 0;
+    this.display?.clear();
+  }
+
+  /** Erases the progress display before a message on stderr; the next sample redraws it. */
+  private stderr(s: string): void {
+    this.display?.clear();
+    process.stderr.write(s);
+  }
+
+  private emit(ev: TransferEvent): void {
+    this.opts.listener?.(ev);
+    this.json(ev);
   }
 
   private json(o: object): void {
     if (this.opts.json && this.print) process.stdout.write(JSON.stringify(o, (_, v) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
   }
+}
+
+function now(): string {
+  return new Date().toISOString();
+}
+
+/**
+ * What is left on the terminal after a transfer: one line, most important
+ * first, parts that do not fit `width` left out:
+ *   3 files, 1.50GiB in 12.3 s · 125MiB/s (1.05 Gbit/s) · 4 streams · network 1.50GiB, disk 1.50GiB, compressed 1.50GiB
+ * The stream counters (EScp's bytes_network, bytes_disk, bytes_compressed)
+ * get a second line when they do not fit and say something the first line
+ * does not: compression saved bytes, or --resume skipped some.
+ */
+export function summaryLines(s: SummaryEvent, width: number): string[] {
+  const files = `${s.files} ${s.files === 1 ? "file" : "files"}, ${formatBytes(s.bytes)} in ${s.seconds < 10 ? s.seconds.toFixed(2) : s.seconds.toFixed(1)} s`;
+  const skipped = s.bytesSkipped ? ` (${formatBytes(s.bytesSkipped)} already there)` : "";
+  const failed = s.failures ? `, ${s.failures} failed` : "";
+  const counters = `network ${formatBytes(s.bytesNetwork)}, disk ${formatBytes(s.bytesDisk)}, compressed ${formatBytes(s.bytesCompressed)}`;
+  const parts = [
+    `${formatBytes(s.rate)}/s (${formatBits(s.rate)})`,
+    `${s.streams} ${s.streams === 1 ? "stream" : "streams"}`,
+    counters,
+  ];
+  let line = files + skipped + failed;
+  for (const p of parts) {
+    if (line.length + 3 + p.length > width) {
+      const telling = s.bytesSkipped > 0 || s.bytesCompressed < 0.99 * s.bytesDisk;
+      return telling ? [line, counters] : [line];
+    }
+    line += ` · ${p}`;
+  }
+  return [line];
+}
+
+/** "failed: a.bin, b/c.txt and 3 more", within width. */
+export function failedLine(failures: Failure[], width: number): string {
+  let line = "failed:";
+  let i = 0;
+  for (; i < failures.length; i++) {
+    const name = failures[i].path || failures[i].message;
+    const more = failures.length - i - 1;
+    const next = `${line}${i ? "," : ""} ${name}`;
+    if (next.length + (more ? ` and ${more} more`.length : 0) > width && i > 0) break;
+    line = next;
+  }
+  return i < failures.length ? `${line} and ${failures.length - i} more` : line;
 }

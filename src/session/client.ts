@@ -17,6 +17,7 @@ import { StreamPool } from "../streams/pool.ts";
 import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
+import { log } from "../log.ts";
 import { hex, type SessionOptions, type ControlMessage, type TransferSummary } from "../protocol.ts";
 
 /** What a transfer came to: the summary when it ran, the fatal error when it could not. */
@@ -58,6 +59,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
   if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) return relay(o, sources, target, report, signal);
   const plan = planTransfer(sources, target);
   if (typeof plan === "string") return { failures: [], error: plan, usage: true };
+  log.open({ role: plan.dir === "pull" ? "receiver" : "sender", verbose: o.verbose, file: o.log });
   const where = plan.dir === "local" ? "localhost" : plan.host.host;
   // A local receiver checks its destination before anything is started remotely.
   let localTarget;
@@ -68,6 +70,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
       return { failures: [], error: (e as Error).message };
     }
   }
+  log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: o.threads, blockSize: o.blockSize });
   const child = startServer(o, plan);
   const stderrTail = forwardStderr(child.stderr, o);
   const ch = new ControlChannel(child.stdout, (b) => {
@@ -109,19 +112,21 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
     if (ready.type === "error") throw new Error(`${where}: ${ready.message}`);
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
+    log.info("other end ready", { port: ready.port, addr: ready.addr });
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
     // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
     const conns = plan.dir === "local"
       ? connectStreams(addr, port, keys, o.threads, 10_000)
       : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child);
     keys.master.fill(0);
+    log.info("streams connected", { streams: conns.length - 1, port });
     tuneStreams(conns, session.limitBps, o.keepaliveS);
     const role = plan.dir === "pull" ? "receiver" : "sender";
     pool = new StreamPool(conns, role, { blockSize: o.blockSize, zstdLevel: o.compress ? o.zstdLevel : 0, cpumask: o.cpumask, nodemask: o.nodemask });
     const started = performance.now();
     report.session({ host: where, direction: plan.dir, streams: o.threads, blockSize: o.blockSize, port: ready.port });
     // Progress reads the workers' shared counters; it never touches the data path.
-    const progress = setInterval(() => report.progress({ ...pool!.totals(), seconds: (performance.now() - started) / 1000 }), PROGRESS_MS);
+    const progress = report.poll(PROGRESS_MS, () => ({ ...pool!.totals(), seconds: (performance.now() - started) / 1000 }));
     // The server's verdict may arrive while we still work (a fatal error on its side).
     const serverEnd = ch.receive();
     side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, session, o.blockSize, report);
@@ -152,6 +157,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     child.stdin.end();
     return { summary, failures: report.failures };
   } catch (e) {
+    log.error(interrupted ? "interrupted" : `session failed: ${(e as Error).message}`);
     pool?.abort();
     side?.cleanup();
     child.kill();

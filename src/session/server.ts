@@ -14,6 +14,7 @@ import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, expandHome } from "../plan/target.ts";
 import { expandSources } from "../plan/sources.ts";
 import { Report } from "../report.ts";
+import { log } from "../log.ts";
 import type { ControlMessage } from "../protocol.ts";
 
 export async function runServer(): Promise<number> {
@@ -29,6 +30,8 @@ export async function runServer(): Promise<number> {
     return 1;
   }
   const hostName = os.hostname();
+  log.open({ role: hello.serverRole, verbose: hello.options.verbose, file: hello.options.log });
+  log.info("hello", { role: hello.serverRole, streams: hello.streams, blockSize: hello.blockSize, ports: hello.ports, target: hello.target, sources: hello.sources });
   const report = new Report({ quiet: true, json: false }, false);
   let pool: StreamPool | undefined;
   let side: Side | undefined;
@@ -61,10 +64,12 @@ export async function runServer(): Promise<number> {
     const sources = expandSources(hello.serverRole === "sender" ? (hello.sources ?? []).map((s) => expandHome(s)) : []);
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
+    log.info("listening", { addr: bindAddr, port: l.port });
     ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr });
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
     const conns = acceptStreams(l, keys, hello.streams, 30_000);
     keys.master.fill(0);
+    log.info("streams accepted", { streams: conns.length - 1, port: l.port });
     tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS);
     const started = performance.now();
     pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
@@ -72,8 +77,10 @@ export async function runServer(): Promise<number> {
     side = makeSide(target ? { role: "receiver", target } : { role: "sender", sources: sources.paths }, pool, hello.options, hello.blockSize, report);
     await side.run();
     finished = true;
+    log.info("session end", { files: side.stats.files, bytes: side.stats.bytes, failures: report.failures.length });
     ch.send({ type: "report", summary: summarize(side, pool, started, report.failures) });
   } catch (e) {
+    log.error(`session failed: ${(e as Error).message}`);
     finished = true;
     side?.cleanup();
     pool?.abort();

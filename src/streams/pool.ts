@@ -12,6 +12,7 @@
 import { native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, type Pointer } from "../native.ts";
 import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
+import { log } from "../log.ts";
 
 export interface PoolOptions {
   blockSize: number;
@@ -198,6 +199,7 @@ export class StreamPool {
         break;
       case "error":
         if (Atomics.load(new Int32Array(this.cancel), 0)) return; // our own abort, not news
+        log.error(`stream failed: ${m.message}`, { stream: m.stream, code: m.code });
         this.die(new Error(m.message));
         break;
     }

@@ -19,6 +19,7 @@ import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
+import { log } from "../log.ts";
 
 /** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
 export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse"> & { blockSize: number };
@@ -148,6 +149,7 @@ export class Receiver {
     const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, existing) };
     this.files.set(e.id, f);
     this.events.started(this.target.show(rel), Number(e.size));
+    log.debug("file start", { file: e.id, path: this.target.show(rel), size: e.size, tmp });
     if (this.opts.resume) this.offer(f, !!existing?.isFile() && BigInt(existing.size) === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
   }
@@ -158,6 +160,7 @@ export class Receiver {
     this.stats.bytes += Number(e.size);
     this.stats.skippedBytes += Number(e.size);
     this.events.finished(this.target.show(rel), Number(e.size));
+    log.debug("file done: already here, same size and time", { file: e.id, path: this.target.show(rel) });
     this.results.add({ id: e.id, status: STATUS_SKIPPED, bytes: e.size, digest: new Uint8Array(16), message: "" });
   }
 
@@ -265,6 +268,7 @@ export class Receiver {
       this.stats.files++;
       this.stats.bytes += Number(f.entry.size);
       this.events.finished(shown, Number(f.entry.size));
+      log.debug("file done: verified and renamed", { file: f.entry.id, path: shown });
     }
     const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: cause ? covered : f.entry.size, digest, message: cause ? `${shown}\0${cause}` : "" };
     this.results.add(v);
