@@ -48,7 +48,8 @@ export function startServer(o: Options, plan: Plan): ServerProcess {
 
 /** This program as a command line: the compiled executable, or bun + the entry script. */
 export function selfCommand(): string[] {
-  return Bun.main.startsWith("/$bunfs") ? [process.execPath] : [process.execPath, Bun.main];
+  // Not Bun.main when uncompiled: a program that imports escp as a library is not escp.
+  return Bun.main.startsWith("/$bunfs") ? [process.execPath] : [process.execPath, Bun.fileURLToPath(new URL("../main.ts", import.meta.url))];
 }
 
 function shellQuote(s: string): string {
