@@ -144,7 +144,9 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
-      throw new Error(remote?.type === "error" && !isHangup(remote.message) ? `${where}: ${remote.message}` : err.message);
+      // Whichever side names the cause wins; a mere hang-up loses to it.
+      const theirs = remote?.type === "error" && (!isHangup(remote.message) || isHangup(err.message));
+      throw new Error(theirs && remote?.type === "error" ? `${where}: ${remote.message}` : err.message);
     }
     remote = await serverEnd;
     if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));

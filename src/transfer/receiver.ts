@@ -17,7 +17,7 @@ import {
 import { PathError, type Target } from "../plan/target.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
-import type { StreamPool, BlockDone } from "../streams/pool.ts";
+import { TABLE_CAP, type StreamPool, type BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
 
@@ -47,7 +47,9 @@ interface Kept {
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_TRUNC } = fs.constants;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+/** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
+const MAX_OPEN_FILES = TABLE_CAP / 2;
 /** Files smaller than this skip O_DIRECT: its set-up costs more than the page cache it saves. */
 const DIRECT_MIN = 1 << 20;
 
@@ -55,9 +57,12 @@ export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
   private readonly dirs: { rel: string; entry: FileEntry }[] = [];
   private highestId = -1n;
+  private senderEnded = false;
   private ended!: () => void;
   /** Resolves on the sender's END or a fatal error, whichever comes first. */
   private readonly over = new Promise<void>((r) => (this.ended = r));
+  private died!: () => void;
+  private readonly dead = new Promise<void>((r) => (this.died = r));
   private fatal: Error | undefined;
   private readonly lib = native();
   private readonly results: VerdictBatch;
@@ -81,7 +86,9 @@ export class Receiver {
   async run(): Promise<void> {
     await this.over;
     if (this.fatal) throw this.fatal;
-    await this.pool.allEnded();
+    // The data streams end with their END records, or not at all if the session dies first.
+    await Promise.race([this.pool.allEnded(), this.dead]);
+    if (this.fatal) throw this.fatal;
     this.finishDirs();
     this.pool.sendControl(Rec.END, null);
   }
@@ -110,6 +117,7 @@ export class Receiver {
         }
       } else if (type === Rec.END) {
         if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} files unfinished`);
+        this.senderEnded = true;
         this.ended();
       } else if (type === Rec.ERROR) {
         throw new Error(new TextDecoder().decode(body));
@@ -124,12 +132,16 @@ export class Receiver {
 
   private announce(e: FileEntry): void {
     if (e.id <= this.highestId) throw new ProtocolError(`file id ${e.id} announced out of order`);
+    // An honest sender keeps 512 files open at most; more would exhaust descriptors
+    // and make ids share slots of the workers' file table.
+    if (this.files.size >= MAX_OPEN_FILES) throw new ProtocolError(`sender announced more than ${MAX_OPEN_FILES} files without finishing them`);
     this.highestId = e.id;
     let rel: string;
     try {
       rel = this.target.place(e.path);
     } catch (err) {
-      if (err instanceof PathError) return this.reject(e, e.path, `refused: ${err.message}`);
+      // Shown as sent, not normalised: "dst/../x" must not read like a path outside.
+      if (err instanceof PathError) return this.reject(e, e.path, `refused: ${err.message}`, `${this.target.root}/${e.path}`);
       throw err;
     }
     if (e.kind === "dir") return this.makeDir(e, rel);
@@ -139,13 +151,19 @@ export class Receiver {
       return this.skip(e, rel);
     }
     const tmp = partName(rel);
-    // Without --resume a stale partial file (from a killed run) is simply overwritten.
+    // Without --resume a stale partial file (from a killed run) is replaced; whatever sits
+    // at the temporary name, a symbolic link is never followed (O_NOFOLLOW, O_EXCL).
+    if (!this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(tmp), 0);
     const isDirect = new Int32Array(1);
     const fd = this.lib.escp_openat_beneath(
-      this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | (this.opts.resume ? 0 : O_TRUNC), 0o600,
+      this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW | (this.opts.resume ? 0 : O_EXCL), 0o600,
       this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
     );
     if (fd < 0) return this.reject(e, rel, nativeError(fd));
+    if (this.opts.resume && !isRegular(fd)) {
+      this.lib.escp_close(fd);
+      return this.reject(e, rel, `${tmp} is not a regular file; remove it to resume`);
+    }
     const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, existing) };
     this.files.set(e.id, f);
     this.events.started(this.target.show(rel), Number(e.size));
@@ -206,8 +224,7 @@ export class Receiver {
   }
 
   /** An entry that will not be written: the sender hears why, and its data (if any) goes nowhere. */
-  private reject(e: FileEntry, rel: string, cause: string): void {
-    const shown = this.target.show(rel);
+  private reject(e: FileEntry, rel: string, cause: string, shown = this.target.show(rel)): void {
     this.stats.failures++;
     this.events.failed(shown, cause, e.id);
     this.results.add({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` });
@@ -348,7 +365,10 @@ export class Receiver {
   private need(id: bigint): void {
     // Data for an id the sender has not announced yet is normal (stream 0 may lag);
     // data for one it announced and we already settled is a protocol violation.
-    if (id <= this.highestId && !this.files.has(id)) this.die(new ProtocolError(`data for file id ${id}, which is not being received`));
+    // After END nothing more will be announced either.
+    if ((id <= this.highestId || this.senderEnded) && !this.files.has(id)) {
+      this.die(new ProtocolError(`data for file id ${id}, which is not being received`));
+    }
   }
 
   private die(e: Error): void {
@@ -357,6 +377,7 @@ export class Receiver {
     this.pool.abort();
     this.cleanup();
     this.ended();
+    this.died();
   }
 }
 
@@ -378,6 +399,13 @@ function lstat(p: string): fs.BigIntStats | undefined {
 function fstatSize(fd: number): number {
   const out = new BigInt64Array(7);
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
+}
+
+const S_IFMT = 0o170000n, S_IFREG = 0o100000n;
+
+function isRegular(fd: number): boolean {
+  const out = new BigInt64Array(7);
+  return native().escp_fstat(fd, ptr(out)) >= 0 && (out[6] & S_IFMT) === S_IFREG;
 }
 
 function decompress(body: Uint8Array): Uint8Array {
