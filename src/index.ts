@@ -84,6 +84,19 @@ export interface TransferResult {
   interrupted?: boolean;
 }
 
+type EventName = TransferEvent["event"];
+type EventOf<K extends EventName> = Extract<TransferEvent, { event: K }>;
+
+/** Typed listeners: `t.on("file_done", (e) => e.size)`; "event" hears every event. */
+export interface Transfer {
+  on<K extends EventName>(name: K, listener: (e: EventOf<K>) => void): this;
+  on(name: "event", listener: (e: TransferEvent) => void): this;
+  once<K extends EventName>(name: K, listener: (e: EventOf<K>) => void): this;
+  once(name: "event", listener: (e: TransferEvent) => void): this;
+  off<K extends EventName>(name: K, listener: (e: EventOf<K>) => void): this;
+  off(name: "event", listener: (e: TransferEvent) => void): this;
+}
+
 /** A running transfer: an async iterable of its events, an EventEmitter of them, and a promise of its result. */
 export class Transfer extends EventEmitter implements AsyncIterable<TransferEvent>, PromiseLike<TransferResult> {
   /** Settles (never rejects) once the transfer is over and its last event was delivered. */
@@ -101,7 +114,6 @@ export class Transfer extends EventEmitter implements AsyncIterable<TransferEven
       .then(() => start(this, this.stop.signal))
       .finally(() => {
         this.over = true;
-        this.emit("over");
       });
   }
 
@@ -138,13 +150,10 @@ export class Transfer extends EventEmitter implements AsyncIterable<TransferEven
       queue.push(ev);
       wake?.();
     };
-    const onOver = () => wake?.();
-    const detach = () => {
-      this.off("event", onEvent);
-      this.off("over", onOver);
-    };
+    const detach = () => this.off("event", onEvent);
     this.on("event", onEvent);
-    this.on("over", onOver);
+    // The result settles after `over` is set: wake a waiting next() to end the iteration.
+    void this.result.then(() => wake?.());
     return {
       next: async (): Promise<IteratorResult<TransferEvent>> => {
         while (head >= queue.length && !this.over) await new Promise<void>((r) => (wake = r));
@@ -188,7 +197,7 @@ export function transfer(sources: Location | Location[], target: Location, optio
       to = operand(target);
     } catch (e) {
       if (e instanceof OperandError || e instanceof ValueError || e instanceof ConfigError) return fail((e as Error).message, true);
-      throw e;
+      return fail(`internal error: ${(e as Error)?.message ?? e}`, false);
     }
     if (!from.length) return fail("no sources given", true);
     try {

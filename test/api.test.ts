@@ -42,9 +42,9 @@ describe("transfer()", () => {
     await makeFile(path.join(src, "a"), 3 * MiB, { seed: 61 });
     await makeFile(path.join(src, "b"), 1000, { seed: 62 });
     const t = transfer([path.join(src, "a"), path.join(src, "b")], dst + "/", { threads: 2 });
-    const heard: string[] = [];
+    const heard: TransferEvent["event"][] = [];
     const done: string[] = [];
-    t.on("event", (e: TransferEvent) => heard.push(e.event));
+    t.on("event", (e) => heard.push(e.event));
     t.on("file_done", (e) => done.push(path.basename(e.path)));
     const seen: TransferEvent[] = [];
     for await (const e of t) seen.push(e);
