@@ -6,6 +6,7 @@
  */
 import crypto from "node:crypto";
 import { native, cstr, ptr, nativeError, type Pointer } from "../native.ts";
+import { log } from "../log.ts";
 
 export interface SessionKeys {
   sid: Uint8Array; // 16 bytes, public
@@ -47,6 +48,7 @@ export function acceptStreams(l: Listener, keys: SessionKeys, dataStreams: numbe
   const dropped = new Int32Array(1);
   const r = native().escp_accept_streams(l.fd, ptr(keys.master), ptr(keys.sid), n, ptr(out), timeoutMs, ptr(dropped));
   native().escp_close(l.fd);
+  if (dropped[0] > 0) log.warn("dropped connections to the data port that were not this session's", { port: l.port, dropped: dropped[0] });
   if (r < 0) throw new Error(`waiting for the data connections on port ${l.port}: ${nativeError(r)}`);
   return Array.from(out, (p) => Number(p));
 }
