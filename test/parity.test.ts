@@ -8,7 +8,12 @@
  *
  * Where scp's two protocols disagree (SFTP and `scp -O`), the test says which
  * one escp follows and why. Differences that are intended are asserted as
- * such in "intended differences" at the end, so that a change either way is seen.
+ * such in "intended differences", so that a change either way is seen.
+ * Scenarios where escp is still wrong are at the end, in "pending fixes", as
+ * test.failing: they turn red when escp starts matching scp.
+ *
+ * Each side builds its own source, and every test runs in its own directories,
+ * so the tests run concurrently (parity-helpers.ts limits how many at once).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
@@ -1129,10 +1134,22 @@ describe.concurrent("intended differences from scp 9.2", () => {
 // ───────────────────────────── pending fixes ──────────────────────────────
 
 /**
+ * For test.failing: whether the reference did what these scenarios rely on
+ * (its exit statuses). A pending test returns early when it did not, and so
+ * fails loudly, instead of "passing" because scp itself broke.
+ */
+function refAsExpected(ref: Outcome<RunResult | RunResult[]>, codes: number[]): boolean {
+  const got = results(ref).map((r) => r.code);
+  if (Bun.deepEquals(got, codes)) return true;
+  console.error(`reference ${ref.side.tool} exited ${JSON.stringify(got)}, expected ${JSON.stringify(codes)}:\n${results(ref).map(show).join("\n")}`);
+  return false;
+}
+
+/**
  * Scenarios where escp still differs from scp in a way that is a bug (reported
  * to the lead with these repros). test.failing passes while escp differs and
  * fails as soon as escp matches scp: then move the test back to its section
- * above as a plain test().
+ * above as a plain test() (without the refAsExpected line).
  */
 describe.concurrent("pending fixes (escp still differs from scp)", () => {
   test.failing("pull: a glob that is also the name of an existing file still matches the others", async () => {
@@ -1144,6 +1161,7 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run([`${H}:${s.src}/star*`, `${s.dst}/`]),
     );
+    if (!refAsExpected(ref, [0])) return;
     expectSame(ref, esc);
   });
 
@@ -1156,6 +1174,7 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", ".", `${H}:${s.dst}/ex`], { cwd: `${s.src}/d` }),
     );
+    if (!refAsExpected(ref, [0])) return;
     expectSame(ref, esc);
   });
 
@@ -1167,6 +1186,7 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", `${H}:${s.src}/d/.`, `${s.dst}/ex`]),
     );
+    if (!refAsExpected(ref, [0])) return;
     expectSame(ref, esc);
   });
 
@@ -1181,6 +1201,7 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", `${s.src}/t`, `${H}:${s.dst}/`]),
     );
+    if (!refAsExpected(ref, [1])) return;
     expectSame(ref, esc);
     expect(esc.out.stderr).toContain(`${esc.side.dst}/t/y`);
   });
@@ -1195,6 +1216,7 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", `${H}:${s.src}/t`, `${s.dst}/`]),
     );
+    if (!refAsExpected(ref, [1])) return;
     expectSame(ref, esc);
     expect(esc.out.stderr).toContain(`${esc.side.dst}/t/y`);
     expect(esc.out.stderr).not.toContain("Bun v"); // no uncaught exception
@@ -1208,6 +1230,7 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", `${H}:${s.src}/t`, `${s.dst}/`]),
     );
+    if (!refAsExpected(ref, [0])) return;
     expectSame(ref, esc);
     expect(ref.out.stderr).toContain("fifo");
     expect(esc.out.stderr).toContain("fifo");
@@ -1226,6 +1249,53 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => steps(s, [["-r", `${s.src}/t`, `${H}:${s.dst}/push/`], ["-r", `${H}:${s.src}/t`, `${s.dst}/pull/`]]),
     );
+    if (!refAsExpected(ref, [0, 0])) return;
     expectSame(ref, esc);
+  });
+  test.failing("sources mixing local and remote paths are all copied (local and remote destination)", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/a`, "a\n");
+        write(`${s.src}/b`, "b\n");
+        mkdir(`${s.dst}/l`);
+        mkdir(`${s.dst}/r`);
+      },
+      (s) =>
+        steps(s, [
+          [`${s.src}/a`, `${H}:${s.src}/b`, `${s.dst}/l/`],
+          [`${H}:${s.src}/b`, `${s.src}/a`, `${H}:${s.dst}/r/`],
+        ]),
+    );
+    if (!refAsExpected(ref, [0, 0])) return;
+    expectSame(ref, esc);
+  });
+
+  test.failing("pull: sources on different hosts (host:, user@host:, 127.0.0.1 with -P) are all copied", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/a`, "a\n");
+        write(`${s.src}/b`, "b\n");
+        write(`${s.src}/c`, "c\n");
+      },
+      (s) =>
+        s.run(["-P", String(sshd.port), `${H}:${s.src}/a`, `${sshd.user}@${H}:${s.src}/b`, `127.0.0.1:${s.src}/c`, `${s.dst}/`]),
+    );
+    if (!refAsExpected(ref, [0])) return;
+    expectSame(ref, esc);
+  });
+  test.failing("pull: a symlink loop in a -r tree is reported, everything else is copied, exit 1", async () => {
+    // As for push: escp's remote end finds the loop, but its warning does not reach the user.
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/t/f`, "f\n");
+        fs.symlinkSync(".", `${s.src}/t/self`);
+        fs.symlinkSync("loop", `${s.src}/t/loop`);
+      },
+      (s) => s.run(["-r", `${H}:${s.src}/t`, `${s.dst}/`]),
+    );
+    if (!refAsExpected(ref, [1])) return;
+    expectSame(ref, esc);
+    expect(esc.out.stderr).toContain("loop");
+    expect(esc.out.stderr).toContain("self");
   });
 });
