@@ -10,6 +10,7 @@ import { helpText, usage, completion } from "./cli/help.ts";
 import { loadConfig, mergeConfig, formatConfig, ConfigError } from "./cli/config.ts";
 import { transfer } from "./session/client.ts";
 import { Report } from "./report.ts";
+import { printable } from "./text.ts";
 import { runServer } from "./session/server.ts";
 import { VERSION } from "./version.ts";
 import { PROTO_VERSION } from "./native.ts";
@@ -57,7 +58,7 @@ async function copy(o: Options, sources: Operand[], target: Operand): Promise<nu
   if (r.interrupted || r.error) {
     // The progress line goes first, so the message starts a clean line.
     report.error(r.interrupted ? "interrupted" : r.error!, code, { interrupted: r.interrupted, usage: r.usage });
-    process.stderr.write(`escp: ${r.interrupted ? "interrupted" : r.error}\n`);
+    process.stderr.write(`escp: ${r.interrupted ? "interrupted" : printable(r.error!)}\n`);
     return code;
   }
   if (r.summary) report.summary(r.summary, code);

@@ -21,6 +21,7 @@
  * tally.sample({ bytesDisk: 40, bytesNetwork: 40, bytesCompressed: 40, seconds: 0.2 });
  * new TtyProgress(process.stdout, tally).draw();
  */
+import { printable } from "./text.ts";
 import type { ProgressSnapshot } from "./report.ts";
 
 /** A file being transferred: what started() said. */
@@ -175,7 +176,7 @@ export function renderLines(t: Tally, width: number): string[] {
   if (cur) {
     const pct = cur.size > 0 ? Math.floor((100 * cur.done) / cur.size) : 100;
     const right = ` ${`${pct}%`.padStart(4)} ${formatBytes(cur.done).padStart(7)} ${`${formatBytes(rate)}/s`.padStart(10)} ${stalled ? "- stalled -" : `${formatEta(cur.size - cur.done, rate)} ETA`}`;
-    rows.push(fit(cur.path, right, width));
+    rows.push(fit(printable(cur.path), right, width));
   }
   if (t.filesStarted > 1) {
     const done = t.bytesDone;

@@ -18,6 +18,7 @@
  * ev.failed("/data/a", "Permission denied");
  */
 import { log as clackLog } from "@clack/prompts";
+import { printable } from "./text.ts";
 import type { TransferSummary } from "./protocol.ts";
 import { Tally, TtyProgress, formatBytes, formatBits, type Terminal } from "./progress.ts";
 import { log } from "./log.ts";
@@ -291,7 +292,7 @@ export class Report implements Events {
   /** Erases the progress display before a message on stderr; the next sample redraws it. */
   private stderr(s: string): void {
     this.display?.clear();
-    process.stderr.write(s);
+    process.stderr.write(printable(s.replace(/\n$/, "")) + "\n");
   }
 
   private emit(ev: TransferEvent): void {
@@ -342,7 +343,7 @@ export function failedLine(failures: Failure[], width: number): string {
   let line = "failed:";
   let i = 0;
   for (; i < failures.length; i++) {
-    const name = failures[i].path || failures[i].message;
+    const name = printable(failures[i].path || failures[i].message);
     const more = failures.length - i - 1;
     const next = `${line}${i ? "," : ""} ${name}`;
     if (next.length + (more ? ` and ${more} more`.length : 0) > width && i > 0) break;

@@ -1,0 +1,14 @@
+/**
+ * Text from elsewhere (file names a remote sent, its error messages) made
+ * safe for a terminal: control characters are shown as escapes, as OpenSSH
+ * scp does, so a name cannot move the cursor, retitle the window or hide
+ * what was printed before it.
+ *
+ * @example
+ * printable("evil\x1b]0;pwned\x07.txt"); // "evil\\033]0;pwned\\007.txt"
+ */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+
+export function printable(s: string): string {
+  return s.replace(CONTROL, (c) => "\\" + c.charCodeAt(0).toString(8).padStart(3, "0"));
+}
