@@ -12,9 +12,12 @@ import { startProxy } from "./proxy.ts";
 setDefaultTimeout(120_000);
 const MiB = 1 << 20;
 let cfg = "";
+let sshdPid = 0;
 
 beforeAll(async () => {
-  cfg = (await startSshd()).configPath;
+  const sshd = await startSshd();
+  cfg = sshd.configPath;
+  sshdPid = sshd.pid;
 });
 
 /** Starts escp in the background (same set-up as runEscp) so a test can interrupt it. */
@@ -43,15 +46,31 @@ function size(p: string): number {
   }
 }
 
+/** Live `escp --server` processes started through this test file's sshd (other runs may share the machine). */
 function serverPids(): number[] {
-  const r = Bun.spawnSync(["pgrep", "-f", `${ESCP_BIN} --server`]);
-  return r.stdout.toString().trim().split("\n").filter(Boolean).map(Number)
-    .filter((pid) => fs.existsSync(`/proc/${pid}`) && !fs.readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z "));
+  return descendants(sshdPid).filter((pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      return !stat.includes(") Z ") && fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes("--server");
+    } catch {
+      return false; // gone meanwhile
+    }
+  });
 }
 
 /** The target either does not exist or is byte-identical to the source. */
 async function intactOrAbsent(src: string, dst: string): Promise<boolean> {
   return !fs.existsSync(dst) || (await sameFile(src, dst));
+}
+
+/** A 512 MiB push that has visibly started: the scene for the interruption tests. */
+async function pushUnderWay(seed: number) {
+  const src = tmpdir("src"), dst = tmpdir("dst");
+  const file = path.join(src, "f");
+  await makeFile(file, 512 * MiB, { seed });
+  const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
+  await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+  return { ...t, file, dst };
 }
 
 afterEach(async () => {
@@ -114,11 +133,8 @@ describe("resume", () => {
 
 describe("killed processes", () => {
   test("SIGKILL of the remote receiver fails the transfer and leaves no corrupt file", async () => {
-    const src = tmpdir("src"), dst = tmpdir("dst");
-    const file = path.join(src, "f");
-    await makeFile(file, 512 * MiB, { seed: 54 });
-    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
-    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const t = await pushUnderWay(54);
+    const { file, dst } = t;
     for (const pid of serverPids()) process.kill(pid, "SIGKILL");
     const code = await t.p.exited;
     expect(code).toBe(1);
@@ -127,22 +143,16 @@ describe("killed processes", () => {
   });
 
   test("SIGKILL of the sender makes the receiver exit and remove its temporary file", async () => {
-    const src = tmpdir("src"), dst = tmpdir("dst");
-    const file = path.join(src, "f");
-    await makeFile(file, 512 * MiB, { seed: 55 });
-    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
-    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const t = await pushUnderWay(55);
+    const { file, dst } = t;
     t.p.kill("SIGKILL");
     await waitFor(() => serverPids().length === 0, 10_000, "the receiver to exit");
     expect(fs.readdirSync(dst)).toEqual([]);
   });
 
   test("Ctrl-C stops both sides quickly, exits 130 and removes temporary files", async () => {
-    const src = tmpdir("src"), dst = tmpdir("dst");
-    const file = path.join(src, "f");
-    await makeFile(file, 512 * MiB, { seed: 56 });
-    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
-    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const t = await pushUnderWay(56);
+    const { file, dst } = t;
     const sent = Date.now();
     t.p.kill("SIGINT");
     expect(await t.p.exited).toBe(130);
@@ -248,11 +258,8 @@ describe("the control connection", () => {
   });
 
   test("the ssh connection dropping mid-transfer fails the transfer", async () => {
-    const src = tmpdir("src"), dst = tmpdir("dst");
-    const file = path.join(src, "f");
-    await makeFile(file, 512 * MiB, { seed: 66 });
-    const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
-    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const t = await pushUnderWay(66);
+    const { file, dst } = t;
     const ssh = descendants(t.p.pid).filter((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("ssh"));
     expect(ssh.length).toBe(1);
     process.kill(ssh[0], "SIGKILL");

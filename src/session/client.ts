@@ -144,9 +144,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
-      // Whichever side names the cause wins; a mere hang-up loses to it.
-      const theirs = remote?.type === "error" && (!isHangup(remote.message) || isHangup(err.message));
-      throw new Error(theirs && remote?.type === "error" ? `${where}: ${remote.message}` : err.message);
+      throw new Error(remote?.type === "error" ? rootCause(`${where}: ${remote.message}`, err.message) : err.message);
     }
     remote = await serverEnd;
     if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));
@@ -160,7 +158,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     return { summary, failures: report.failures };
   } catch (e) {
     log.error(interrupted ? "interrupted" : `session failed: ${(e as Error).message}`);
-    pool?.abort();
+    pool?.close(); // a library caller's process must not be kept alive by our workers
     side?.cleanup();
     child.kill();
     return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error: (e as Error).message };
@@ -172,9 +170,19 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
 /** How often the progress display is refreshed from the stream counters. */
 const PROGRESS_MS = 200;
 
-/** A peer's error that only says the connection went away: a consequence, rarely the cause. */
+/** An error that only says a connection went away: a consequence, rarely the cause. */
 function isHangup(message: string): boolean {
   return /connection closed|Connection reset|Broken pipe|cancelled/i.test(message);
+}
+
+/**
+ * Both ends saw the session break: the one that names a cause (a record that
+ * failed authentication, a full disk) wins over a mere hang-up. When both only
+ * saw hang-ups, either may be the first, so both are shown.
+ */
+function rootCause(theirs: string, ours: string): string {
+  if (isHangup(theirs) === isHangup(ours)) return isHangup(ours) && theirs !== ours ? `${theirs} (here: ${ours})` : theirs;
+  return isHangup(theirs) ? ours : theirs;
 }
 
 /**

@@ -37,25 +37,25 @@ export async function runServer(): Promise<number> {
   let side: Side | undefined;
   // The ssh session is our lifeline: when it goes, so do we (and our temporary files).
   let finished = false;
+  /** Ends this process now, removing temporary files (unless --resume keeps them). */
+  const giveUp = (why?: string): never => {
+    if (why) process.stderr.write(`escp --server: ${why}\n`);
+    pool?.abort();
+    side?.cleanup();
+    process.exit(1);
+  };
+  // The client kills its local --server child with SIGTERM; a hang-up comes with a lost terminal.
+  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(sig, () => giveUp());
   const lifeline = (async () => {
-    const silence = watchSilence(hello.options.keepaliveS, () => {
-      // The connecting escp hung or vanished behind a live ssh connection.
-      process.stderr.write(`escp --server: no word from the connecting escp for ${3 * hello.options.keepaliveS} s: giving up\n`);
-      pool?.abort();
-      side?.cleanup();
-      process.exit(1);
-    });
+    // The connecting escp hung or vanished behind a live ssh connection.
+    const silence = watchSilence(hello.options.keepaliveS, () => giveUp(`no word from the connecting escp for ${3 * hello.options.keepaliveS} s: giving up`));
     for (;;) {
       const m = await ch.receive().catch(() => null);
       silence.heard(m);
       if (m === null || m.type === "bye") break;
     }
     silence.stop();
-    if (!finished) {
-      pool?.abort();
-      side?.cleanup();
-      process.exit(1);
-    }
+    if (!finished) giveUp();
   })();
   try {
     const target = hello.serverRole === "receiver"
