@@ -96,7 +96,8 @@ int escp_open_read(const char *path, int direct, int32_t *is_direct);
  * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
  * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */
 int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, int direct, int32_t *is_direct);
-/* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH).  EEXIST of a directory is success. */
+/* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH).  EEXIST of a directory, or of a
+ * symbolic link to a directory beneath dirfd, is success. */
 int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);

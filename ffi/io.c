@@ -179,8 +179,15 @@ ESCP_API int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode) {
   if (mkdirat(pfd, last, (mode_t)mode) != 0) {
     rc = -errno;
     if (rc == -EEXIST) {
-      struct stat st;
-      if (fstatat(pfd, last, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) rc = 0;
+      /* A directory already, or a symbolic link to one that stays beneath dirfd
+       * (as scp writes through it); a link leading out still fails below. */
+      int d = open_beneath(dirfd, rel, O_PATH | O_DIRECTORY, 0);
+      if (d >= 0) {
+        close(d);
+        rc = 0;
+      } else if (d == -EXDEV) {
+        rc = d;
+      }
     }
     if (rc) escp__err(rc, "mkdir %s: %s", rel, escp_strerror(rc));
   }

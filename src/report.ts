@@ -244,7 +244,9 @@ export class Report implements Events {
   warning(message: string): void {
     log.warn(message);
     this.emit({ event: "warning", time: now(), message });
-    if (this.print && !this.opts.quiet) this.stderr(`escp: warning: ${message}\n`);
+    // A server (print off) has no report field for warnings: its stderr reaches the
+    // user through ssh, where the client applies -q.
+    if (!this.print || !this.opts.quiet) this.stderr(`escp: warning: ${message}\n`);
   }
 
   /** Failures the peer found that we have not printed yet. */

@@ -16,7 +16,7 @@ const GLOB = /[*?[]/;
 export function expandSources(operands: string[]): Sources {
   const out: Sources = { paths: [], missing: [] };
   for (const op of operands) {
-    if (!GLOB.test(op) || fs.existsSync(op)) {
+    if (!GLOB.test(op)) {
       out.paths.push(op);
       continue;
     }
@@ -24,7 +24,10 @@ export function expandSources(operands: string[]): Sources {
     const matches = [...new Bun.Glob(path.isAbsolute(op) ? op.slice(1) : op).scanSync({ cwd: base, dot: false, onlyFiles: false })]
       .map((m) => (base === "/" ? "/" + m : m))
       .sort();
+    // As a shell would: the pattern's matches (a file literally named like it is one of
+    // them); only a pattern that matches nothing may still name a file as it is.
     if (matches.length) out.paths.push(...matches);
+    else if (fs.existsSync(op)) out.paths.push(op);
     else out.missing.push({ path: op, message: "No such file or directory" });
   }
   return out;

@@ -40,14 +40,31 @@ export function planTransfer(sources: Operand[], target: Operand): Plan | string
     return { dir: "push", host: target, sources: sources.map((s) => s.path), target: target.path };
   }
   if (remoteSources.length === 0) return { dir: "local", sources: sources.map((s) => s.path), target: target.path };
-  if (remoteSources.length !== sources.length) return "mixing local and remote sources in one copy is not supported";
-  const first = remoteSources[0] as Extract<Operand, { kind: "remote" }>;
-  for (const s of remoteSources as Extract<Operand, { kind: "remote" }>[]) {
-    if (s.host !== first.host || s.user !== first.user || s.port !== first.port) {
-      return "sources on different hosts must be copied one host at a time";
-    }
+  if (bySession(sources).length > 1) return "sources from several places are copied by transfer() one place at a time";
+  return { dir: "pull", host: remoteSources[0] as Extract<Operand, { kind: "remote" }>, sources: sources.map((s) => s.path), target: target.path };
+}
+
+/** Sources in runs that one session can carry: local ones, or ones on the same host as the same user. */
+function bySession(sources: Operand[]): Operand[][] {
+  const key = (s: Operand) => (s.kind === "local" ? "" : `${s.user ?? ""}@${s.host}:${s.port ?? ""}`);
+  const groups: Operand[][] = [];
+  for (const s of sources) {
+    const g = groups.find((g) => key(g[0]) === key(s));
+    if (g) g.push(s);
+    else groups.push([s]);
   }
-  return { dir: "pull", host: first, sources: sources.map((s) => s.path), target: target.path };
+  return groups;
+}
+
+/** Like scp, sources from several places are copied one place after the other into the target directory. */
+async function inTurn(o: Options, groups: Operand[][], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
+  let last: TransferResult = { failures: [] };
+  for (const g of groups) {
+    last = await transfer(o, g, target, report, signal, true);
+    if (last.interrupted || last.usage) return last;
+    if (last.error) report.failed("", last.error); // this place failed; the others still get copied
+  }
+  return { ...last, error: undefined, failures: report.failures };
 }
 
 /**
@@ -55,8 +72,14 @@ export function planTransfer(sources: Operand[], target: Operand): Plan | string
  * hear about every file, and `signal` interrupts (temporary files are removed
  * unless --resume keeps them).
  */
-export async function transfer(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
-  if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) return relay(o, sources, target, report, signal);
+export async function transfer(
+  o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal,
+  /** Part of a larger copy: the target must be a directory even for one source. */
+  several = sources.length > 1,
+): Promise<TransferResult> {
+  const groups = bySession(sources);
+  if (groups.length > 1) return inTurn(o, groups, target, report, signal);
+  if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) return relay(o, sources, target, report, signal, several);
   const plan = planTransfer(sources, target);
   if (typeof plan === "string") return { failures: [], error: plan, usage: true };
   log.open({ role: plan.dir === "pull" ? "receiver" : "sender", verbose: o.verbose, file: o.log });
@@ -65,7 +88,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
   let localTarget;
   if (plan.dir === "pull") {
     try {
-      localTarget = resolveTarget(plan.target, { multipleSources: plan.sources.length > 1 });
+      localTarget = resolveTarget(plan.target, { multipleSources: several });
     } catch (e) {
       return { failures: [], error: (e as Error).message };
     }
@@ -91,7 +114,7 @@ export async function transfer(o: Options, sources: Operand[], target: Operand, 
     options: session, ports: o.ports,
     target: plan.dir === "pull" ? undefined : plan.target,
     sources: plan.dir === "pull" ? plan.sources : undefined,
-    multipleSources: plan.sources.length > 1,
+    multipleSources: several,
   });
   let pool: StreamPool | undefined;
   let side: Side | undefined;

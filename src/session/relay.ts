@@ -15,14 +15,14 @@ import type { Operand } from "../cli/operands.ts";
 import type { Report } from "../report.ts";
 import { transfer, type TransferResult } from "./client.ts";
 
-export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
+export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
   const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), "escp-relay-"));
   try {
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
     if (pulled.error || pulled.interrupted) return pulled;
     const names = fs.readdirSync(spool).sort();
     if (names.length === 0) return pulled;
-    const pushed = await transfer(o, names.map((n) => ({ kind: "local", path: path.join(spool, n) }) as Operand), target, report, signal);
+    const pushed = await transfer(o, names.map((n) => ({ kind: "local", path: path.join(spool, n) }) as Operand), target, report, signal, several);
     return { ...pushed, failures: report.failures };
   } finally {
     fs.rmSync(spool, { recursive: true, force: true });

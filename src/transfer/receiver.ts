@@ -116,7 +116,7 @@ export class Receiver {
           this.maybeFinish(f);
         }
       } else if (type === Rec.END) {
-        if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} files unfinished`);
+        if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} file(s) unfinished`);
         this.senderEnded = true;
         this.ended();
       } else if (type === Rec.ERROR) {
@@ -159,7 +159,7 @@ export class Receiver {
       this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW | (this.opts.resume ? 0 : O_EXCL), 0o600,
       this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
     );
-    if (fd < 0) return this.reject(e, rel, nativeError(fd));
+    if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${tmp} is not a regular file; remove it to resume`);
@@ -212,7 +212,7 @@ export class Receiver {
 
   private makeDir(e: FileEntry, rel: string): void {
     const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
-    if (r < 0) return this.reject(e, rel, nativeError(r));
+    if (r < 0) return this.reject(e, rel, openFailure(r));
     if (this.opts.preserve) this.dirs.push({ rel, entry: e });
   }
 
@@ -392,8 +392,13 @@ export function partName(rel: string): string {
   return dir === "." ? name : `${dir}/${name}`;
 }
 
+/** What is at p now, if anything can be there (ENOTDIR under a file, EACCES...: nothing is). */
 function lstat(p: string): fs.BigIntStats | undefined {
-  return fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
+  try {
+    return fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
 }
 
 function fstatSize(fd: number): number {
@@ -402,6 +407,12 @@ function fstatSize(fd: number): number {
 }
 
 const S_IFMT = 0o170000n, S_IFREG = 0o100000n;
+const EXDEV = 18;
+
+/** Why a path under the destination could not be opened or made, in the user's terms. */
+function openFailure(code: number): string {
+  return code === -EXDEV ? "a symbolic link on the way leads outside the destination: refused" : codeText(code);
+}
 
 function isRegular(fd: number): boolean {
   const out = new BigInt64Array(7);
