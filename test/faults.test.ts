@@ -239,6 +239,23 @@ describe("the receiving disk", () => {
     }
   });
 
+  test("a destination directory made unwritable mid-transfer fails the file with the cause", async () => {
+    // Root ignores permissions, but not the immutable attribute (ext4's chattr +i).
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "f");
+    await makeFile(file, 256 * MiB, { seed: 67 });
+    const t = spawnEscp(["-t", "1", file, `${SSH_HOST}:${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 8 * MiB, 60_000, "data to arrive");
+    expect((await run(["chattr", "+i", dst])).code).toBe(0);
+    try {
+      expect(await t.p.exited).toBe(1);
+      expect(await t.stderr).toMatch(new RegExp(`${dst}/f: .*Operation not permitted`));
+      expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
+    } finally {
+      await run(["chattr", "-i", dst]);
+    }
+  });
+
   test("--verify reads the written file back before it takes the target name", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "v"), 5 * MiB + 3, { seed: 64 });
