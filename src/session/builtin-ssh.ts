@@ -35,9 +35,6 @@ import type { Remote, ServerProcess } from "./remote.ts";
 // ──────────────────────────────── when ─────────────────────────────────────
 
 /** Whether startServer should use this client: asked for, or no ssh program to run. */
-export function useBuiltinSsh(o: Options): boolean {
-  return o.ssh === "builtin" || (o.sshProgram === undefined && !Bun.which("ssh"));
-}
 
 // ───────────────────────────── ssh_config ──────────────────────────────────
 

@@ -11,7 +11,7 @@
  */
 import type { Options } from "../cli/args.ts";
 import { sshArgs } from "../cli/args.ts";
-import { startBuiltinSsh, useBuiltinSsh } from "./builtin-ssh.ts";
+import type * as BuiltinSsh from "./builtin-ssh.ts";
 import { bootstrapping } from "./bootstrap.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
@@ -41,9 +41,23 @@ export function startServer(o: Options, plan: Plan): ServerProcess {
   const ssh = o.sshProgram ?? "ssh";
   // Every command this session runs on the host (the server, a bootstrap upload) goes through here.
   const run = (command: string): ServerProcess =>
-    useBuiltinSsh(o) ? startBuiltinSsh(o, plan.host, command) : Bun.spawn([ssh, ...sshArgs(o, plan.host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    useBuiltinSsh(o) ? builtinSsh().startBuiltinSsh(o, plan.host, command) : Bun.spawn([ssh, ...sshArgs(o, plan.host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   const server = remote !== undefined ? run(`${shellQuote(remote)} --server`) : bootstrapping(o, plan.host.host, run);
   return withKeepalive(server, o.keepaliveS);
+}
+
+/** The built-in client when asked for (--ssh builtin) or when there is no ssh program. */
+export function useBuiltinSsh(o: Options): boolean {
+  return o.ssh === "builtin" || (o.sshProgram === undefined && !Bun.which("ssh"));
+}
+
+/**
+ * The built-in client's module, loaded on first use: ssh2 and its native parts
+ * cost every start-up ~15 MB and tens of milliseconds, and most runs use the
+ * system ssh.
+ */
+function builtinSsh(): typeof BuiltinSsh {
+  return require("./builtin-ssh.ts");
 }
 
 /** This program as a command line: the compiled executable, or bun + the entry script. */

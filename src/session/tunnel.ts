@@ -27,8 +27,7 @@ import net from "node:net";
 import { sshArgs, type Options } from "../cli/args.ts";
 import { native, cstr, ptr, nativeError, E, type Pointer } from "../native.ts";
 import type { SessionKeys } from "./connect.ts";
-import type { Remote } from "./remote.ts";
-import { useBuiltinSsh } from "./builtin-ssh.ts";
+import { useBuiltinSsh, type Remote } from "./remote.ts";
 
 /** Connect timeout for the first stream when a fallback is possible: a dropped SYN must not cost long. */
 export const FALLBACK_CONNECT_MS = 3000;
