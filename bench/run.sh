@@ -7,6 +7,7 @@
 #   npm run bench                  # full run, ~10-20 min on the 2-vCPU VM
 #   bash bench/run.sh --quick      # < 2 min, smaller data, one run each
 #   bash bench/run.sh --worktree   # benchmark the working tree's dist/escp (rebuilt when stale)
+#   bash bench/run.sh --commit REV # benchmark another commit (default HEAD)
 #   bash bench/run.sh --reps 5 --only large,latency   # other options: see bench/bench.ts
 #
 # By default the escp measured is built from the committed HEAD in a private
@@ -25,13 +26,16 @@ done
 
 args=()
 worktree=
+rev=HEAD
 quick=()
-for a in "$@"; do
-  case $a in
+while (($#)); do
+  case $1 in
     --worktree) worktree=1 ;;
-    --quick) quick=(--quick); args+=("$a") ;;
-    *) args+=("$a") ;;
+    --commit) rev=$2; shift ;;
+    --quick) quick=(--quick); args+=("$1") ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
 
 tmp=$(mktemp -d /tmp/escp-bench.XXXXXX)
@@ -45,13 +49,18 @@ if [[ -n $worktree ]]; then
   dirty=$(git status --porcelain -- src ffi | head -1)
   export ESCP_BENCH_SOURCE="working tree at $(git rev-parse --short HEAD)${dirty:+ with uncommitted changes in src/ or ffi/}"
 else
-  echo "bench: building escp from HEAD ($(git rev-parse --short HEAD)) in $tmp/src" >&2
+  short=$(git rev-parse --short "$rev")
+  echo "bench: building escp from $rev ($short) in $tmp/src" >&2
   mkdir "$tmp/src"
-  git archive HEAD | tar -x -C "$tmp/src"
+  git archive "$rev" | tar -x -C "$tmp/src"
   ln -s "$repo/node_modules" "$tmp/src/node_modules"
-  (cd "$tmp/src" && bash scripts/build.sh >&2)
+  (cd "$tmp/src" && bash scripts/build.sh >&2) || {
+    echo "bench: $rev ($short) does not build from a clean checkout (a file it needs is not committed?)." >&2
+    echo "bench: use --commit REV for an earlier commit, or --worktree for the working tree's dist/escp." >&2
+    exit 1
+  }
   export ESCP_BIN=$tmp/src/dist/escp ESCP_LIB=$tmp/src/build/libescp.so
-  export ESCP_BENCH_SOURCE="HEAD $(git rev-parse --short HEAD) \"$(git log -1 --format=%s)\", built from a clean git archive"
+  export ESCP_BENCH_SOURCE="$rev = $short \"$(git log -1 --format=%s "$rev")\", built from a clean git archive"
 fi
 
 echo "bench: crypto primitives (one core)" >&2
