@@ -96,6 +96,16 @@ describe("push", () => {
     expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
   });
 
+  test("a device as the target is written into, never replaced (escp f host:/dev/null)", async () => {
+    const src = tmpdir("src");
+    await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 44 });
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:/dev/null`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.statSync("/dev/null").isCharacterDevice()).toBe(true);
+    expect(fs.readdirSync("/dev").filter((n) => n.includes("escp-part"))).toEqual([]);
+  });
+
   test("a missing source is named on stderr and the exit status is 1", async () => {
     const dst = tmpdir("dst");
     const r = await runEscp(["/nonexistent/file", `${SSH_HOST}:${dst}/`]);

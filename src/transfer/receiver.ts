@@ -36,6 +36,8 @@ interface RecvFile {
   mode: number;
   /** --resume: what we already held when the file was announced. */
   kept?: Kept;
+  /** The target is a device or FIFO, written in place (no temporary name). */
+  special?: boolean;
 }
 
 /** Blocks held before the transfer (a partial file, or a complete target of the same size). */
@@ -57,6 +59,8 @@ export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
   private readonly dirs: { rel: string; entry: FileEntry }[] = [];
   private highestId = -1n;
+  /** Top directories announced as `dir/.`: their contents merge into the target directory. */
+  private readonly mergeTops = new Set<string>();
   private senderEnded = false;
   private ended!: () => void;
   /** Resolves on the sender's END or a fatal error, whichever comes first. */
@@ -136,17 +140,20 @@ export class Receiver {
     // and make ids share slots of the workers' file table.
     if (this.files.size >= MAX_OPEN_FILES) throw new ProtocolError(`sender announced more than ${MAX_OPEN_FILES} files without finishing them`);
     this.highestId = e.id;
+    if (e.merge) this.mergeTops.add(e.path);
     let rel: string;
     try {
-      rel = this.target.place(e.path);
+      rel = this.target.place(e.path, this.mergeTops.has(e.path.split("/", 1)[0]));
     } catch (err) {
       // Shown as sent, not normalised: "dst/../x" must not read like a path outside.
       if (err instanceof PathError) return this.reject(e, e.path, `refused: ${err.message}`, `${this.target.root}/${e.path}`);
       throw err;
     }
     if (e.kind === "dir") return this.makeDir(e, rel);
-    // What is there now decides skipping (--resume) and the mode of an overwritten file (no -p).
-    const existing = this.opts.resume || !this.opts.preserve ? lstat(this.target.show(rel)) : undefined;
+    // What is there now decides skipping (--resume), the mode of an overwritten file (no -p),
+    // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
+    const existing = lstat(this.target.show(rel));
+    if (existing && !existing.isFile() && !existing.isDirectory() && !existing.isSymbolicLink()) return this.intoSpecial(e, rel);
     if (this.opts.resume && !this.opts.verify && existing?.isFile() && BigInt(existing.size) === e.size && existing.mtimeNs === e.mtimeNs) {
       return this.skip(e, rel);
     }
@@ -170,6 +177,18 @@ export class Receiver {
     log.debug("file start", { file: e.id, path: this.target.show(rel), size: e.size, tmp });
     if (this.opts.resume) this.offer(f, !!existing?.isFile() && BigInt(existing.size) === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
+  }
+
+  /**
+   * A device or FIFO under the target name is opened and written as it is, as scp
+   * does, never replaced by a renamed file; the digest is still checked.
+   */
+  private intoSpecial(e: FileEntry, rel: string): void {
+    const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(rel), O_WRONLY, 0, 0, null);
+    if (fd < 0) return this.reject(e, rel, openFailure(fd));
+    this.files.set(e.id, { entry: e, rel, tmp: "", fd, processed: 0n, digest: new FileDigest(), mode: 0, special: true });
+    this.events.started(this.target.show(rel), Number(e.size));
+    this.pool.publish(e.id, e.size, fd, false);
   }
 
   /** --resume: a complete, identical file (same size and mtime) is left as it is. */
@@ -211,6 +230,11 @@ export class Receiver {
   }
 
   private makeDir(e: FileEntry, rel: string): void {
+    if (rel === "") {
+      // A `dir/.` operand: the target directory itself stands for it.
+      if (this.opts.preserve) this.dirs.push({ rel: ".", entry: e });
+      return;
+    }
     const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
     if (r < 0) return this.reject(e, rel, openFailure(r));
     if (this.opts.preserve) this.dirs.push({ rel, entry: e });
@@ -256,7 +280,7 @@ export class Receiver {
     this.pool.unpublish(f.entry.id);
     let digest: Uint8Array;
     const shown = this.target.show(f.rel);
-    if (!f.tmp) {
+    if (!f.tmp && !f.special) {
       f.digest.discard();
       this.lib.escp_close(f.fd); // a rejected entry: already reported
       return;
@@ -266,19 +290,19 @@ export class Receiver {
     digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
     const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict.bytes : covered === f.entry.size;
-    if (!cause && this.opts.sparse) cause = this.sized(f);
+    if (!cause && this.opts.sparse && !f.special) cause = this.sized(f);
     if (!cause && (!whole || !sameDigest(digest, f.verdict.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
-    if (!cause && this.opts.verify) cause = this.reread(f, f.verdict.digest);
-    if (!cause) cause = this.applyMetadata(f);
+    if (!cause && this.opts.verify && !f.special) cause = this.reread(f, f.verdict.digest);
+    if (!cause && !f.special) cause = this.applyMetadata(f);
     this.lib.escp_close(f.fd);
-    if (!cause) {
+    if (!cause && !f.special) {
       const r = this.lib.escp_renameat_beneath(this.target.rootFd, cstr(f.tmp), cstr(f.rel));
       if (r < 0) cause = nativeError(r);
     }
     if (cause) {
-      if (!this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+      if (f.tmp && !this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
       this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
     } else {
