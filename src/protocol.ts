@@ -20,6 +20,8 @@ export interface FileEntry {
   atimeNs: bigint;
   /** True for the entry that stands for a source operand itself. */
   top: boolean;
+  /** A top directory named as `dir/.`: scp puts its contents into an existing target directory. */
+  merge?: boolean;
 }
 
 /** Transfer options both ends must agree on; sent in `hello`. */
@@ -93,7 +95,7 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
   entries.forEach((e, i) => {
     out.writeBigUInt64BE(e.id, o);
     out[o + 8] = KIND_CODE[e.kind];
-    out[o + 9] = e.top ? 1 : 0;
+    out[o + 9] = e.top ? (e.merge ? 2 : 1) : 0;
     out.writeUInt16BE(paths[i].length, o + 10);
     out.writeUInt32BE(e.mode >>> 0, o + 12);
     out.writeBigUInt64BE(e.size, o + 16);
@@ -128,7 +130,8 @@ export function decodeFiles(body: Uint8Array): FileEntry[] {
     out.push({
       id: b.readBigUInt64BE(o),
       kind,
-      top: b[o + 9] === 1,
+      top: b[o + 9] >= 1,
+      merge: b[o + 9] === 2,
       mode: b.readUInt32BE(o + 12),
       size,
       mtimeNs: b.readBigInt64BE(o + 24),

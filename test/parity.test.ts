@@ -9,8 +9,8 @@
  * Where scp's two protocols disagree (SFTP and `scp -O`), the test says which
  * one escp follows and why. Differences that are intended are asserted as
  * such in "intended differences", so that a change either way is seen.
- * Scenarios where escp is still wrong are at the end, in "pending fixes", as
- * test.failing: they turn red when escp starts matching scp.
+ * Differences this suite found and that were then fixed are kept, with their
+ * repros, in "differences found by this suite, now fixed".
  *
  * Each side builds its own source, and every test runs in its own directories,
  * so the tests run concurrently (parity-helpers.ts limits how many at once).
@@ -1256,30 +1256,7 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     expect(esc.out.stderr).toContain("loop");
     expect(esc.out.stderr).toContain("self");
   });
-});
-
-// ───────────────────────────── pending fixes ──────────────────────────────
-
-/**
- * For test.failing: whether the reference did what these scenarios rely on
- * (its exit statuses). A pending test returns early when it did not, and so
- * fails loudly, instead of "passing" because scp itself broke.
- */
-function refAsExpected(ref: Outcome<RunResult | RunResult[]>, codes: number[]): boolean {
-  const got = results(ref).map((r) => r.code);
-  if (Bun.deepEquals(got, codes)) return true;
-  console.error(`reference ${ref.side.tool} exited ${JSON.stringify(got)}, expected ${JSON.stringify(codes)}:\n${results(ref).map(show).join("\n")}`);
-  return false;
-}
-
-/**
- * Scenarios where escp still differs from scp in a way that is a bug (reported
- * to the lead with these repros). test.failing passes while escp differs and
- * fails as soon as escp matches scp: then move the test back to its section
- * above as a plain test() (without the refAsExpected line).
- */
-describe.concurrent("pending fixes (escp still differs from scp)", () => {
-  test.failing("push: `-r .` into an existing directory copies the contents of .", async () => {
+  test("push: `-r .` into an existing directory copies the contents of .", async () => {
     // `cd dir && scp -r . host:dest/` puts dir's entries into dest (as cp -r does).
     const [ref, esc] = await both(
       (s) => {
@@ -1288,11 +1265,11 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", ".", `${H}:${s.dst}/ex`], { cwd: `${s.src}/d` }),
     );
-    if (!refAsExpected(ref, [0])) return;
+    expect(refAsExpected(ref, [0])).toBe(true);
     expectSame(ref, esc);
   });
 
-  test.failing("pull: `-r host:dir/.` into an existing directory copies the contents of dir", async () => {
+  test("pull: `-r host:dir/.` into an existing directory copies the contents of dir", async () => {
     const [ref, esc] = await both(
       (s) => {
         nestedTree(`${s.src}/d`);
@@ -1300,8 +1277,17 @@ describe.concurrent("pending fixes (escp still differs from scp)", () => {
       },
       (s) => s.run(["-r", `${H}:${s.src}/d/.`, `${s.dst}/ex`]),
     );
-    if (!refAsExpected(ref, [0])) return;
+    expect(refAsExpected(ref, [0])).toBe(true);
     expectSame(ref, esc);
   });
 
 });
+
+/** Whether the reference did what a scenario relies on (its exit statuses), said loudly when not. */
+function refAsExpected(ref: Outcome<RunResult | RunResult[]>, codes: number[]): boolean {
+  const got = results(ref).map((r) => r.code);
+  if (Bun.deepEquals(got, codes)) return true;
+  console.error(`reference ${ref.side.tool} exited ${JSON.stringify(got)}, expected ${JSON.stringify(codes)}:\n${results(ref).map(show).join("\n")}`);
+  return false;
+}
+

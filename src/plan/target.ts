@@ -20,8 +20,12 @@ export interface Target {
   /** The directory every entry is written beneath (absolute, for messages). */
   root: string;
   rootFd: number;
-  /** Relative path under root for an entry path; throws PathError if the path is unsafe. */
-  place(entryPath: string): string;
+  /**
+   * Relative path under root for an entry path; throws PathError if the path is
+   * unsafe. merge: the entry is under a `dir/.` operand, whose contents go into an
+   * existing target directory ("" is that directory itself).
+   */
+  place(entryPath: string, merge?: boolean): string;
   /** Human-readable destination of a relative path, for messages. */
   show(rel: string): string;
 }
@@ -89,9 +93,10 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
   return {
     root,
     rootFd,
-    place(entryPath) {
+    place(entryPath, merge = false) {
       const parts = safeComponents(entryPath);
       if (rename) parts[0] = rename;
+      else if (merge) parts.shift();
       return parts.join("/");
     },
     show(rel) {

@@ -18,7 +18,8 @@ import { WALKER_URL } from "../entrypoints.ts";
 export type WalkItem =
   /** A file's stat is left to the sender, which takes it from the open file. */
   | { kind: "file"; abs: string; rel: string; top: boolean }
-  | { kind: "dir"; abs: string; rel: string; top: boolean; stat: DirStat }
+  /** merge: the operand was `dir/.` (or `.`): its contents go into an existing target directory. */
+  | { kind: "dir"; abs: string; rel: string; top: boolean; merge?: boolean; stat: DirStat }
   | { kind: "error"; abs: string; message: string }
   | { kind: "warning"; abs: string; message: string };
 
@@ -49,7 +50,7 @@ export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerato
         yield { kind: "error", abs: src, message: "not a regular file (use -r to copy directories)" };
         continue;
       }
-      yield* walkDir(src, name, st, [st]);
+      yield* walkDir(src, name, st, [st], path.basename(src.replace(/\/+$/, "")) === ".");
     } else if (st.isFile()) {
       yield { kind: "file", abs: src, rel: name, top: true };
     } else {
@@ -58,8 +59,9 @@ export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerato
   }
 }
 
-async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[]): AsyncGenerator<WalkItem> {
-  yield { kind: "dir", abs, rel, top: ancestors.length === 1, stat: { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs } };
+async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[], merge = false): AsyncGenerator<WalkItem> {
+  const dirStat = { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
+  yield { kind: "dir", abs, rel, top: ancestors.length === 1, merge, stat: dirStat };
   let dir: fs.Dir;
   try {
     dir = await fs.promises.opendir(abs, { bufferSize: 256 });

@@ -117,7 +117,7 @@ export class Sender {
     if (item.kind === "dir") {
       const st = item.stat;
       this.announce.push({
-        id: this.nextId++, path: item.rel, kind: "dir", size: 0n, mode: st.mode, mtimeNs: st.mtimeNs, atimeNs: st.atimeNs, top: item.top,
+        id: this.nextId++, path: item.rel, kind: "dir", size: 0n, mode: st.mode, mtimeNs: st.mtimeNs, atimeNs: st.atimeNs, top: item.top, merge: item.merge,
       });
       return;
     }
