@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-native.sh
 mkdir -p dist
-./node_modules/.bin/bun build --compile --minify-syntax \
+# The build id keys the bootstrap cache on remote hosts: a digest of what the
+# executable is made of, so the same sources give the same id (and executable).
+build_id=$( (cat build/libescp.so package.json; find src -type f -name '*.ts' | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-12)
+echo "$build_id" >build/build-id
+./node_modules/.bin/bun build --compile --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
   src/main.ts src/streams/worker.ts src/plan/walker.ts --outfile dist/escp >build/bun-build.log 2>&1 \
   || { cat build/bun-build.log; exit 1; }
 echo "built dist/escp ($(du -h dist/escp | cut -f1))"

@@ -1,3 +1,14 @@
-/** The program version (package.json) — the bootstrap cache on remote hosts is keyed by it. */
+/**
+ * The program version (package.json) and the build it came from. The
+ * bootstrap cache on remote hosts is keyed by both (CACHE_TAG): two builds
+ * of one version must never share a cached copy, or a host would keep
+ * running an older build's protocol.
+ */
 import pkg from "../package.json" with { type: "json" };
+
+declare const ESCP_BUILD: string | undefined; // set by scripts/build.sh (--define)
+
 export const VERSION: string = pkg.version;
+/** A digest of the sources the executable was built from; "dev" when run by bun from src/. */
+export const BUILD: string = typeof ESCP_BUILD === "string" ? ESCP_BUILD : "dev";
+export const CACHE_TAG = `${VERSION}-${BUILD}`;

@@ -12,7 +12,7 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { startSshd, runEscp, run, runTmp, makeFile, sameFile, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
 import { launchCommand, uploadCommand, parseMarker, BOOTSTRAP_MARKER } from "../src/session/bootstrap.ts";
-import { VERSION } from "../src/version.ts";
+import { VERSION, CACHE_TAG } from "../src/version.ts";
 import { PROTO_VERSION } from "../src/native.ts";
 
 setDefaultTimeout(120_000);
@@ -21,7 +21,9 @@ const USER = `escpbt${process.pid}`;
 let sshd: Sshd;
 let home = "";
 let uid = 0;
-const cached = () => path.join(home, ".cache/escp", VERSION, "escp");
+/** The compiled executable's cache directory name (scripts/build.sh writes its build id). */
+const TAG = `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
+const cached = () => path.join(home, ".cache/escp", TAG, "escp");
 const host = () => `${USER}@${SSH_HOST}`;
 /** Files in the cache directory other than escp itself (temporary files left behind). */
 const leftovers = () => fs.readdirSync(path.dirname(cached())).filter((n) => n !== "escp");
@@ -43,7 +45,11 @@ const ROOT = process.getuid?.() === 0;
 beforeAll(async () => {
   sshd = await startSshd();
   if (!ROOT) return;
-  // sshd opens authorized_keys as the user logging in.
+  // sshd opens authorized_keys as the user logging in: every directory on the way
+  // that the test run made (npm test's private ESCP_TEST_TMP among them) must let it pass.
+  for (let d = sshd.tmp; d !== path.dirname(d) && fs.statSync(d).uid === 0 && !(fs.statSync(d).mode & 0o001); d = path.dirname(d)) {
+    fs.chmodSync(d, fs.statSync(d).mode | 0o711);
+  }
   fs.chmodSync(runTmp(), 0o711);
   fs.chmodSync(sshd.tmp, 0o711);
   fs.chmodSync(path.join(sshd.tmp, "authorized_keys"), 0o644);
@@ -94,7 +100,7 @@ describe("the remote command", () => {
     r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
     expect(r.stdout.toString()).toBe("path escp --server\n");
     // The cached copy wins over both.
-    fake(path.join(t, ".cache/escp", VERSION), "escp", `echo "cached escp $*"`);
+    fake(path.join(t, ".cache/escp", CACHE_TAG), "escp", `echo "cached escp $*"`);
     r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
     expect(r.stdout.toString()).toBe("cached escp --server\n");
   });
@@ -103,7 +109,7 @@ describe("the remote command", () => {
     const t = fs.mkdtempSync(path.join(runTmp(), "upload-"));
     const payload = new TextEncoder().encode("#!/bin/sh\necho hi\n");
     const sha = new Bun.CryptoHasher("sha256").update(payload).digest("hex");
-    const dest = path.join(t, ".cache/escp", VERSION);
+    const dest = path.join(t, ".cache/escp", CACHE_TAG);
     // Wrong digest: refused, nothing left behind.
     let r = sh(uploadCommand("raw", "0".repeat(64), payload.length), { HOME: t }, payload);
     expect(r.status).not.toBe(0);
@@ -148,7 +154,7 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     const dst = userDir("dst");
     const r = await runEscp([path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
     // One line; the compression is whatever the host can undo (zstd, gzip or none).
-    const said = `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${VERSION}/escp`;
+    const said = `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${TAG}/escp`;
     expect(r.stderr.startsWith(said)).toBe(true);
     expect(r.stderr.slice(said.length)).toMatch(/^ \(sending \d+ MB(, zstd|, gzip)?\)\n$/);
     expect(r.code).toBe(0);

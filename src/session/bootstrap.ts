@@ -5,7 +5,7 @@
  *
  * The common case costs one ssh connection: the remote command is a small sh
  * snippet (launchCommand) that execs, in order,
- *   1. ~/.cache/escp/VERSION/escp, a copy an earlier bootstrap left there;
+ *   1. ~/.cache/escp/VERSION-BUILD/escp, a copy an earlier bootstrap of this very build left there;
  *   2. `escp` from PATH, if `escp --version` names our protocol;
  * and otherwise prints one line, BOOTSTRAP_MARKER plus what it saw (OS,
  * machine, zstd/gzip/sha256sum), and exits. No control frame starts with
@@ -23,7 +23,7 @@
  */
 import zlib from "node:zlib";
 import type { Options } from "../cli/args.ts";
-import { VERSION } from "../version.ts";
+import { VERSION, CACHE_TAG } from "../version.ts";
 import { PROTO_VERSION } from "../native.ts";
 import type { ServerProcess } from "./remote.ts";
 
@@ -32,7 +32,7 @@ export const BOOTSTRAP_MARKER = "escp-bootstrap-needed";
 const MARKER_LINE = new RegExp(`${BOOTSTRAP_MARKER} (\\S+) (\\S+)((?: \\S+)*)\\r?\\n`);
 
 /** Where the copy lives on the remote, relative to $HOME (as users are told). */
-export const CACHE_PATH = `.cache/escp/${safeWord(VERSION)}/escp`;
+export const CACHE_PATH = `.cache/escp/${safeWord(CACHE_TAG)}/escp`;
 const CACHE_DIR_SH = `"$HOME/${CACHE_PATH.slice(0, -"/escp".length)}"`;
 
 /** Runs one command line on the remote host (the user's ssh, or the built-in one). */
