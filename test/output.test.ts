@@ -106,9 +106,10 @@ describe("progress on a terminal", () => {
   test("a failure is printed on its own line and named in the summary", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "good.bin"), MiB, { seed: 3 });
-    const { code, raw } = await inTerminal([path.join(src, "good.bin"), path.join(src, "missing.bin"), dst + "/"], 100);
+    // Wide enough that no message wraps, whatever the length of the test's temporary paths.
+    const { code, raw } = await inTerminal([path.join(src, "good.bin"), path.join(src, "missing.bin"), dst + "/"], 400);
     expect(code).toBe(1);
-    const lines = screen(raw, 100);
+    const lines = screen(raw, 400);
     expect(lines).toContain(`escp: ${path.join(src, "missing.bin")}: No such file or directory`);
     expect(lines.at(-2)).toMatch(/^\S+  1 file, 1\.00MiB in [\d.]+ s, 1 failed/);
     expect(lines.at(-1)).toBe(`│  failed: ${path.join(src, "missing.bin")}`);
@@ -261,10 +262,10 @@ describe("over ssh", () => {
     await makeFile(path.join(src, "ok.bin"), 16 * MiB, { seed: 51 });
     await makeFile(path.join(src, "clash"), 1000, { seed: 52 });
     fs.mkdirSync(path.join(dst, "clash", "sub"), { recursive: true }); // the receiver cannot rename a file over it
-    const { code, raw } = await inTerminal(["-l", "256000", path.join(src, "ok.bin"), path.join(src, "clash"), `${SSH_HOST}:${dst}/`], 100, { config: sshd.configPath });
+    const { code, raw } = await inTerminal(["-l", "256000", path.join(src, "ok.bin"), path.join(src, "clash"), `${SSH_HOST}:${dst}/`], 400, { config: sshd.configPath });
     expect(code).toBe(1);
     expect(raw).toMatch(/ok\.bin +\d+% /);
-    const lines = screen(raw, 100);
+    const lines = screen(raw, 400);
     expect(lines.some((l) => /^escp: .*clash: .*Is a directory$/.test(l))).toBe(true);
     expect(lines.at(-2)).toMatch(/^\S+  1 file, 16\.0MiB in [\d.]+ s, 1 failed/);
     expect(lines.at(-1)).toBe(`│  failed: ${path.join(dst, "clash")}`);
