@@ -48,3 +48,16 @@ test("the embedded native library needs only glibc", async () => {
   const libs = r.stdout.trim().split("\n").map((l) => l.trim().split(/\s+/)[0]);
   for (const l of libs) expect(l).toMatch(/^(linux-vdso\.so\.1|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|\/lib64\/ld-linux-x86-64\.so\.2)$/);
 });
+
+test("a connecting escp of another protocol version is told both versions", async () => {
+  const hello = Buffer.from(JSON.stringify({ type: "hello", version: 99, sid: "00", key: "00", serverRole: "receiver", streams: 1, blockSize: 1 << 20, options: {}, ports: [1232, 1242] }));
+  const frame = Buffer.alloc(4 + hello.length);
+  frame.writeUInt32BE(hello.length, 0);
+  hello.copy(frame, 4);
+  const r = await run([ESCP_BIN, "--server"], { input: frame });
+  const len = Buffer.from(r.stdout, "latin1").readUInt32BE(0);
+  const reply = JSON.parse(r.stdout.slice(4, 4 + len));
+  expect(reply.type).toBe("error");
+  expect(reply.message).toMatch(/protocol version mismatch: this escp speaks 1, the local one 99/);
+  expect(r.code).not.toBe(0);
+});
