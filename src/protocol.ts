@@ -109,11 +109,7 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
 
 /** Parses a FILES body; throws ProtocolError on anything malformed. Paths are checked by plan/target. */
 export function decodeFiles(body: Uint8Array): FileEntry[] {
-  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  if (b.length < 4) throw new ProtocolError("FILES record too short");
-  const n = b.readUInt32BE(0);
-  // Each entry needs at least its fixed part, so a count the body cannot hold is a lie.
-  if (n * ENTRY_FIXED > b.length - 4) throw new ProtocolError(`FILES record claims ${n} entries in ${b.length} bytes`);
+  const { b, n } = listOf(body, ENTRY_FIXED, "FILES");
   const out: FileEntry[] = [];
   let o = 4;
   for (let i = 0; i < n; i++) {
@@ -131,7 +127,7 @@ export function decodeFiles(body: Uint8Array): FileEntry[] {
       id: b.readBigUInt64BE(o),
       kind,
       top: b[o + 9] >= 1,
-      merge: b[o + 9] === 2,
+      ...(b[o + 9] === 2 ? { merge: true } : {}),
       mode: b.readUInt32BE(o + 12),
       size,
       mtimeNs: b.readBigInt64BE(o + 24),
@@ -174,10 +170,7 @@ export function encodeVerdicts(vs: FileVerdict[]): Uint8Array {
 }
 
 export function decodeVerdicts(body: Uint8Array): FileVerdict[] {
-  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  if (b.length < 4) throw new ProtocolError("DONE/RESULT record too short");
-  const n = b.readUInt32BE(0);
-  if (n * VERDICT_FIXED > b.length - 4) throw new ProtocolError(`DONE/RESULT record claims ${n} verdicts in ${b.length} bytes`);
+  const { b, n } = listOf(body, VERDICT_FIXED, "DONE/RESULT");
   const out: FileVerdict[] = [];
   let o = 4;
   for (let i = 0; i < n; i++) {
@@ -195,6 +188,18 @@ export function decodeVerdicts(body: Uint8Array): FileVerdict[] {
   }
   if (o !== b.length) throw new ProtocolError("DONE/RESULT record has trailing bytes");
   return out;
+}
+
+/**
+ * A list body (u32 count, then items of at least `fixed` bytes each): the count
+ * is checked against the body before anything is allocated on its say-so.
+ */
+function listOf(body: Uint8Array, fixed: number, what: string): { b: Buffer; n: number } {
+  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (b.length < 4) throw new ProtocolError(`${what} record too short`);
+  const n = b.readUInt32BE(0);
+  if (n * fixed > b.length - 4) throw new ProtocolError(`${what} record claims ${n} entries in ${b.length} bytes`);
+  return { b, n };
 }
 
 /** The peer broke the protocol: always fatal for the session. */
