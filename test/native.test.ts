@@ -35,6 +35,7 @@ const SYMS = {
   escp_gcm_seal: { args: ["ptr", "ptr", "ptr", "u32", "ptr", "u32", "ptr"], returns: "i32" },
   escp_gcm_open: { args: ["ptr", "ptr", "ptr", "u32", "ptr", "u32", "ptr"], returns: "i32" },
   escp_open_read: { args: ["ptr", "i32", "ptr"], returns: "i32" },
+  escp_drop_cache: { args: ["i32", "i64", "i64"], returns: "i32" },
   escp_openat_beneath: { args: ["i32", "ptr", "i32", "u32", "i32", "ptr"], returns: "i32" },
   escp_close: { args: ["i32"], returns: "i32" },
   escp_mkdirat_beneath: { args: ["i32", "ptr", "u32"], returns: "i32" },
@@ -293,8 +294,16 @@ describe("io", () => {
     fs.writeSync(fd, Buffer.alloc(4096, 7));
     L.escp_close(fd);
     // hash_range on an O_DIRECT fd, aligned and not
+    uncache(path.join(root, "d/e/f.tmp"));
     const rfd = L.escp_open_read(cstr(path.join(root, "d/e/f.tmp")), 1, isD);
     expect(isD[0]).toBe(1);
+    // once it is back in the page cache, a read is served from there, not O_DIRECT
+    const h0 = new Uint8Array(16);
+    expect(L.escp_hash_range(rfd, 0, 4096, h0)).toBe(0);
+    fs.readFileSync(path.join(root, "d/e/f.tmp"));
+    const cachedFd = L.escp_open_read(cstr(path.join(root, "d/e/f.tmp")), 1, isD);
+    expect(isD[0]).toBe(0);
+    L.escp_close(cachedFd);
     const h = new Uint8Array(16);
     expect(L.escp_hash_range(rfd, 0, 4096, h)).toBe(0);
     expect(hex(h)).toBe(xxh(Buffer.alloc(4096, 7)));
@@ -459,6 +468,14 @@ describe("records", () => {
 const BLOCK = 64 * 1024;
 const SIZES = [0, 1, 4095, 4096, 4097, BLOCK - 1, BLOCK, BLOCK + 1, 3.5 * BLOCK];
 
+/** Evicts a file from the page cache: escp_open_read keeps cached files buffered, so O_DIRECT paths need this. */
+function uncache(file: string): void {
+  const fd = fs.openSync(file, "r+");
+  fs.fdatasyncSync(fd);
+  expect(L.escp_drop_cache(fd, 0, 0)).toBe(0);
+  fs.closeSync(fd);
+}
+
 function makeSource(name: string, size: number, compressible: boolean): Buffer {
   const b = Buffer.alloc(size);
   if (compressible) {
@@ -547,6 +564,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
   SIZES.forEach((size, id) => {
     const name = `${tag}-src-${id}`;
     srcs.push(makeSource(name, size, level > 0));
+    if (direct) uncache(path.join(tmp, name));
     const isDirect = new Int32Array(1);
     const fd = L.escp_open_read(cstr(path.join(tmp, name)), direct ? 1 : 0, isDirect);
     expect(fd).toBeGreaterThanOrEqual(0);
