@@ -889,3 +889,25 @@ export async function treeDiff(a: string, b: string, opts: TreeDiffOptions = {})
   await walk("");
   return diffs;
 }
+
+/**
+ * At most n of the calls it wraps run at once: concurrent tests share a
+ * machine with few cores, and each transfer is two processes and an ssh.
+ *
+ *   const slot = limiter(3);
+ *   await slot(() => runEscp([...]));
+ */
+export function limiter(n: number) {
+  let active = 0;
+  const queue: (() => void)[] = [];
+  return async <T>(f: () => Promise<T>): Promise<T> => {
+    if (active >= n) await new Promise<void>((r) => queue.push(r));
+    active++;
+    try {
+      return await f();
+    } finally {
+      active--;
+      queue.shift()?.();
+    }
+  };
+}

@@ -16,7 +16,7 @@
 import { describe, test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { startSshd, run, runEscp, tmpdir, makeFile, sameFile, ESCP_BIN, SSH_HOST, REPO_ROOT } from "./harness.ts";
+import { startSshd, run, runEscp, tmpdir, makeFile, sameFile, ESCP_BIN, SSH_HOST, REPO_ROOT, limiter } from "./harness.ts";
 import * as harness from "./harness.ts";
 
 const BUN = process.execPath;
@@ -28,21 +28,6 @@ const RSS_SLACK_KB = 160 * 1024;
 const PORTS = "21000-31999";
 const TIME = fs.existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined;
 
-/** At most n transfers at once: the tests run concurrently, the machine has few cores. */
-function limiter(n: number) {
-  let active = 0;
-  const queue: (() => void)[] = [];
-  return async <T>(f: () => Promise<T>): Promise<T> => {
-    if (active >= n) await new Promise<void>((r) => queue.push(r));
-    active++;
-    try {
-      return await f();
-    } finally {
-      active--;
-      queue.shift()?.();
-    }
-  };
-}
 const slot = limiter(Number(process.env.ESCP_TEST_PARALLEL ?? 3));
 
 let wrapper = "";

@@ -18,7 +18,7 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ESCP_BIN, run, tmpdir, startSshd, type RunOptions, type RunResult, type Sshd } from "./harness.ts";
+import { ESCP_BIN, run, tmpdir, startSshd, type RunOptions, type RunResult, type Sshd, limiter } from "./harness.ts";
 
 export const SCP_BIN = "/usr/bin/scp";
 
@@ -76,18 +76,7 @@ export function runTool(tool: Tool, args: string[], opts: RunOptions & { umask?:
 // The suite is CPU-bound on a 2-core machine (an escp run costs ~0.2 s of CPU
 // locally and ~0.3-0.5 s on the remote end; scp ~0.05 s): more at once does not help.
 const MAX_PAIRS = Number(process.env.ESCP_PARITY_PAIRS ?? 6);
-let active = 0;
-const waiting: Array<() => void> = [];
-async function slot<T>(fn: () => Promise<T>): Promise<T> {
-  if (active >= MAX_PAIRS) await new Promise<void>((r) => waiting.push(r));
-  active++;
-  try {
-    return await fn();
-  } finally {
-    active--;
-    waiting.shift()?.();
-  }
-}
+const slot = limiter(MAX_PAIRS);
 
 function makeSide(tool: Tool): Side {
   const root = tmpdir(tool);

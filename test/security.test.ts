@@ -20,7 +20,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, tmpdir, makeFile, sameFile, ESCP_BIN, SSH_HOST } from "./harness.ts";
+import { startSshd, runEscp, tmpdir, makeFile, sameFile, ESCP_BIN, SSH_HOST, limiter } from "./harness.ts";
 import * as harness from "./harness.ts";
 import { native, ptr } from "../src/native.ts";
 
@@ -60,21 +60,6 @@ interface Mitm {
   close(): void;
 }
 
-/** At most n transfers at once: the tests run concurrently, the machine has few cores. */
-function limiter(n: number) {
-  let active = 0;
-  const queue: (() => void)[] = [];
-  return async <T>(f: () => Promise<T>): Promise<T> => {
-    if (active >= n) await new Promise<void>((r) => queue.push(r));
-    active++;
-    try {
-      return await f();
-    } finally {
-      active--;
-      queue.shift()?.();
-    }
-  };
-}
 const slot = limiter(Number(process.env.ESCP_TEST_PARALLEL ?? 3));
 
 /**
