@@ -90,8 +90,9 @@ void *escp_alloc_aligned(uint64_t size); /* ESCP_ALIGN-aligned, zeroed */
 void escp_free_aligned(void *p);
 /* Opens path for reading; with direct != 0 tries O_DIRECT first and falls back to a
  * buffered open when the filesystem refuses (EINVAL), or when the file is already in
- * the page cache (sampled with mincore: reading it there is faster and evicts
- * nothing).  *is_direct says which it got.
+ * the page cache (cachestat(2), Linux >= 6.5: reading it there is faster and evicts
+ * nothing; the file is neither read nor mapped, so its atime stays).  *is_direct
+ * says which it got.
  * Returns fd or -errno. */
 int escp_open_read(const char *path, int direct, int32_t *is_direct);
 /* Opens rel beneath dirfd without ever leaving it (openat2 RESOLVE_BENEATH |
