@@ -63,12 +63,17 @@ async function intactOrAbsent(src: string, dst: string): Promise<boolean> {
   return !fs.existsSync(dst) || (await sameFile(src, dst));
 }
 
-/** A 512 MiB push that has visibly started: the scene for the interruption tests. */
+/**
+ * A 128 MiB push that has visibly started and is still far from done: the
+ * scene for the interruption tests. -l holds it near 25 MB/s, because an
+ * unthrottled push on a fast machine can finish, verified, between the poll
+ * that sees 16 MiB and the signal, and then there is nothing to interrupt.
+ */
 async function pushUnderWay(seed: number) {
   const src = tmpdir("src"), dst = tmpdir("dst");
   const file = path.join(src, "f");
-  await makeFile(file, 512 * MiB, { seed });
-  const t = spawnEscp([file, `${SSH_HOST}:${dst}/`]);
+  await makeFile(file, 128 * MiB, { seed });
+  const t = spawnEscp(["-l", "200000", file, `${SSH_HOST}:${dst}/`]);
   await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
   return { ...t, file, dst };
 }
