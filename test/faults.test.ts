@@ -58,6 +58,25 @@ function serverPids(): number[] {
   });
 }
 
+/** Whether pid still runs (a zombie has exited). */
+function running(pid: number): boolean {
+  try {
+    return !fs.readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Waits until these receivers have exited. Followed by pid, not by sshd's
+ * process tree: when the ssh connection goes first, sshd's session ends and
+ * the receiver, re-parented, may still be removing its temporary files.
+ */
+function receiversExit(pids: number[], ms: number): Promise<void> {
+  expect(pids.length).toBeGreaterThan(0);
+  return waitFor(() => !pids.some(running), ms, "the receiver to exit");
+}
+
 /** The target either does not exist or is byte-identical to the source. */
 async function intactOrAbsent(src: string, dst: string): Promise<boolean> {
   return !fs.existsSync(dst) || (await sameFile(src, dst));
@@ -91,9 +110,10 @@ describe("resume", () => {
     await makeFile(file, total, { seed: 51 });
     const first = spawnEscp(["--resume", file, `${SSH_HOST}:${dst}/`]);
     await waitFor(() => size(part) > 0.6 * total, 60_000, "60% of the file to arrive");
+    const receivers = serverPids();
     first.p.kill("SIGKILL");
     await first.p.exited;
-    await waitFor(() => serverPids().length === 0, 10_000, "the receiver to notice");
+    await receiversExit(receivers, 10_000);
     expect(fs.existsSync(path.join(dst, "big"))).toBe(false);
     expect(size(part)).toBeGreaterThan(0.5 * total);
     const r = await runEscp(["--resume", "--json", file, `${SSH_HOST}:${dst}/`], { timeoutMs: 120_000 });
@@ -149,20 +169,22 @@ describe("killed processes", () => {
 
   test("SIGKILL of the sender makes the receiver exit and remove its temporary file", async () => {
     const t = await pushUnderWay(55);
-    const { file, dst } = t;
+    const { dst } = t;
+    const receivers = serverPids();
     t.p.kill("SIGKILL");
-    await waitFor(() => serverPids().length === 0, 10_000, "the receiver to exit");
+    await receiversExit(receivers, 10_000);
     expect(fs.readdirSync(dst)).toEqual([]);
   });
 
   test("Ctrl-C stops both sides quickly, exits 130 and removes temporary files", async () => {
     const t = await pushUnderWay(56);
-    const { file, dst } = t;
+    const { dst } = t;
+    const receivers = serverPids();
     const sent = Date.now();
     t.p.kill("SIGINT");
     expect(await t.p.exited).toBe(130);
     expect(Date.now() - sent).toBeLessThan(2500);
-    await waitFor(() => serverPids().length === 0, 5_000, "the receiver to exit");
+    await receiversExit(receivers, 5_000);
     expect(fs.readdirSync(dst)).toEqual([]);
   });
 });
@@ -284,10 +306,11 @@ describe("the control connection", () => {
     const { file, dst } = t;
     const ssh = descendants(t.p.pid).filter((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("ssh"));
     expect(ssh.length).toBe(1);
+    const receivers = serverPids();
     process.kill(ssh[0], "SIGKILL");
     expect(await t.p.exited).toBe(1);
     expect(await t.stderr).toMatch(/escp: /);
-    await waitFor(() => serverPids().length === 0, 10_000, "the receiver to exit");
+    await receiversExit(receivers, 10_000);
     expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
   });
 });
