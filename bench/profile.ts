@@ -34,7 +34,8 @@ const has = (t: string) => spawnSync("sh", ["-c", `command -v ${t}`]).status ===
 
 function buildProfLib(out: string): void {
   const libdir = "/usr/lib/x86_64-linux-gnu";
-  const src = ["crypto", "io", "net", "loops", "compress", "affinity"].map((f) => path.join(REPO, "ffi", `${f}.c`));
+  const ffi = path.join(REPO, "ffi");
+  const src = fs.readdirSync(ffi).filter((f) => f.endsWith(".c")).map((f) => path.join(ffi, f));
   const r = spawnSync("gcc", [
     "-std=gnu11", "-O2", "-fPIC", "-shared", "-g", "-fno-omit-frame-pointer", "-fvisibility=hidden",
     "-D_GNU_SOURCE", "-D_FILE_OFFSET_BITS=64", `-I${path.join(REPO, "ffi")}`, ...src, "-o", out,

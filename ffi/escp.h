@@ -7,6 +7,7 @@
  *   io.c        aligned buffers, O_DIRECT opens with fallback, path-safe opens
  *   net.c       listen/accept/connect, preamble + HELLO handshake, tuning
  *   loops.c     fused per-stream send and receive loops (one call, many blocks)
+ *   pipeline.c  a disk I/O helper thread per stream direction (read-ahead, write-behind)
  *   compress.c  zstd block compression with bounded decompression
  *   affinity.c  CPU and NUMA placement
  *
@@ -214,7 +215,9 @@ typedef struct {
   volatile int32_t *cancel;  /* checked between records */
 } escp_loop_opts;
 
-/* Sender: for each item, pread (O_DIRECT into an aligned buffer when item.direct),
+/* Sender: for each item, pread (O_DIRECT into an aligned buffer when item.direct; blocks
+ * over 256 KiB are read ahead on the stream's helper thread while earlier ones are sealed
+ * and sent),
  * XXH3-128, optionally zstd (kept only if smaller), AES-GCM in place, send as one DATA
  * record.  A read error or short read marks that item's status and sends nothing for
  * it.  done[i] describes items[i].  Returns n, or a negative code when the stream
@@ -225,7 +228,10 @@ int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done 
  * record names a file that is not in the table.  Each DATA is verified (seq, tag),
  * decompressed (bounded by block_size), hashed and pwritten to its slot's fd
  * (unaligned tails through a buffered reopen of the same file when the fd is
- * O_DIRECT).  *state: 0 = more to come, 1 = END received, 2 = waiting for a file id
+ * O_DIRECT); blocks over 256 KiB are written behind on the stream's helper thread
+ * while the next records arrive, and every write has finished when the call returns
+ * (so a file's fd may be closed as soon as all its blocks are reported).
+ * *state: 0 = more to come, 1 = END received, 2 = waiting for a file id
  * (the record is kept and retried on the next call; *need_id says which).
  * Returns the number of done entries, or a negative code for a fatal stream error
  * (ESCP_E_AUTH, ESCP_E_SEQ, ESCP_E_TRUNC, ESCP_E_RANGE, ESCP_E_DECOMP, -errno).

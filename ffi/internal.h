@@ -8,6 +8,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stddef.h>
@@ -27,6 +28,35 @@ typedef struct {
   uint64_t seq;     /* next seq to send / expected next seq to receive */
 } escp_dir;
 
+/* ---- pipeline.c: a stream direction's disk I/O on a helper thread ---- */
+#define ESCP_PIPE_DEPTH 4 /* blocks read ahead or written behind per stream direction */
+
+typedef struct escp_job {
+  int64_t (*run)(struct escp_job *j); /* on the helper; NULL = nothing to do */
+  int fd, direct;
+  uint8_t *buf;     /* the block, ESCP_ALIGN-aligned */
+  size_t want, len; /* bytes to transfer (rounded up for O_DIRECT reads), bytes that count */
+  uint64_t off;
+  int64_t result;   /* run's return value */
+  escp_done done;   /* what the owner reports for this block */
+} escp_job;
+
+typedef struct {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t work, done;
+  int started, stop, waiting;
+  uint64_t submitted, completed, harvested;
+  escp_job jobs[ESCP_PIPE_DEPTH];
+} escp_pipe;
+
+int escp__pipe_start(escp_pipe *p);                /* once; 0 or a code */
+escp_job *escp__pipe_next(escp_pipe *p);           /* the job to fill next (needs pending < depth) */
+uint32_t escp__pipe_pending(const escp_pipe *p);   /* submitted, not yet harvested */
+void escp__pipe_submit(escp_pipe *p);
+escp_job *escp__pipe_harvest(escp_pipe *p, int wait); /* oldest finished job, or NULL */
+void escp__pipe_stop(escp_pipe *p);                /* runs what is queued, then joins */
+
 /*
  * A connection for one stream.  The send half (tx*) belongs to the one thread that
  * sends on the conn and the receive half (rx*) to the one thread that receives: the
@@ -44,7 +74,9 @@ struct escp_conn {
   escp_dir tx;
   uint8_t *tx_ctl;        /* scratch for escp_send_record (malloc) */
   size_t tx_ctl_cap;
-  uint8_t *tx_buf;        /* aligned: ESCP_ALIGN + block + ESCP_ALIGN */
+  uint8_t *tx_buf;        /* aligned: ESCP_ALIGN + block + ESCP_ALIGN (blocks read inline) */
+  uint8_t *tx_ring[ESCP_PIPE_DEPTH]; /* likewise, for blocks read ahead by tx_pipe */
+  escp_pipe tx_pipe;
   uint32_t tx_block;
   uint8_t *tx_zbuf;       /* aligned: ESCP_ALIGN + ZSTD_compressBound(block) + ESCP_ALIGN */
   size_t tx_zcap;         /* ZSTD_compressBound(block) */
@@ -54,10 +86,14 @@ struct escp_conn {
   /* ---- receive half ---- */
   escp_dir rx;
   int rx_end;             /* END received */
-  uint8_t *rx_buf;        /* aligned: ESCP_ALIGN + rx_cap + ESCP_ALIGN */
+  /* Records land in rx_ring[rx_pipe.submitted % depth] (aligned: ESCP_ALIGN + rx_cap +
+   * ESCP_ALIGN), which rx_buf points at; the other slots hold blocks being written behind. */
+  uint8_t *rx_buf;
+  uint8_t *rx_ring[ESCP_PIPE_DEPTH];
+  uint8_t *rx_zring[ESCP_PIPE_DEPTH]; /* decompressed blocks, aligned, rx_block rounded up */
+  escp_pipe rx_pipe;
   uint32_t rx_block;
-  uint32_t rx_cap;        /* largest body the buffer holds (tag excluded) */
-  uint8_t *rx_zbuf;       /* aligned, rx_block (rounded up to ESCP_ALIGN) */
+  uint32_t rx_cap;        /* largest body a slot holds (tag excluded) */
   ZSTD_DCtx *dctx;
   /* A verified, decrypted record kept for the next call (recv_batch state 2, or a
    * control record met by recv_batch that escp_recv_record hands out). */
@@ -118,6 +154,10 @@ size_t escp__zcompress(ZSTD_CCtx **cctx, int *cur_level, int level, const void *
 /* Decompresses a single frame into dst (cap); returns size or ESCP_E_DECOMP. */
 int64_t escp__zdecompress(ZSTD_DCtx **dctx, const void *src, size_t len, void *dst, size_t cap);
 void escp__zfree(ZSTD_CCtx *cctx, ZSTD_DCtx *dctx);
+
+/* ---- loops.c ---- */
+void escp__loops_free(escp_conn *c);    /* stops the helpers, frees the loop buffers */
+void escp__loops_free_rx(escp_conn *c); /* the receive buffers only */
 
 /* ---- io.c ---- */
 void *escp__alloc(size_t size); /* aligned, not zeroed; NULL on failure */

@@ -11,6 +11,13 @@
  *
  * so a record is contiguous (one send, no copies) and the block itself is aligned for
  * O_DIRECT pread/pwrite.
+ *
+ * Disk I/O of blocks over SMALL_IO runs on the stream direction's helper thread
+ * (pipeline.c): the sender reads up to ESCP_PIPE_DEPTH blocks ahead while it seals and
+ * sends, the receiver writes up to ESCP_PIPE_DEPTH blocks behind while it receives and
+ * opens the next records.  Each slot of the ring has its own buffer of the layout above.
+ * Smaller blocks are read and written inline: for them a thread hand-off costs more
+ * than the I/O it would hide.
  */
 #include "internal.h"
 
@@ -20,9 +27,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <openssl/crypto.h>
 
 #define REC_OVERHEAD (ESCP_HDR_LEN + ESCP_TAG_LEN)
 #define ROUND_UP(x) (((x) + (size_t)ESCP_ALIGN - 1) & ~((size_t)ESCP_ALIGN - 1))
+#define SMALL_IO (256u * 1024)
 
 static int cancelled(const escp_loop_opts *o) {
   return o->cancel && __atomic_load_n(o->cancel, __ATOMIC_RELAXED) != 0;
@@ -38,14 +47,32 @@ static int check_opts(escp_conn *c, const escp_loop_opts *o) {
 
 /* ---- sender ------------------------------------------------------------ */
 
+/* Frees an array of buffers, wiping them first when they held plaintext. */
+static void free_ring(uint8_t **ring, size_t each, int wipe) {
+  for (int i = 0; i < ESCP_PIPE_DEPTH; i++) {
+    if (ring[i] && wipe) OPENSSL_cleanse(ring[i], each);
+    escp__free(ring[i]);
+    ring[i] = NULL;
+  }
+}
+
 static int ensure_tx(escp_conn *c, uint32_t block, int level) {
+  size_t each = (size_t)ESCP_ALIGN + block + ESCP_ALIGN;
   if (!c->tx_buf || c->tx_block != block) {
     escp__free(c->tx_buf);
     escp__free(c->tx_zbuf);
+    free_ring(c->tx_ring, (size_t)ESCP_ALIGN + c->tx_block + ESCP_ALIGN, 0);
     c->tx_zbuf = NULL;
-    c->tx_buf = escp__alloc((size_t)ESCP_ALIGN + block + ESCP_ALIGN);
-    c->tx_block = c->tx_buf ? block : 0;
-    if (!c->tx_buf) return escp__err(-ENOMEM, "stream %u: cannot allocate a %u-byte send buffer", c->stream, block);
+    c->tx_buf = escp__alloc(each);
+    int ok = c->tx_buf != NULL;
+    for (int i = 0; ok && i < ESCP_PIPE_DEPTH; i++) ok = (c->tx_ring[i] = escp__alloc(each)) != NULL;
+    c->tx_block = ok ? block : 0;
+    if (!ok) return escp__err(-ENOMEM, "stream %u: cannot allocate %d send buffers of %u bytes", c->stream,
+                              ESCP_PIPE_DEPTH + 1, block);
+  }
+  if (!c->tx_pipe.started) {
+    int rc = escp__pipe_start(&c->tx_pipe);
+    if (rc) return rc;
   }
   if (level != 0 && !c->tx_zbuf) {
     c->tx_zcap = escp__zbound(block);
@@ -82,21 +109,48 @@ static int64_t read_block(int fd, uint8_t *buf, size_t want, uint64_t off, int d
   return (int64_t)got;
 }
 
-ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done *done,
-                             const escp_loop_opts *o, escp_counters *ctr) {
-  int rc = check_opts(c, o);
-  if (rc) return rc;
-  if (n && (!items || !done)) return -EINVAL;
-  escp_counters dummy;
-  if (!ctr) ctr = &dummy;
+static int64_t job_read(escp_job *j) {
+  return read_block(j->fd, j->buf, j->want, j->off, j->direct, j->len);
+}
+
+static int read_ahead_worthy(const escp_work *it, uint32_t block) {
+  return it->len > SMALL_IO && it->len <= block;
+}
+
+/* Queues reads of the coming large blocks until the ring is full. */
+static void read_ahead(escp_conn *c, const escp_work *items, uint32_t n, uint32_t *next, uint32_t block) {
+  escp_pipe *p = &c->tx_pipe;
+  for (; *next < n && escp__pipe_pending(p) < ESCP_PIPE_DEPTH; (*next)++) {
+    const escp_work *it = &items[*next];
+    if (!read_ahead_worthy(it, block)) continue;
+    escp_job *j = escp__pipe_next(p);
+    j->run = job_read;
+    j->fd = it->fd;
+    j->direct = it->direct;
+    j->buf = c->tx_ring[p->submitted % ESCP_PIPE_DEPTH] + ESCP_ALIGN;
+    j->len = it->len;
+    j->want = it->direct ? ROUND_UP((size_t)it->len) : it->len;
+    j->off = it->offset;
+    escp__pipe_submit(p);
+  }
+}
+
+/* Waits for every queued job: a helper must not touch a buffer after the call returns. */
+static void drain(escp_pipe *p) {
+  while (escp__pipe_harvest(p, 1)) {
+  }
+}
+
+static int send_items(escp_conn *c, const escp_work *items, uint32_t n, escp_done *done,
+                      const escp_loop_opts *o, escp_counters *ctr) {
   uint32_t block = o->block_size;
   int level = o->zstd_level;
-  rc = ensure_tx(c, block, level);
-  if (rc) return rc;
-  uint8_t *pay = c->tx_buf + ESCP_ALIGN;
+  uint32_t ahead = 0; /* next item read_ahead looks at */
+  int rc;
 
   for (uint32_t i = 0; i < n; i++) {
     if (cancelled(o)) return escp__err(ESCP_E_CANCEL, "stream %u: cancelled", c->stream);
+    read_ahead(c, items, n, &ahead, block);
     const escp_work *it = &items[i];
     escp_done *d = &done[i];
     d->file_id = it->file_id;
@@ -110,8 +164,17 @@ ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, e
                             block);
       continue;
     }
-    size_t want = it->direct ? ROUND_UP((size_t)it->len) : it->len;
-    int64_t got = read_block(it->fd, pay, want, it->offset, it->direct, it->len);
+    uint8_t *pay;
+    int64_t got;
+    if (read_ahead_worthy(it, block)) {
+      escp_job *j = escp__pipe_harvest(&c->tx_pipe, 1); /* FIFO: this item's read */
+      pay = j->buf;
+      got = j->result;
+    } else {
+      pay = c->tx_buf + ESCP_ALIGN;
+      got = read_block(it->fd, pay, it->direct ? ROUND_UP((size_t)it->len) : it->len, it->offset, it->direct,
+                       it->len);
+    }
     if (got < 0) {
       errno = (int)-got;
       d->status = escp__errno("stream %u: reading file %llu at %llu", c->stream, (unsigned long long)it->file_id,
@@ -157,11 +220,24 @@ ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, e
   return (int)n;
 }
 
+ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done *done,
+                             const escp_loop_opts *o, escp_counters *ctr) {
+  int rc = check_opts(c, o);
+  if (rc) return rc;
+  if (n && (!items || !done)) return -EINVAL;
+  escp_counters dummy;
+  rc = ensure_tx(c, o->block_size, o->zstd_level);
+  if (rc) return rc;
+  rc = send_items(c, items, n, done, o, ctr ? ctr : &dummy);
+  drain(&c->tx_pipe); /* reads still queued when the stream failed */
+  return rc;
+}
+
 /* ---- receiver ---------------------------------------------------------- */
 
 static int ensure_rx(escp_conn *c, uint32_t block) {
-  if (c->rx_buf && c->rx_block == block) return 0;
-  if (c->pend && c->rx_buf) {
+  if (c->rx_ring[0] && c->rx_block == block) return 0;
+  if (c->pend && c->rx_ring[0]) {
     /* keep the pending record: only grow */
     if (block <= c->rx_block) return 0;
     return escp__err(-EINVAL, "stream %u: block size changed while a record is pending", c->stream);
@@ -169,17 +245,35 @@ static int ensure_rx(escp_conn *c, uint32_t block) {
   uint32_t cap = ESCP_DATA_PREFIX + block;
   if (cap < ESCP_MAX_CTRL_BODY) cap = ESCP_MAX_CTRL_BODY;
   cap = (uint32_t)ROUND_UP(cap);
-  escp__free(c->rx_buf);
-  escp__free(c->rx_zbuf);
-  c->rx_zbuf = NULL;
-  c->rx_buf = escp__alloc((size_t)ESCP_ALIGN + cap + ESCP_ALIGN);
-  if (!c->rx_buf) {
-    c->rx_block = c->rx_cap = 0;
-    return escp__err(-ENOMEM, "stream %u: cannot allocate a %u-byte receive buffer", c->stream, cap);
+  escp__loops_free_rx(c);
+  int ok = 1;
+  for (int i = 0; ok && i < ESCP_PIPE_DEPTH; i++)
+    ok = (c->rx_ring[i] = escp__alloc((size_t)ESCP_ALIGN + cap + ESCP_ALIGN)) != NULL;
+  if (!ok) {
+    escp__loops_free_rx(c);
+    return escp__err(-ENOMEM, "stream %u: cannot allocate %d receive buffers of %u bytes", c->stream,
+                     ESCP_PIPE_DEPTH, cap);
   }
   c->rx_block = block;
   c->rx_cap = cap;
-  return 0;
+  c->rx_buf = c->rx_ring[c->rx_pipe.submitted % ESCP_PIPE_DEPTH];
+  return c->rx_pipe.started ? 0 : escp__pipe_start(&c->rx_pipe);
+}
+
+void escp__loops_free_rx(escp_conn *c) {
+  free_ring(c->rx_ring, (size_t)ESCP_ALIGN + c->rx_cap + ESCP_ALIGN, 1);
+  free_ring(c->rx_zring, ROUND_UP((size_t)c->rx_block), 1);
+  c->rx_buf = NULL;
+  c->rx_block = c->rx_cap = 0;
+}
+
+void escp__loops_free(escp_conn *c) {
+  escp__pipe_stop(&c->tx_pipe);
+  escp__pipe_stop(&c->rx_pipe);
+  escp__free(c->tx_buf);
+  escp__free(c->tx_zbuf);
+  free_ring(c->tx_ring, (size_t)ESCP_ALIGN + c->tx_block + ESCP_ALIGN, 0);
+  escp__loops_free_rx(c);
 }
 
 static int pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off) {
@@ -215,6 +309,35 @@ static int write_block(int fd, int direct, const uint8_t *buf, size_t len, uint6
   return rc;
 }
 
+static int64_t job_write(escp_job *j) {
+  return write_block(j->fd, j->direct, j->buf, j->len, j->off);
+}
+
+/* Reports a block whose write has finished (inline or on the helper). */
+static void block_written(escp_conn *c, escp_done *d, escp_counters *ctr) {
+  if (d->status) {
+    errno = -d->status;
+    escp__errno("stream %u: writing file %llu at %llu", c->stream, (unsigned long long)d->file_id,
+                (unsigned long long)d->offset);
+  } else {
+    ctr->bytes_disk += d->len;
+  }
+}
+
+/* Appends a harvested write-behind job to done[]. */
+static uint32_t report_write(escp_conn *c, escp_job *j, escp_done *done, uint32_t n, escp_counters *ctr) {
+  j->done.status = (int32_t)j->result;
+  block_written(c, &j->done, ctr);
+  done[n] = j->done;
+  return n + 1;
+}
+
+/* Moves finished write-behind jobs into done[]; with wait, all of them. */
+static uint32_t harvest_writes(escp_conn *c, escp_done *done, uint32_t n, int wait, escp_counters *ctr) {
+  for (escp_job *j; (j = escp__pipe_harvest(&c->rx_pipe, wait)) != NULL;) n = report_write(c, j, done, n, ctr);
+  return n;
+}
+
 /* True when a read on the stream would not block (data or EOF is waiting). */
 static int socket_has_data(escp_conn *c) {
   uint8_t b;
@@ -244,10 +367,15 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
     return 0;
   }
 
-  uint8_t *hdr = c->rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX - ESCP_HDR_LEN;
-  uint8_t *body = c->rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX;
+  escp_pipe *p = &c->rx_pipe;
   uint32_t n = 0;
-  while (n < max_done) {
+  /* Writes still in flight must fit in done[] when the call ends. */
+  while (n + escp__pipe_pending(p) < max_done) {
+    /* This record's slot: free it first if a write from it is still queued. */
+    if (escp__pipe_pending(p) == ESCP_PIPE_DEPTH) n = report_write(c, escp__pipe_harvest(p, 1), done, n, ctr);
+    c->rx_buf = c->rx_ring[p->submitted % ESCP_PIPE_DEPTH];
+    uint8_t *hdr = c->rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX - ESCP_HDR_LEN;
+    uint8_t *body = c->rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX;
     uint32_t type, flags, blen;
     uint64_t seq;
     if (c->pend) {
@@ -322,14 +450,15 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
     uint32_t plen = blen - ESCP_DATA_PREFIX;
     uint64_t len = plen;
     if (flags & ESCP_F_COMPRESSED) {
-      if (!c->rx_zbuf) {
-        c->rx_zbuf = escp__alloc(ROUND_UP((size_t)c->rx_block)); /* rx_block >= block */
-        if (!c->rx_zbuf) {
+      uint8_t **zbuf = &c->rx_zring[p->submitted % ESCP_PIPE_DEPTH];
+      if (!*zbuf) {
+        *zbuf = escp__alloc(ROUND_UP((size_t)c->rx_block)); /* rx_block >= block */
+        if (!*zbuf) {
           rc = escp__err(-ENOMEM, "stream %u: cannot allocate a decompression buffer", c->stream);
           break;
         }
       }
-      int64_t r = escp__zdecompress(&c->dctx, plain, plen, c->rx_zbuf, block);
+      int64_t r = escp__zdecompress(&c->dctx, plain, plen, *zbuf, block);
       if (r < 0) {
         rc = escp__err(r == -ENOMEM ? -ENOMEM : ESCP_E_DECOMP,
                        "stream %u: record seq %llu (file %llu offset %llu): compressed block is invalid or "
@@ -337,7 +466,7 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
                        (unsigned long long)file_id, (unsigned long long)off, block);
         break;
       }
-      plain = c->rx_zbuf;
+      plain = *zbuf;
       len = (uint64_t)r;
     }
     if (off > size || len > size - off) {
@@ -346,24 +475,35 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
                      (unsigned long long)(off + len), (unsigned long long)file_id, (unsigned long long)size);
       break;
     }
-    escp_done *d = &done[n++];
+    escp_job *j = escp__pipe_next(p);
+    escp_done *d = &j->done;
     d->file_id = file_id;
     d->offset = off;
     d->len = (uint32_t)len;
+    d->status = 0;
     escp__hash128(plain, (size_t)len, d->hash);
-    d->status = write_block(fd, direct, plain, (size_t)len, off);
-    if (d->status) {
-      errno = -d->status;
-      escp__errno("stream %u: writing file %llu at %llu", c->stream, (unsigned long long)file_id,
-                  (unsigned long long)off);
-    } else {
-      ctr->bytes_disk += len;
-    }
     ctr->bytes_compressed += plen;
     ctr->blocks++;
+    if (len > SMALL_IO) {
+      j->run = job_write;
+      j->fd = fd;
+      j->direct = direct;
+      j->buf = (uint8_t *)plain;
+      j->len = j->want = (size_t)len;
+      j->off = off;
+      escp__pipe_submit(p);
+    } else {
+      d->status = write_block(fd, direct, plain, (size_t)len, off);
+      block_written(c, d, ctr);
+      done[n++] = *d;
+    }
+    n = harvest_writes(c, done, n, 0, ctr);
     /* Hand back what is written as soon as the socket has nothing more for us
        right now: the main thread settles a file when its last block lands. */
     if (!socket_has_data(c)) break;
   }
+  /* Every queued write finishes before we return: the main thread may close a file's
+     fd once its blocks are reported, and reports must not wait for the next record. */
+  n = harvest_writes(c, done, n, 1, ctr);
   return rc ? rc : (int)n;
 }

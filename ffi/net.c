@@ -106,11 +106,7 @@ ESCP_API void escp_conn_free(escp_conn *c) {
     OPENSSL_cleanse(c->tx_ctl, c->tx_ctl_cap);
     free(c->tx_ctl);
   }
-  escp__free(c->tx_buf);
-  escp__free(c->tx_zbuf);
-  if (c->rx_buf) OPENSSL_cleanse(c->rx_buf, (size_t)ESCP_ALIGN * 2 + c->rx_cap);
-  escp__free(c->rx_buf);
-  escp__free(c->rx_zbuf);
+  escp__loops_free(c);
   escp__zfree(c->cctx, c->dctx);
   OPENSSL_cleanse(c, sizeof *c);
   free(c);

@@ -44,7 +44,7 @@ $cc -std=gnu11 -O2 -fPIC -shared -g0 \
   -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
   ${CFLAGS_EXTRA:-} \
   -Iffi \
-  ffi/crypto.c ffi/io.c ffi/net.c ffi/loops.c ffi/compress.c ffi/affinity.c \
+  ffi/*.c \
   -o "$tmp/libescp.so" \
   "$libdir/libcrypto.a" "$libdir/libzstd.a" "$libdir/libxxhash.a" \
   -Wl,--exclude-libs,ALL -Wl,--version-script="$tmp/exports.map" \

@@ -468,7 +468,8 @@ describe("records", () => {
 // ---- fused loops -----------------------------------------------------------------
 
 const BLOCK = 64 * 1024;
-const SIZES = [0, 1, 4095, 4096, 4097, BLOCK - 1, BLOCK, BLOCK + 1, 3.5 * BLOCK];
+/** File sizes around the block size's edges. */
+const sizesFor = (block: number) => [0, 1, 4095, 4096, 4097, block - 1, block, block + 1, 3.5 * block];
 
 /** Evicts a file from the page cache: escp_open_read keeps cached files buffered, so O_DIRECT paths need this. */
 function uncache(file: string): void {
@@ -538,9 +539,9 @@ class FdTable {
 }
 
 /** Receives until END with a lazily published table; returns done entries and state-2 count. */
-function receiveAll(conn: number, tab: FdTable, onNeed: (id: number) => void, level = 0) {
+function receiveAll(conn: number, tab: FdTable, onNeed: (id: number) => void, level = 0, block = BLOCK) {
   const done = new Uint8Array(40 * 16), ctr = new Uint8Array(64), cancel = new Int32Array(1);
-  const opts = loopOpts(BLOCK, level, cancel);
+  const opts = loopOpts(block, level, cancel);
   const state = new Int32Array(1), need = new BigUint64Array(1);
   const all: Done[] = [];
   let needs = 0;
@@ -557,7 +558,8 @@ function receiveAll(conn: number, tab: FdTable, onNeed: (id: number) => void, le
   return { done: all, needs, ctr: counters(ctr) };
 }
 
-async function transfer(sender: number, receiver: number, direct: boolean, level: number, tag: string) {
+async function transfer(sender: number, receiver: number, direct: boolean, level: number, tag: string, block = BLOCK) {
+  const SIZES = sizesFor(block);
   const srcs: Buffer[] = [];
   const work = new DataView(new ArrayBuffer(32 * 64));
   const expected: Done[] = [];
@@ -573,8 +575,8 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
     expect(isDirect[0]).toBe(direct ? 1 : 0);
     srcFds.push(fd);
     // an empty file still sends one empty block, so that it exists on the other side
-    for (let off = 0; off < Math.max(size, 1); off += BLOCK) {
-      const len = Math.min(BLOCK, size - off);
+    for (let off = 0; off < Math.max(size, 1); off += block) {
+      const len = Math.min(block, size - off);
       const o = n * 32;
       work.setBigUint64(o, BigInt(id), true);
       work.setBigUint64(o + 8, BigInt(off), true);
@@ -585,7 +587,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
       n++;
     }
   });
-  const sent = call("sendBatch", sender, new Uint8Array(work.buffer, 0, n * 32), n, BLOCK, level, true);
+  const sent = call("sendBatch", sender, new Uint8Array(work.buffer, 0, n * 32), n, block, level, true);
 
   const dirfd = fs.openSync(tmp, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   const tab = new FdTable(16);
@@ -598,7 +600,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
     expect(isDirect[0]).toBe(direct ? 1 : 0);
     dstFds.push(fd);
     tab.publish(id, SIZES[id], fd, isDirect[0]);
-  }, level);
+  }, level, block);
   const s = await sent;
   fs.closeSync(dirfd);
   for (const fd of [...srcFds, ...dstFds]) L.escp_close(fd);
@@ -632,7 +634,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
 describe("loops", () => {
   let c: number[] = [], l: number[] = [];
   beforeAll(async () => {
-    ({ c, l } = await session(8));
+    ({ c, l } = await session(10));
   });
 
   test("send_batch -> recv_batch moves multi-block files (buffered)", async () => {
@@ -645,6 +647,16 @@ describe("loops", () => {
 
   test("send_batch -> recv_batch moves multi-block files (zstd level 1, listener to connector)", async () => {
     await transfer(l[2], c[2], true, 1, "zstd");
+  });
+
+  // Blocks over 256 KiB are read ahead and written behind on each direction's helper
+  // thread (ffi/pipeline.c), smaller ones inline: these batches mix both.
+  test("send_batch -> recv_batch with 1 MiB blocks: read ahead and written behind (buffered)", async () => {
+    await transfer(c[8], l[8], false, 0, "ahead-buf", 1 << 20);
+  });
+
+  test("send_batch -> recv_batch with 1 MiB blocks: read ahead and written behind (O_DIRECT)", async () => {
+    await transfer(c[9], l[9], true, 0, "ahead-direct", 1 << 20);
   });
 
   test("recv_batch: state 2 for an unknown file id, success on the retry after publishing", async () => {

@@ -59,7 +59,7 @@ pids=()
 # apply to the inlined header: clang gets -mavx2 for that file (fuzzing hosts have AVX2).
 avx2=()
 if [[ $cc == clang* ]] && grep -qw avx2 /proc/cpuinfo; then avx2=(-mavx2); fi
-for src in ffi/crypto.c ffi/io.c ffi/net.c ffi/loops.c ffi/compress.c ffi/affinity.c; do
+for src in ffi/*.c; do
   extra=()
   [[ $src == ffi/crypto.c ]] && extra=("${avx2[@]}")
   "$cc" "${flags[@]}" "${obj_engine[@]}" "${extra[@]}" -c "$src" -o "$objdir/$(basename "$src" .c).o" &
