@@ -14,6 +14,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { native } from "../native.ts";
 import { WALKER_URL } from "../entrypoints.ts";
+import { prestart, takeWorker } from "../streams/spare.ts";
 
 export type WalkItem =
   /** A file's stat is left to the sender, which takes it from the open file. */
@@ -111,6 +112,11 @@ export function errnoText(e: unknown): string {
   return err instanceof Error ? err.message : String(e);
 }
 
+/** Boots the walker thread ahead of time (see spare.ts). */
+export function prestartWalker(): void {
+  prestart(WALKER_URL, 1);
+}
+
 /** Items per message from the walker thread; it stays at most two batches ahead. */
 const WALK_BATCH = 512;
 
@@ -120,7 +126,7 @@ const WALK_BATCH = 512;
  * whenever two batches are not yet consumed (bounded memory for any tree).
  */
 export async function* walkInWorker(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem> {
-  const w = new Worker(WALKER_URL);
+  const w = takeWorker(WALKER_URL);
   const batches: (WalkItem[] | null)[] = [];
   let wake: (() => void) | undefined;
   let failure: Error | undefined;

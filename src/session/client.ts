@@ -13,7 +13,9 @@ import { startServer, forwardStderr, connectionFailure, type Plan } from "./remo
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
 import { PROTO_VERSION } from "../native.ts";
-import { StreamPool } from "../streams/pool.ts";
+import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
+import { dropSpares } from "../streams/spare.ts";
+import { prestartWalker } from "../plan/walk.ts";
 import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
@@ -95,6 +97,9 @@ export async function transfer(
   }
   log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: o.threads, blockSize: o.blockSize });
   const child = startServer(o, plan);
+  // Our workers boot while ssh logs in (spare.ts).
+  prestartStreamWorkers(o.threads);
+  if (plan.dir !== "pull") prestartWalker();
   const stderrTail = forwardStderr(child.stderr, o);
   const ch = new ControlChannel(child.stdout, (b) => {
     try {
@@ -186,6 +191,7 @@ export async function transfer(
     child.kill();
     return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error: (e as Error).message };
   } finally {
+    dropSpares();
     signal?.removeEventListener("abort", interrupt);
   }
 }

@@ -9,7 +9,8 @@ import os from "node:os";
 import { ControlChannel } from "./control.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION } from "../native.ts";
-import { StreamPool } from "../streams/pool.ts";
+import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
+import { prestartWalker } from "../plan/walk.ts";
 import { makeSide, summarize, type Side } from "../transfer/side.ts";
 import { resolveTarget, expandHome } from "../plan/target.ts";
 import { expandSources } from "../plan/sources.ts";
@@ -32,6 +33,9 @@ export async function runServer(): Promise<number> {
   const hostName = os.hostname();
   log.open({ role: hello.serverRole, verbose: hello.options.verbose, file: hello.options.log });
   log.info("hello", { role: hello.serverRole, streams: hello.streams, blockSize: hello.blockSize, ports: hello.ports, target: hello.target, sources: hello.sources });
+  // Our workers boot while the streams connect (spare.ts).
+  prestartStreamWorkers(hello.streams);
+  if (hello.serverRole === "sender") prestartWalker();
   const report = new Report({ quiet: true, json: false }, false);
   let pool: StreamPool | undefined;
   let side: Side | undefined;

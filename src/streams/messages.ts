@@ -18,6 +18,7 @@ export interface WorkerInit {
 }
 
 export type ToWorker =
+  | { kind: "load"; libPath: string } // a spare worker (spare.ts) gets ready before its stream exists
   | WorkerInit
   | { kind: "batch"; items: Uint8Array } // escp_work[]
   | { kind: "finish" };

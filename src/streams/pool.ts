@@ -13,6 +13,7 @@ import { native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, 
 import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
 import { log } from "../log.ts";
+import { prestart, takeWorker } from "./spare.ts";
 
 export interface PoolOptions {
   blockSize: number;
@@ -38,6 +39,11 @@ export interface StreamCounters {
 
 /** Receiver file table capacity: more than the sender's window of open files, a power of two. */
 export const TABLE_CAP = 4096;
+
+/** Boots the workers of a pool of `streams` data streams ahead of time (see spare.ts). */
+export function prestartStreamWorkers(streams: number): void {
+  prestart(WORKER_URL, streams + 1, { kind: "load", libPath: nativePath() } satisfies ToWorker);
+}
 
 export class StreamPool {
   readonly cancel = new SharedArrayBuffer(4);
@@ -65,7 +71,7 @@ export class StreamPool {
     this.counters = new SharedArrayBuffer(conns.length * COUNTERS_SIZE);
     const libPath = nativePath();
     conns.forEach((conn, stream) => {
-      const w = new Worker(WORKER_URL);
+      const w = takeWorker(WORKER_URL);
       const init: WorkerInit = {
         kind: "init",
         role: stream === 0 ? "control-rx" : role === "sender" ? "send" : "recv",

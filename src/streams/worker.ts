@@ -46,6 +46,10 @@ let running = false;
 
 self.onmessage = (ev: MessageEvent<ToWorker>) => {
   const m = ev.data;
+  if (m.kind === "load") {
+    native(m.libPath);
+    return;
+  }
   if (m.kind === "init") {
     setup(m);
     if (m.role === "recv") void receiveLoop();
