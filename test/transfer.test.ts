@@ -188,3 +188,16 @@ describe("the data port", () => {
     expect(listNames(dst)).toEqual([]);
   });
 });
+
+describe("temporary files", () => {
+  test("a stale partial file from a killed run is replaced, not appended to, without --resume", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), BLOCK + 77, { seed: 10 });
+    fs.writeFileSync(path.join(dst, ".f.escp-part"), Buffer.alloc(3 * BLOCK, 0x5a), { mode: 0o644 });
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(listNames(dst)).toEqual(["f"]);
+  });
+});

@@ -9,6 +9,7 @@
  */
 import path from "node:path";
 import fs from "node:fs";
+import os from "node:os";
 import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
@@ -50,6 +51,7 @@ interface Kept {
 }
 
 const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+const { EEXIST } = os.constants.errno;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 /** Files smaller than this skip O_DIRECT: its set-up costs more than the page cache it saves. */
@@ -158,14 +160,18 @@ export class Receiver {
       return this.skip(e, rel);
     }
     const tmp = partName(rel);
-    // Without --resume a stale partial file (from a killed run) is replaced; whatever sits
-    // at the temporary name, a symbolic link is never followed (O_NOFOLLOW, O_EXCL).
-    if (!this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(tmp), 0);
     const isDirect = new Int32Array(1);
-    const fd = this.lib.escp_openat_beneath(
+    const create = () => this.lib.escp_openat_beneath(
       this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW | (this.opts.resume ? 0 : O_EXCL), 0o600,
       this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
     );
+    let fd = create();
+    // Without --resume a stale partial file (from a killed run) is replaced; whatever sits
+    // at the temporary name, a symbolic link is never followed (O_NOFOLLOW, O_EXCL).
+    if (fd === -EEXIST && !this.opts.resume) {
+      this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(tmp), 0);
+      fd = create();
+    }
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
