@@ -37,6 +37,8 @@ export interface SessionOptions {
   inplace: boolean;
   limitBps: number;
   keepaliveS: number;
+  /** Socket buffer bytes per stream and direction (--sockbuf); 0 or absent = autotuning. */
+  sockbuf?: number;
   verbose: number;
   log?: string;
 }

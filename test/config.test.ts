@@ -109,7 +109,7 @@ describe("errors name the file and line", () => {
   test("an unknown key", () => {
     const path = file("threads: 4\n\nthraeds: 8\n");
     expect(() => loadConfig([path])).toThrow(
-      `escp: ${path}:3: unknown key 'thraeds' (known: threads, blocksize, ports, compress, zstd_level, direct, log, keepalive, cpumask, nodemask)`,
+      `escp: ${path}:3: unknown key 'thraeds' (known: threads, blocksize, ports, compress, zstd_level, direct, log, keepalive, sockbuf, cpumask, nodemask)`,
     );
   });
 

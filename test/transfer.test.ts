@@ -7,7 +7,7 @@ import { describe, test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
+import { startSshd, runEscp, run, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 const BLOCK = 1 << 20;
@@ -199,5 +199,46 @@ describe("temporary files", () => {
     expect(r.code).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     expect(listNames(dst)).toEqual(["f"]);
+  });
+});
+
+describe("socket buffers (--sockbuf)", () => {
+  test("the buffers asked for are granted on both ends and logged", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");
+    await makeFile(path.join(src, "f"), 4 * BLOCK + 5, { seed: 8 });
+    const local = path.join(logs, "escp.log");
+    const r = await runEscp(["--sockbuf", "3M", "--log", local, path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    const lines = fs.readFileSync(local, "utf8").split("\n").filter((l) => l.includes("socket buffers"));
+    // Both processes append to the one file (local and remote are the same host here).
+    expect(lines.length).toBe(2);
+    for (const l of lines) expect(l).toMatch(/asked=3145728 send=3145728 receive=3145728/);
+  });
+
+  test("buffers the kernel will not grant are named with the sysctl to raise, and the copy still succeeds", async () => {
+    // root may exceed net.core.[rw]mem_max (SO_RCVBUFFORCE): this local copy runs as nobody.
+    const base = fs.mkdtempSync("/tmp/escp-nobody-");
+    try {
+      fs.chmodSync(base, 0o755);
+      const src = path.join(base, "src"), dst = path.join(base, "dst");
+      fs.mkdirSync(src, { mode: 0o755 });
+      fs.mkdirSync(dst, { mode: 0o777 });
+      fs.chmodSync(dst, 0o777);
+      await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 9 });
+      const r = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ESCP_BIN,
+        "--sockbuf", "1G", path.join(src, "f"), `${dst}/`], { env: { HOME: base } });
+      expect(r.code).toBe(0);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+      const warnings = r.stderr.trim().split("\n");
+      expect(warnings.length).toBe(2); // this end and the other (a local copy has both here)
+      for (const w of warnings) {
+        expect(w).toMatch(/^escp: warning: (.*: )?--sockbuf 1\.00GiB was not granted: this kernel allows .* \(net\.core\.wmem_max, net\.core\.rmem_max\)/);
+        expect(w).toContain("sysctl -w net.core.wmem_max=1073741824 net.core.rmem_max=1073741824");
+      }
+    } finally {
+      fs.rmSync(base, { recursive: true, force: true });
+    }
   });
 });

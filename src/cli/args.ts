@@ -47,6 +47,8 @@ export interface Options {
   ssh: "system" | "builtin";
   log?: string;
   keepaliveS: number;
+  /** --sockbuf: bytes of socket buffer asked per stream and direction; unset = the kernel's autotuning. */
+  sockbuf?: number;
   cpumask?: string;
   nodemask?: string;
 }
@@ -166,13 +168,25 @@ const parseLimit = integer(1, 100 * 1024 * 1024);
 
 const SIZE_UNITS: Record<string, number> = { "": 1, k: KiB, m: MiB, g: 1024 * MiB };
 
-/** "1M", "512K", "4194304" → bytes; a multiple of 4 KiB (O_DIRECT alignment) from 4 KiB to 64 MiB. */
-export function parseBlockSize(s: string): number {
+/** "1M", "512K", "4194304" → bytes; NaN when it is not a size. */
+function sizeBytes(s: string): number {
   const m = /^(\d+)([kmg]?)(?:i?b)?$/i.exec(s);
-  const n = m ? Number(m[1]) * SIZE_UNITS[m[2].toLowerCase()] : NaN;
+  return m ? Number(m[1]) * SIZE_UNITS[m[2].toLowerCase()] : NaN;
+}
+
+/** A block size: a multiple of 4 KiB (O_DIRECT alignment) from 4 KiB to 64 MiB. */
+export function parseBlockSize(s: string): number {
+  const n = sizeBytes(s);
   if (!(n >= 4 * KiB && n <= 64 * MiB && n % (4 * KiB) === 0)) {
     throw new ValueError("a size from 4K to 64M in multiples of 4K, such as 1M");
   }
+  return n;
+}
+
+/** A socket buffer size: 64 KiB to 1 GiB. */
+export function parseSockbuf(s: string): number {
+  const n = sizeBytes(s);
+  if (!(n >= 64 * KiB && n <= 1024 * MiB)) throw new ValueError("a size from 64K to 1G, such as 32M");
   return n;
 }
 
@@ -291,6 +305,8 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "zstd level for -C, 1 (fastest, default) to 19" },
   { long: "port", arg: "first[-last]", group: "transfer", apply: value("ports", parsePorts),
     help: "TCP ports the remote end may listen on for the data streams; it takes the first free one (default 1232-1242)" },
+  { long: "sockbuf", arg: "size", group: "transfer", apply: value("sockbuf", parseSockbuf),
+    help: "socket buffer per stream, such as 32M for a long fast path (default: the kernel's autotuning); escp says when the kernel grants less" },
   { long: "tunnel", group: "transfer", apply: flag("tunnel", true),
     help: "carry the data streams inside the ssh connection; slower, but needs no open port (used automatically when the port range is closed)" },
   { long: "sparse", group: "transfer", apply: flag("sparse", true),

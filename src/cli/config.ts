@@ -17,13 +17,14 @@ import {
   parseBlockSize,
   parseKeepalive,
   parsePorts,
+  parseSockbuf,
   parseThreads,
   parseZstdLevel,
   ValueError,
 } from "./args.ts";
 
 /** The options a config file may set. */
-export type ConfigOption = "cpumask" | "nodemask" | "threads" | "blockSize" | "ports" | "compress" | "zstdLevel" | "direct" | "log" | "keepaliveS";
+export type ConfigOption = "cpumask" | "nodemask" | "threads" | "blockSize" | "ports" | "compress" | "zstdLevel" | "direct" | "log" | "keepaliveS" | "sockbuf";
 
 export interface Config {
   values: Partial<Pick<Options, ConfigOption>>;
@@ -63,6 +64,7 @@ const KEYS: Record<string, KeySpec> = {
   direct: key("direct", readBool),
   log: key("log", readPath),
   keepalive: key("keepaliveS", (n) => parseKeepalive(scalarText(n))),
+  sockbuf: key("sockbuf", (n) => parseSockbuf(scalarText(n)), showSize),
   // Unquoted: readMask reads the digits as written, though YAML would call 0x2f a number.
   cpumask: key("cpumask", readMask, String, (m) => `CPUs ${ranges(m)}`),
   nodemask: key("nodemask", readMask, String, (m) => `NUMA nodes ${ranges(m)}`),
@@ -203,7 +205,7 @@ function readMask(n: Node | null): string {
 
 function showSize(n: number): string {
   if (n % MiB === 0) return `${n / MiB}M`;
-  return `${n / KiB}K`;
+  return n % KiB === 0 ? `${n / KiB}K` : String(n);
 }
 
 /** "0x2f" → "0-3,5". */

@@ -111,7 +111,8 @@ export async function transfer(
   const session: SessionOptions = {
     recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,
     resume: o.resume, verify: o.verify, sparse: o.sparse, inplace: o.inplace,
-    limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, verbose: o.verbose, log: o.log,
+    limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, sockbuf: o.sockbuf ?? 0,
+    verbose: o.verbose, log: o.log,
   };
   ch.send({
     type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
@@ -148,7 +149,8 @@ export async function transfer(
       : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child);
     keys.master.fill(0);
     log.info("streams connected", { streams: conns.length - 1, port });
-    tuneStreams(conns, session.limitBps, o.keepaliveS);
+    const capped = tuneStreams(conns, session.limitBps, o.keepaliveS, session.sockbuf);
+    if (capped) report.warning(capped);
     const role = plan.dir === "pull" ? "receiver" : "sender";
     pool = new StreamPool(conns, role, { blockSize: o.blockSize, zstdLevel: o.compress ? o.zstdLevel : 0, cpumask: o.cpumask, nodemask: o.nodemask });
     const started = performance.now();

@@ -5,8 +5,10 @@
  * HELLO both ways, dropping strangers) is in ffi/net.c.
  */
 import crypto from "node:crypto";
+import fs from "node:fs";
 import { native, cstr, ptr, nativeError, type Pointer } from "../native.ts";
 import { log } from "../log.ts";
+import { formatBytes } from "../progress.ts";
 
 export interface SessionKeys {
   sid: Uint8Array; // 16 bytes, public
@@ -72,12 +74,36 @@ export function connectStreams(addr: string, port: number, keys: SessionKeys, da
   return conns;
 }
 
-/** Socket tuning for every stream: pacing splits -l evenly, keepalive notices a vanished peer. */
-export function tuneStreams(conns: number[], limitBps: number, keepaliveS: number): void {
+/**
+ * Socket tuning for every stream: pacing splits -l evenly, keepalive notices
+ * a vanished peer, and --sockbuf asks for fixed buffers on the data streams
+ * (which turns the kernel's autotuning off for them). Returns a warning for
+ * the user when the kernel would not grant those buffers.
+ */
+export function tuneStreams(conns: number[], limitBps: number, keepaliveS: number, sockbuf = 0): string | undefined {
   const granted = new Int32Array(2);
   const dataStreams = Math.max(1, conns.length - 1);
+  let send = Infinity, receive = Infinity;
   conns.forEach((c, s) => {
     const pacing = s > 0 && limitBps > 0 ? Math.ceil(limitBps / dataStreams) : 0;
-    native().escp_conn_tune(c as Pointer, 0, 0, pacing, keepaliveS, ptr(granted));
+    const buf = s > 0 ? sockbuf : 0;
+    native().escp_conn_tune(c as Pointer, buf, buf, pacing, keepaliveS, ptr(granted));
+    if (s > 0) [send, receive] = [Math.min(send, granted[0]), Math.min(receive, granted[1])];
   });
+  if (!sockbuf) return undefined;
+  // Linux reports twice the size it was asked for (the other half is its bookkeeping).
+  log.info("socket buffers", { asked: sockbuf, send: send / 2, receive: receive / 2 });
+  if (send >= 2 * sockbuf && receive >= 2 * sockbuf) return undefined;
+  const wmax = sysctl("net/core/wmem_max"), rmax = sysctl("net/core/rmem_max");
+  return `--sockbuf ${formatBytes(sockbuf)} was not granted: this kernel allows ${formatBytes(wmax)} to send and ` +
+    `${formatBytes(rmax)} to receive (net.core.wmem_max, net.core.rmem_max), so the streams keep its autotuning; ` +
+    `raise them with sysctl -w net.core.wmem_max=${sockbuf} net.core.rmem_max=${sockbuf}, or run escp as root`;
+}
+
+function sysctl(name: string): number {
+  try {
+    return Number(fs.readFileSync(`/proc/sys/${name}`, "utf8").trim());
+  } catch {
+    return NaN;
+  }
 }

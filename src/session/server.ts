@@ -74,7 +74,8 @@ export async function runServer(): Promise<number> {
     const conns = acceptStreams(l, keys, hello.streams, 30_000);
     keys.master.fill(0);
     log.info("streams accepted", { streams: conns.length - 1, port: l.port });
-    tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS);
+    const capped = tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS, hello.options.sockbuf);
+    if (capped) report.warning(`${hostName}: ${capped}`);
     const started = performance.now();
     pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
     for (const s of sources.missing) report.failed(s.path, s.message);
