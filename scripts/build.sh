@@ -9,7 +9,9 @@ mkdir -p dist
 # executable is made of, so the same sources give the same id (and executable).
 build_id=$( (cat build/libescp.so package.json; find src -type f -name '*.ts' | LC_ALL=C sort | xargs cat) | sha256sum | cut -c1-12)
 echo "$build_id" >build/build-id
-./node_modules/.bin/bun build --compile --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
+# --bytecode: JavaScriptCore bytecode compiled ahead, so neither end nor any worker parses
+# the bundle at start (escp --version 70 -> 20 ms; a 1-byte copy 0.64 -> 0.54 s here).
+./node_modules/.bin/bun build --compile --bytecode --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
   src/main.ts src/streams/worker.ts src/plan/walker.ts --outfile dist/escp >build/bun-build.log 2>&1 \
   || { cat build/bun-build.log; exit 1; }
 echo "built dist/escp ($(du -h dist/escp | cut -f1))"
