@@ -156,8 +156,7 @@ int64_t escp__zdecompress(ZSTD_DCtx **dctx, const void *src, size_t len, void *d
 void escp__zfree(ZSTD_CCtx *cctx, ZSTD_DCtx *dctx);
 
 /* ---- loops.c ---- */
-void escp__loops_free(escp_conn *c);    /* stops the helpers, frees the loop buffers */
-void escp__loops_free_rx(escp_conn *c); /* the receive buffers only */
+void escp__loops_free(escp_conn *c); /* stops the helpers, frees the loop buffers */
 
 /* ---- io.c ---- */
 void *escp__alloc(size_t size); /* aligned, not zeroed; NULL on failure */

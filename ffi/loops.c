@@ -70,10 +70,8 @@ static int ensure_tx(escp_conn *c, uint32_t block, int level) {
     if (!ok) return escp__err(-ENOMEM, "stream %u: cannot allocate %d send buffers of %u bytes", c->stream,
                               ESCP_PIPE_DEPTH + 1, block);
   }
-  if (!c->tx_pipe.started) {
-    int rc = escp__pipe_start(&c->tx_pipe);
-    if (rc) return rc;
-  }
+  int rc = escp__pipe_start(&c->tx_pipe);
+  if (rc) return rc;
   if (level != 0 && !c->tx_zbuf) {
     c->tx_zcap = escp__zbound(block);
     c->tx_zbuf = escp__alloc((size_t)ESCP_ALIGN + ROUND_UP(c->tx_zcap) + ESCP_ALIGN);
@@ -113,6 +111,11 @@ static int64_t job_read(escp_job *j) {
   return read_block(j->fd, j->buf, j->want, j->off, j->direct, j->len);
 }
 
+/* Bytes to pread for an item: O_DIRECT reads whole aligned units (a short read is EOF). */
+static size_t read_want(const escp_work *it) {
+  return it->direct ? ROUND_UP((size_t)it->len) : it->len;
+}
+
 static int read_ahead_worthy(const escp_work *it, uint32_t block) {
   return it->len > SMALL_IO && it->len <= block;
 }
@@ -129,7 +132,7 @@ static void read_ahead(escp_conn *c, const escp_work *items, uint32_t n, uint32_
     j->direct = it->direct;
     j->buf = c->tx_ring[p->submitted % ESCP_PIPE_DEPTH] + ESCP_ALIGN;
     j->len = it->len;
-    j->want = it->direct ? ROUND_UP((size_t)it->len) : it->len;
+    j->want = read_want(it);
     j->off = it->offset;
     escp__pipe_submit(p);
   }
@@ -172,8 +175,7 @@ static int send_items(escp_conn *c, const escp_work *items, uint32_t n, escp_don
       got = j->result;
     } else {
       pay = c->tx_buf + ESCP_ALIGN;
-      got = read_block(it->fd, pay, it->direct ? ROUND_UP((size_t)it->len) : it->len, it->offset, it->direct,
-                       it->len);
+      got = read_block(it->fd, pay, read_want(it), it->offset, it->direct, it->len);
     }
     if (got < 0) {
       errno = (int)-got;
@@ -235,6 +237,14 @@ ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, e
 
 /* ---- receiver ---------------------------------------------------------- */
 
+/* The receive buffers, wiped (they held plaintext). */
+static void free_rx(escp_conn *c) {
+  free_ring(c->rx_ring, (size_t)ESCP_ALIGN + c->rx_cap + ESCP_ALIGN, 1);
+  free_ring(c->rx_zring, ROUND_UP((size_t)c->rx_block), 1);
+  c->rx_buf = NULL;
+  c->rx_block = c->rx_cap = 0;
+}
+
 static int ensure_rx(escp_conn *c, uint32_t block) {
   if (c->rx_ring[0] && c->rx_block == block) return 0;
   if (c->pend && c->rx_ring[0]) {
@@ -245,26 +255,19 @@ static int ensure_rx(escp_conn *c, uint32_t block) {
   uint32_t cap = ESCP_DATA_PREFIX + block;
   if (cap < ESCP_MAX_CTRL_BODY) cap = ESCP_MAX_CTRL_BODY;
   cap = (uint32_t)ROUND_UP(cap);
-  escp__loops_free_rx(c);
+  free_rx(c);
   int ok = 1;
   for (int i = 0; ok && i < ESCP_PIPE_DEPTH; i++)
     ok = (c->rx_ring[i] = escp__alloc((size_t)ESCP_ALIGN + cap + ESCP_ALIGN)) != NULL;
   if (!ok) {
-    escp__loops_free_rx(c);
+    free_rx(c);
     return escp__err(-ENOMEM, "stream %u: cannot allocate %d receive buffers of %u bytes", c->stream,
                      ESCP_PIPE_DEPTH, cap);
   }
   c->rx_block = block;
   c->rx_cap = cap;
   c->rx_buf = c->rx_ring[c->rx_pipe.submitted % ESCP_PIPE_DEPTH];
-  return c->rx_pipe.started ? 0 : escp__pipe_start(&c->rx_pipe);
-}
-
-void escp__loops_free_rx(escp_conn *c) {
-  free_ring(c->rx_ring, (size_t)ESCP_ALIGN + c->rx_cap + ESCP_ALIGN, 1);
-  free_ring(c->rx_zring, ROUND_UP((size_t)c->rx_block), 1);
-  c->rx_buf = NULL;
-  c->rx_block = c->rx_cap = 0;
+  return escp__pipe_start(&c->rx_pipe);
 }
 
 void escp__loops_free(escp_conn *c) {
@@ -273,7 +276,7 @@ void escp__loops_free(escp_conn *c) {
   escp__free(c->tx_buf);
   escp__free(c->tx_zbuf);
   free_ring(c->tx_ring, (size_t)ESCP_ALIGN + c->tx_block + ESCP_ALIGN, 0);
-  escp__loops_free_rx(c);
+  free_rx(c);
 }
 
 static int pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off) {

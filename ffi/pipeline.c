@@ -39,7 +39,7 @@ static void *pipe_main(void *arg) {
 }
 
 int escp__pipe_start(escp_pipe *p) {
-  if (p->started) return 0;
+  if (p->started) return 0; /* once per direction: later calls are free */
   memset(p, 0, sizeof *p);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);

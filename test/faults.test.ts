@@ -6,7 +6,7 @@
 import { describe, test, expect, beforeAll, afterEach, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { startSshd, runEscp, run, tmpdir, makeFile, sameFile, freePort, descendants, ESCP_BIN, SSH_HOST } from "./harness.ts";
+import { startSshd, runEscp, run, asNobody, tmpdir, makeFile, sameFile, freePort, descendants, ESCP_BIN, SSH_HOST } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 setDefaultTimeout(120_000);
@@ -222,26 +222,16 @@ describe("sources that misbehave", () => {
   });
 
   test("an unreadable source is named, the others are still copied, exit status 1", async () => {
-    // root reads anything: this local copy runs as nobody so the permission bites,
-    // in a directory nobody can reach (the per-run temp dirs are private).
-    const base = fs.mkdtempSync("/tmp/escp-nobody-");
-    try {
-      fs.chmodSync(base, 0o755);
-      const src = path.join(base, "src"), dst = path.join(base, "dst");
-      fs.mkdirSync(src, { mode: 0o755 });
-      fs.mkdirSync(dst);
-      fs.chmodSync(dst, 0o777);
+    // root reads anything: this local copy runs as nobody so the permission bites.
+    await asNobody(async ({ src, dst, escp }) => {
       await makeFile(path.join(src, "a"), 1000, { seed: 1 });
       await makeFile(path.join(src, "secret"), 1000, { seed: 2, mode: 0o000 });
       await makeFile(path.join(src, "b"), 1000, { seed: 3 });
-      const r = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ESCP_BIN,
-        path.join(src, "a"), path.join(src, "secret"), path.join(src, "b"), `${dst}/`], { env: { HOME: base } });
+      const r = await escp([path.join(src, "a"), path.join(src, "secret"), path.join(src, "b"), `${dst}/`]);
       expect(r.stderr).toBe(`escp: ${path.join(src, "secret")}: Permission denied\n`);
       expect(r.code).toBe(1);
       expect(fs.readdirSync(dst).sort()).toEqual(["a", "b"]);
-    } finally {
-      fs.rmSync(base, { recursive: true, force: true });
-    }
+    });
   });
 });
 

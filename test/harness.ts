@@ -190,6 +190,32 @@ export function killTree(pid: number, signal: NodeJS.Signals = "SIGTERM"): void 
 
 const SIGNUMS = os.constants.signals as Record<string, number>;
 
+/**
+ * A local copy as user nobody, for what root would get past (permissions,
+ * kernel limits): `fn` gets a src/ nobody can read and a dst/ nobody can
+ * write, in a directory outside the private per-run temp dirs (nobody cannot
+ * reach those), removed afterwards; `escp(args)` runs dist/escp as nobody.
+ *
+ *   await asNobody(async ({ src, dst, escp }) => { ...; const r = await escp([a, `${dst}/`]); });
+ */
+export async function asNobody<T>(
+  fn: (d: { src: string; dst: string; escp: (args: string[]) => Promise<RunResult> }) => Promise<T>,
+): Promise<T> {
+  const base = fs.mkdtempSync("/tmp/escp-nobody-");
+  try {
+    fs.chmodSync(base, 0o755);
+    const src = path.join(base, "src"), dst = path.join(base, "dst");
+    fs.mkdirSync(src, { mode: 0o755 });
+    fs.mkdirSync(dst);
+    fs.chmodSync(dst, 0o777);
+    const escp = (args: string[]) =>
+      run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ESCP_BIN, ...args], { env: { HOME: base } });
+    return await fn({ src, dst, escp });
+  } finally {
+    fs.rmSync(base, { recursive: true, force: true });
+  }
+}
+
 /** Runs a command (argv[0] is a path or a name on PATH) and collects its output. */
 export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
   const env: Record<string, string> = {};

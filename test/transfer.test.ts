@@ -7,7 +7,7 @@ import { describe, test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, run, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN } from "./harness.ts";
+import { startSshd, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 const BLOCK = 1 << 20;
@@ -219,16 +219,9 @@ describe("socket buffers (--sockbuf)", () => {
 
   test("buffers the kernel will not grant are named with the sysctl to raise, and the copy still succeeds", async () => {
     // root may exceed net.core.[rw]mem_max (SO_RCVBUFFORCE): this local copy runs as nobody.
-    const base = fs.mkdtempSync("/tmp/escp-nobody-");
-    try {
-      fs.chmodSync(base, 0o755);
-      const src = path.join(base, "src"), dst = path.join(base, "dst");
-      fs.mkdirSync(src, { mode: 0o755 });
-      fs.mkdirSync(dst, { mode: 0o777 });
-      fs.chmodSync(dst, 0o777);
+    await asNobody(async ({ src, dst, escp }) => {
       await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 9 });
-      const r = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ESCP_BIN,
-        "--sockbuf", "1G", path.join(src, "f"), `${dst}/`], { env: { HOME: base } });
+      const r = await escp(["--sockbuf", "1G", path.join(src, "f"), `${dst}/`]);
       expect(r.code).toBe(0);
       expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
       const warnings = r.stderr.trim().split("\n");
@@ -237,8 +230,6 @@ describe("socket buffers (--sockbuf)", () => {
         expect(w).toMatch(/^escp: warning: (.*: )?--sockbuf 1\.00GiB was not granted: this kernel allows .* \(net\.core\.wmem_max, net\.core\.rmem_max\)/);
         expect(w).toContain("sysctl -w net.core.wmem_max=1073741824 net.core.rmem_max=1073741824");
       }
-    } finally {
-      fs.rmSync(base, { recursive: true, force: true });
-    }
+    });
   });
 });
