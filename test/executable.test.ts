@@ -42,6 +42,21 @@ test("a local copy runs sender and --server from the lone executable", async () 
   expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
 });
 
+test("the lone executable runs its embedded workers when the build tree is out of sight", async () => {
+  // A host that received only dist/escp has no sources at the build path: the stream
+  // workers and the walker must come from the executable, never from that path.
+  const src = tmpdir("src"), dst = tmpdir("dst");
+  await makeFile(path.join(src, "d", "a"), 2 * 1024 * 1024 + 3, { seed: 91 });
+  await makeFile(path.join(src, "d", "b"), 10, { seed: 92 });
+  const script = 'mount -t tmpfs none "$1" && shift && exec "$@"';
+  const r = await run(["unshare", "-m", "sh", "-c", script, "sh", REPO_ROOT, lone, "-C", "-r", path.join(src, "d"), `${dst}/`], {
+    cwd: path.dirname(lone), env: envOnly(),
+  });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  for (const f of ["a", "b"]) expect(await sameFile(path.join(src, "d", f), path.join(dst, "d", f))).toBe(true);
+});
+
 test("the embedded native library needs only glibc", async () => {
   const r = await run(["ldd", path.join(REPO_ROOT, "build", "libescp.so")]);
   expect(r.code).toBe(0);
