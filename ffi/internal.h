@@ -136,7 +136,11 @@ static inline void escp__put64(uint8_t *p, uint64_t v) {
 
 /* ---- net.c ---- */
 /* Writes all of buf (MSG_NOSIGNAL, EINTR, partial sends).  0 or -errno. */
-int escp__send_all(escp_conn *c, const void *buf, size_t len);
+/* more: further records follow at once (MSG_MORE), so small ones share segments; the
+ * caller ends such a run with a send without it, or escp__push. */
+int escp__send_all(escp_conn *c, const void *buf, size_t len, int more);
+/* Sends what MSG_MORE held back. */
+void escp__push(escp_conn *c);
 /* Reads exactly len bytes.  Returns 0, ESCP_E_TRUNC on EOF (detail names the stream and
  * `what`), ESCP_E_CANCEL after escp_conn_shutdown, or -errno. */
 int escp__recv_all(escp_conn *c, void *buf, size_t len, const char *what);

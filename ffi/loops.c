@@ -212,7 +212,8 @@ static int send_items(escp_conn *c, const escp_work *items, uint32_t n, escp_don
     rc = escp__seal(&c->tx, hdr, body, blen, body + blen);
     if (rc) return rc;
     c->tx.seq++;
-    rc = escp__send_all(c, hdr, (size_t)ESCP_HDR_LEN + blen + ESCP_TAG_LEN);
+    /* Within a batch small records share segments; the batch's end is pushed below. */
+    rc = escp__send_all(c, hdr, (size_t)ESCP_HDR_LEN + blen + ESCP_TAG_LEN, 1);
     if (rc) return rc;
     ctr->bytes_network += (uint64_t)REC_OVERHEAD + blen;
     ctr->bytes_compressed += plen;
@@ -232,6 +233,7 @@ ESCP_API int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, e
   if (rc) return rc;
   rc = send_items(c, items, n, done, o, ctr ? ctr : &dummy);
   drain(&c->tx_pipe); /* reads still queued when the stream failed */
+  if (rc >= 0) escp__push(c); /* the batch's records leave now, not at the next batch */
   return rc;
 }
 

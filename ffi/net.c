@@ -114,10 +114,22 @@ ESCP_API void escp_conn_free(escp_conn *c) {
 
 /* ---- raw socket I/O ------------------------------------------------------ */
 
-int escp__send_all(escp_conn *c, const void *buf, size_t len) {
+/* Every stream runs with TCP_NODELAY: a record is one send(), so Nagle has nothing to
+ * merge, and it would hold a small record (a DONE, an END after a small file's DATA)
+ * until the peer's delayed ACK, 40 ms on Linux. Setting it again flushes MSG_MORE data. */
+static void set_nodelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+void escp__push(escp_conn *c) {
+  set_nodelay(c->fd);
+}
+
+int escp__send_all(escp_conn *c, const void *buf, size_t len, int more) {
   const uint8_t *p = buf;
   while (len) {
-    ssize_t r = send(c->fd, p, len, MSG_NOSIGNAL);
+    ssize_t r = send(c->fd, p, len, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
     if (r < 0) {
       if (errno == EINTR) continue;
       if (c->shut) return escp__err(ESCP_E_CANCEL, "stream %u: shut down", c->stream);
@@ -194,7 +206,7 @@ ESCP_API int escp_send_record(escp_conn *c, uint32_t type, uint32_t flags, const
   int rc = escp__seal(&c->tx, p, p + ESCP_HDR_LEN, len, p + ESCP_HDR_LEN + len);
   if (rc) return rc;
   c->tx.seq++; /* a nonce is used once even when the send below fails */
-  return escp__send_all(c, p, need);
+  return escp__send_all(c, p, need, 0);
 }
 
 ESCP_API int64_t escp_recv_record(escp_conn *c, uint8_t *body_out, uint32_t cap, uint32_t meta_out[2]) {
@@ -371,10 +383,7 @@ static escp_conn *finish_handshake(pending *pd, const uint8_t master[32], const 
     if (set_nonblock(pd->fd, 0) != 0 || send_hello(c, sid) != 0) {
       *why = "could not answer HELLO";
     } else {
-      if (stream == 0) {
-        int one = 1;
-        setsockopt(pd->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      }
+      set_nodelay(pd->fd);
       return c;
     }
   }
@@ -643,10 +652,7 @@ ESCP_API escp_conn *escp_connect(const char *host, int port, const uint8_t maste
     *err = escp__err(rc, "stream %u: connect to %s port %d: %s", stream, host, port, escp_strerror(rc));
     return NULL;
   }
-  if (stream == 0) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
+  set_nodelay(fd);
   escp_conn *c = conn_new(fd, master, sid, stream, nstreams, 0, &rc);
   if (!c) {
     close(fd);
