@@ -110,9 +110,15 @@ int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
 int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel);
 /* fstat: out[0]=size out[1]=mtime_ns out[2]=mode (st_mode & 07777) out[3]=dev out[4]=ino out[5]=atime_ns out[6]=type bits */
 int escp_fstat(int fd, int64_t out[7]);
+/* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
+int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
 /* futimens with nanoseconds; fchmod */
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
 int escp_fchmod(int fd, uint32_t mode);
+/* fchmod, futimens (if set_times), close, then renameat(dirfd, tmp -> name); fd is always
+ * closed.  tmp and name are single components.  Returns 0 or -errno of the first failing step. */
+int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int64_t mtime_ns,
+                     int dirfd, const char *tmp, const char *name);
 int escp_ftruncate(int fd, int64_t size);
 int escp_fdatasync(int fd);
 int escp_close(int fd);

@@ -255,16 +255,30 @@ ESCP_API int escp_symlinkat_beneath(int dirfd, const char *target, const char *r
   return rc;
 }
 
+static void stat_fields(const struct stat *st, int64_t out[7]) {
+  out[0] = (int64_t)st->st_size;
+  out[1] = (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+  out[2] = (int64_t)(st->st_mode & 07777);
+  out[3] = (int64_t)st->st_dev;
+  out[4] = (int64_t)st->st_ino;
+  out[5] = (int64_t)st->st_atim.tv_sec * 1000000000LL + st->st_atim.tv_nsec;
+  out[6] = (int64_t)(st->st_mode & S_IFMT);
+}
+
 ESCP_API int escp_fstat(int fd, int64_t out[7]) {
   struct stat st;
   if (fstat(fd, &st) != 0) return escp__errno("fstat fd %d", fd);
-  out[0] = (int64_t)st.st_size;
-  out[1] = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-  out[2] = (int64_t)(st.st_mode & 07777);
-  out[3] = (int64_t)st.st_dev;
-  out[4] = (int64_t)st.st_ino;
-  out[5] = (int64_t)st.st_atim.tv_sec * 1000000000LL + st.st_atim.tv_nsec;
-  out[6] = (int64_t)(st.st_mode & S_IFMT);
+  stat_fields(&st, out);
+  return 0;
+}
+
+/* A single name, never followed: nothing outside dirfd can be reached. ENOENT is an
+ * answer here (nothing there yet), not an error worth a message. */
+ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
+  struct stat st;
+  if (!name || !*name || strchr(name, '/') || strcmp(name, "..") == 0) return -EINVAL;
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+  stat_fields(&st, out);
   return 0;
 }
 
@@ -286,6 +300,21 @@ ESCP_API int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns) {
 
 ESCP_API int escp_fchmod(int fd, uint32_t mode) {
   return fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod fd %d", fd);
+}
+
+/* The receiver's last steps for a verified file, fused so that the main thread
+ * makes one call per file: mode (and, set_times, the times) on the open file,
+ * close (where NFS and quotas report late write errors), then the rename of tmp
+ * over name inside dirfd. Both names are single components. fd is closed
+ * whatever happens; the first failing step is the one reported. */
+ESCP_API int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int64_t mtime_ns,
+                              int dirfd, const char *tmp, const char *name) {
+  int rc = fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
+  if (!rc && set_times) rc = escp_futimens(fd, atime_ns, mtime_ns);
+  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp);
+  if (!rc && (strchr(tmp, '/') || strchr(name, '/'))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
+  if (!rc && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
+  return rc;
 }
 
 ESCP_API int escp_ftruncate(int fd, int64_t size) {

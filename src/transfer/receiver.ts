@@ -7,7 +7,6 @@
  * the digest of what was read, and only a match is renamed over the target.
  * Anything else removes the temporary file and names the cause in RESULT.
  */
-import path from "node:path";
 import fs from "node:fs";
 import os from "node:os";
 import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
@@ -18,6 +17,7 @@ import {
 import { PathError, type Target } from "../plan/target.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
+import { DirHandles } from "./dirs.ts";
 import { TABLE_CAP, type StreamPool, type BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
@@ -27,7 +27,11 @@ export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "veri
 
 interface RecvFile {
   entry: FileEntry;
+  /** Path under the destination root (for messages), its directory, and the name in it. */
   rel: string;
+  dir: string;
+  name: string;
+  /** The temporary name in `dir`; empty for a rejected entry or a device/FIFO written in place. */
   tmp: string;
   fd: number;
   processed: bigint;
@@ -59,7 +63,7 @@ const DIRECT_MIN = 1 << 20;
 
 export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
-  private readonly dirs: { rel: string; entry: FileEntry }[] = [];
+  private readonly madeDirs: { rel: string; entry: FileEntry }[] = [];
   private highestId = -1n;
   /** Top directories announced as `dir/.`: their contents merge into the target directory. */
   private readonly mergeTops = new Set<string>();
@@ -73,6 +77,7 @@ export class Receiver {
   private readonly lib = native();
   private readonly results: VerdictBatch;
   private readonly umask = process.umask();
+  private readonly dirs: DirHandles;
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -82,6 +87,7 @@ export class Receiver {
     private readonly events: Events,
   ) {
     this.results = new VerdictBatch(pool, Rec.RESULT);
+    this.dirs = new DirHandles(target.rootFd);
     pool.onRecord = (type, flags, body) => this.record(type, flags, body);
     pool.onDone = (blocks) => this.blocksDone(blocks);
     pool.onNeed = (id) => this.need(id);
@@ -96,6 +102,7 @@ export class Receiver {
     await Promise.race([this.pool.allEnded(), this.dead]);
     if (this.fatal) throw this.fatal;
     this.finishDirs();
+    this.dirs.close();
     this.pool.sendControl(Rec.END, null);
   }
 
@@ -103,9 +110,10 @@ export class Receiver {
   cleanup(): void {
     for (const f of this.files.values()) {
       this.pool.unpublish(f.entry.id);
-      if (f.tmp && !this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+      if (f.tmp && !this.opts.resume) this.unlinkPart(f);
     }
     this.files.clear();
+    this.dirs.close();
   }
 
   private record(type: number, flags: number, body: Uint8Array): void {
@@ -152,36 +160,40 @@ export class Receiver {
       throw err;
     }
     if (e.kind === "dir") return this.makeDir(e, rel);
+    const slash = rel.lastIndexOf("/");
+    const dir = slash < 0 ? "" : rel.slice(0, slash), name = rel.slice(slash + 1);
+    const dfd = this.dirs.get(dir);
+    if (dfd < 0) return this.reject(e, rel, openFailure(dfd));
     // What is there now decides skipping (--resume), the mode of an overwritten file (no -p),
     // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
-    const existing = lstat(this.target.show(rel));
-    if (existing && !existing.isFile() && !existing.isDirectory() && !existing.isSymbolicLink()) return this.intoSpecial(e, rel);
-    if (this.opts.resume && !this.opts.verify && existing?.isFile() && BigInt(existing.size) === e.size && existing.mtimeNs === e.mtimeNs) {
+    const existing = statAt(dfd, name);
+    if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
+    if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
       return this.skip(e, rel);
     }
-    const tmp = partName(rel);
+    const tmp = partBase(name);
     const isDirect = new Int32Array(1);
     const create = () => this.lib.escp_openat_beneath(
-      this.target.rootFd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW | (this.opts.resume ? 0 : O_EXCL), 0o600,
+      dfd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW | (this.opts.resume ? 0 : O_EXCL), 0o600,
       this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
     );
     let fd = create();
     // Without --resume a stale partial file (from a killed run) is replaced; whatever sits
     // at the temporary name, a symbolic link is never followed (O_NOFOLLOW, O_EXCL).
     if (fd === -EEXIST && !this.opts.resume) {
-      this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(tmp), 0);
+      this.lib.escp_unlinkat_beneath(dfd, cstr(tmp), 0);
       fd = create();
     }
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
-      return this.reject(e, rel, `${tmp} is not a regular file; remove it to resume`);
+      return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
     }
-    const f: RecvFile = { entry: e, rel, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, existing) };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, existing) };
     this.files.set(e.id, f);
     this.events.started(this.target.show(rel), Number(e.size));
     log.debug("file start", { file: e.id, path: this.target.show(rel), size: e.size, tmp });
-    if (this.opts.resume) this.offer(f, !!existing?.isFile() && BigInt(existing.size) === e.size);
+    if (this.opts.resume) this.offer(f, existing?.kind === "file" && existing.size === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
   }
 
@@ -189,10 +201,10 @@ export class Receiver {
    * A device or FIFO under the target name is opened and written as it is, as scp
    * does, never replaced by a renamed file; the digest is still checked.
    */
-  private intoSpecial(e: FileEntry, rel: string): void {
-    const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(rel), O_WRONLY, 0, 0, null);
+  private intoSpecial(e: FileEntry, rel: string, dfd: number, name: string): void {
+    const fd = this.lib.escp_openat_beneath(dfd, cstr(name), O_WRONLY, 0, 0, null);
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
-    this.files.set(e.id, { entry: e, rel, tmp: "", fd, processed: 0n, digest: new FileDigest(), mode: 0, special: true });
+    this.files.set(e.id, { entry: e, rel, dir: "", name, tmp: "", fd, processed: 0n, digest: new FileDigest(), mode: 0, special: true });
     this.events.started(this.target.show(rel), Number(e.size));
     this.pool.publish(e.id, e.size, fd, false);
   }
@@ -219,7 +231,7 @@ export class Receiver {
     const n = Number(fromTarget ? (held + bs - 1n) / bs : held / bs);
     const hashes = new Uint8Array(n * 16);
     if (n > 0) {
-      const rd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(fromTarget ? f.rel : f.tmp), O_RDONLY, 0, 0, null);
+      const rd = this.openIn(f, fromTarget ? f.name : f.tmp, O_RDONLY, 0);
       const h = hashes;
       for (let i = 0; i < n && rd >= 0; i++) {
         const off = BigInt(i) * bs;
@@ -238,18 +250,18 @@ export class Receiver {
   private makeDir(e: FileEntry, rel: string): void {
     if (rel === "") {
       // A `dir/.` operand: the target directory itself stands for it.
-      if (this.opts.preserve) this.dirs.push({ rel: ".", entry: e });
+      if (this.opts.preserve) this.madeDirs.push({ rel: ".", entry: e });
       return;
     }
     const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
     if (r < 0) return this.reject(e, rel, openFailure(r));
-    if (this.opts.preserve) this.dirs.push({ rel, entry: e });
+    if (this.opts.preserve) this.madeDirs.push({ rel, entry: e });
   }
 
   /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
-  private finalMode(e: FileEntry, existing: fs.BigIntStats | undefined): number {
+  private finalMode(e: FileEntry, existing: Existing | undefined): number {
     if (this.opts.preserve) return e.mode & 0o7777;
-    if (existing?.isFile()) return Number(existing.mode) & 0o7777;
+    if (existing?.kind === "file") return existing.mode;
     return e.mode & 0o777 & ~this.umask;
   }
 
@@ -261,7 +273,7 @@ export class Receiver {
     if (e.kind === "file") {
       // Blocks may already be on their way: they are verified and dropped into /dev/null.
       const fd = fs.openSync("/dev/null", "w");
-      const f: RecvFile = { entry: e, rel, tmp: "", fd, processed: 0n, digest: new FileDigest(), error: cause, mode: 0 };
+      const f: RecvFile = { entry: e, rel, dir: "", name: "", tmp: "", fd, processed: 0n, digest: new FileDigest(), error: cause, mode: 0 };
       this.files.set(e.id, f);
       this.pool.publish(e.id, e.size, fd, false);
     }
@@ -301,14 +313,10 @@ export class Receiver {
       cause = "integrity check failed: what was written differs from what was read";
     }
     if (!cause && this.opts.verify && !f.special) cause = this.reread(f, f.verdict.digest);
-    if (!cause && !f.special) cause = this.applyMetadata(f);
-    this.lib.escp_close(f.fd);
-    if (!cause && !f.special) {
-      const r = this.lib.escp_renameat_beneath(this.target.rootFd, cstr(f.tmp), cstr(f.rel));
-      if (r < 0) cause = nativeError(r);
-    }
+    if (cause || f.special) this.lib.escp_close(f.fd);
+    else cause = this.commit(f);
     if (cause) {
-      if (f.tmp && !this.opts.resume) this.lib.escp_unlinkat_beneath(this.target.rootFd, cstr(f.tmp), 0);
+      if (f.tmp && !this.opts.resume) this.unlinkPart(f);
       this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
     } else {
@@ -330,7 +338,7 @@ export class Receiver {
     const k = f.kept!;
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
-    const src = k.fromTarget ? this.lib.escp_openat_beneath(this.target.rootFd, cstr(f.rel), O_RDONLY, 0, 0, null) : -1;
+    const src = k.fromTarget ? this.openIn(f, f.name, O_RDONLY, 0) : -1;
     const buf = k.fromTarget ? Buffer.alloc(this.opts.blockSize) : undefined;
     for (let i = 0; i < k.n; i++) {
       if (k.received[i]) continue;
@@ -352,7 +360,7 @@ export class Receiver {
 
   /** --verify: hash the file again from disk, block by block, and compare with the sender's digest. */
   private reread(f: RecvFile, expected: Uint8Array): string | undefined {
-    const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(f.tmp), fs.constants.O_RDONLY, 0, 1, null);
+    const fd = this.openIn(f, f.tmp, O_RDONLY, 1);
     if (fd < 0) return `verify: ${nativeError(fd)}`;
     const d = new FileDigest();
     const h = new Uint8Array(16);
@@ -375,15 +383,33 @@ export class Receiver {
     return r < 0 ? nativeError(r) : undefined;
   }
 
-  private applyMetadata(f: RecvFile): string | undefined {
-    let r = this.lib.escp_fchmod(f.fd, f.mode);
-    if (r >= 0 && this.opts.preserve) r = this.lib.escp_futimens(f.fd, f.entry.atimeNs, f.entry.mtimeNs);
+  /** Mode (and with -p times), close, rename over the target: one native call; closes f.fd. */
+  private commit(f: RecvFile): string | undefined {
+    const dfd = this.dirs.get(f.dir);
+    if (dfd < 0) {
+      this.lib.escp_close(f.fd);
+      return openFailure(dfd);
+    }
+    const r = this.lib.escp_commit_file(
+      f.fd, f.mode, this.opts.preserve ? 1 : 0, f.entry.atimeNs, f.entry.mtimeNs, dfd, cstr(f.tmp), cstr(f.name),
+    );
     return r < 0 ? nativeError(r) : undefined;
+  }
+
+  /** Opens `name` in f's directory (a negative errno if it cannot be). */
+  private openIn(f: RecvFile, name: string, flags: number, direct: number): number {
+    const dfd = this.dirs.get(f.dir);
+    return dfd < 0 ? dfd : this.lib.escp_openat_beneath(dfd, cstr(name), flags, 0, direct, null);
+  }
+
+  private unlinkPart(f: RecvFile): void {
+    const dfd = this.dirs.get(f.dir);
+    if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, cstr(f.tmp), 0);
   }
 
   /** -p on directories: modes and times last, deepest first, so writing their contents does not change them. */
   private finishDirs(): void {
-    for (const { rel, entry } of this.dirs.reverse()) {
+    for (const { rel, entry } of this.madeDirs.reverse()) {
       const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(rel), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0, 0, null);
       if (fd < 0) continue;
       this.lib.escp_fchmod(fd, entry.mode & 0o7777);
@@ -416,19 +442,27 @@ export class Receiver {
  * later --resume finds what a killed run left; a run without --resume simply
  * overwrites it.
  */
-export function partName(rel: string): string {
-  const dir = path.posix.dirname(rel);
-  const name = `.${path.posix.basename(rel).slice(0, 200)}.escp-part`;
-  return dir === "." ? name : `${dir}/${name}`;
+export function partBase(name: string): string {
+  return `.${name.slice(0, 200)}.escp-part`;
 }
 
-/** What is at p now, if anything can be there (ENOTDIR under a file, EACCES...: nothing is). */
-function lstat(p: string): fs.BigIntStats | undefined {
-  try {
-    return fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
-  } catch {
-    return undefined;
-  }
+/** What is at `name` in a directory now (never followed), as far as the receiver's choices go. */
+interface Existing {
+  kind: "file" | "dir" | "link" | "special";
+  size: bigint;
+  mtimeNs: bigint;
+  mode: number;
+}
+
+const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o120000n;
+
+/** Nothing, or nothing that can be seen (ENOENT, EACCES...), is undefined. */
+function statAt(dfd: number, name: string): Existing | undefined {
+  const out = new BigInt64Array(7);
+  if (native().escp_fstatat(dfd, cstr(name), ptr(out)) < 0) return undefined;
+  const t = out[6];
+  const kind = t === S_IFREG ? "file" : t === S_IFDIR ? "dir" : t === S_IFLNK ? "link" : "special";
+  return { kind, size: out[0], mtimeNs: out[1], mode: Number(out[2]) };
 }
 
 function fstatSize(fd: number): number {
@@ -436,7 +470,6 @@ function fstatSize(fd: number): number {
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
-const S_IFMT = 0o170000n, S_IFREG = 0o100000n;
 const EXDEV = 18;
 
 /** Why a path under the destination could not be opened or made, in the user's terms. */

@@ -1,0 +1,55 @@
+/**
+ * Directory handles for the receiver. Each destination directory is opened
+ * once, beneath the destination root (openat2 RESOLVE_BENEATH, O_PATH), and
+ * a file in it is then inspected, created and renamed by its bare name
+ * relative to that handle: one path walk per directory instead of four per
+ * file, which is most of the per-file cost of many small files.
+ *
+ * The cache is bounded (a receiver holds at most `max` directory descriptors
+ * besides the root, whatever the tree looks like); a handle that was closed
+ * is simply opened again on its next use.
+ *
+ * @example
+ * const dirs = new DirHandles(rootFd);
+ * const fd = dirs.get("a/b");   // a directory fd, or a negative errno
+ * if (fd >= 0) lib.escp_fstatat(fd, cstr("file"), ptr(out));
+ * dirs.close();
+ */
+import fs from "node:fs";
+import { native, cstr } from "../native.ts";
+
+const { O_PATH, O_DIRECTORY } = fs.constants as Record<string, number>;
+
+export class DirHandles {
+  /** Least recently used first (a Map keeps insertion order). */
+  private readonly fds = new Map<string, number>();
+
+  constructor(private readonly rootFd: number, private readonly max = 64) {}
+
+  /** The fd of directory `rel` ("" is the root), opened beneath the root; a negative errno if it cannot be. */
+  get(rel: string): number {
+    if (rel === "") return this.rootFd;
+    const fd = this.fds.get(rel);
+    if (fd !== undefined) {
+      this.fds.delete(rel);
+      this.fds.set(rel, fd);
+      return fd;
+    }
+    const lib = native();
+    const opened = lib.escp_openat_beneath(this.rootFd, cstr(rel), O_PATH | O_DIRECTORY, 0, 0, null);
+    if (opened < 0) return opened;
+    if (this.fds.size >= this.max) {
+      const [oldest, ofd] = this.fds.entries().next().value!;
+      this.fds.delete(oldest);
+      lib.escp_close(ofd);
+    }
+    this.fds.set(rel, opened);
+    return opened;
+  }
+
+  /** Closes every handle but the root. */
+  close(): void {
+    for (const fd of this.fds.values()) native().escp_close(fd);
+    this.fds.clear();
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The receiver's directory handles (src/transfer/dirs.ts) and the native
+ * calls that use them: opened beneath the destination, bounded, and what a
+ * file's last steps (escp_commit_file) do and report.
+ */
+import { describe, test, expect } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { DirHandles } from "../src/transfer/dirs.ts";
+import { native, cstr, ptr } from "../src/native.ts";
+import { tmpdir } from "./harness.ts";
+
+const lib = native();
+const { O_RDONLY, O_DIRECTORY, O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
+const EXDEV = 18, EBADF = 9, ENOENT = 2, EISDIR = 21;
+
+const openRoot = (dir: string) => fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+
+/** The inode a directory fd refers to, or a negative errno once it is closed. */
+function inodeOf(fd: number): bigint | number {
+  const out = new BigInt64Array(7);
+  const r = lib.escp_fstat(fd, ptr(out));
+  return r < 0 ? r : out[4];
+}
+
+describe("directory handles", () => {
+  test("a handle is the directory beneath the root, and the root itself for ''", () => {
+    const root = tmpdir("dirs");
+    fs.mkdirSync(path.join(root, "a", "b"), { recursive: true });
+    const rootFd = openRoot(root);
+    const dirs = new DirHandles(rootFd);
+    expect(dirs.get("")).toBe(rootFd);
+    const fd = dirs.get("a/b");
+    expect(fd).toBeGreaterThanOrEqual(0);
+    expect(inodeOf(fd)).toBe(BigInt(fs.statSync(path.join(root, "a", "b")).ino));
+    expect(dirs.get("a/b")).toBe(fd); // cached, not opened again
+    dirs.close();
+    expect(inodeOf(fd)).toBe(-EBADF);
+    fs.closeSync(rootFd);
+  });
+
+  test("a directory that is missing, or a link leading outside, is a negative errno", () => {
+    const root = tmpdir("dirs"), outside = tmpdir("outside");
+    fs.symlinkSync(outside, path.join(root, "out"));
+    const rootFd = openRoot(root);
+    const dirs = new DirHandles(rootFd);
+    expect(dirs.get("missing")).toBe(-ENOENT);
+    expect(dirs.get("out")).toBe(-EXDEV);
+    dirs.close();
+    fs.closeSync(rootFd);
+  });
+
+  test("at most `max` handles stay open: the least recently used is closed first", () => {
+    const root = tmpdir("dirs");
+    for (const d of ["a", "b", "c"]) fs.mkdirSync(path.join(root, d));
+    const rootFd = openRoot(root);
+    const dirs = new DirHandles(rootFd, 2);
+    const a = dirs.get("a"), b = dirs.get("b");
+    expect(dirs.get("a")).toBe(a); // a is now the most recent
+    dirs.get("c"); // evicts b
+    expect(inodeOf(b)).toBe(-EBADF);
+    expect(inodeOf(a)).toBe(BigInt(fs.statSync(path.join(root, "a")).ino));
+    const b2 = dirs.get("b"); // opened again, evicting a
+    expect(inodeOf(b2)).toBe(BigInt(fs.statSync(path.join(root, "b")).ino));
+    expect(inodeOf(a)).toBe(-EBADF);
+    dirs.close();
+    fs.closeSync(rootFd);
+  });
+});
+
+describe("escp_commit_file and escp_fstatat", () => {
+  test("mode, times, close and rename in one call; the file keeps its content", () => {
+    const dir = tmpdir("commit");
+    const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+    const fd = lib.escp_openat_beneath(dfd, cstr(".f.escp-part"), O_WRONLY | O_CREAT | O_EXCL, 0o600, 0, null);
+    fs.writeSync(fd, "hello");
+    const mtime = 1_600_000_000_123_456_789n, atime = 1_500_000_000_000_000_001n;
+    expect(lib.escp_commit_file(fd, 0o640, 1, atime, mtime, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
+    expect(fs.existsSync(path.join(dir, ".f.escp-part"))).toBe(false);
+    const st = fs.statSync(path.join(dir, "f"), { bigint: true });
+    expect(Number(st.mode) & 0o7777).toBe(0o640);
+    expect(st.mtimeNs).toBe(mtime);
+    expect(fs.readFileSync(path.join(dir, "f"), "utf8")).toBe("hello");
+    expect(inodeOf(fd)).toBe(-EBADF); // closed
+    const out = new BigInt64Array(7);
+    expect(lib.escp_fstatat(dfd, cstr("f"), ptr(out))).toBe(0);
+    expect(out[0]).toBe(5n);
+    expect(Number(out[2])).toBe(0o640);
+    expect(lib.escp_fstatat(dfd, cstr("nothing"), ptr(out))).toBe(-ENOENT);
+    expect(lib.escp_fstatat(dfd, cstr("../f"), ptr(out))).toBeLessThan(0); // one name only
+    fs.closeSync(dfd);
+  });
+
+  test("a rename that fails is reported, the file is still closed and the temporary name kept for the caller", () => {
+    const dir = tmpdir("commit");
+    fs.mkdirSync(path.join(dir, "taken", "sub"), { recursive: true }); // a non-empty directory at the target name
+    const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+    const fd = lib.escp_openat_beneath(dfd, cstr(".taken.escp-part"), O_WRONLY | O_CREAT | O_EXCL, 0o600, 0, null);
+    expect(lib.escp_commit_file(fd, 0o644, 0, 0n, 0n, dfd, cstr(".taken.escp-part"), cstr("taken"))).toBe(-EISDIR);
+    expect(inodeOf(fd)).toBe(-EBADF);
+    expect(fs.existsSync(path.join(dir, ".taken.escp-part"))).toBe(true);
+    fs.closeSync(dfd);
+  });
+});
