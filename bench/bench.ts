@@ -461,10 +461,11 @@ async function main(): Promise<void> {
 
 /**
  * What the remote login shell costs before it runs a command. sshd runs
- * commands (escp --server, rsync --server, cat, tar) through the user's
- * shell, and Debian's bash then reads ~/.bashrc (it does when SSH_CLIENT is
- * set); scp (SFTP, internal-sftp here) runs no shell. Measured as that
- * shell would start: bash -c true with SSH_CLIENT set and SHLVL unset.
+ * commands (escp --server, rsync --server, cat, tar, and scp's sftp-server,
+ * as Debian's stock sshd_config names it) through the user's shell, and
+ * Debian's bash then reads ~/.bashrc (it does when SSH_CLIENT is set).
+ * Measured as that shell would start: bash -c true with SSH_CLIENT set and
+ * SHLVL unset.
  */
 async function runShellRc(out: Measured[]): Promise<void> {
   const shell = os.userInfo().shell || "/bin/sh";
@@ -655,11 +656,11 @@ function report(r: ReportInput): string {
     const rc = median(r.shellRc.map((x) => x.wall)), rcCpu = median(r.shellRc.map((x) => x.user + x.sys));
     const shell = os.userInfo().shell || "/bin/sh";
     L.push(
-      `Remote login shell: sshd runs escp --server, rsync, cat and tar through ${shell}, which here reads ~/.bashrc ` +
-        `(Debian's bash does so for ssh commands); scp uses the SFTP subsystem (internal-sftp) and starts no shell. ` +
-        `That shell start-up alone costs ${f3(rc)} s wall, ${f3(rcCpu)} s CPU (median of ${r.shellRc.length}: \`SSH_CLIENT=… ${shell} -c true\`). ` +
-        `Without it escp's 1-byte time would be about ${f3(el.wall - rc)} s, ${f2((el.wall - rc) / sl.wall)}× scp's ` +
-        `(information only; the verdict above uses the measured times).`,
+      `Remote login shell: sshd runs every tool's remote end through ${shell} (escp --server, rsync, cat, tar, and scp's ` +
+        `/usr/lib/openssh/sftp-server, the SFTP subsystem as Debian's stock sshd_config has it), which here reads ~/.bashrc ` +
+        `(Debian's bash does so for ssh commands). ` +
+        `That shell start-up alone costs ${f3(rc)} s wall, ${f3(rcCpu)} s CPU (median of ${r.shellRc.length}: \`SSH_CLIENT=… ${shell} -c true\`); ` +
+        `every tool above pays it once, scp included, as it would on a stock Debian host.`,
     );
     L.push("");
   }
