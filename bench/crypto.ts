@@ -72,6 +72,7 @@ function libescpPath(): string {
 
 function loadEscp() {
   return dlopen(libescpPath(), {
+    escp_gcm_backend: { args: [], returns: cstring },
     escp_gcm_seal: { args: [P, P, P, u32, P, u32, P], returns: i32 },
     escp_gcm_open: { args: [P, P, P, u32, P, u32, P], returns: i32 },
     escp_xxh128: { args: [P, u64, P], returns: V },
@@ -108,8 +109,8 @@ function escpImpl(): Impl {
   const e = loadEscp();
   const k = ptr(KEY), n = ptr(NONCE), a = ptr(AAD);
   return {
-    name: "OpenSSL 3 via libescp (escp_gcm_seal/open)",
-    note: "one-shot: new EVP context + key schedule per call (the data plane keeps one per direction)",
+    name: `libescp's choice here, ${String(e.escp_gcm_backend())} (escp_gcm_seal/open)`,
+    note: "what the data plane uses (ffi/gcm.c measures both and keeps the faster); one-shot: new context + key schedule per call (the data plane keeps one per direction)",
     seal(buf, tag) {
       if (e.escp_gcm_seal(k, n, a, AAD.length, ptr(buf), buf.length, ptr(tag)) !== 0) throw new Error("escp_gcm_seal failed");
     },

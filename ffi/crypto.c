@@ -1,7 +1,7 @@
 /*
- * crypto.c: AES-128-GCM records (OpenSSL EVP, one context per direction with the key
- * schedule set once and only the IV changed per record), HKDF-SHA256 (EVP_KDF),
- * XXH3-128 digests (libxxhash), and the library's error reporting.
+ * crypto.c: records (AES-128-GCM from gcm.c, one key schedule per direction set once,
+ * only the IV changed per record), HKDF-SHA256 (EVP_KDF), XXH3-128 digests
+ * (libxxhash), and the library's error reporting.
  */
 #include "internal.h"
 #include <sys/prctl.h>
@@ -83,7 +83,6 @@ ESCP_API int escp_last_error(char *buf, int cap) {
 /* ---- OpenSSL setup ----------------------------------------------------- */
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static EVP_CIPHER *g_gcm;
 static EVP_KDF *g_hkdf;
 static int g_init_rc;
 
@@ -95,9 +94,8 @@ static void crypto_init_once(void) {
     g_init_rc = escp__err(-EIO, "OpenSSL initialisation failed");
     return;
   }
-  g_gcm = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
   g_hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-  if (!g_gcm || !g_hkdf) g_init_rc = escp__err(-EIO, "OpenSSL lacks AES-128-GCM or HKDF");
+  if (!g_hkdf) g_init_rc = escp__err(-EIO, "OpenSSL lacks HKDF");
 }
 
 int escp__crypto_init(void) {
@@ -138,61 +136,21 @@ ESCP_API int escp_derive_key(const uint8_t master[32], const uint8_t sid[16], ui
 
 /* ---- AES-128-GCM ------------------------------------------------------- */
 
-static EVP_CIPHER_CTX *gcm_ctx(const uint8_t key[16], int enc) {
-  if (escp__crypto_init()) return NULL;
-  EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
-  if (!x) return NULL;
-  if (EVP_CipherInit_ex(x, g_gcm, NULL, key, NULL, enc) != 1) {
-    EVP_CIPHER_CTX_free(x);
-    return NULL;
-  }
-  return x;
-}
-
-static int gcm_seal(EVP_CIPHER_CTX *x, const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
-                    uint8_t *buf, uint32_t len, uint8_t tag[16]) {
-  int outl = 0;
-  uint8_t fin[16];
-  if (len > INT32_MAX || aad_len > INT32_MAX) return -EINVAL;
-  if (EVP_CipherInit_ex(x, NULL, NULL, NULL, nonce, -1) != 1) return -EIO;
-  if (aad_len && EVP_CipherUpdate(x, NULL, &outl, aad, (int)aad_len) != 1) return -EIO;
-  if (len && EVP_CipherUpdate(x, buf, &outl, buf, (int)len) != 1) return -EIO;
-  if (EVP_CipherFinal_ex(x, fin, &outl) != 1) return -EIO;
-  if (EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) return -EIO;
-  return 0;
-}
-
-static int gcm_open(EVP_CIPHER_CTX *x, const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
-                    uint8_t *buf, uint32_t len, const uint8_t tag[16]) {
-  int outl = 0;
-  uint8_t fin[16];
-  if (len > INT32_MAX || aad_len > INT32_MAX) return -EINVAL;
-  if (EVP_CipherInit_ex(x, NULL, NULL, NULL, nonce, -1) != 1) return -EIO;
-  if (EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, 16, (void *)tag) != 1) return -EIO;
-  if (aad_len && EVP_CipherUpdate(x, NULL, &outl, aad, (int)aad_len) != 1) return -EIO;
-  if (len && EVP_CipherUpdate(x, buf, &outl, buf, (int)len) != 1) return -EIO;
-  if (EVP_CipherFinal_ex(x, fin, &outl) != 1) {
-    OPENSSL_cleanse(buf, len); /* nobody gets to read an unauthenticated body */
-    return ESCP_E_AUTH;
-  }
-  return 0;
-}
-
 ESCP_API int escp_gcm_seal(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
                            uint8_t *buf, uint32_t len, uint8_t tag[16]) {
-  EVP_CIPHER_CTX *x = gcm_ctx(key, 1);
+  escp_gcm *x = escp__gcm_new(key, 1);
   if (!x) return escp__err(-EIO, "gcm: cannot set up AES-128-GCM");
-  int rc = gcm_seal(x, nonce, aad, aad_len, buf, len, tag);
-  EVP_CIPHER_CTX_free(x);
+  int rc = escp__gcm_seal(x, nonce, aad, aad_len, buf, len, tag);
+  escp__gcm_free(x);
   return rc ? escp__err(rc, "gcm: seal failed") : 0;
 }
 
 ESCP_API int escp_gcm_open(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
                            uint8_t *buf, uint32_t len, const uint8_t tag[16]) {
-  EVP_CIPHER_CTX *x = gcm_ctx(key, 0);
+  escp_gcm *x = escp__gcm_new(key, 0);
   if (!x) return escp__err(-EIO, "gcm: cannot set up AES-128-GCM");
-  int rc = gcm_open(x, nonce, aad, aad_len, buf, len, tag);
-  EVP_CIPHER_CTX_free(x);
+  int rc = escp__gcm_open(x, nonce, aad, aad_len, buf, len, tag);
+  escp__gcm_free(x);
   if (rc == ESCP_E_AUTH) return escp__err(rc, "gcm: tag did not verify");
   return rc ? escp__err(rc, "gcm: open failed") : 0;
 }
@@ -202,17 +160,17 @@ int escp__dir_init(escp_dir *d, const uint8_t master[32], const uint8_t sid[16],
   uint8_t key[16];
   int rc = escp_derive_key(master, sid, stream, dir, key);
   if (rc) return rc;
-  d->ctx = gcm_ctx(key, encrypt);
+  d->gcm = escp__gcm_new(key, encrypt);
   OPENSSL_cleanse(key, sizeof key);
-  if (!d->ctx) return escp__err(-ENOMEM, "stream %u: cannot set up AES-128-GCM", stream);
+  if (!d->gcm) return escp__err(-ENOMEM, "stream %u: cannot set up AES-128-GCM", stream);
   d->prefix = stream * 2 + dir;
   d->seq = 0;
   return 0;
 }
 
 void escp__dir_free(escp_dir *d) {
-  if (d->ctx) EVP_CIPHER_CTX_free(d->ctx); /* cleanses the key schedule */
-  d->ctx = NULL;
+  escp__gcm_free(d->gcm); /* cleanses the key schedule */
+  d->gcm = NULL;
 }
 
 void escp__put_hdr(uint8_t hdr[16], uint32_t type, uint32_t flags, uint32_t len, uint64_t seq) {
@@ -231,14 +189,14 @@ static void make_nonce(uint8_t nonce[12], uint32_t prefix, uint64_t seq) {
 int escp__seal(escp_dir *d, const uint8_t hdr[16], uint8_t *body, uint32_t len, uint8_t tag[16]) {
   uint8_t nonce[12];
   make_nonce(nonce, d->prefix, escp__be64(hdr + 8));
-  int rc = gcm_seal(d->ctx, nonce, hdr, ESCP_HDR_LEN, body, len, tag);
+  int rc = escp__gcm_seal(d->gcm, nonce, hdr, ESCP_HDR_LEN, body, len, tag);
   return rc ? escp__err(rc, "AES-GCM seal failed") : 0;
 }
 
 int escp__open(escp_dir *d, const uint8_t hdr[16], uint8_t *body, uint32_t len, const uint8_t tag[16]) {
   uint8_t nonce[12];
   make_nonce(nonce, d->prefix, escp__be64(hdr + 8));
-  return gcm_open(d->ctx, nonce, hdr, ESCP_HDR_LEN, body, len, tag);
+  return escp__gcm_open(d->gcm, nonce, hdr, ESCP_HDR_LEN, body, len, tag);
 }
 
 /* ---- XXH3-128 ---------------------------------------------------------- */

@@ -3,7 +3,8 @@
  * files and sessions; everything that touches every byte lives here.
  *
  * One header, one concern per source file:
- *   crypto.c    AES-128-GCM records, HKDF-SHA256, XXH3-128 digests
+ *   crypto.c    records, HKDF-SHA256, XXH3-128 digests, errors
+ *   gcm.c       AES-128-GCM: OpenSSL or the system's libgcrypt, whichever is faster here
  *   io.c        aligned buffers, O_DIRECT opens with fallback, path-safe opens
  *   net.c       listen/accept/connect, preamble + HELLO handshake, tuning
  *   loops.c     fused per-stream send and receive loops (one call, many blocks)
@@ -80,6 +81,9 @@ int escp_protect_secrets(void);
 void *escp_digest_new(void);
 void escp_digest_update(void *state, const void *buf, uint64_t len);
 void escp_digest_final(void *state, uint8_t out[16]); /* frees state */
+/* Which AES-128-GCM implementation this process uses, e.g. "libgcrypt 1.10.1" or
+ * "OpenSSL 3.0.19" (measured once per process; ESCP_GCM=openssl|libgcrypt forces one). */
+const char *escp_gcm_backend(void);
 /* One-shot AES-128-GCM in place, for tests and benchmarks: nonce 12 bytes, tag 16 bytes. */
 int escp_gcm_seal(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
                   uint8_t *buf, uint32_t len, uint8_t tag[16]);

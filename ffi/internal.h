@@ -17,13 +17,21 @@
 
 #define ESCP_API __attribute__((visibility("default")))
 
-typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+/* gcm.c: one direction's AES-128-GCM key schedule, from the backend chosen for this host. */
+typedef struct escp_gcm escp_gcm;
+escp_gcm *escp__gcm_new(const uint8_t key[16], int encrypt);
+void escp__gcm_free(escp_gcm *g);
+int escp__gcm_seal(escp_gcm *g, const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len, uint8_t *buf,
+                   uint32_t len, uint8_t tag[16]);
+/* ESCP_E_AUTH (buf wiped) when the tag does not verify. */
+int escp__gcm_open(escp_gcm *g, const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len, uint8_t *buf,
+                   uint32_t len, const uint8_t tag[16]);
 typedef struct ZSTD_CCtx_s ZSTD_CCtx;
 typedef struct ZSTD_DCtx_s ZSTD_DCtx;
 
 /* One direction's AEAD state: the key is set once, only the IV changes per record. */
 typedef struct {
-  EVP_CIPHER_CTX *ctx;
+  escp_gcm *gcm;
   uint32_t prefix;  /* stream * 2 + dir: the nonce's first 4 bytes */
   uint64_t seq;     /* next seq to send / expected next seq to receive */
 } escp_dir;

@@ -12,11 +12,12 @@ die() { log "error: $*"; exit 1; }
 
 # ── Debian packages ────────────────────────────────────────────────────────
 #   build-essential libssl-dev libzstd-dev libxxhash-dev: the native library
+#   libgcrypt20: the faster AES-GCM the native library loads when a host has it
 #   openssh-server openssh-client: the real ssh transport the tests use
 #   rsync iperf3 xxhash: baselines and checks for benchmarks
 #   procps iproute2 util-linux time: ps/pgrep, ss, setpriv/taskset, /usr/bin/time
 APT_PACKAGES=(
-  build-essential libssl-dev libzstd-dev libxxhash-dev
+  build-essential libssl-dev libzstd-dev libxxhash-dev libgcrypt20
   openssh-server openssh-client
   rsync iperf3 xxhash
   procps iproute2 util-linux time

@@ -30,6 +30,7 @@ const symbols = {
   escp_digest_new: { args: [], returns: P },
   escp_digest_update: { args: [P, P, u64], returns: V },
   escp_digest_final: { args: [P, P], returns: V },
+  escp_gcm_backend: { args: [], returns: cstring },
   escp_gcm_seal: { args: [P, P, P, u32, P, u32, P], returns: i32 },
   escp_gcm_open: { args: [P, P, P, u32, P, u32, P], returns: i32 },
   escp_alloc_aligned: { args: [u64], returns: P },
@@ -128,6 +129,11 @@ export function nativeError(code: number): string {
 /** Text for a code that another thread produced (a block's status): no thread detail applies. */
 export function codeText(code: number): string {
   return String(native().escp_strerror(code));
+}
+
+/** The AES-128-GCM implementation this process chose (ffi/gcm.c), e.g. "libgcrypt 1.10.1". */
+export function gcmBackend(): string {
+  return String(native().escp_gcm_backend());
 }
 
 /** NUL-terminated UTF-8 for cstring arguments. */

@@ -7,7 +7,7 @@ import { describe, test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
+import { startSshd, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 const BLOCK = 1 << 20;
@@ -186,6 +186,31 @@ describe("the data port", () => {
     expect(r.stderr).toMatch(/authentication|integrity/i);
     expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
     expect(listNames(dst)).toEqual([]);
+  });
+});
+
+describe("AES-128-GCM implementations", () => {
+  test("ends that chose different implementations (libgcrypt, OpenSSL) copy both ways", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), back = tmpdir("back"), logs = tmpdir("log");
+    await makeFile(path.join(src, "f"), 5 * BLOCK + 77, { seed: 12 });
+    for (const [here, there] of [["libgcrypt", "openssl"], ["openssl", "libgcrypt"]]) {
+      const remote = path.join(logs, `remote-${there}.sh`);
+      fs.writeFileSync(remote, `#!/bin/sh\nESCP_GCM=${there} exec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+      const log = path.join(logs, `${here}.log`);
+      const env = { ESCP_GCM: here, ESCP_REMOTE: remote };
+      const push = await runEscp(["--log", log, path.join(src, "f"), `${SSH_HOST}:${dst}/${here}`], { env });
+      expect(push.stderr).toBe("");
+      expect(push.code).toBe(0);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, here))).toBe(true);
+      const pull = await runEscp(["--log", log, `${SSH_HOST}:${dst}/${here}`, `${back}/`], { env });
+      expect(pull.code).toBe(0);
+      expect(await sameFile(path.join(src, "f"), path.join(back, here))).toBe(true);
+      // Each end logged the implementation it used: they really differed.
+      const text = fs.readFileSync(log, "utf8");
+      const name = (w: string) => (w === "openssl" ? "OpenSSL" : "libgcrypt");
+      expect(text.match(new RegExp(`streams connected .*aes="?${name(here)} `, "g"))?.length).toBe(2);
+      expect(text.match(new RegExp(`streams accepted .*aes="?${name(there)} `, "g"))?.length).toBe(2);
+    }
   });
 });
 
