@@ -60,42 +60,128 @@ export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerato
   }
 }
 
-async function* walkDir(abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[], merge = false): AsyncGenerator<WalkItem> {
-  const dirStat = { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
-  yield { kind: "dir", abs, rel, top: ancestors.length === 1, merge, stat: dirStat };
+/** Subdirectories whose listings are read ahead, concurrently, while the walk yields the ones before. */
+const LIST_AHEAD = 8;
+/** Listings read ahead and not yet walked, over the whole tree (bounds memory at any depth). */
+const MAX_AHEAD = 32;
+/** Entries of a directory read (and their types resolved) per step; a larger one is read as it is walked. */
+const LIST_CHUNK = 1024;
+
+/** A directory entry, its type resolved (following links, as scp does). */
+interface Entry {
+  name: string;
+  kind: "file" | "dir" | "other" | "error";
+  stat?: fs.BigIntStats;
+  message?: string;
+}
+
+/** A directory's first entries, and the handle to read the rest from (if any). */
+interface Listing {
+  entries: Entry[];
+  rest?: fs.Dir;
+  error?: string;
+}
+
+let ahead = 0;
+
+/**
+ * Reads up to LIST_CHUNK entries; the ones whose type the directory entry does not
+ * give (links, directories, DT_UNKNOWN) are stat'ed concurrently. On a network
+ * filesystem each of those is a round trip: issuing them together, and listing
+ * several directories at once (walkDir), is what makes the walk parallel.
+ */
+async function readEntries(dir: fs.Dir, abs: string): Promise<{ entries: Entry[]; more: boolean }> {
+  const entries: Entry[] = [];
+  const stats: Promise<void>[] = [];
+  let more = true;
+  while (entries.length < LIST_CHUNK) {
+    const d = await dir.read();
+    if (!d) {
+      more = false;
+      break;
+    }
+    const e: Entry = { name: d.name, kind: "file" };
+    entries.push(e);
+    if (d.isFile()) continue;
+    stats.push(fs.promises.stat(path.join(abs, d.name), { bigint: true }).then(
+      (st) => {
+        e.kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
+        e.stat = st;
+      },
+      (err) => {
+        e.kind = "error";
+        e.message = errnoText(err);
+      },
+    ));
+  }
+  await Promise.all(stats);
+  return { entries, more };
+}
+
+async function list(abs: string): Promise<Listing> {
   let dir: fs.Dir;
   try {
     dir = await fs.promises.opendir(abs, { bufferSize: 256 });
   } catch (e) {
-    yield { kind: "error", abs, message: errnoText(e) };
+    return { entries: [], error: errnoText(e) };
+  }
+  try {
+    const { entries, more } = await readEntries(dir, abs);
+    if (!more) await dir.close();
+    return { entries, rest: more ? dir : undefined };
+  } catch (e) {
+    await dir.close().catch(() => {});
+    return { entries: [], error: errnoText(e) };
+  }
+}
+
+async function* walkDir(
+  abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[], merge = false, listing?: Promise<Listing>,
+): AsyncGenerator<WalkItem> {
+  const dirStat = { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
+  yield { kind: "dir", abs, rel, top: ancestors.length === 1, merge, stat: dirStat };
+  const l = await (listing ?? list(abs));
+  if (l.error) {
+    yield { kind: "error", abs, message: l.error };
     return;
   }
   const subdirs: [string, string, fs.BigIntStats][] = [];
-  for await (const d of dir) {
-    const childAbs = path.join(abs, d.name);
-    const childRel = `${rel}/${d.name}`;
-    // The directory entry's type spares a stat per file; links and unknown types are resolved.
-    if (d.isFile()) {
-      yield { kind: "file", abs: childAbs, rel: childRel, top: false };
-      continue;
-    }
-    let cst: fs.BigIntStats;
-    try {
-      cst = fs.statSync(childAbs, { bigint: true });
-    } catch (e) {
-      yield { kind: "error", abs: childAbs, message: errnoText(e) };
-      continue;
-    }
-    if (cst.isFile()) yield { kind: "file", abs: childAbs, rel: childRel, top: false };
-    else if (cst.isDirectory()) {
-      if (ancestors.some((a) => a.dev === cst.dev && a.ino === cst.ino)) {
+  let entries = l.entries, rest = l.rest;
+  for (;;) {
+    for (const e of entries) {
+      const childAbs = path.join(abs, e.name);
+      const childRel = `${rel}/${e.name}`;
+      if (e.kind === "file") yield { kind: "file", abs: childAbs, rel: childRel, top: false };
+      else if (e.kind === "error") yield { kind: "error", abs: childAbs, message: e.message! };
+      else if (e.kind === "other") yield { kind: "warning", abs: childAbs, message: "not a regular file, skipped" };
+      else if (ancestors.some((a) => a.dev === e.stat!.dev && a.ino === e.stat!.ino)) {
         yield { kind: "warning", abs: childAbs, message: "directory loop through a symbolic link, skipped" };
-      } else subdirs.push([childAbs, childRel, cst]);
-    } else yield { kind: "warning", abs: childAbs, message: "not a regular file, skipped" };
+      } else subdirs.push([childAbs, childRel, e.stat!]);
+    }
+    if (!rest) break;
+    const next = await readEntries(rest, abs).catch((e) => ({ entries: [] as Entry[], more: false, error: errnoText(e) }));
+    if ("error" in next) yield { kind: "error", abs, message: next.error };
+    entries = next.entries;
+    if (!next.more) {
+      await rest.close().catch(() => {});
+      rest = undefined;
+    }
   }
   // Files of a directory first, then its subdirectories: the receiver sees each
-  // directory before anything inside it, and the open handle count stays at one.
-  for (const [a, r, s] of subdirs) yield* walkDir(a, r, s, [...ancestors, s]);
+  // directory before anything inside it. Their listings are read ahead.
+  const listed: (Promise<Listing> | undefined)[] = [];
+  for (let i = 0; i < subdirs.length; i++) {
+    for (let j = i; j < Math.min(subdirs.length, i + LIST_AHEAD) && ahead < MAX_AHEAD; j++) {
+      if (listed[j]) continue;
+      ahead++;
+      listed[j] = list(subdirs[j][0]);
+    }
+    const [a, r, s] = subdirs[i];
+    const mine = listed[i];
+    listed[i] = undefined;
+    if (mine) mine.finally(() => ahead--);
+    yield* walkDir(a, r, s, [...ancestors, s], false, mine);
+  }
 }
 
 /** The name a source operand takes at the destination, as scp names it. */

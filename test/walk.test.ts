@@ -1,0 +1,101 @@
+/**
+ * The sender's walk (src/plan/walk.ts): every file once, each directory
+ * before what it holds, links followed as scp follows them, with directory
+ * listings read ahead and in parallel (large directories, many siblings,
+ * deep trees).
+ */
+import { describe, test, expect } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { walk, type WalkItem } from "../src/plan/walk.ts";
+import { tmpdir } from "./harness.ts";
+
+async function collect(sources: string[]): Promise<WalkItem[]> {
+  const out: WalkItem[] = [];
+  for await (const item of walk(sources, { recursive: true })) out.push(item);
+  return out;
+}
+
+/** Checks the order the receiver relies on; returns the rel paths of files and of directories. */
+function checkOrder(items: WalkItem[]): { files: string[]; dirs: string[] } {
+  const seen = new Set<string>();
+  const files: string[] = [], dirs: string[] = [];
+  const subdirStarted = new Set<string>();
+  for (const i of items) {
+    if (i.kind !== "file" && i.kind !== "dir") continue;
+    const parent = path.posix.dirname(i.rel);
+    if (i.rel.includes("/")) expect(seen.has(parent)).toBe(true); // the directory came first
+    if (i.kind === "file") {
+      // a directory's files come before any of its subdirectories
+      expect(subdirStarted.has(parent)).toBe(false);
+      files.push(i.rel);
+    } else {
+      if (i.rel.includes("/")) subdirStarted.add(parent);
+      seen.add(i.rel);
+      dirs.push(i.rel);
+    }
+  }
+  return { files: files.sort(), dirs: dirs.sort() };
+}
+
+describe("walk", () => {
+  test("a wide, deep tree: every file once, each directory before its contents", async () => {
+    const root = path.join(tmpdir("walk"), "top");
+    const want: string[] = [], wantDirs = ["top"];
+    // 40 siblings (more than are read ahead at once), each 3 levels deep, and one
+    // directory larger than a listing chunk.
+    for (let a = 0; a < 40; a++) {
+      for (let b = 0; b < 3; b++) {
+        const d = path.join(root, `a${a}`, `b${b}`, "c");
+        fs.mkdirSync(d, { recursive: true });
+        for (let f = 0; f < 3; f++) {
+          fs.writeFileSync(path.join(d, `f${f}`), "x");
+          want.push(`top/a${a}/b${b}/c/f${f}`);
+        }
+        wantDirs.push(`top/a${a}/b${b}`, `top/a${a}/b${b}/c`);
+      }
+      fs.writeFileSync(path.join(root, `a${a}`, "g"), "y");
+      want.push(`top/a${a}/g`);
+      wantDirs.push(`top/a${a}`);
+    }
+    fs.mkdirSync(path.join(root, "big"));
+    for (let f = 0; f < 2600; f++) {
+      fs.writeFileSync(path.join(root, "big", `n${f}`), "");
+      want.push(`top/big/n${f}`);
+    }
+    fs.mkdirSync(path.join(root, "big", "zsub"));
+    fs.writeFileSync(path.join(root, "big", "zsub", "last"), "");
+    want.push("top/big/zsub/last");
+    wantDirs.push("top/big", "top/big/zsub");
+    const items = await collect([root]);
+    expect(items.filter((i) => i.kind === "error" || i.kind === "warning")).toEqual([]);
+    const { files, dirs } = checkOrder(items);
+    expect(files).toEqual(want.sort());
+    expect(dirs).toEqual(wantDirs.sort());
+  });
+
+  test("links are followed as scp follows them; loops, specials and dangling links are reported", async () => {
+    const base = tmpdir("walk");
+    const root = path.join(base, "t");
+    fs.mkdirSync(path.join(root, "real", "inner"), { recursive: true });
+    fs.writeFileSync(path.join(root, "real", "inner", "f"), "1");
+    fs.writeFileSync(path.join(root, "file"), "2");
+    fs.symlinkSync("file", path.join(root, "tofile"));
+    fs.symlinkSync("real", path.join(root, "todir"));
+    fs.symlinkSync("..", path.join(root, "real", "up")); // a loop back to t
+    fs.symlinkSync("nowhere", path.join(root, "dangling"));
+    expect(spawnSync("mkfifo", [path.join(root, "fifo")]).status).toBe(0);
+    const items = await collect([root]);
+    const { files, dirs } = checkOrder(items);
+    expect(files).toEqual(["t/file", "t/real/inner/f", "t/todir/inner/f", "t/tofile"]);
+    expect(dirs).toEqual(["t", "t/real", "t/real/inner", "t/todir", "t/todir/inner"]);
+    const notes = items.filter((i) => i.kind === "error" || i.kind === "warning").map((i) => [i.kind, path.relative(base, i.abs), "message" in i ? i.message : ""]);
+    expect(notes.sort()).toEqual([
+      ["error", "t/dangling", "No such file or directory"],
+      ["warning", "t/fifo", "not a regular file, skipped"],
+      ["warning", "t/real/up", "directory loop through a symbolic link, skipped"],
+      ["warning", "t/todir/up", "directory loop through a symbolic link, skipped"],
+    ]);
+  });
+});
