@@ -97,9 +97,10 @@ export async function transfer(
   }
   log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: o.threads, blockSize: o.blockSize });
   const child = startServer(o, plan);
-  // Our workers boot while ssh logs in (spare.ts).
+  // Our workers boot, and the AES-GCM implementation is chosen (a few ms), while ssh logs in.
   prestartStreamWorkers(o.threads);
   if (plan.dir !== "pull") prestartWalker();
+  gcmBackend();
   const stderrTail = forwardStderr(child.stderr, o);
   const ch = new ControlChannel(child.stdout, (b) => {
     try {

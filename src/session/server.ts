@@ -70,6 +70,8 @@ export async function runServer(): Promise<number> {
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port });
     ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr });
+    // The AES-GCM implementation is chosen (a few ms, ffi/gcm.c) while the other end reads `ready`.
+    gcmBackend();
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
     const conns = acceptStreams(l, keys, hello.streams, 30_000);
     keys.master.fill(0);
