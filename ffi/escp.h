@@ -107,6 +107,11 @@ int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, in
 /* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH).  EEXIST of a directory, or of a
  * symbolic link to a directory beneath dirfd, is success. */
 int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
+/* Creates the temporary file `name` (one component) in dirfd for writing: mode 0600,
+ * O_EXCL|O_NOFOLLOW, so a link planted there is never followed; a stale file of that
+ * name (a killed run's) is removed and the create retried once.  O_DIRECT is tried
+ * when direct.  Returns fd or -errno. */
+int escp_create_part(int dirfd, const char *name, int direct, int32_t *is_direct);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);
 int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
@@ -209,15 +214,24 @@ typedef struct {
 } escp_counters;             /* 64 bytes */
 
 /* Receiver's file table: main thread publishes, stream workers look up. Slot index =
- * file_id & (cap-1), cap a power of two.  Main writes size, fd, direct, then
- * id_plus1 (= file_id + 1) last with release semantics; 0 = empty. */
+ * file_id & (cap-1), cap a power of two.  Main writes size, fd, direct (and dirfd,
+ * name), then id_plus1 (= file_id + 1) last with release semantics; 0 = empty.
+ * fd == ESCP_FD_CREATE: the stream worker that receives the file's first block creates
+ * it (escp_create_part(dirfd, name, direct)) and stores the result in fd: the new fd,
+ * or -errno, which that block and every later one report as their status.  The main
+ * thread keeps dirfd open and name alive until it has claimed fd back. */
+#define ESCP_FD_CREATE   INT32_MIN        /* published, not created yet */
+#define ESCP_FD_CREATING (INT32_MIN + 1)  /* a worker is creating it */
+#define ESCP_FD_CLAIMED  (INT32_MIN + 2)  /* the main thread took it back uncreated: never create */
 typedef struct {
   uint64_t id_plus1;
   uint64_t size;
   int32_t fd;
   int32_t direct;
-  uint64_t rsv;
-} escp_fdslot;               /* 32 bytes */
+  int32_t dirfd;
+  int32_t rsv;
+  const char *name;
+} escp_fdslot;               /* 40 bytes */
 
 typedef struct {
   uint32_t block_size;       /* multiple of ESCP_ALIGN */
@@ -248,7 +262,7 @@ int escp_send_batch(escp_conn *c, const escp_work *items, uint32_t n, escp_done 
  * A write error is per block (done[i].status = -errno; the stream goes on).
  * A record other than DATA or END is ESCP_E_PROTO, but it stays kept in the conn so
  * that escp_recv_record can still return it (e.g. to read an ERROR message). */
-int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
+int escp_recv_batch(escp_conn *c, escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
                     const escp_loop_opts *o, escp_counters *ctr, int32_t *state, uint64_t *need_id);
 
 /* ---- compress.c -------------------------------------------------------- */

@@ -192,6 +192,20 @@ static int parent_fd(int dirfd, const char *rel, char *last, size_t cap, int *ow
   return fd;
 }
 
+ESCP_API int escp_create_part(int dirfd, const char *name, int direct, int32_t *is_direct) {
+  if (is_direct) *is_direct = 0;
+  if (!name || !*name || strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) return -EINVAL;
+  const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+  int fd = openat(dirfd, name, flags, 0600);
+  if (fd < 0 && errno == EEXIST) {
+    unlinkat(dirfd, name, 0);
+    fd = openat(dirfd, name, flags, 0600);
+  }
+  if (fd < 0) return -errno;
+  if (direct && try_direct(fd) && is_direct) *is_direct = 1;
+  return fd;
+}
+
 ESCP_API int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode) {
   char last[NAME_MAX + 1];
   int owned;

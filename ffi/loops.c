@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -350,7 +351,31 @@ static int socket_has_data(escp_conn *c) {
   return r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
-ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
+/* The fd to write a block of slot s to, creating the file if this is its first block
+ * (see escp_fdslot); -errno when that failed.  Two streams may hold blocks of one file:
+ * the one that wins the slot creates it, the other waits the few microseconds it takes. */
+static int slot_fd(escp_fdslot *s, int *direct) {
+  for (;;) {
+    int32_t fd = __atomic_load_n(&s->fd, __ATOMIC_ACQUIRE);
+    if (fd == ESCP_FD_CREATE &&
+        __atomic_compare_exchange_n(&s->fd, &fd, ESCP_FD_CREATING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+      int32_t is_direct = 0;
+      int nfd = escp_create_part(s->dirfd, s->name, s->direct, &is_direct);
+      s->direct = is_direct;
+      __atomic_store_n(&s->fd, nfd, __ATOMIC_RELEASE);
+      *direct = is_direct;
+      return nfd;
+    }
+    if (fd == ESCP_FD_CLAIMED) return -ECANCELED;
+    if (fd != ESCP_FD_CREATE && fd != ESCP_FD_CREATING) {
+      *direct = s->direct;
+      return fd;
+    }
+    sched_yield();
+  }
+}
+
+ESCP_API int escp_recv_batch(escp_conn *c, escp_fdslot *tab, uint32_t cap, escp_done *done, uint32_t max_done,
                              const escp_loop_opts *o, escp_counters *ctr, int32_t *state, uint64_t *need_id) {
   int32_t st_dummy;
   uint64_t id_dummy;
@@ -438,7 +463,7 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
       break;
     }
     uint64_t file_id = escp__be64(body), off = escp__be64(body + 8);
-    const escp_fdslot *s = &tab[file_id & (cap - 1)];
+    escp_fdslot *s = &tab[file_id & (cap - 1)];
     if (__atomic_load_n(&s->id_plus1, __ATOMIC_ACQUIRE) != file_id + 1 || file_id == UINT64_MAX) {
       c->pend = 1;
       c->pend_type = (uint8_t)type;
@@ -450,7 +475,8 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
       break;
     }
     uint64_t size = s->size;
-    int fd = s->fd, direct = s->direct;
+    int direct = 0;
+    int fd = slot_fd(s, &direct);
     const uint8_t *plain = body + ESCP_DATA_PREFIX;
     uint32_t plen = blen - ESCP_DATA_PREFIX;
     uint64_t len = plen;
@@ -489,7 +515,12 @@ ESCP_API int escp_recv_batch(escp_conn *c, const escp_fdslot *tab, uint32_t cap,
     escp__hash128(plain, (size_t)len, d->hash);
     ctr->bytes_compressed += plen;
     ctr->blocks++;
-    if (len > SMALL_IO) {
+    if (fd < 0) {
+      /* the file could not be created: every block of it says why, none is written */
+      d->status = fd;
+      block_written(c, d, ctr);
+      done[n++] = *d;
+    } else if (len > SMALL_IO) {
       j->run = job_write;
       j->fd = fd;
       j->direct = direct;

@@ -16,11 +16,12 @@ die() { log "error: $*"; exit 1; }
 #   openssh-server openssh-client: the real ssh transport the tests use
 #   rsync iperf3 xxhash: baselines and checks for benchmarks
 #   procps iproute2 util-linux time: ps/pgrep, ss, setpriv/taskset, /usr/bin/time
+#   strace: a test checks which thread creates the receiver's files
 APT_PACKAGES=(
   build-essential libssl-dev libzstd-dev libxxhash-dev libgcrypt20
   openssh-server openssh-client
   rsync iperf3 xxhash
-  procps iproute2 util-linux time
+  procps iproute2 util-linux time strace
 )
 
 missing=()

@@ -37,6 +37,7 @@ const symbols = {
   escp_free_aligned: { args: [P], returns: V },
   escp_open_read: { args: [cstring, i32, P], returns: i32 },
   escp_openat_beneath: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
+  escp_create_part: { args: [i32, cstring, i32, P], returns: i32 },
   escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },
   escp_renameat_beneath: { args: [i32, cstring, cstring], returns: i32 },
   escp_unlinkat_beneath: { args: [i32, cstring, i32], returns: i32 },
@@ -82,7 +83,9 @@ export const ALIGN = 4096;
 export const WORK_SIZE = 32;
 export const DONE_SIZE = 40;
 export const COUNTERS_SIZE = 64;
-export const FDSLOT_SIZE = 32;
+export const FDSLOT_SIZE = 40;
+/** escp_fdslot.fd sentinels (escp.h): a worker creates the file; is creating it; main took it back uncreated. */
+export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe;
 export const LOOP_OPTS_SIZE = 16;
 
 let lib: Native | undefined;

@@ -536,21 +536,35 @@ function loopOpts(block: number, level: number, cancel: Int32Array): Uint8Array 
   return new Uint8Array(v.buffer);
 }
 
+/** escp_fdslot[cap]: 40 bytes each (id+1, size, fd, direct, dirfd, rsv, name). */
 class FdTable {
   buf: Uint8Array;
   v: DataView;
   ids: BigUint64Array;
+  names: Buffer[] = [];
   constructor(public cap: number) {
-    this.buf = new Uint8Array(32 * cap);
+    this.buf = new Uint8Array(40 * cap);
     this.v = new DataView(this.buf.buffer);
     this.ids = new BigUint64Array(this.buf.buffer);
   }
   publish(id: number, size: number, fd: number, direct: number) {
-    const o = (id & (this.cap - 1)) * 32;
+    const o = (id & (this.cap - 1)) * 40;
     this.v.setBigUint64(o + 8, BigInt(size), true);
     this.v.setInt32(o + 16, fd, true);
     this.v.setInt32(o + 20, direct, true);
     Atomics.store(this.ids, o / 8, BigInt(id + 1));
+  }
+  /** The worker that receives the file's first block creates `name` in dirfd. */
+  publishCreate(id: number, size: number, dirfd: number, name: string, direct: number) {
+    const o = (id & (this.cap - 1)) * 40;
+    const n = cstr(name);
+    this.names.push(n); // referenced while the table is
+    this.v.setInt32(o + 24, dirfd, true);
+    this.v.setBigUint64(o + 32, BigInt(ptr(n)), true);
+    this.publish(id, size, -0x80000000 /* ESCP_FD_CREATE */, direct);
+  }
+  fd(id: number): number {
+    return this.v.getInt32((id & (this.cap - 1)) * 40 + 16, true);
   }
 }
 
@@ -650,7 +664,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
 describe("loops", () => {
   let c: number[] = [], l: number[] = [];
   beforeAll(async () => {
-    ({ c, l } = await session(10));
+    ({ c, l } = await session(12));
   });
 
   test("send_batch -> recv_batch moves multi-block files (buffered)", async () => {
@@ -710,6 +724,60 @@ describe("loops", () => {
     L.escp_close(sfd);
     fs.closeSync(dfd);
     fs.closeSync(other);
+  });
+
+  /** Sends file `id` (size bytes, BLOCK-sized items) on conn, then END. */
+  function sendFile(conn: number, id: number, name: string, size: number) {
+    const data = makeSource(name, size, false);
+    const sfd = L.escp_open_read(cstr(path.join(tmp, name)), 0, new Int32Array(1));
+    const n = Math.ceil(size / BLOCK);
+    const work = new DataView(new ArrayBuffer(32 * n));
+    for (let i = 0; i < n; i++) {
+      work.setBigUint64(i * 32, BigInt(id), true);
+      work.setBigUint64(i * 32 + 8, BigInt(i * BLOCK), true);
+      work.setUint32(i * 32 + 16, Math.min(BLOCK, size - i * BLOCK), true);
+      work.setInt32(i * 32 + 20, sfd, true);
+    }
+    const sent = call("sendBatch", conn, new Uint8Array(work.buffer), n, BLOCK, 0, true);
+    return { data, n, sent, close: () => L.escp_close(sfd) };
+  }
+
+  test("recv_batch creates a file published for creation on its first block, past a planted link", async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, "create-"));
+    fs.writeFileSync(path.join(tmp, "create-victim"), "keep");
+    fs.symlinkSync(path.join(tmp, "create-victim"), path.join(dir, ".f.escp-part")); // never followed
+    const s = sendFile(c[10], 7, "create-src", 3 * BLOCK + 5);
+    const tab = new FdTable(8);
+    const dirfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    tab.publishCreate(7, 3 * BLOCK + 5, dirfd, ".f.escp-part", 0);
+    const rx = receiveAll(l[10], tab, () => { throw new Error("the file was published"); });
+    expect((await s.sent).rc).toBe(s.n);
+    expect(rx.done.map((d) => d.status)).toEqual([0, 0, 0, 0]);
+    const fd = tab.fd(7);
+    expect(fd).toBeGreaterThanOrEqual(0); // the worker's fd, for the main thread to commit
+    L.escp_close(fd);
+    expect(fs.lstatSync(path.join(dir, ".f.escp-part")).isFile()).toBe(true);
+    expect(fs.statSync(path.join(dir, ".f.escp-part")).mode & 0o777).toBe(0o600);
+    expect(fs.readFileSync(path.join(dir, ".f.escp-part")).equals(s.data)).toBe(true);
+    expect(fs.readFileSync(path.join(tmp, "create-victim"), "utf8")).toBe("keep");
+    s.close();
+    fs.closeSync(dirfd);
+  });
+
+  test("recv_batch: a file that cannot be created reports the cause on every block and writes nothing", async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, "nocreate-"));
+    fs.mkdirSync(path.join(dir, ".g.escp-part", "sub"), { recursive: true }); // a directory holds the name
+    const s = sendFile(c[11], 9, "nocreate-src", 2 * BLOCK);
+    const tab = new FdTable(8);
+    const dirfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    tab.publishCreate(9, 2 * BLOCK, dirfd, ".g.escp-part", 0);
+    const rx = receiveAll(l[11], tab, () => { throw new Error("the file was published"); });
+    expect((await s.sent).rc).toBe(s.n);
+    expect(rx.done.map((d) => d.status)).toEqual([-17, -17]); // EEXIST: not a file it may replace
+    expect(tab.fd(9)).toBe(-17);
+    expect(fs.readdirSync(path.join(dir, ".g.escp-part"))).toEqual(["sub"]);
+    s.close();
+    fs.closeSync(dirfd);
   });
 
   test("a zstd bomb (frame expanding beyond block_size) gives ESCP_E_DECOMP", () => {

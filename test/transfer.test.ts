@@ -214,6 +214,32 @@ describe("AES-128-GCM implementations", () => {
   });
 });
 
+describe("file creation on the receiver", () => {
+  test("the stream workers create the files of a -r push, not the main thread", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");
+    for (let d = 0; d < 4; d++) for (let f = 0; f < 25; f++) await makeFile(path.join(src, "t", `d${d}`, `f${f}`), 100 + f, { seed: d * 100 + f });
+    await makeFile(path.join(src, "t", "empty"), 0, { seed: 1 });
+    const trace = path.join(logs, "strace");
+    const remote = path.join(logs, "remote.sh");
+    fs.writeFileSync(remote, `#!/bin/sh\nexec strace -f -qq -e trace=openat,openat2 -o ${trace} ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const r = await runEscp(["-r", path.join(src, "t"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: remote } });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    for (let d = 0; d < 4; d++) for (let f = 0; f < 25; f++) {
+      expect(await sameFile(path.join(src, "t", `d${d}`, `f${f}`), path.join(dst, "t", `d${d}`, `f${f}`))).toBe(true);
+    }
+    expect(fs.statSync(path.join(dst, "t", "empty")).size).toBe(0);
+    // strace -f: "TID openat(dirfd, \".f0.escp-part\", O_WRONLY|O_CREAT|O_EXCL...". The process's
+    // first line is its main thread.
+    const lines = fs.readFileSync(trace, "utf8").split("\n").filter(Boolean);
+    const main = lines[0].split(/\s+/)[0];
+    const creates = lines.filter((l) => /escp-part", O_WRONLY\|O_CREAT/.test(l)).map((l) => [l.split(/\s+/)[0], /"\.([^"]+)\.escp-part"/.exec(l)![1]]);
+    const byWorkers = creates.filter(([tid]) => tid !== main).map(([, name]) => name);
+    expect(byWorkers.length).toBe(100); // every file with data
+    expect(creates.filter(([tid]) => tid === main).map(([, name]) => name)).toEqual(["empty"]); // no block would create it
+  });
+});
+
 describe("temporary files", () => {
   test("a stale partial file from a killed run is replaced, not appended to, without --resume", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

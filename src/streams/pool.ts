@@ -9,7 +9,9 @@
  * pool.onDone = (entries) => ...;
  * pool.offer(batch);
  */
-import { native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, type Pointer } from "../native.ts";
+import {
+  native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, type Pointer,
+} from "../native.ts";
 import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
 import { log } from "../log.ts";
@@ -138,12 +140,44 @@ export class StreamPool {
 
   /** Receiver: makes file `id` writable by the stream workers through fd; call published() after a batch. */
   publish(id: bigint, size: bigint, fd: number, direct: boolean): void {
-    const slot = Number(id & BigInt(TABLE_CAP - 1));
-    const u64 = new BigUint64Array(this.table, slot * FDSLOT_SIZE, 4);
-    const i32 = new Int32Array(this.table, slot * FDSLOT_SIZE + 16, 2);
+    this.fill(id, size, fd, direct, -1, 0n);
+  }
+
+  /**
+   * Receiver: file `id` is to be created by the stream worker that receives its first
+   * block, as `name` in the directory dirfd (escp_create_part). Both must stay valid
+   * until claimFd; name must stay referenced (its address is in the table).
+   */
+  publishCreate(id: bigint, size: bigint, dirfd: number, name: Buffer, direct: boolean): void {
+    this.fill(id, size, FD_CREATE, direct, dirfd, BigInt(ptr(name)));
+  }
+
+  /**
+   * Receiver: the fd a worker created for `id` (published with publishCreate), or -errno
+   * if it could not; FD_CLAIMED if no block came, and then no worker will create it now.
+   */
+  claimFd(id: bigint): number {
+    const i32 = new Int32Array(this.table, this.slotOf(id) * FDSLOT_SIZE + 16, 1);
+    for (;;) {
+      const fd = Atomics.load(i32, 0);
+      if (fd === FD_CREATE && Atomics.compareExchange(i32, 0, FD_CREATE, FD_CLAIMED) === FD_CREATE) return FD_CLAIMED;
+      if (fd !== FD_CREATE && fd !== FD_CREATING) return fd;
+    }
+  }
+
+  private slotOf(id: bigint): number {
+    return Number(id & BigInt(TABLE_CAP - 1));
+  }
+
+  private fill(id: bigint, size: bigint, fd: number, direct: boolean, dirfd: number, name: bigint): void {
+    const at = this.slotOf(id) * FDSLOT_SIZE;
+    const u64 = new BigUint64Array(this.table, at, 5);
+    const i32 = new Int32Array(this.table, at + 16, 4);
     u64[1] = size;
     i32[0] = fd;
     i32[1] = direct ? 1 : 0;
+    i32[2] = dirfd;
+    u64[4] = name;
     Atomics.store(u64, 0, id + 1n);
   }
 
@@ -155,8 +189,7 @@ export class StreamPool {
   }
 
   unpublish(id: bigint): void {
-    const slot = Number(id & BigInt(TABLE_CAP - 1));
-    const u64 = new BigUint64Array(this.table, slot * FDSLOT_SIZE, 1);
+    const u64 = new BigUint64Array(this.table, this.slotOf(id) * FDSLOT_SIZE, 1);
     Atomics.compareExchange(u64, 0, id + 1n, 0n);
   }
 

@@ -7,7 +7,9 @@
  *
  * The cache is bounded (a receiver holds at most `max` directory descriptors
  * besides the root, whatever the tree looks like); a handle that was closed
- * is simply opened again on its next use.
+ * is simply opened again on its next use. A handle a stream worker will
+ * create a file in is pinned until that is settled; at most half the cache
+ * can be pinned, so the bound holds.
  *
  * @example
  * const dirs = new DirHandles(rootFd);
@@ -23,6 +25,8 @@ const { O_PATH, O_DIRECTORY } = fs.constants as Record<string, number>;
 export class DirHandles {
   /** Least recently used first (a Map keeps insertion order). */
   private readonly fds = new Map<string, number>();
+  /** Pins per directory (see pin). */
+  private readonly pins = new Map<string, number>();
 
   constructor(private readonly rootFd: number, private readonly max = 64) {}
 
@@ -39,12 +43,33 @@ export class DirHandles {
     const opened = lib.escp_openat_beneath(this.rootFd, cstr(rel), O_PATH | O_DIRECTORY, 0, 0, null);
     if (opened < 0) return opened;
     if (this.fds.size >= this.max) {
-      const [oldest, ofd] = this.fds.entries().next().value!;
-      this.fds.delete(oldest);
-      lib.escp_close(ofd);
+      for (const [old, ofd] of this.fds) {
+        if (this.pins.has(old)) continue;
+        this.fds.delete(old);
+        lib.escp_close(ofd);
+        break;
+      }
     }
     this.fds.set(rel, opened);
     return opened;
+  }
+
+  /**
+   * Keeps the handle of `rel` (which get() just returned) open until as many unpin
+   * calls; false, and nothing pinned, when half the cache is pinned already.
+   */
+  pin(rel: string): boolean {
+    if (rel === "") return true;
+    const n = this.pins.get(rel) ?? 0;
+    if (n === 0 && this.pins.size >= this.max / 2) return false;
+    this.pins.set(rel, n + 1);
+    return true;
+  }
+
+  unpin(rel: string): void {
+    const n = this.pins.get(rel) ?? 0;
+    if (n <= 1) this.pins.delete(rel);
+    else this.pins.set(rel, n - 1);
   }
 
   /** Closes every handle but the root. */

@@ -1,14 +1,14 @@
 /**
  * The receiving side of a session (the remote `escp --server` on push, the
  * local escp on pull). Here a file's fate is decided: each entry the sender
- * announces is checked (plan/target.ts) and opened under a temporary name
- * beside its target; stream workers write its blocks; when the sender's DONE
+ * announces is checked (plan/target.ts) and given a temporary name beside its
+ * target, which the stream worker receiving its first block creates (or this
+ * thread, for a file that gets no block); workers write its blocks; when the sender's DONE
  * and all its bytes are in, the digest of what was written is compared with
  * the digest of what was read, and only a match is renamed over the target.
  * Anything else removes the temporary file and names the cause in RESULT.
  */
 import fs from "node:fs";
-import os from "node:os";
 import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
@@ -33,6 +33,9 @@ interface RecvFile {
   name: string;
   /** The temporary name in `dir`; empty for a rejected entry or a device/FIFO written in place. */
   tmp: string;
+  /** Set while a stream worker is to create the file (its address is in the fd table). */
+  tmpC?: Buffer;
+  /** -1 until claimed back from the worker that created the file (then -errno if it could not). */
   fd: number;
   processed: bigint;
   digest: FileDigest;
@@ -54,8 +57,7 @@ interface Kept {
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
-const { EEXIST } = os.constants.errno;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 /** Files smaller than this skip O_DIRECT: its set-up costs more than the page cache it saves. */
@@ -109,8 +111,9 @@ export class Receiver {
   /** Removes temporary files of unfinished transfers (on a fatal error or interrupt); --resume keeps them. */
   cleanup(): void {
     for (const f of this.files.values()) {
+      this.claim(f); // no worker creates it after this
       this.pool.unpublish(f.entry.id);
-      if (f.tmp && !this.opts.resume) this.unlinkPart(f);
+      if (f.tmp && f.fd >= 0 && !this.opts.resume) this.unlinkPart(f);
     }
     this.files.clear();
     this.dirs.close();
@@ -172,29 +175,47 @@ export class Receiver {
       return this.skip(e, rel);
     }
     const tmp = partBase(name);
-    const isDirect = new Int32Array(1);
-    const create = () => this.lib.escp_openat_beneath(
-      dfd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW | (this.opts.resume ? 0 : O_EXCL), 0o600,
-      this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN) ? 1 : 0, ptr(isDirect),
-    );
-    let fd = create();
-    // Without --resume a stale partial file (from a killed run) is replaced; whatever sits
-    // at the temporary name, a symbolic link is never followed (O_NOFOLLOW, O_EXCL).
-    if (fd === -EEXIST && !this.opts.resume) {
-      this.lib.escp_unlinkat_beneath(dfd, cstr(tmp), 0);
-      fd = create();
+    const mode = this.finalMode(e, existing);
+    const direct = this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN);
+    // A file with data is created by the stream worker that receives its first block
+    // (escp_fdslot), so that the creates of many small files run on the workers, not
+    // here. --resume must first look at what is there, with --sparse a file may get no
+    // block at all, and an empty file gets none: those are created here.
+    if (!this.opts.resume && !this.opts.sparse && e.size > 0n && this.dirs.pin(dir)) {
+      const tmpC = cstr(tmp);
+      this.start({ entry: e, rel, dir, name, tmp, tmpC, fd: -1, processed: 0n, digest: new FileDigest(), mode });
+      this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct);
+      return;
     }
+    // Whatever sits at the temporary name, a symbolic link is never followed; without
+    // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
+    const isDirect = new Int32Array(1);
+    const fd = this.opts.resume
+      ? this.lib.escp_openat_beneath(dfd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
+      : this.lib.escp_create_part(dfd, cstr(tmp), direct ? 1 : 0, ptr(isDirect));
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
     }
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, fd, processed: 0n, digest: new FileDigest(), mode: this.finalMode(e, existing) };
-    this.files.set(e.id, f);
-    this.events.started(this.target.show(rel), Number(e.size));
-    log.debug("file start", { file: e.id, path: this.target.show(rel), size: e.size, tmp });
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, fd, processed: 0n, digest: new FileDigest(), mode };
+    this.start(f);
     if (this.opts.resume) this.offer(f, existing?.kind === "file" && existing.size === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
+  }
+
+  private start(f: RecvFile): void {
+    this.files.set(f.entry.id, f);
+    this.events.started(this.target.show(f.rel), Number(f.entry.size));
+    log.debug("file start", { file: f.entry.id, path: this.target.show(f.rel), size: f.entry.size, tmp: f.tmp });
+  }
+
+  /** Takes back a file a worker was to create: its fd, or why there is none (f.fd < 0). */
+  private claim(f: RecvFile): void {
+    if (!f.tmpC) return;
+    f.fd = this.pool.claimFd(f.entry.id);
+    f.tmpC = undefined;
+    this.dirs.unpin(f.dir);
   }
 
   /**
@@ -295,6 +316,7 @@ export class Receiver {
   private maybeFinish(f: RecvFile): void {
     if (!f.verdict || f.processed < f.verdict.bytes) return;
     this.files.delete(f.entry.id);
+    this.claim(f);
     this.pool.unpublish(f.entry.id);
     let digest: Uint8Array;
     const shown = this.target.show(f.rel);
@@ -312,11 +334,16 @@ export class Receiver {
     if (!cause && (!whole || !sameDigest(digest, f.verdict.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
+    // Blocks arrived, so the file exists; a file nobody created cannot pass the checks above.
+    if (!cause && f.fd < 0) cause = "internal error: a verified file was never created";
     if (!cause && this.opts.verify && !f.special) cause = this.reread(f, f.verdict.digest);
-    if (cause || f.special) this.lib.escp_close(f.fd);
-    else cause = this.commit(f);
+    if (cause || f.special) {
+      if (f.fd >= 0) this.lib.escp_close(f.fd);
+    } else {
+      cause = this.commit(f);
+    }
     if (cause) {
-      if (f.tmp && !this.opts.resume) this.unlinkPart(f);
+      if (f.tmp && f.fd >= 0 && !this.opts.resume) this.unlinkPart(f);
       this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
     } else {
