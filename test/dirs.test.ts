@@ -68,6 +68,34 @@ describe("directory handles", () => {
   });
 });
 
+describe("pinned directory handles", () => {
+  test("a pinned handle is not closed to make room; at most half the cache can be pinned", () => {
+    const root = tmpdir("dirs");
+    for (const d of ["a", "b", "c", "d", "e"]) fs.mkdirSync(path.join(root, d));
+    const rootFd = openRoot(root);
+    const dirs = new DirHandles(rootFd, 4);
+    const a = dirs.get("a");
+    expect(dirs.pin("a")).toBe(true);
+    expect(dirs.pin("a")).toBe(true); // twice: open until two unpins
+    dirs.get("b");
+    expect(dirs.pin("b")).toBe(true);
+    dirs.get("c");
+    expect(dirs.pin("c")).toBe(false); // half of 4 are pinned already
+    expect(dirs.pin("")).toBe(true); // the root is never closed anyway
+    dirs.get("d");
+    dirs.get("e"); // the cache is full: c, the oldest unpinned, goes, not a
+    expect(inodeOf(a)).toBe(BigInt(fs.statSync(path.join(root, "a")).ino));
+    dirs.unpin("a");
+    dirs.get("c"); // evicts d (a is still pinned once)
+    expect(inodeOf(a)).toBe(BigInt(fs.statSync(path.join(root, "a")).ino));
+    dirs.unpin("a");
+    dirs.get("d"); // a is the oldest unpinned now
+    expect(inodeOf(a)).toBe(-EBADF);
+    dirs.close();
+    fs.closeSync(rootFd);
+  });
+});
+
 describe("escp_commit_file and escp_fstatat", () => {
   test("mode, times, close and rename in one call; the file keeps its content", () => {
     const dir = tmpdir("commit");
