@@ -664,7 +664,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
 describe("loops", () => {
   let c: number[] = [], l: number[] = [];
   beforeAll(async () => {
-    ({ c, l } = await session(12));
+    ({ c, l } = await session(13));
   });
 
   test("send_batch -> recv_batch moves multi-block files (buffered)", async () => {
@@ -760,6 +760,24 @@ describe("loops", () => {
     expect(fs.statSync(path.join(dir, ".f.escp-part")).mode & 0o777).toBe(0o600);
     expect(fs.readFileSync(path.join(dir, ".f.escp-part")).equals(s.data)).toBe(true);
     expect(fs.readFileSync(path.join(tmp, "create-victim"), "utf8")).toBe("keep");
+    s.close();
+    fs.closeSync(dirfd);
+  });
+
+  test("recv_batch reserves the whole of a file of 1 MiB or more when its first block creates it", async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, "prealloc-"));
+    const s = sendFile(c[12], 4, "prealloc-src", BLOCK); // one block of a file announced at 2 MiB
+    const tab = new FdTable(8);
+    const dirfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    tab.publishCreate(4, 2 << 20, dirfd, ".p.escp-part", 0);
+    const rx = receiveAll(l[12], tab, () => { throw new Error("the file was published"); });
+    expect((await s.sent).rc).toBe(1);
+    expect(rx.done.map((d) => d.status)).toEqual([0]);
+    const st = fs.statSync(path.join(dir, ".p.escp-part"));
+    expect(st.size).toBe(2 << 20);
+    expect(st.blocks * 512).toBeGreaterThanOrEqual(2 << 20); // allocated, not a hole
+    expect(fs.readFileSync(path.join(dir, ".p.escp-part")).subarray(0, BLOCK).equals(s.data)).toBe(true);
+    L.escp_close(tab.fd(4));
     s.close();
     fs.closeSync(dirfd);
   });
