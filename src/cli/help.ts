@@ -141,6 +141,13 @@ export function manPage(): string {
     ".B ESCP_CONFIG",
     "a configuration file to read instead of",
     ".IR \\%~/.config/escp/escp.yaml .",
+    ".TP",
+    ".B ESCP_GCM",
+    ".B openssl",
+    "or",
+    ".BR libgcrypt :",
+    "the AES\\-128\\-GCM implementation to use, instead of the faster of the two on this host",
+    "(measured at start; libgcrypt only where the system has libgcrypt.so.20).",
     ".SH EXIT STATUS",
   );
   for (const [code, meaning] of EXIT_STATUS) r.push(".TP", `.B ${code}`, roffText(meaning));
