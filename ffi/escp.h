@@ -100,6 +100,9 @@ void escp_free_aligned(void *p);
  * says which it got.
  * Returns fd or -errno. */
 int escp_open_read(const char *path, int direct, int32_t *is_direct);
+/* The same for name relative to dirfd (AT_FDCWD: as open(2)), and the open file's
+ * escp_fstat fields in st_out (if not NULL): one call per source file. */
+int escp_openat_read(int dirfd, const char *name, int direct, int32_t *is_direct, int64_t st_out[7]);
 /* Opens rel beneath dirfd without ever leaving it (openat2 RESOLVE_BENEATH |
  * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
  * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */

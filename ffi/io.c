@@ -46,6 +46,16 @@ static int try_direct(int fd) {
   return fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
 }
 
+static void stat_fields(const struct stat *st, int64_t out[7]) {
+  out[0] = (int64_t)st->st_size;
+  out[1] = (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+  out[2] = (int64_t)(st->st_mode & 07777);
+  out[3] = (int64_t)st->st_dev;
+  out[4] = (int64_t)st->st_ino;
+  out[5] = (int64_t)st->st_atim.tv_sec * 1000000000LL + st->st_atim.tv_nsec;
+  out[6] = (int64_t)(st->st_mode & S_IFMT);
+}
+
 /* cachestat(2) (Linux 6.5): how much of a file the page cache holds, without
  * reading or mapping it, so the source's atime stays as it was (-p sends it).
  * Not in Debian 12's headers yet, hence the local definitions. */
@@ -57,24 +67,34 @@ struct escp_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, n
 
 /* True when (nearly) all of fd is in the page cache: reading it from there is
  * faster than O_DIRECT from the disk and evicts nothing.  Older kernels: false. */
-static int mostly_cached(int fd) {
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return 0;
+static int mostly_cached(int fd, const struct stat *st) {
+  if (!S_ISREG(st->st_mode) || st->st_size == 0) return 0;
   struct escp_cachestat_range range = {0, 0}; /* len 0: to the end of the file */
   struct escp_cachestat cs;
   if (syscall(__NR_cachestat, fd, &range, &cs, 0) != 0) return 0;
   long page = sysconf(_SC_PAGESIZE);
-  uint64_t pages = ((uint64_t)st.st_size + (uint64_t)page - 1) / (uint64_t)page;
+  uint64_t pages = ((uint64_t)st->st_size + (uint64_t)page - 1) / (uint64_t)page;
   return cs.nr_cache * 10 >= pages * 9;
 }
 
-ESCP_API int escp_open_read(const char *path, int direct, int32_t *is_direct) {
+ESCP_API int escp_openat_read(int dirfd, const char *name, int direct, int32_t *is_direct, int64_t st_out[7]) {
   if (is_direct) *is_direct = 0;
-  if (!path) return -EINVAL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return escp__errno("open %s", path);
-  if (direct && !mostly_cached(fd) && try_direct(fd) && is_direct) *is_direct = 1;
+  if (!name) return -EINVAL;
+  int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return escp__errno("open %s", name);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int rc = escp__errno("fstat %s", name);
+    close(fd);
+    return rc;
+  }
+  if (st_out) stat_fields(&st, st_out);
+  if (direct && !mostly_cached(fd, &st) && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
+}
+
+ESCP_API int escp_open_read(const char *path, int direct, int32_t *is_direct) {
+  return escp_openat_read(AT_FDCWD, path, direct, is_direct, NULL);
 }
 
 /* Fallback for kernels without openat2 (< 5.6): walk the components with O_NOFOLLOW,
@@ -269,15 +289,6 @@ ESCP_API int escp_symlinkat_beneath(int dirfd, const char *target, const char *r
   return rc;
 }
 
-static void stat_fields(const struct stat *st, int64_t out[7]) {
-  out[0] = (int64_t)st->st_size;
-  out[1] = (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
-  out[2] = (int64_t)(st->st_mode & 07777);
-  out[3] = (int64_t)st->st_dev;
-  out[4] = (int64_t)st->st_ino;
-  out[5] = (int64_t)st->st_atim.tv_sec * 1000000000LL + st->st_atim.tv_nsec;
-  out[6] = (int64_t)(st->st_mode & S_IFMT);
-}
 
 ESCP_API int escp_fstat(int fd, int64_t out[7]) {
   struct stat st;

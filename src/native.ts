@@ -36,6 +36,7 @@ const symbols = {
   escp_alloc_aligned: { args: [u64], returns: P },
   escp_free_aligned: { args: [P], returns: V },
   escp_open_read: { args: [cstring, i32, P], returns: i32 },
+  escp_openat_read: { args: [i32, cstring, i32, P, P], returns: i32 },
   escp_openat_beneath: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
   escp_create_part: { args: [i32, cstring, i32, P], returns: i32 },
   escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },

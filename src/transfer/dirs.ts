@@ -1,9 +1,11 @@
 /**
- * Directory handles for the receiver. Each destination directory is opened
- * once, beneath the destination root (openat2 RESOLVE_BENEATH, O_PATH), and
- * a file in it is then inspected, created and renamed by its bare name
- * relative to that handle: one path walk per directory instead of four per
- * file, which is most of the per-file cost of many small files.
+ * Directory handles. The receiver opens each destination directory once,
+ * beneath the destination root (openat2 RESOLVE_BENEATH, O_PATH), and then
+ * inspects, creates and renames a file in it by its bare name relative to
+ * that handle: one path walk per directory instead of four per file, which
+ * is most of the per-file cost of many small files. The sender opens its
+ * sources the same way, relative to their directories (without a root:
+ * paths as given, links followed, as scp reads them).
  *
  * The cache is bounded (a receiver holds at most `max` directory descriptors
  * besides the root, whatever the tree looks like); a handle that was closed
@@ -12,7 +14,7 @@
  * can be pinned, so the bound holds.
  *
  * @example
- * const dirs = new DirHandles(rootFd);
+ * const dirs = new DirHandles(rootFd);   // new DirHandles() on the sending side
  * const fd = dirs.get("a/b");   // a directory fd, or a negative errno
  * if (fd >= 0) lib.escp_fstatat(fd, cstr("file"), ptr(out));
  * dirs.close();
@@ -21,6 +23,7 @@ import fs from "node:fs";
 import { native, cstr } from "../native.ts";
 
 const { O_PATH, O_DIRECTORY } = fs.constants as Record<string, number>;
+const NO_ROOT = -1;
 
 export class DirHandles {
   /** Least recently used first (a Map keeps insertion order). */
@@ -28,11 +31,12 @@ export class DirHandles {
   /** Pins per directory (see pin). */
   private readonly pins = new Map<string, number>();
 
-  constructor(private readonly rootFd: number, private readonly max = 64) {}
+  /** rootFd: directories are opened beneath it ("" is the root itself); none: paths as given. */
+  constructor(private readonly rootFd = NO_ROOT, private readonly max = 64) {}
 
-  /** The fd of directory `rel` ("" is the root), opened beneath the root; a negative errno if it cannot be. */
+  /** The fd of directory `rel`; a negative errno if it cannot be opened. */
   get(rel: string): number {
-    if (rel === "") return this.rootFd;
+    if (rel === "" && this.rootFd !== NO_ROOT) return this.rootFd;
     const fd = this.fds.get(rel);
     if (fd !== undefined) {
       this.fds.delete(rel);
@@ -40,7 +44,7 @@ export class DirHandles {
       return fd;
     }
     const lib = native();
-    const opened = lib.escp_openat_beneath(this.rootFd, cstr(rel), O_PATH | O_DIRECTORY, 0, 0, null);
+    const opened = this.open(rel);
     if (opened < 0) return opened;
     if (this.fds.size >= this.max) {
       for (const [old, ofd] of this.fds) {
@@ -70,6 +74,15 @@ export class DirHandles {
     const n = this.pins.get(rel) ?? 0;
     if (n <= 1) this.pins.delete(rel);
     else this.pins.set(rel, n - 1);
+  }
+
+  private open(rel: string): number {
+    if (this.rootFd !== NO_ROOT) return native().escp_openat_beneath(this.rootFd, cstr(rel), O_PATH | O_DIRECTORY, 0, 0, null);
+    try {
+      return fs.openSync(rel, O_PATH | O_DIRECTORY);
+    } catch (e) {
+      return -Math.abs((e as NodeJS.ErrnoException).errno ?? 5 /* EIO */);
+    }
   }
 
   /** Closes every handle but the root. */

@@ -11,6 +11,7 @@ import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolErro
 import { walkInWorker, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
+import { DirHandles } from "./dirs.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
@@ -59,6 +60,8 @@ export class Sender {
   private peerEnded: (() => void) | undefined;
   private fatal: Error | undefined;
   private readonly lib = native();
+  /** Sources are opened relative to their directory: one path walk per directory, not per file. */
+  private readonly dirs = new DirHandles();
   private readonly dones: VerdictBatch;
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
@@ -87,6 +90,7 @@ export class Sender {
         while (this.inflight.size > WINDOW / 2) await this.verdicts();
       }
     }
+    this.dirs.close();
     this.pump(true);
     while (this.inflight.size > 0) await this.verdicts();
     await this.pool.finish();
@@ -121,15 +125,17 @@ export class Sender {
       });
       return;
     }
+    const slash = item.abs.lastIndexOf("/");
+    const dfd = this.dirs.get(slash < 0 ? "." : item.abs.slice(0, slash) || "/");
     const isDirect = new Int32Array(1);
-    const fd = this.lib.escp_open_read(cstr(item.abs), this.opts.direct ? 1 : 0, ptr(isDirect));
+    // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
+    const st = new BigInt64Array(7);
+    const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstr(item.abs.slice(slash + 1)), this.opts.direct ? 1 : 0, ptr(isDirect), ptr(st));
     if (fd < 0) {
       this.stats.failures++;
-      this.events.failed(item.abs, nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
+      this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
       return;
     }
-    // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
-    const st = fstat(fd);
     const entry: FileEntry = {
       id: this.nextId++, path: item.rel, kind: "file", size: st[0], mode: Number(st[2]) & 0o7777,
       mtimeNs: st[1], atimeNs: st[5], top: item.top,
