@@ -169,6 +169,13 @@ int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_t sid[16]
  * `stream`, waits for the listener's HELLO.  NULL on failure with *err set. */
 escp_conn *escp_connect(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],
                         uint32_t stream, uint32_t nstreams, int timeout_ms, int32_t *err);
+/* Connects streams from..nstreams-1 of a session: stream 0 (when from is 0) as
+ * escp_connect does, then the others to the address stream 0 reached (out[0], given when
+ * from > 0), their TCP handshakes and HELLOs overlapping, so the setup costs about four
+ * round trips whatever the stream count.  out[s] = escp_conn* of stream s.  Returns 0, or
+ * a negative code with every connection in out[] closed (given ones too) and the error set. */
+int escp_connect_streams(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],
+                         uint32_t from, uint32_t nstreams, int timeout_ms, uint64_t *out);
 /* Asks for sndbuf/rcvbuf bytes (0 = leave), pacing in bytes/s (0 = none), TCP keepalive so
  * that a vanished peer is noticed in about keepalive_s seconds; reports what was granted. */
 int escp_conn_tune(escp_conn *c, int32_t sndbuf, int32_t rcvbuf, uint64_t pacing_bps, int32_t keepalive_s,

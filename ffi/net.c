@@ -587,6 +587,77 @@ static int read_deadline(int fd, uint8_t *buf, size_t len, int64_t deadline) {
   return 0;
 }
 
+/* Sends the preamble and our HELLO (seq 0) in one write. */
+static int send_client_hello(escp_conn *c, const uint8_t sid[16], uint32_t stream, uint32_t nstreams,
+                             int64_t deadline) {
+  uint8_t hs[HANDSHAKE_IN];
+  memcpy(hs, "ESCP", 4);
+  hs[4] = (uint8_t)(ESCP_PROTO_VERSION >> 8);
+  hs[5] = (uint8_t)ESCP_PROTO_VERSION;
+  hs[6] = hs[7] = 0;
+  escp__put32(hs + 8, stream);
+  escp__put32(hs + 12, nstreams);
+  memcpy(hs + 16, sid, 16);
+  uint8_t *h = hs + ESCP_PREAMBLE_LEN, *body = h + ESCP_HDR_LEN;
+  escp__put_hdr(h, ESCP_REC_HELLO, 0, HELLO_BODY, 0);
+  memcpy(body, sid, 16);
+  escp__put32(body + 16, stream);
+  int rc = escp__seal(&c->tx, h, body, HELLO_BODY, body + HELLO_BODY);
+  c->tx.seq = 1;
+  size_t off = 0;
+  while (rc == 0 && off < sizeof hs) {
+    ssize_t r = send(c->fd, hs + off, sizeof hs - off, MSG_NOSIGNAL);
+    if (r > 0) off += (size_t)r;
+    else if (r < 0 && errno == EINTR) continue;
+    else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) rc = wait_fd(c->fd, POLLOUT, deadline);
+    else rc = -errno;
+  }
+  return rc;
+}
+
+/* Reads and checks the listener's HELLO; the connection is ready (blocking) after it. */
+static int read_server_hello(escp_conn *c, const uint8_t sid[16], uint32_t stream, const char *host, int port,
+                            int64_t deadline) {
+  uint8_t in[ESCP_HDR_LEN + HELLO_BODY + ESCP_TAG_LEN];
+  int rc = read_deadline(c->fd, in, sizeof in, deadline);
+  if (rc == ESCP_E_TRUNC || rc == -ECONNRESET)
+    return escp__err(ESCP_E_PROTO, "stream %u: %s port %d closed the connection during the handshake "
+                     "(wrong session key, session id or protocol version?)", stream, host, port);
+  if (rc) return escp__err(rc, "stream %u: handshake with %s port %d: %s", stream, host, port, escp_strerror(rc));
+  if (in[0] != ESCP_REC_HELLO || in[1] || in[2] || in[3] || escp__be32(in + 4) != HELLO_BODY ||
+      escp__be64(in + 8) != 0)
+    return escp__err(ESCP_E_PROTO, "stream %u: %s port %d did not answer with a HELLO", stream, host, port);
+  if (escp__open(&c->rx, in, in + ESCP_HDR_LEN, HELLO_BODY, in + ESCP_HDR_LEN + HELLO_BODY) != 0)
+    return escp__err(ESCP_E_AUTH, "stream %u: the listener's HELLO (seq 0) failed authentication "
+                     "(altered, spliced or wrong key)", stream);
+  if (memcmp(in + ESCP_HDR_LEN, sid, 16) != 0 || escp__be32(in + ESCP_HDR_LEN + 16) != stream)
+    return escp__err(ESCP_E_PROTO, "stream %u: the listener's HELLO names another session or stream", stream);
+  c->rx.seq = 1;
+  set_nonblock(c->fd, 0);
+  return 0;
+}
+
+/* A connection to addr whose TCP handshake has completed (or failed): fd or -errno. */
+static int dial(const struct sockaddr *addr, socklen_t len, int64_t deadline) {
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int rc = 0;
+  if (connect(fd, addr, len) != 0) rc = errno == EINPROGRESS ? 1 : -errno;
+  if (rc == 1) rc = wait_fd(fd, POLLOUT, deadline);
+  if (rc == 0) {
+    int so = 0;
+    socklen_t sl = sizeof so;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl);
+    rc = -so;
+  }
+  if (rc) {
+    close(fd);
+    return rc;
+  }
+  set_nodelay(fd);
+  return fd;
+}
+
 ESCP_API escp_conn *escp_connect(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],
                                  uint32_t stream, uint32_t nstreams, int timeout_ms, int32_t *err) {
   int32_t dummy;
@@ -616,35 +687,9 @@ ESCP_API escp_conn *escp_connect(const char *host, int port, const uint8_t maste
   }
   int fd = -1;
   rc = -ECONNREFUSED;
-  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-      rc = -errno;
-      continue;
-    }
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-      rc = 0;
-      break;
-    }
-    if (errno == EINPROGRESS) {
-      int w = wait_fd(fd, POLLOUT, deadline);
-      if (w == 0) {
-        int so = 0;
-        socklen_t sl = sizeof so;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl);
-        if (so == 0) {
-          rc = 0;
-          break;
-        }
-        rc = -so;
-      } else {
-        rc = w;
-      }
-    } else {
-      rc = -errno;
-    }
-    close(fd);
-    fd = -1;
+  for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+    fd = dial(ai->ai_addr, ai->ai_addrlen, deadline);
+    if (fd < 0) rc = fd;
     if (rc == ESCP_E_TIMEOUT) break;
   }
   freeaddrinfo(res);
@@ -652,68 +697,86 @@ ESCP_API escp_conn *escp_connect(const char *host, int port, const uint8_t maste
     *err = escp__err(rc, "stream %u: connect to %s port %d: %s", stream, host, port, escp_strerror(rc));
     return NULL;
   }
-  set_nodelay(fd);
   escp_conn *c = conn_new(fd, master, sid, stream, nstreams, 0, &rc);
   if (!c) {
     close(fd);
     *err = rc;
     return NULL;
   }
-  /* preamble + HELLO in one write */
-  uint8_t hs[HANDSHAKE_IN];
-  memcpy(hs, "ESCP", 4);
-  hs[4] = (uint8_t)(ESCP_PROTO_VERSION >> 8);
-  hs[5] = (uint8_t)ESCP_PROTO_VERSION;
-  hs[6] = hs[7] = 0;
-  escp__put32(hs + 8, stream);
-  escp__put32(hs + 12, nstreams);
-  memcpy(hs + 16, sid, 16);
-  uint8_t *h = hs + ESCP_PREAMBLE_LEN, *body = h + ESCP_HDR_LEN;
-  escp__put_hdr(h, ESCP_REC_HELLO, 0, HELLO_BODY, 0);
-  memcpy(body, sid, 16);
-  escp__put32(body + 16, stream);
-  rc = escp__seal(&c->tx, h, body, HELLO_BODY, body + HELLO_BODY);
-  c->tx.seq = 1;
-  size_t off = 0;
-  while (rc == 0 && off < sizeof hs) {
-    ssize_t r = send(fd, hs + off, sizeof hs - off, MSG_NOSIGNAL);
-    if (r > 0) off += (size_t)r;
-    else if (r < 0 && errno == EINTR) continue;
-    else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) rc = wait_fd(fd, POLLOUT, deadline);
-    else rc = -errno;
-  }
-  /* the listener's HELLO */
-  uint8_t in[ESCP_HDR_LEN + HELLO_BODY + ESCP_TAG_LEN];
-  if (rc == 0) rc = read_deadline(fd, in, sizeof in, deadline);
+  rc = send_client_hello(c, sid, stream, nstreams, deadline);
+  if (!rc) rc = read_server_hello(c, sid, stream, host, port, deadline);
+  else rc = escp__err(rc, "stream %u: handshake with %s port %d: %s", stream, host, port, escp_strerror(rc));
   if (rc) {
-    if (rc == ESCP_E_TRUNC || rc == -ECONNRESET)
-      *err = escp__err(ESCP_E_PROTO, "stream %u: %s port %d closed the connection during the handshake "
-                       "(wrong session key, session id or protocol version?)", stream, host, port);
-    else
-      *err = escp__err(rc, "stream %u: handshake with %s port %d: %s", stream, host, port, escp_strerror(rc));
+    *err = rc;
     escp_conn_free(c);
     return NULL;
   }
-  if (in[0] != ESCP_REC_HELLO || in[1] || in[2] || in[3] || escp__be32(in + 4) != HELLO_BODY ||
-      escp__be64(in + 8) != 0) {
-    *err = escp__err(ESCP_E_PROTO, "stream %u: %s port %d did not answer with a HELLO", stream, host, port);
-    escp_conn_free(c);
-    return NULL;
-  }
-  if (escp__open(&c->rx, in, in + ESCP_HDR_LEN, HELLO_BODY, in + ESCP_HDR_LEN + HELLO_BODY) != 0) {
-    *err = escp__err(ESCP_E_AUTH, "stream %u: the listener's HELLO (seq 0) failed authentication "
-                     "(altered, spliced or wrong key)", stream);
-    escp_conn_free(c);
-    return NULL;
-  }
-  if (memcmp(in + ESCP_HDR_LEN, sid, 16) != 0 || escp__be32(in + ESCP_HDR_LEN + 16) != stream) {
-    *err = escp__err(ESCP_E_PROTO, "stream %u: the listener's HELLO names another session or stream", stream);
-    escp_conn_free(c);
-    return NULL;
-  }
-  c->rx.seq = 1;
-  set_nonblock(fd, 0);
   return c;
+}
+
+ESCP_API int escp_connect_streams(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],
+                                  uint32_t from, uint32_t nstreams, int timeout_ms, uint64_t *out) {
+  if (!out || nstreams == 0 || nstreams > 65536 || from > nstreams || (from > 0 && !out[0]))
+    return escp__err(-EINVAL, "connect: streams %u to %u", from, nstreams);
+  int *fds = calloc(nstreams, sizeof *fds);
+  if (!fds) return escp__err(-ENOMEM, "connect: %u streams", nstreams);
+  for (uint32_t s = from; s < nstreams; s++) out[s] = 0;
+  if (from == 0) {
+    int32_t err = 0;
+    escp_conn *c0 = escp_connect(host, port, master, sid, 0, nstreams, timeout_ms, &err);
+    if (!c0) {
+      free(fds);
+      return err;
+    }
+    out[0] = (uint64_t)(uintptr_t)c0;
+    from = 1;
+  }
+  escp_conn *c0 = (escp_conn *)(uintptr_t)out[0];
+  int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 30000);
+  struct sockaddr_storage peer;
+  socklen_t plen = sizeof peer;
+  int rc = getpeername(c0->fd, (struct sockaddr *)&peer, &plen) == 0 ? 0 : -errno;
+  /* Every other stream goes to the address stream 0 reached, all at once: the TCP
+   * handshakes overlap, then the HELLOs, so a session costs 4 round trips, not 2 per stream. */
+  for (uint32_t s = from; s < nstreams; s++) {
+    fds[s] = -1;
+    if (rc) continue;
+    int fd = socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || (connect(fd, (struct sockaddr *)&peer, plen) != 0 && errno != EINPROGRESS)) {
+      rc = escp__errno("stream %u: connect to %s port %d", s, host, port);
+      if (fd >= 0) close(fd);
+      continue;
+    }
+    fds[s] = fd;
+  }
+  for (uint32_t s = from; s < nstreams && !rc; s++) {
+    int w = wait_fd(fds[s], POLLOUT, deadline);
+    int so = 0;
+    socklen_t sl = sizeof so;
+    if (w == 0) getsockopt(fds[s], SOL_SOCKET, SO_ERROR, &so, &sl);
+    if (w || so) {
+      rc = escp__err(w ? w : -so, "stream %u: connect to %s port %d: %s", s, host, port, escp_strerror(w ? w : -so));
+      break;
+    }
+    set_nodelay(fds[s]);
+    escp_conn *c = conn_new(fds[s], master, sid, s, nstreams, 0, &rc);
+    if (!c) break;
+    fds[s] = -1; /* owned by c now */
+    out[s] = (uint64_t)(uintptr_t)c;
+    rc = send_client_hello(c, sid, s, nstreams, deadline);
+    if (rc) rc = escp__err(rc, "stream %u: handshake with %s port %d: %s", s, host, port, escp_strerror(rc));
+  }
+  for (uint32_t s = from; s < nstreams && !rc; s++)
+    rc = read_server_hello((escp_conn *)(uintptr_t)out[s], sid, s, host, port, deadline);
+  for (uint32_t s = from; s < nstreams; s++)
+    if (fds[s] >= 0) close(fds[s]);
+  free(fds);
+  if (!rc) return 0;
+  for (uint32_t s = 0; s < nstreams; s++) {
+    if (out[s]) escp_conn_free((escp_conn *)(uintptr_t)out[s]);
+    out[s] = 0;
+  }
+  return rc;
 }
 
 /* ---- tuning ------------------------------------------------------------ */

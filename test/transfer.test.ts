@@ -164,6 +164,40 @@ describe("the data port", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
   });
 
+  test("the data streams after the first connect together, not one round trip after another", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 17 });
+    const port = await freePort();
+    // Every answer from the receiver reaches escp 300 ms late, as over a long path.
+    // A client that connected stream by stream would open each only after the answer
+    // to the one before; one that connects them together opens them all first.
+    const opened: number[] = [], answered: number[] = [];
+    const server = net.createServer((client) => {
+      const conn = opened.push(performance.now()) - 1;
+      const upstream = net.connect(port, "127.0.0.1");
+      client.on("data", (d) => upstream.write(d));
+      upstream.on("data", (d) => setTimeout(() => {
+        answered[conn] ??= performance.now();
+        client.write(d);
+      }, 300));
+      client.on("end", () => upstream.end());
+      upstream.on("end", () => setTimeout(() => client.end(), 300));
+      for (const s of [client, upstream]) s.on("error", () => { client.destroy(); upstream.destroy(); });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const via = (server.address() as net.AddressInfo).port;
+    const r = await runEscp(["-t", "4", "--port", `${port}-${port}`, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_DATA_VIA: `127.0.0.1:${via}` },
+    });
+    server.close();
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(opened.length).toBe(5);
+    // Streams 1-4 were all open before any of them had its answer.
+    expect(Math.max(...opened.slice(1))).toBeLessThan(Math.min(...answered.slice(1)));
+  });
+
   test("a record altered in flight fails the transfer and leaves no file", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 8 });

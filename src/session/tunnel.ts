@@ -25,7 +25,7 @@
  */
 import net from "node:net";
 import { sshArgs, type Options } from "../cli/args.ts";
-import { native, cstr, ptr, nativeError, E, type Pointer } from "../native.ts";
+import { native, cstr, ptr, nativeError, E } from "../native.ts";
 import type { SessionKeys } from "./connect.ts";
 import { useBuiltinSsh, type Remote } from "./remote.ts";
 
@@ -88,19 +88,13 @@ export async function connectData(
   }
 }
 
-/** Connects streams conns.length..n-1 after the ones given; frees all of them on failure. */
+/** Connects streams conns.length..n-1 after the ones given, all at once; frees all of them on failure. */
 function connectFrom(addr: string, port: number, keys: SessionKeys, n: number, conns: number[], timeoutMs: number, hint: string): number[] {
-  const err = new Int32Array(1);
-  for (let s = conns.length; s < n; s++) {
-    const c = native().escp_connect(cstr(addr), port, ptr(keys.master), ptr(keys.sid), s, n, timeoutMs, ptr(err));
-    if (!c) {
-      const cause = nativeError(err[0]);
-      for (const done of conns) native().escp_conn_free(done as unknown as Pointer);
-      throw new Error(`cannot open data stream ${s} to ${addr} port ${port}: ${cause} ${hint}`);
-    }
-    conns.push(Number(c));
-  }
-  return conns;
+  const out = new BigUint64Array(n);
+  conns.forEach((c, s) => (out[s] = BigInt(c)));
+  const r = native().escp_connect_streams(cstr(addr), port, ptr(keys.master), ptr(keys.sid), conns.length, n, timeoutMs, ptr(out));
+  if (r < 0) throw new Error(`cannot open the data streams to ${addr} port ${port}: ${nativeError(r)} ${hint}`);
+  return Array.from(out, (p) => Number(p));
 }
 
 interface Tunnel {
