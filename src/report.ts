@@ -17,7 +17,6 @@
  * const ev = new Report({ quiet: false, json: false });
  * ev.failed("/data/a", "Permission denied");
  */
-import { log as clackLog } from "@clack/prompts";
 import { printable } from "./text.ts";
 import type { TransferSummary } from "./protocol.ts";
 import { Tally, TtyProgress, formatBytes, formatBits, type Terminal } from "./progress.ts";
@@ -267,6 +266,8 @@ export class Report implements Events {
       const width = Math.max(40, ((this.opts.terminal ?? process.stdout).columns || 80) - 3);
       const text = summaryLines(ev, width).join("\n");
       const output = (this.opts.terminal ?? process.stdout) as import("node:stream").Writable;
+      // Loaded for this one line on a terminal, not at every start (≈ 10 ms of it).
+      const { log: clackLog } = require("@clack/prompts") as typeof import("@clack/prompts");
       if (this.failures.length) clackLog.warn(`${text}\n${failedLine(this.failures, width)}`, { spacing: 0, output });
       else clackLog.success(text, { spacing: 0, output });
     }

@@ -8,7 +8,10 @@
  */
 import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, stringify, type Node } from "yaml";
+import type { Node } from "yaml";
+
+/** yaml is loaded when a configuration file is read or shown, not at every start (≈ 5 ms of it). */
+const Y = (): typeof import("yaml") => require("yaml");
 import {
   type Explicit,
   type Options,
@@ -48,7 +51,7 @@ interface KeySpec {
 function key<K extends ConfigOption>(
   option: K,
   read: (n: Node | null) => Options[K],
-  show: (v: NonNullable<Options[K]>) => string = (v) => stringify(v).trim(),
+  show: (v: NonNullable<Options[K]>) => string = (v) => Y().stringify(v).trim(),
   note?: (v: NonNullable<Options[K]>) => string,
 ): KeySpec {
   return { option, read, show, note } as KeySpec;
@@ -141,19 +144,19 @@ function readIfExists(path: string): string | undefined {
 }
 
 function readFile(path: string, src: string, config: Config): void {
-  const lines = new LineCounter();
-  const doc = parseDocument(src, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const lines = new (Y().LineCounter)();
+  const doc = Y().parseDocument(src, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const at = (offset: number) => `${path}:${lines.linePos(offset).line}`;
   const err = doc.errors[0];
   if (err) throw new ConfigError(`escp: ${at(err.pos[0])}: ${err.message}`);
   const root = doc.contents;
   if (root === null) return; // empty, or only comments
-  if (!isMap(root)) {
+  if (!Y().isMap(root)) {
     throw new ConfigError(`escp: ${at(root.range?.[0] ?? 0)}: expected 'key: value' lines`);
   }
   for (const pair of root.items) {
     const keyNode = pair.key as Node | null;
-    const key = isScalar(keyNode) ? String(keyNode.value) : "";
+    const key = Y().isScalar(keyNode) ? String(keyNode.value) : "";
     const spec = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
     const where = at(keyNode?.range?.[0] ?? root.range?.[0] ?? 0);
     if (!spec) {
@@ -177,18 +180,18 @@ function readFile(path: string, src: string, config: Config): void {
  * refused instead of being quietly read as 16 or 8.
  */
 function scalarText(n: Node | null): string {
-  if (isScalar(n) && typeof n.value === "string") return n.value;
-  if (isScalar(n) && typeof n.value === "number") return n.source ?? String(n.value);
+  if (Y().isScalar(n) && typeof n.value === "string") return n.value;
+  if (Y().isScalar(n) && typeof n.value === "number") return n.source ?? String(n.value);
   return "";
 }
 
 function readPorts(n: Node | null): [number, number] {
-  if (isSeq(n) && n.items.length === 2) return parsePorts(n.items.map((i) => scalarText(i as Node)).join("-"));
+  if (Y().isSeq(n) && n.items.length === 2) return parsePorts(n.items.map((i) => scalarText(i as Node)).join("-"));
   return parsePorts(scalarText(n));
 }
 
 function readBool(n: Node | null): boolean {
-  if (isScalar(n) && typeof n.value === "boolean") return n.value;
+  if (Y().isScalar(n) && typeof n.value === "boolean") return n.value;
   throw new ValueError("true or false");
 }
 

@@ -4,7 +4,6 @@
  * listens; the side that started it connects. The handshake itself (preamble,
  * HELLO both ways, dropping strangers) is in ffi/net.c.
  */
-import crypto from "node:crypto";
 import fs from "node:fs";
 import { native, cstr, ptr, nativeError, type Pointer } from "../native.ts";
 import { log } from "../log.ts";
@@ -23,7 +22,8 @@ function protectSecrets(): void {
 
 export function newKeys(): SessionKeys {
   protectSecrets();
-  return { sid: new Uint8Array(crypto.randomBytes(16)), master: new Uint8Array(crypto.randomBytes(32)) };
+  // Web Crypto's CSPRNG: the same source as node:crypto, without loading that module at start.
+  return { sid: crypto.getRandomValues(new Uint8Array(16)), master: crypto.getRandomValues(new Uint8Array(32)) };
 }
 
 export interface Listener {

@@ -23,7 +23,6 @@
  * binds the -L listener before it opens the session), and `cat` keeps the
  * session open until escp closes ssh's stdin or exits.
  */
-import net from "node:net";
 import { sshArgs, type Options } from "../cli/args.ts";
 import { native, cstr, ptr, nativeError, E } from "../native.ts";
 import type { SessionKeys } from "./connect.ts";
@@ -174,10 +173,11 @@ async function waitReady(stdout: ReadableStream<Uint8Array>): Promise<boolean> {
 /** A TCP port on 127.0.0.1 that is free now. */
 function freeLocalPort(): Promise<number> {
   return new Promise((resolve, reject) => {
+    const net = require("node:net") as typeof import("node:net"); // only --tunnel needs it
     const srv = net.createServer();
     srv.on("error", reject);
     srv.listen(0, "127.0.0.1", () => {
-      const port = (srv.address() as net.AddressInfo).port;
+      const port = (srv.address() as import("node:net").AddressInfo).port;
       srv.close(() => resolve(port));
     });
   });
