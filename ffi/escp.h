@@ -107,8 +107,8 @@ int escp_openat_read(int dirfd, const char *name, int direct, int32_t *is_direct
  * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
  * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */
 int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, int direct, int32_t *is_direct);
-/* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH).  EEXIST of a directory, or of a
- * symbolic link to a directory beneath dirfd, is success. */
+/* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH): 0 when it made it.  EEXIST of a
+ * directory, or of a symbolic link to a directory beneath dirfd, is success too: 1. */
 int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
 /* Creates the temporary file `name` (one component) in dirfd for writing: mode 0600,
  * O_EXCL|O_NOFOLLOW, so a link planted there is never followed; a stale file of that

@@ -240,12 +240,12 @@ ESCP_API int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode) {
       int d = open_beneath(dirfd, rel, O_PATH | O_DIRECTORY, 0);
       if (d >= 0) {
         close(d);
-        rc = 0;
+        rc = 1;
       } else if (d == -EXDEV) {
         rc = d;
       }
     }
-    if (rc) escp__err(rc, "mkdir %s: %s", rel, escp_strerror(rc));
+    if (rc < 0) escp__err(rc, "mkdir %s: %s", rel, escp_strerror(rc));
   }
   if (owned) close(pfd);
   return rc;

@@ -33,8 +33,11 @@ interface RecvFile {
   name: string;
   /** The temporary name in `dir`; empty for a rejected entry or a device/FIFO written in place. */
   tmp: string;
-  /** Set while a stream worker is to create the file (its address is in the fd table). */
+  /** name and tmp as C strings (tmpC's address is in the fd table while a worker is to create the file). */
+  nameC?: Buffer;
   tmpC?: Buffer;
+  /** A stream worker creates the file; claim() takes its fd back. */
+  workerCreates?: boolean;
   /** -1 until claimed back from the worker that created the file (then -errno if it could not). */
   fd: number;
   processed: bigint;
@@ -80,6 +83,8 @@ export class Receiver {
   private readonly results: VerdictBatch;
   private readonly umask = process.umask();
   private readonly dirs: DirHandles;
+  /** Directories this session made: nothing can be at a name in them unless we put it there. */
+  private readonly freshDirs = new Set<string>();
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -169,12 +174,12 @@ export class Receiver {
     if (dfd < 0) return this.reject(e, rel, openFailure(dfd));
     // What is there now decides skipping (--resume), the mode of an overwritten file (no -p),
     // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
-    const existing = statAt(dfd, name);
+    const nameC = cstr(name), tmp = partBase(name), tmpC = cstr(tmp);
+    const existing = this.freshDirs.has(dir) ? undefined : statAt(dfd, nameC);
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
     if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
       return this.skip(e, rel);
     }
-    const tmp = partBase(name);
     const mode = this.finalMode(e, existing);
     const direct = this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN);
     // A file with data is created by the stream worker that receives its first block
@@ -182,8 +187,7 @@ export class Receiver {
     // here. --resume must first look at what is there, with --sparse a file may get no
     // block at all, and an empty file gets none: those are created here.
     if (!this.opts.resume && !this.opts.sparse && e.size > 0n && this.dirs.pin(dir)) {
-      const tmpC = cstr(tmp);
-      this.start({ entry: e, rel, dir, name, tmp, tmpC, fd: -1, processed: 0n, digest: new FileDigest(), mode });
+      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode });
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct);
       return;
     }
@@ -191,14 +195,14 @@ export class Receiver {
     // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
     const isDirect = new Int32Array(1);
     const fd = this.opts.resume
-      ? this.lib.escp_openat_beneath(dfd, cstr(tmp), O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
-      : this.lib.escp_create_part(dfd, cstr(tmp), direct ? 1 : 0, ptr(isDirect));
+      ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
+      : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, ptr(isDirect));
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
     }
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, fd, processed: 0n, digest: new FileDigest(), mode };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode };
     this.start(f);
     if (this.opts.resume) this.offer(f, existing?.kind === "file" && existing.size === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
@@ -212,9 +216,9 @@ export class Receiver {
 
   /** Takes back a file a worker was to create: its fd, or why there is none (f.fd < 0). */
   private claim(f: RecvFile): void {
-    if (!f.tmpC) return;
+    if (!f.workerCreates) return;
     f.fd = this.pool.claimFd(f.entry.id);
-    f.tmpC = undefined;
+    f.workerCreates = false;
     this.dirs.unpin(f.dir);
   }
 
@@ -276,6 +280,10 @@ export class Receiver {
     }
     const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
     if (r < 0) return this.reject(e, rel, openFailure(r));
+    if (r === 0) {
+      if (this.freshDirs.size >= 4096) this.freshDirs.clear(); // bounded: a lookup more is all it costs
+      this.freshDirs.add(rel);
+    }
     if (this.opts.preserve) this.madeDirs.push({ rel, entry: e });
   }
 
@@ -418,7 +426,7 @@ export class Receiver {
       return openFailure(dfd);
     }
     const r = this.lib.escp_commit_file(
-      f.fd, f.mode, this.opts.preserve ? 1 : 0, f.entry.atimeNs, f.entry.mtimeNs, dfd, cstr(f.tmp), cstr(f.name),
+      f.fd, f.mode, this.opts.preserve ? 1 : 0, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC ?? cstr(f.tmp), f.nameC ?? cstr(f.name),
     );
     return r < 0 ? nativeError(r) : undefined;
   }
@@ -484,9 +492,9 @@ interface Existing {
 const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o120000n;
 
 /** Nothing, or nothing that can be seen (ENOENT, EACCES...), is undefined. */
-function statAt(dfd: number, name: string): Existing | undefined {
+function statAt(dfd: number, name: Buffer): Existing | undefined {
   const out = new BigInt64Array(7);
-  if (native().escp_fstatat(dfd, cstr(name), ptr(out)) < 0) return undefined;
+  if (native().escp_fstatat(dfd, name, ptr(out)) < 0) return undefined;
   const t = out[6];
   const kind = t === S_IFREG ? "file" : t === S_IFDIR ? "dir" : t === S_IFLNK ? "link" : "special";
   return { kind, size: out[0], mtimeNs: out[1], mode: Number(out[2]) };
