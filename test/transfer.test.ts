@@ -7,7 +7,7 @@ import { describe, test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN } from "./harness.ts";
+import { startSshd, run, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 const BLOCK = 1 << 20;
@@ -271,6 +271,21 @@ describe("file creation on the receiver", () => {
     const byWorkers = creates.filter(([tid]) => tid !== main).map(([, name]) => name);
     expect(byWorkers.length).toBe(100); // every file with data
     expect(creates.filter(([tid]) => tid === main).map(([, name]) => name)).toEqual(["empty"]); // no block would create it
+  });
+});
+
+describe("open files", () => {
+  test("under ulimit -n 256 a -r push of 600 files in 300 directories succeeds: the sender keeps fewer open", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let d = 0; d < 300; d++) for (const f of ["a", "b"]) await makeFile(path.join(src, "w", `d${d}`, f), 1 + d, { seed: d });
+    const sshd = await startSshd();
+    const r = await run(["sh", "-c", 'ulimit -n 256 && exec "$@"', "sh", ESCP_BIN, "-F", sshd.configPath, "-r", path.join(src, "w"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_REMOTE: ESCP_BIN },
+    });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    for (const d of [0, 150, 299]) expect(await sameFile(path.join(src, "w", `d${d}`, "b"), path.join(dst, "w", `d${d}`, "b"))).toBe(true);
+    expect(fs.readdirSync(path.join(dst, "w")).length).toBe(300);
   });
 });
 

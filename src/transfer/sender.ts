@@ -6,6 +6,7 @@
  * and learn the receiver's verdict from RESULT. The bytes themselves only
  * ever pass through ffi/loops.c.
  */
+import fs from "node:fs";
 import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walkInWorker, type WalkItem } from "../plan/walk.ts";
@@ -21,8 +22,13 @@ export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resum
 
 const ENXIO = 6;
 
-/** Files announced but not yet judged by the receiver; bounds open fds and memory. */
-const WINDOW = 512;
+/**
+ * Files announced but not yet judged by the receiver; bounds open fds and memory.
+ * Each holds an open source file, so under a low `ulimit -n` the window shrinks to
+ * half of it (the rest is for directory handles, sockets, the runtime) rather than
+ * failing files with "Too many open files".
+ */
+const WINDOW = Math.max(16, Math.min(512, Math.floor(openFilesLimit() / 2) - 64));
 const BATCH_ITEMS = 64;
 const BATCH_BYTES = 8 << 20;
 const ANNOUNCE_BATCH = 256;
@@ -378,4 +384,15 @@ export function fstat(fd: number): BigInt64Array {
   const r = native().escp_fstat(fd, ptr(out));
   if (r < 0) throw new Error(nativeError(r));
   return out;
+}
+
+/** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
+function openFilesLimit(): number {
+  try {
+    const line = fs.readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const soft = line?.split(/\s{2,}/)[1];
+    return soft === "unlimited" ? 1 << 20 : Number(soft) || 1024;
+  } catch {
+    return 1024;
+  }
 }
