@@ -39,6 +39,12 @@ export interface SessionOptions {
   keepaliveS: number;
   /** Socket buffer bytes per stream and direction (--sockbuf); 0 or absent = autotuning. */
   sockbuf?: number;
+  /**
+   * Files the connecting end can hold open at once (half its `ulimit -n`, see
+   * fileWindow in transfer/side.ts); the sending end keeps at most the smaller of
+   * this and its own announced and unjudged. Absent from older peers.
+   */
+  fileWindow?: number;
   verbose: number;
   log?: string;
 }
@@ -58,7 +64,7 @@ export type ControlMessage =
       multipleSources?: boolean; // push: several operands, so the target must be a directory
       ports: [number, number];
     }
-  | { type: "ready"; version: number; port: number; addr?: string }
+  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number }
   | { type: "error"; message: string; version?: number }
   | { type: "report"; summary: TransferSummary }
   /** Client → server every --keepalive seconds: a silent client for 3 intervals is gone. */

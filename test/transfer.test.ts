@@ -287,6 +287,18 @@ describe("open files", () => {
     for (const d of [0, 150, 299]) expect(await sameFile(path.join(src, "w", `d${d}`, "b"), path.join(dst, "w", `d${d}`, "b"))).toBe(true);
     expect(fs.readdirSync(path.join(dst, "w")).length).toBe(300);
   });
+
+  test("a receiver under ulimit -n 256 gets the same push whole: it tells the sender how many files it can hold", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
+    for (let d = 0; d < 300; d++) for (const f of ["a", "b"]) await makeFile(path.join(src, "w", `d${d}`, f), 1 + d, { seed: 7 + d });
+    const remote = path.join(bin, "remote.sh");
+    fs.writeFileSync(remote, `#!/bin/sh\nulimit -n 256 && exec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const r = await runEscp(["-r", path.join(src, "w"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: remote } });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    for (const d of [0, 150, 299]) expect(await sameFile(path.join(src, "w", `d${d}`, "a"), path.join(dst, "w", `d${d}`, "a"))).toBe(true);
+    expect(fs.readdirSync(path.join(dst, "w")).length).toBe(300);
+  });
 });
 
 describe("temporary files", () => {

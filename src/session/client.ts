@@ -16,7 +16,7 @@ import { PROTO_VERSION, gcmBackend } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
-import { makeSide, summarize, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
@@ -113,7 +113,7 @@ export async function transfer(
     recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,
     resume: o.resume, verify: o.verify, sparse: o.sparse, inplace: o.inplace,
     limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, sockbuf: o.sockbuf ?? 0,
-    verbose: o.verbose, log: o.log,
+    verbose: o.verbose, log: o.log, fileWindow: fileWindow(),
   };
   ch.send({
     type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
@@ -160,7 +160,9 @@ export async function transfer(
     const progress = report.poll(PROGRESS_MS, () => ({ ...pool!.totals(), seconds: (performance.now() - started) / 1000 }));
     // The server's verdict may arrive while we still work (a fatal error on its side).
     const serverEnd = ch.receive();
-    side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, session, o.blockSize, report);
+    // The server's fileWindow bounds what we send it at once; ours went to it in hello.
+    const forSide = { ...session, fileWindow: ready.fileWindow };
+    side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, forSide, o.blockSize, report);
     const work = Promise.race([side.run(), aborted]);
     const workError = work.then(() => undefined, (e: Error) => e);
     const first = await Promise.race([workError.then((e) => ({ e })), serverEnd.then((m) => ({ m }))]);

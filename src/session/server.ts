@@ -11,7 +11,7 @@ import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
-import { makeSide, summarize, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
 import { resolveTarget, expandHome } from "../plan/target.ts";
 import { expandSources } from "../plan/sources.ts";
 import { Report } from "../report.ts";
@@ -69,7 +69,7 @@ export async function runServer(): Promise<number> {
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port });
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr });
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow() });
     // The AES-GCM implementation is chosen (a few ms, ffi/gcm.c) while the other end reads `ready`.
     gcmBackend();
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };

@@ -9,7 +9,7 @@
  * Anything else removes the temporary file and names the cause in RESULT.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -300,11 +300,11 @@ export class Receiver {
     this.events.failed(shown, cause, e.id);
     this.results.add({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` });
     if (e.kind === "file") {
-      // Blocks may already be on their way: they are verified and dropped into /dev/null.
-      const fd = fs.openSync("/dev/null", "w");
-      const f: RecvFile = { entry: e, rel, dir: "", name: "", tmp: "", fd, processed: 0n, digest: new FileDigest(), error: cause, mode: 0 };
+      // Blocks may already be on their way: they are authenticated and dropped, unwritten
+      // (FD_CLAIMED: no file, and none to create), without a descriptor to spare.
+      const f: RecvFile = { entry: e, rel, dir: "", name: "", tmp: "", fd: -1, processed: 0n, digest: new FileDigest(), error: cause, mode: 0 };
       this.files.set(e.id, f);
-      this.pool.publish(e.id, e.size, fd, false);
+      this.pool.publish(e.id, e.size, FD_CLAIMED, false);
     }
   }
 
@@ -329,8 +329,7 @@ export class Receiver {
     let digest: Uint8Array;
     const shown = this.target.show(f.rel);
     if (!f.tmp && !f.special) {
-      f.digest.discard();
-      this.lib.escp_close(f.fd); // a rejected entry: already reported
+      f.digest.discard(); // a rejected entry: already reported
       return;
     }
     let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || codeText(f.verdict.status) : undefined);

@@ -6,7 +6,6 @@
  * and learn the receiver's verdict from RESULT. The bytes themselves only
  * ever pass through ffi/loops.c.
  */
-import fs from "node:fs";
 import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walkInWorker, type WalkItem } from "../plan/walk.ts";
@@ -18,17 +17,12 @@ import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
 
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
-export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse"> & { blockSize: number };
+export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow"> & { blockSize: number };
 
 const ENXIO = 6;
 
-/**
- * Files announced but not yet judged by the receiver; bounds open fds and memory.
- * Each holds an open source file, so under a low `ulimit -n` the window shrinks to
- * half of it (the rest is for directory handles, sockets, the runtime) rather than
- * failing files with "Too many open files".
- */
-const WINDOW = Math.max(16, Math.min(512, Math.floor(openFilesLimit() / 2) - 64));
+/** Files announced but not yet judged by the receiver, at most; bounds open fds and memory. */
+const WINDOW = 512;
 const BATCH_ITEMS = 64;
 const BATCH_BYTES = 8 << 20;
 const ANNOUNCE_BATCH = 256;
@@ -66,6 +60,8 @@ export class Sender {
   private peerEnded: (() => void) | undefined;
   private fatal: Error | undefined;
   private readonly lib = native();
+  /** Each file in flight is an open descriptor here and at the receiver: both ends' limits bound it. */
+  private readonly window: number;
   /** Sources are opened relative to their directory: one path walk per directory, not per file. */
   private readonly dirs = new DirHandles();
   private readonly dones: VerdictBatch;
@@ -77,6 +73,7 @@ export class Sender {
     private readonly events: Events,
   ) {
     this.dones = new VerdictBatch(pool, Rec.DONE);
+    this.window = Math.min(WINDOW, opts.fileWindow ?? WINDOW);
     pool.onDone = (blocks) => this.blocksDone(blocks);
     // A worker finished a batch: feed it; announce early only if it would otherwise starve.
     pool.onIdle = () => this.pump(this.cursors.length === 0);
@@ -90,10 +87,10 @@ export class Sender {
       this.check();
       this.take(item);
       if (this.announce.length >= ANNOUNCE_BATCH || this.announcedBytes >= ANNOUNCE_BYTES) this.pump(true);
-      if (this.inflight.size >= WINDOW) {
+      if (this.inflight.size >= this.window) {
         // Refill in large steps: waking per verdict would announce one file at a time.
         this.pump(true);
-        while (this.inflight.size > WINDOW / 2) await this.verdicts();
+        while (this.inflight.size > this.window / 2) await this.verdicts();
       }
     }
     this.dirs.close();
@@ -384,15 +381,4 @@ export function fstat(fd: number): BigInt64Array {
   const r = native().escp_fstat(fd, ptr(out));
   if (r < 0) throw new Error(nativeError(r));
   return out;
-}
-
-/** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
-function openFilesLimit(): number {
-  try {
-    const line = fs.readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
-    const soft = line?.split(/\s{2,}/)[1];
-    return soft === "unlimited" ? 1 << 20 : Number(soft) || 1024;
-  } catch {
-    return 1024;
-  }
 }

@@ -3,6 +3,7 @@
  * sends the sources, the receiver settles files under the target. The client
  * and the server both run exactly one of these over their stream pool.
  */
+import fs from "node:fs";
 import { Sender } from "./sender.ts";
 import { Receiver } from "./receiver.ts";
 import type { StreamPool } from "../streams/pool.ts";
@@ -19,8 +20,9 @@ export interface Side {
 
 export type SideSpec = { role: "receiver"; target: Target } | { role: "sender"; sources: string[] };
 
+/** session.fileWindow is the other end's (see fileWindow); the sender keeps the smaller of both. */
 export function makeSide(spec: SideSpec, pool: StreamPool, session: SessionOptions, blockSize: number, events: Events): Side {
-  const opts = { ...session, blockSize };
+  const opts = { ...session, blockSize, fileWindow: Math.min(fileWindow(), session.fileWindow ?? Infinity) };
   if (spec.role === "receiver") return new Receiver(pool, spec.target, opts, events);
   const sender = new Sender(pool, opts, events);
   return { run: () => sender.run(spec.sources), stats: sender.stats, cleanup: () => {} };
@@ -37,4 +39,25 @@ export function summarize(side: Side, pool: StreamPool, startedMs: number, failu
     failures,
     streams: pool.dataStreams,
   };
+}
+
+/**
+ * How many files this process can hold open at once for a transfer: each file in
+ * flight is an open descriptor on both ends, so half of `ulimit -n` less what the
+ * runtime, sockets and directory handles take, between 16 and 512. The sending end
+ * uses the smaller of both ends' (SessionOptions.fileWindow).
+ */
+export function fileWindow(): number {
+  return Math.max(16, Math.min(512, Math.floor(openFilesLimit() / 2) - 64));
+}
+
+/** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
+function openFilesLimit(): number {
+  try {
+    const line = fs.readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const soft = line?.split(/\s{2,}/)[1];
+    return soft === "unlimited" ? 1 << 20 : Number(soft) || 1024;
+  } catch {
+    return 1024;
+  }
 }
