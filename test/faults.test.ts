@@ -167,6 +167,21 @@ describe("killed processes", () => {
     expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
   });
 
+  test("SIGKILL of the remote receiver amid many small files: one line naming the host, no stack trace", async () => {
+    // Verdicts go out on stream 0 while blocks complete: a write to the dead stream 0
+    // happens inside a worker's message handler and must end the session, not escape.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let d = 0; d < 20; d++) for (let f = 0; f < 200; f++) await makeFile(path.join(src, "m", `d${d}`, `f${f}`), 4096, { seed: d * 1000 + f });
+    const t = spawnEscp(["-r", "-l", "20000", path.join(src, "m"), `${SSH_HOST}:${dst}/`]);
+    const arrived = () => fs.readdirSync(path.join(dst, "m"), { recursive: true }).filter((n) => /f\d+$/.test(String(n))).length;
+    await waitFor(() => fs.existsSync(path.join(dst, "m")) && arrived() > 200, 60_000, "files to arrive");
+    for (const pid of serverPids()) process.kill(pid, "SIGKILL");
+    expect(await t.p.exited).toBe(1);
+    const lines = (await t.stderr).trim().split("\n");
+    expect(lines.every((l) => l.startsWith("escp: ")), lines.join("\n")).toBe(true);
+    expect(lines.some((l) => l.startsWith(`escp: ${SSH_HOST}`)), lines.join("\n")).toBe(true);
+  });
+
   test("SIGKILL of the sender makes the receiver exit and remove its temporary file", async () => {
     const t = await pushUnderWay(55);
     const { dst } = t;

@@ -194,7 +194,10 @@ export async function transfer(
     pool?.close(); // a library caller's process must not be kept alive by our workers
     side?.cleanup();
     child.kill();
-    return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error: (e as Error).message };
+    // A data stream's failure says only "stream 0: ..."; the user needs the host it was with.
+    const message = (e as Error).message;
+    const error = /^stream \d+: /.test(message) ? `${where}: ${message}` : message;
+    return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error };
   } finally {
     dropSpares();
     signal?.removeEventListener("abort", interrupt);

@@ -90,7 +90,15 @@ export class StreamPool {
         cpumask: opts.cpumask,
         nodemask: opts.nodemask,
       };
-      w.onmessage = (ev: MessageEvent<FromWorker>) => this.handle(ev.data);
+      w.onmessage = (ev: MessageEvent<FromWorker>) => {
+        // What a handler throws (stream 0 broken under a FILES or DONE record, a full
+        // disk...) ends the session with that message, never as an uncaught exception.
+        try {
+          this.handle(ev.data);
+        } catch (e) {
+          this.die(e instanceof Error ? e : new Error(String(e)));
+        }
+      };
       w.onerror = (ev) => this.die(new Error(`stream ${stream} worker crashed: ${ev.message}`));
       w.postMessage(init);
       this.workers.push(w);
