@@ -637,24 +637,40 @@ static int read_server_hello(escp_conn *c, const uint8_t sid[16], uint32_t strea
   return 0;
 }
 
-/* A connection to addr whose TCP handshake has completed (or failed): fd or -errno. */
-static int dial(const struct sockaddr *addr, socklen_t len, int64_t deadline) {
+/* A non-blocking socket whose connect to addr has started: fd or -errno. */
+static int dial_start(const struct sockaddr *addr, socklen_t len) {
   int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  int rc = 0;
-  if (connect(fd, addr, len) != 0) rc = errno == EINPROGRESS ? 1 : -errno;
-  if (rc == 1) rc = wait_fd(fd, POLLOUT, deadline);
+  if (connect(fd, addr, len) != 0 && errno != EINPROGRESS) {
+    int rc = -errno;
+    close(fd);
+    return rc;
+  }
+  return fd;
+}
+
+/* Waits for dial_start's TCP handshake: 0, or -errno / ESCP_E_TIMEOUT (fd left to the caller). */
+static int dial_finish(int fd, int64_t deadline) {
+  int rc = wait_fd(fd, POLLOUT, deadline);
   if (rc == 0) {
     int so = 0;
     socklen_t sl = sizeof so;
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl);
     rc = -so;
   }
+  if (rc == 0) set_nodelay(fd);
+  return rc;
+}
+
+/* A connection to addr whose TCP handshake has completed: fd or -errno. */
+static int dial(const struct sockaddr *addr, socklen_t len, int64_t deadline) {
+  int fd = dial_start(addr, len);
+  if (fd < 0) return fd;
+  int rc = dial_finish(fd, deadline);
   if (rc) {
     close(fd);
     return rc;
   }
-  set_nodelay(fd);
   return fd;
 }
 
@@ -741,24 +757,16 @@ ESCP_API int escp_connect_streams(const char *host, int port, const uint8_t mast
   for (uint32_t s = from; s < nstreams; s++) {
     fds[s] = -1;
     if (rc) continue;
-    int fd = socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || (connect(fd, (struct sockaddr *)&peer, plen) != 0 && errno != EINPROGRESS)) {
-      rc = escp__errno("stream %u: connect to %s port %d", s, host, port);
-      if (fd >= 0) close(fd);
-      continue;
-    }
-    fds[s] = fd;
+    int fd = dial_start((struct sockaddr *)&peer, plen);
+    if (fd < 0) rc = escp__err(fd, "stream %u: connect to %s port %d: %s", s, host, port, escp_strerror(fd));
+    else fds[s] = fd;
   }
   for (uint32_t s = from; s < nstreams && !rc; s++) {
-    int w = wait_fd(fds[s], POLLOUT, deadline);
-    int so = 0;
-    socklen_t sl = sizeof so;
-    if (w == 0) getsockopt(fds[s], SOL_SOCKET, SO_ERROR, &so, &sl);
-    if (w || so) {
-      rc = escp__err(w ? w : -so, "stream %u: connect to %s port %d: %s", s, host, port, escp_strerror(w ? w : -so));
+    int w = dial_finish(fds[s], deadline);
+    if (w) {
+      rc = escp__err(w, "stream %u: connect to %s port %d: %s", s, host, port, escp_strerror(w));
       break;
     }
-    set_nodelay(fds[s]);
     escp_conn *c = conn_new(fds[s], master, sid, s, nstreams, 0, &rc);
     if (!c) break;
     fds[s] = -1; /* owned by c now */
