@@ -22,7 +22,7 @@ export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resum
 const ENXIO = 6;
 
 /** Files announced but not yet judged by the receiver, at most; bounds open fds and memory. */
-const WINDOW = 512;
+export const WINDOW = 512;
 const BATCH_ITEMS = 64;
 const BATCH_BYTES = 8 << 20;
 const ANNOUNCE_BATCH = 256;
@@ -73,7 +73,7 @@ export class Sender {
     private readonly events: Events,
   ) {
     this.dones = new VerdictBatch(pool, Rec.DONE);
-    this.window = Math.min(WINDOW, opts.fileWindow ?? WINDOW);
+    this.window = opts.fileWindow ?? WINDOW;
     pool.onDone = (blocks) => this.blocksDone(blocks);
     // A worker finished a batch: feed it; announce early only if it would otherwise starve.
     pool.onIdle = () => this.pump(this.cursors.length === 0);

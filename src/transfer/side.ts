@@ -4,7 +4,7 @@
  * and the server both run exactly one of these over their stream pool.
  */
 import fs from "node:fs";
-import { Sender } from "./sender.ts";
+import { Sender, WINDOW } from "./sender.ts";
 import { Receiver } from "./receiver.ts";
 import type { StreamPool } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
@@ -44,11 +44,11 @@ export function summarize(side: Side, pool: StreamPool, startedMs: number, failu
 /**
  * How many files this process can hold open at once for a transfer: each file in
  * flight is an open descriptor on both ends, so half of `ulimit -n` less what the
- * runtime, sockets and directory handles take, between 16 and 512. The sending end
+ * runtime, sockets and directory handles take, between 16 and the sender's WINDOW. The sending end
  * uses the smaller of both ends' (SessionOptions.fileWindow).
  */
 export function fileWindow(): number {
-  return Math.max(16, Math.min(512, Math.floor(openFilesLimit() / 2) - 64));
+  return Math.max(16, Math.min(WINDOW, Math.floor(openFilesLimit() / 2) - 64));
 }
 
 /** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
