@@ -84,6 +84,8 @@ void escp_digest_final(void *state, uint8_t out[16]); /* frees state */
 /* Which AES-128-GCM implementation this process uses, e.g. "libgcrypt 1.10.1" or
  * "OpenSSL 3.0.19" (measured once per process; ESCP_GCM=openssl|libgcrypt forces one). */
 const char *escp_gcm_backend(void);
+/* Starts that measurement on a thread of its own and returns at once. */
+void escp_gcm_prepare(void);
 /* One-shot AES-128-GCM in place, for tests and benchmarks: nonce 12 bytes, tag 16 bytes. */
 int escp_gcm_seal(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
                   uint8_t *buf, uint32_t len, uint8_t tag[16]);

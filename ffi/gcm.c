@@ -175,6 +175,25 @@ static void choose_once(void) {
   else snprintf(g_backend, sizeof g_backend, "OpenSSL %s", OpenSSL_version(OPENSSL_VERSION_STRING));
 }
 
+static void *choose_in_background(void *unused) {
+  (void)unused;
+  pthread_once(&g_once, choose_once);
+  return NULL;
+}
+
+/* The choice costs a few ms (OpenSSL's and libgcrypt's start-up, then the timing),
+ * which the server would otherwise spend between saying `ready` and accepting the
+ * streams. Started here, it runs on another core meanwhile; whoever needs it first
+ * waits for it (pthread_once), or makes it, if the thread could not be started. */
+ESCP_API void escp_gcm_prepare(void) {
+  pthread_attr_t a;
+  pthread_t t;
+  if (pthread_attr_init(&a) != 0) return;
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  pthread_create(&t, &a, choose_in_background, NULL);
+  pthread_attr_destroy(&a);
+}
+
 ESCP_API const char *escp_gcm_backend(void) {
   pthread_once(&g_once, choose_once);
   return g_backend;

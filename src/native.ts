@@ -20,9 +20,25 @@ import embeddedLib from "../build/libescp.so" with { type: "file" };
 
 const { i32, u32, u64, i64, ptr: P, cstring, void: V } = FFIType;
 
-const symbols = {
+/**
+ * What a stream worker calls: the batch loops and the text of their errors.
+ * Bun compiles a trampoline for every symbol it binds (about 0.1 ms each), so
+ * a worker binds these few, not the whole table: with five workers a side that
+ * is most of a worker's start-up.
+ */
+const streamSymbols = {
   escp_strerror: { args: [i32], returns: cstring },
   escp_last_error: { args: [P, i32], returns: i32 },
+  escp_send_record: { args: [P, u32, u32, P, u32], returns: i32 },
+  escp_recv_record: { args: [P, P, u32, P], returns: i64 },
+  escp_send_batch: { args: [P, P, u32, P, P, P], returns: i32 },
+  escp_recv_batch: { args: [P, P, u32, P, u32, P, P, P, P], returns: i32 },
+  escp_set_cpumask: { args: [cstring], returns: i32 },
+  escp_set_nodemask: { args: [cstring], returns: i32 },
+} as const;
+
+const symbols = {
+  ...streamSymbols,
   escp_hkdf_sha256: { args: [P, u32, P, u32, P, u32, P, u32], returns: i32 },
   escp_derive_key: { args: [P, P, u32, u32, P], returns: i32 },
   escp_xxh128: { args: [P, u64, P], returns: V },
@@ -31,6 +47,7 @@ const symbols = {
   escp_digest_update: { args: [P, P, u64], returns: V },
   escp_digest_final: { args: [P, P], returns: V },
   escp_gcm_backend: { args: [], returns: cstring },
+  escp_gcm_prepare: { args: [], returns: V },
   escp_gcm_seal: { args: [P, P, P, u32, P, u32, P], returns: i32 },
   escp_gcm_open: { args: [P, P, P, u32, P, u32, P], returns: i32 },
   escp_alloc_aligned: { args: [u64], returns: P },
@@ -62,17 +79,12 @@ const symbols = {
   escp_conn_fd: { args: [P], returns: i32 },
   escp_conn_shutdown: { args: [P], returns: V },
   escp_conn_free: { args: [P], returns: V },
-  escp_send_record: { args: [P, u32, u32, P, u32], returns: i32 },
-  escp_recv_record: { args: [P, P, u32, P], returns: i64 },
-  escp_send_batch: { args: [P, P, u32, P, P, P], returns: i32 },
-  escp_recv_batch: { args: [P, P, u32, P, u32, P, P, P, P], returns: i32 },
   escp_zstd_compress: { args: [P, u64, P, u64, i32], returns: i64 },
   escp_zstd_decompress: { args: [P, u64, P, u64], returns: i64 },
-  escp_set_cpumask: { args: [cstring], returns: i32 },
-  escp_set_nodemask: { args: [cstring], returns: i32 },
 } as const;
 
 export type Native = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
+export type StreamNative = ReturnType<typeof dlopen<typeof streamSymbols>>["symbols"];
 
 /** Record types and flags (ffi/escp.h). */
 export const Rec = { HELLO: 1, FILES: 2, DATA: 3, DONE: 4, RESULT: 5, RESUME: 6, ERROR: 7, END: 8 } as const;
@@ -115,6 +127,11 @@ export function native(path?: string): Native {
   return lib;
 }
 
+/** A stream worker's few symbols of the library the main thread loaded from `path` (nativePath()). */
+export function streamNative(path: string): StreamNative {
+  return dlopen(path, streamSymbols).symbols;
+}
+
 /** The path workers should load (the main thread's, so one copy is shared). */
 export function nativePath(): string {
   native();
@@ -122,8 +139,7 @@ export function nativePath(): string {
 }
 
 /** Text for a native return code plus the thread's detail, e.g. "stream 2: ...". */
-export function nativeError(code: number): string {
-  const n = native();
+export function nativeError(code: number, n: Pick<StreamNative, "escp_last_error" | "escp_strerror"> = native()): string {
   const buf = new Uint8Array(512);
   const len = n.escp_last_error(buf, buf.length);
   const detail = len > 0 ? new TextDecoder().decode(buf.subarray(0, len)) : "";
@@ -134,6 +150,11 @@ export function nativeError(code: number): string {
 /** Text for a code that another thread produced (a block's status): no thread detail applies. */
 export function codeText(code: number): string {
   return String(native().escp_strerror(code));
+}
+
+/** Starts choosing the AES-128-GCM implementation (ffi/gcm.c) on a thread of its own. */
+export function prepareGcm(): void {
+  native().escp_gcm_prepare();
 }
 
 /** The AES-128-GCM implementation this process chose (ffi/gcm.c), e.g. "libgcrypt 1.10.1". */

@@ -12,7 +12,7 @@ import { relay } from "./relay.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
-import { PROTO_VERSION, gcmBackend } from "../native.ts";
+import { PROTO_VERSION, gcmBackend, prepareGcm } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
@@ -100,7 +100,7 @@ export async function transfer(
   // Our workers boot, and the AES-GCM implementation is chosen (a few ms), while ssh logs in.
   prestartStreamWorkers(o.threads);
   if (plan.dir !== "pull") prestartWalker();
-  gcmBackend();
+  prepareGcm();
   const stderrTail = forwardStderr(child.stderr, o);
   const ch = new ControlChannel(child.stdout, (b) => {
     try {

@@ -8,7 +8,7 @@
 import os from "node:os";
 import { ControlChannel } from "./control.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
-import { PROTO_VERSION, gcmBackend } from "../native.ts";
+import { PROTO_VERSION, gcmBackend, prepareGcm } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
@@ -30,12 +30,11 @@ export async function runServer(): Promise<number> {
     ch.send({ type: "error", version: PROTO_VERSION, message: `protocol version mismatch: this escp speaks ${PROTO_VERSION}, the local one ${hello.version}` });
     return 1;
   }
+  // The AES-GCM implementation is chosen on another core while we get to accepting the streams.
+  prepareGcm();
   const hostName = os.hostname();
   log.open({ role: hello.serverRole, verbose: hello.options.verbose, file: hello.options.log });
   log.info("hello", { role: hello.serverRole, streams: hello.streams, blockSize: hello.blockSize, ports: hello.ports, target: hello.target, sources: hello.sources });
-  // Our workers boot while the streams connect (spare.ts).
-  prestartStreamWorkers(hello.streams);
-  if (hello.serverRole === "sender") prestartWalker();
   const report = new Report({ quiet: true, json: false }, false);
   let pool: StreamPool | undefined;
   let side: Side | undefined;
@@ -70,8 +69,10 @@ export async function runServer(): Promise<number> {
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port });
     ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow() });
-    // The AES-GCM implementation is chosen (a few ms, ffi/gcm.c) while the other end reads `ready`.
-    gcmBackend();
+    // Our workers boot while `ready` travels and the streams connect (spare.ts); before
+    // it, creating them would hold `ready` back (a few ms each on this thread).
+    prestartStreamWorkers(hello.streams);
+    if (hello.serverRole === "sender") prestartWalker();
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
     const conns = acceptStreams(l, keys, hello.streams, 30_000);
     keys.master.fill(0);

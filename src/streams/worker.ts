@@ -9,14 +9,14 @@
  *    thread has not opened yet.
  *  - control-rx: stream 0's incoming records, handed to the main thread whole.
  */
-import { native, ptr, nativeError, Rec, E, DONE_SIZE, LOOP_OPTS_SIZE, type Pointer } from "../native.ts";
+import { streamNative, ptr, nativeError, Rec, E, DONE_SIZE, LOOP_OPTS_SIZE, type Pointer, type StreamNative } from "../native.ts";
 import type { WorkerInit, ToWorker, FromWorker } from "./messages.ts";
 import { MAX_CTRL_BODY } from "../protocol.ts";
 
 declare const self: Worker;
 
 let init: WorkerInit;
-let lib: ReturnType<typeof native>;
+let lib: StreamNative;
 let loopOpts: BigUint64Array;
 let cancel: Int32Array;
 let counters: BigUint64Array;
@@ -25,7 +25,7 @@ const post = (m: FromWorker, transfer?: ArrayBuffer[]) => self.postMessage(m, tr
 
 function setup(m: WorkerInit): void {
   init = m;
-  lib = native(m.libPath);
+  lib ??= streamNative(m.libPath);
   if (m.cpumask) lib.escp_set_cpumask(Buffer.from(m.cpumask + "\0"));
   if (m.nodemask) lib.escp_set_nodemask(Buffer.from(m.nodemask + "\0"));
   cancel = new Int32Array(m.cancel);
@@ -38,7 +38,7 @@ function setup(m: WorkerInit): void {
 }
 
 function fail(code: number): void {
-  post({ kind: "error", stream: init.stream, code, message: nativeError(code) });
+  post({ kind: "error", stream: init.stream, code, message: nativeError(code, lib) });
 }
 
 const pending: ToWorker[] = [];
@@ -47,7 +47,7 @@ let running = false;
 self.onmessage = (ev: MessageEvent<ToWorker>) => {
   const m = ev.data;
   if (m.kind === "load") {
-    native(m.libPath);
+    lib = streamNative(m.libPath);
     return;
   }
   if (m.kind === "init") {
