@@ -103,8 +103,10 @@ void escp_free_aligned(void *p);
  * Returns fd or -errno. */
 int escp_open_read(const char *path, int direct, int32_t *is_direct);
 /* The same for name relative to dirfd (AT_FDCWD: as open(2)), and the open file's
- * escp_fstat fields in st_out (if not NULL): one call per source file. */
-int escp_openat_read(int dirfd, const char *name, int direct, int32_t *is_direct, int64_t st_out[7]);
+ * escp_fstat fields in st_out (if not NULL): one call per source file.  O_DIRECT is
+ * tried only for files of at least direct_min bytes (< 0: never): for a small file its
+ * set-up (cachestat, two fcntl) costs more than the page cache it would save. */
+int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[7]);
 /* Opens rel beneath dirfd without ever leaving it (openat2 RESOLVE_BENEATH |
  * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
  * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */
@@ -112,11 +114,11 @@ int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, in
 /* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH): 0 when it made it.  EEXIST of a
  * directory, or of a symbolic link to a directory beneath dirfd, is success too: 1. */
 int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
-/* Creates the temporary file `name` (one component) in dirfd for writing: mode 0600,
- * O_EXCL|O_NOFOLLOW, so a link planted there is never followed; a stale file of that
- * name (a killed run's) is removed and the create retried once.  O_DIRECT is tried
- * when direct.  Returns fd or -errno. */
-int escp_create_part(int dirfd, const char *name, int direct, int32_t *is_direct);
+/* Creates the temporary file `name` (one component) in dirfd for writing: with mode
+ * (less the umask; 0 means 0600), O_EXCL|O_NOFOLLOW, so a link planted there is never
+ * followed; a stale file of that name (a killed run's) is removed and the create
+ * retried once.  O_DIRECT is tried when direct.  Returns fd or -errno. */
+int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);
 int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
@@ -129,8 +131,10 @@ int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
 /* futimens with nanoseconds; fchmod */
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
 int escp_fchmod(int fd, uint32_t mode);
-/* fchmod, futimens (if set_times), close, then renameat(dirfd, tmp -> name); fd is always
+/* fchmod (unless mode is ESCP_MODE_KEEP: the file was created with its final mode),
+ * futimens (if set_times), close, then renameat(dirfd, tmp -> name); fd is always
  * closed.  tmp and name are single components.  Returns 0 or -errno of the first failing step. */
+#define ESCP_MODE_KEEP 0xFFFFFFFFu
 int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int64_t mtime_ns,
                      int dirfd, const char *tmp, const char *name);
 int escp_ftruncate(int fd, int64_t size);
@@ -229,7 +233,7 @@ typedef struct {
  * file_id & (cap-1), cap a power of two.  Main writes size, fd, direct (and dirfd,
  * name), then id_plus1 (= file_id + 1) last with release semantics; 0 = empty.
  * fd == ESCP_FD_CREATE: the stream worker that receives the file's first block creates
- * it (escp_create_part(dirfd, name, direct)) and stores the result in fd: the new fd,
+ * it (escp_create_part(dirfd, name, direct, mode)) and stores the result in fd: the new fd,
  * or -errno, which that block and every later one report as their status.  The main
  * thread keeps dirfd open and name alive until it has claimed fd back. */
 #define ESCP_FD_CREATE   INT32_MIN        /* published, not created yet */
@@ -241,7 +245,7 @@ typedef struct {
   int32_t fd;
   int32_t direct;
   int32_t dirfd;
-  int32_t rsv;
+  int32_t mode;              /* the file's creation mode (escp_create_part) */
   const char *name;
 } escp_fdslot;               /* 40 bytes */
 

@@ -77,7 +77,7 @@ static int mostly_cached(int fd, const struct stat *st) {
   return cs.nr_cache * 10 >= pages * 9;
 }
 
-ESCP_API int escp_openat_read(int dirfd, const char *name, int direct, int32_t *is_direct, int64_t st_out[7]) {
+ESCP_API int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[7]) {
   if (is_direct) *is_direct = 0;
   if (!name) return -EINVAL;
   int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -89,12 +89,13 @@ ESCP_API int escp_openat_read(int dirfd, const char *name, int direct, int32_t *
     return rc;
   }
   if (st_out) stat_fields(&st, st_out);
-  if (direct && !mostly_cached(fd, &st) && try_direct(fd) && is_direct) *is_direct = 1;
+  if (direct_min >= 0 && st.st_size >= direct_min && !mostly_cached(fd, &st) && try_direct(fd) && is_direct)
+    *is_direct = 1;
   return fd;
 }
 
 ESCP_API int escp_open_read(const char *path, int direct, int32_t *is_direct) {
-  return escp_openat_read(AT_FDCWD, path, direct, is_direct, NULL);
+  return escp_openat_read(AT_FDCWD, path, direct ? 0 : -1, is_direct, NULL);
 }
 
 /* Fallback for kernels without openat2 (< 5.6): walk the components with O_NOFOLLOW,
@@ -212,14 +213,15 @@ static int parent_fd(int dirfd, const char *rel, char *last, size_t cap, int *ow
   return fd;
 }
 
-ESCP_API int escp_create_part(int dirfd, const char *name, int direct, int32_t *is_direct) {
+ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct) {
   if (is_direct) *is_direct = 0;
   if (!name || !*name || strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) return -EINVAL;
   const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
-  int fd = openat(dirfd, name, flags, 0600);
+  const mode_t m = mode ? (mode_t)(mode & 07777) : 0600;
+  int fd = openat(dirfd, name, flags, m);
   if (fd < 0 && errno == EEXIST) {
     unlinkat(dirfd, name, 0);
-    fd = openat(dirfd, name, flags, 0600);
+    fd = openat(dirfd, name, flags, m);
   }
   if (fd < 0) return -errno;
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
@@ -334,7 +336,7 @@ ESCP_API int escp_fchmod(int fd, uint32_t mode) {
  * whatever happens; the first failing step is the one reported. */
 ESCP_API int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int64_t mtime_ns,
                               int dirfd, const char *tmp, const char *name) {
-  int rc = fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
+  int rc = mode == ESCP_MODE_KEEP || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
   if (!rc && set_times) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp);
   if (!rc && (strchr(tmp, '/') || strchr(name, '/'))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);

@@ -363,7 +363,7 @@ static int slot_fd(escp_fdslot *s, int *direct) {
     if (fd == ESCP_FD_CREATE &&
         __atomic_compare_exchange_n(&s->fd, &fd, ESCP_FD_CREATING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
       int32_t is_direct = 0;
-      int nfd = escp_create_part(s->dirfd, s->name, s->direct, &is_direct);
+      int nfd = escp_create_part(s->dirfd, s->name, s->direct, (uint32_t)s->mode, &is_direct);
       /* Reserve the whole file now: a full disk fails here, before the transfer, and the
        * streams' O_DIRECT writes then land inside the file instead of each extending it,
        * which ext4 serialises on the inode lock (half the machine idle in a 2 GiB copy). */

@@ -53,9 +53,9 @@ const symbols = {
   escp_alloc_aligned: { args: [u64], returns: P },
   escp_free_aligned: { args: [P], returns: V },
   escp_open_read: { args: [cstring, i32, P], returns: i32 },
-  escp_openat_read: { args: [i32, cstring, i32, P, P], returns: i32 },
+  escp_openat_read: { args: [i32, cstring, i64, P, P], returns: i32 },
   escp_openat_beneath: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
-  escp_create_part: { args: [i32, cstring, i32, P], returns: i32 },
+  escp_create_part: { args: [i32, cstring, i32, u32, P], returns: i32 },
   escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },
   escp_renameat_beneath: { args: [i32, cstring, cstring], returns: i32 },
   escp_unlinkat_beneath: { args: [i32, cstring, i32], returns: i32 },
@@ -94,12 +94,16 @@ export const E = {
 } as const;
 export const PROTO_VERSION = 1;
 export const ALIGN = 4096;
+/** Files smaller than this are read and written through the page cache: O_DIRECT's set-up costs more than it saves. */
+export const DIRECT_MIN = 1 << 20;
 export const WORK_SIZE = 32;
 export const DONE_SIZE = 40;
 export const COUNTERS_SIZE = 64;
 export const FDSLOT_SIZE = 40;
 /** escp_fdslot.fd sentinels (escp.h): a worker creates the file; is creating it; main took it back uncreated. */
 export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe;
+/** escp_commit_file's mode when the file was created with its final mode (ESCP_MODE_KEEP). */
+export const MODE_KEEP = 0xffffffff;
 export const LOOP_OPTS_SIZE = 16;
 
 let lib: Native | undefined;

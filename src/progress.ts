@@ -23,6 +23,7 @@
  */
 import { printable } from "./text.ts";
 import type { ProgressSnapshot } from "./report.ts";
+import { dfgOnly } from "./jit.ts";
 
 /** A file being transferred: what started() said. */
 interface Active {
@@ -238,3 +239,5 @@ export function formatBits(bytesPerSecond: number): string {
   }
   return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[u]}`;
 }
+
+dfgOnly(Tally.prototype);

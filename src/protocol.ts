@@ -7,6 +7,7 @@
  * const body = encodeFiles([{ id: 0n, path: "a.txt", kind: "file", size: 5n, mode: 0o644, mtimeNs: 0n, atimeNs: 0n, top: true }]);
  * decodeFiles(body)[0].path; // "a.txt"
  */
+import { dfgOnly } from "./jit.ts";
 
 /** One entry of the file list, as the sender announces it. */
 export interface FileEntry {
@@ -252,3 +253,5 @@ export function decodeResume(body: Uint8Array): ResumeOffer {
   if (b.length !== 20 + count * 16) throw new ProtocolError(`RESUME record claims ${count} digests in ${b.length} bytes`);
   return { id: b.readBigUInt64BE(0), first: b.readUInt32BE(8), hashes: new Uint8Array(b.subarray(20)), last: b[16] === 1 };
 }
+
+dfgOnly(encodeFiles, decodeFiles, encodeVerdicts, decodeVerdicts, listOf);

@@ -22,6 +22,7 @@ import type { TransferSummary } from "./protocol.ts";
 import { Tally, TtyProgress, formatBytes, formatBits, type Terminal } from "./progress.ts";
 import { log } from "./log.ts";
 import { VERSION } from "./version.ts";
+import { dfgOnly } from "./jit.ts";
 
 /** The hooks the sender and receiver call; the server collects them for its report. */
 export interface Events {
@@ -221,12 +222,13 @@ export class Report implements Events {
 
   started(path: string, size: number): void {
     this.tally.started(path, size);
-    this.emit({ event: "file_start", time: now(), path, size });
+    // Per file: the event (and its time stamp) only when someone takes it.
+    if (this.listened) this.emit({ event: "file_start", time: now(), path, size });
   }
 
   finished(path: string, size: number): void {
     this.tally.finished(path, size);
-    this.emit({ event: "file_done", time: now(), path, size });
+    if (this.listened) this.emit({ event: "file_done", time: now(), path, size });
   }
 
   failed(subject: string, cause: string, id?: bigint): void {
@@ -298,6 +300,11 @@ export class Report implements Events {
     process.stderr.write(printable(s.replace(/\n$/, "")) + "\n");
   }
 
+  /** A library listener or --json output takes events. */
+  private get listened(): boolean {
+    return !!this.opts.listener || (!!this.opts.json && this.print);
+  }
+
   private emit(ev: TransferEvent): void {
     this.opts.listener?.(ev);
     this.json(ev);
@@ -354,3 +361,5 @@ export function failedLine(failures: Failure[], width: number): string {
   }
   return i < failures.length ? `${line} and ${failures.length - i} more` : line;
 }
+
+dfgOnly(Report.prototype);

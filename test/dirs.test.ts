@@ -7,7 +7,7 @@ import { describe, test, expect } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { DirHandles } from "../src/transfer/dirs.ts";
-import { native, cstr, ptr } from "../src/native.ts";
+import { native, cstr, ptr, MODE_KEEP } from "../src/native.ts";
 import { tmpdir } from "./harness.ts";
 
 const lib = native();
@@ -116,6 +116,24 @@ describe("escp_commit_file and escp_fstatat", () => {
     expect(Number(out[2])).toBe(0o640);
     expect(lib.escp_fstatat(dfd, cstr("nothing"), ptr(out))).toBe(-ENOENT);
     expect(lib.escp_fstatat(dfd, cstr("../f"), ptr(out))).toBeLessThan(0); // one name only
+    fs.closeSync(dfd);
+  });
+
+  test("a file created with its final mode keeps it through commit (MODE_KEEP: no fchmod)", () => {
+    const dir = tmpdir("commit");
+    const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+    const umask = process.umask();
+    const isDirect = new Int32Array(1);
+    const fd = lib.escp_create_part(dfd, cstr(".k.escp-part"), 0, 0o751, ptr(isDirect));
+    expect(fd).toBeGreaterThanOrEqual(0);
+    expect(fs.statSync(path.join(dir, ".k.escp-part")).mode & 0o7777).toBe(0o751 & ~umask);
+    fs.writeSync(fd, "kept");
+    expect(lib.escp_commit_file(fd, MODE_KEEP, 0, 0n, 0n, dfd, cstr(".k.escp-part"), cstr("k"))).toBe(0);
+    expect(fs.statSync(path.join(dir, "k")).mode & 0o7777).toBe(0o751 & ~umask);
+    // mode 0 asks for the private default
+    const fd0 = lib.escp_create_part(dfd, cstr(".z.escp-part"), 0, 0, ptr(isDirect));
+    expect(fs.statSync(path.join(dir, ".z.escp-part")).mode & 0o7777).toBe(0o600 & ~umask);
+    lib.escp_close(fd0);
     fs.closeSync(dfd);
   });
 

@@ -13,7 +13,7 @@ import { tmpdir } from "./harness.ts";
 
 async function collect(sources: string[]): Promise<WalkItem[]> {
   const out: WalkItem[] = [];
-  for await (const item of walk(sources, { recursive: true })) out.push(item);
+  await walk(sources, { recursive: true }, (item) => void out.push(item));
   return out;
 }
 
@@ -73,6 +73,24 @@ describe("walk", () => {
     const { files, dirs } = checkOrder(items);
     expect(files).toEqual(want.sort());
     expect(dirs).toEqual(wantDirs.sort());
+  });
+
+  test("a promise from the taker pauses the walk until it settles (back-pressure)", async () => {
+    const root = path.join(tmpdir("walk"), "p");
+    fs.mkdirSync(path.join(root, "d"), { recursive: true });
+    for (let f = 0; f < 20; f++) fs.writeFileSync(path.join(root, "d", `f${f}`), "");
+    const got: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const done = walk([root], { recursive: true }, (item) => {
+      got.push(item.kind === "file" || item.kind === "dir" ? item.rel : item.kind);
+      if (got.length === 5) return gate;
+    });
+    await Bun.sleep(50);
+    expect(got.length).toBe(5); // nothing more while the fifth item's promise is pending
+    release();
+    await done;
+    expect(got.length).toBe(22); // p, p/d and 20 files
   });
 
   test("links are followed as scp follows them; loops, specials and dangling links are reported", async () => {

@@ -15,6 +15,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { errnoText } from "./walk.ts";
+import { dfgOnly } from "../jit.ts";
 
 export interface Target {
   /** The directory every entry is written beneath (absolute, for messages). */
@@ -104,3 +105,5 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
     },
   };
 }
+
+dfgOnly(safeComponents);

@@ -15,6 +15,7 @@ import path from "node:path";
 import { native } from "../native.ts";
 import { WALKER_URL } from "../entrypoints.ts";
 import { prestart, takeWorker } from "../streams/spare.ts";
+import { dfgOnly } from "../jit.ts";
 
 export type WalkItem =
   /** A file's stat is left to the sender, which takes it from the open file. */
@@ -35,27 +36,34 @@ export interface WalkOptions {
   recursive: boolean;
 }
 
+/**
+ * Takes the walk's items in order. A promise returned pauses the walk until it
+ * settles (the walker thread's back-pressure); returning nothing costs no await,
+ * so items flow at the price of a function call, not of an async iteration.
+ */
+export type Emit = (item: WalkItem) => Promise<void> | void;
+
 /** The walk itself, on the calling thread (the walker worker runs this; see walkInWorker). */
-export async function* walk(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem> {
+export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Promise<void> {
   for (const src of sources) {
     let st: fs.BigIntStats;
     try {
       st = fs.statSync(src, { bigint: true });
     } catch (e) {
-      yield { kind: "error", abs: src, message: errnoText(e) };
+      await emit({ kind: "error", abs: src, message: errnoText(e) });
       continue;
     }
     const name = topName(src);
     if (st.isDirectory()) {
       if (!opts.recursive) {
-        yield { kind: "error", abs: src, message: "not a regular file (use -r to copy directories)" };
+        await emit({ kind: "error", abs: src, message: "not a regular file (use -r to copy directories)" });
         continue;
       }
-      yield* walkDir(src, name, st, [st], path.basename(src.replace(/\/+$/, "")) === ".");
+      await walkDir(emit, src, name, st, [st], path.basename(src.replace(/\/+$/, "")) === ".");
     } else if (st.isFile()) {
-      yield { kind: "file", abs: src, rel: name, top: true };
+      await emit({ kind: "file", abs: src, rel: name, top: true });
     } else {
-      yield { kind: "error", abs: src, message: "not a regular file" };
+      await emit({ kind: "error", abs: src, message: "not a regular file" });
     }
   }
 }
@@ -95,7 +103,9 @@ async function readEntries(dir: fs.Dir, abs: string): Promise<{ entries: Entry[]
   const stats: Promise<void>[] = [];
   let more = true;
   while (entries.length < LIST_CHUNK) {
-    const d = await dir.read();
+    // Synchronous: this is the walker's own thread, and the handle reads 256 entries a
+    // syscall; a promise per entry cost more than the reading.
+    const d = dir.readSync();
     if (!d) {
       more = false;
       break;
@@ -135,14 +145,15 @@ async function list(abs: string): Promise<Listing> {
   }
 }
 
-async function* walkDir(
-  abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[], merge = false, listing?: Promise<Listing>,
-): AsyncGenerator<WalkItem> {
+async function walkDir(
+  emit: Emit, abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[], merge = false, listing?: Promise<Listing>,
+): Promise<void> {
   const dirStat = { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
-  yield { kind: "dir", abs, rel, top: ancestors.length === 1, merge, stat: dirStat };
+  let paused = emit({ kind: "dir", abs, rel, top: ancestors.length === 1, merge, stat: dirStat });
+  if (paused) await paused;
   const l = await (listing ?? list(abs));
   if (l.error) {
-    yield { kind: "error", abs, message: l.error };
+    await emit({ kind: "error", abs, message: l.error });
     return;
   }
   const subdirs: [string, string, fs.BigIntStats][] = [];
@@ -151,16 +162,17 @@ async function* walkDir(
     for (const e of entries) {
       const childAbs = path.join(abs, e.name);
       const childRel = `${rel}/${e.name}`;
-      if (e.kind === "file") yield { kind: "file", abs: childAbs, rel: childRel, top: false };
-      else if (e.kind === "error") yield { kind: "error", abs: childAbs, message: e.message! };
-      else if (e.kind === "other") yield { kind: "warning", abs: childAbs, message: "not a regular file, skipped" };
+      if (e.kind === "file") paused = emit({ kind: "file", abs: childAbs, rel: childRel, top: false });
+      else if (e.kind === "error") paused = emit({ kind: "error", abs: childAbs, message: e.message! });
+      else if (e.kind === "other") paused = emit({ kind: "warning", abs: childAbs, message: "not a regular file, skipped" });
       else if (ancestors.some((a) => a.dev === e.stat!.dev && a.ino === e.stat!.ino)) {
-        yield { kind: "warning", abs: childAbs, message: "directory loop through a symbolic link, skipped" };
+        paused = emit({ kind: "warning", abs: childAbs, message: "directory loop through a symbolic link, skipped" });
       } else subdirs.push([childAbs, childRel, e.stat!]);
+      if (paused) await paused;
     }
     if (!rest) break;
     const next = await readEntries(rest, abs).catch((e) => ({ entries: [] as Entry[], more: false, error: errnoText(e) }));
-    if ("error" in next) yield { kind: "error", abs, message: next.error };
+    if ("error" in next) await emit({ kind: "error", abs, message: next.error });
     entries = next.entries;
     if (!next.more) {
       await rest.close().catch(() => {});
@@ -180,7 +192,7 @@ async function* walkDir(
     const mine = listed[i];
     listed[i] = undefined;
     if (mine) mine.finally(() => ahead--);
-    yield* walkDir(a, r, s, [...ancestors, s], false, mine);
+    await walkDir(emit, a, r, s, [...ancestors, s], false, mine);
   }
 }
 
@@ -208,10 +220,11 @@ const WALK_BATCH = 512;
 
 /**
  * The walk on its own thread, so directory iteration overlaps the main
- * thread's per-file work; items arrive in batches, and the walker waits
- * whenever two batches are not yet consumed (bounded memory for any tree).
+ * thread's per-file work; items arrive in batches (and are handed on as
+ * batches: one await per 512 items), and the walker waits whenever two
+ * batches are not yet consumed (bounded memory for any tree).
  */
-export async function* walkInWorker(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem> {
+export async function* walkInWorker(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem[]> {
   const w = takeWorker(WALKER_URL);
   const batches: (WalkItem[] | null)[] = [];
   let wake: (() => void) | undefined;
@@ -232,9 +245,11 @@ export async function* walkInWorker(sources: string[], opts: WalkOptions): Async
       const batch = batches.shift()!;
       if (batch === null) return;
       w.postMessage("more");
-      yield* batch;
+      yield batch;
     }
   } finally {
     w.terminate();
   }
 }
+
+dfgOnly(walk, readEntries, list, walkDir);

@@ -19,21 +19,29 @@ self.onmessage = (ev: MessageEvent<"more" | { sources: string[]; opts: WalkOptio
   void run(ev.data.sources, ev.data.opts, ev.data.batch);
 };
 
-async function send(items: WalkItem[] | null): Promise<void> {
-  while (credit === 0) await new Promise<void>((r) => (resume = r));
-  credit--;
-  self.postMessage(items);
+/** Posts a batch, at once when the sender has room for it, else (a promise) once it has. */
+function send(items: WalkItem[] | null): Promise<void> | void {
+  if (credit > 0) {
+    credit--;
+    self.postMessage(items);
+    return;
+  }
+  return (async () => {
+    while (credit === 0) await new Promise<void>((r) => (resume = r));
+    credit--;
+    self.postMessage(items);
+  })();
 }
 
 async function run(sources: string[], opts: WalkOptions, size: number): Promise<void> {
   let batch: WalkItem[] = [];
-  for await (const item of walk(sources, opts)) {
+  await walk(sources, opts, (item) => {
     batch.push(item);
-    if (batch.length >= size) {
-      await send(batch);
-      batch = [];
-    }
-  }
+    if (batch.length < size) return;
+    const full = batch;
+    batch = [];
+    return send(full);
+  });
   if (batch.length) await send(batch);
   await send(null);
 }

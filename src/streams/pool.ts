@@ -16,6 +16,7 @@ import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
 import { log } from "../log.ts";
 import { prestart, takeWorker } from "./spare.ts";
+import { dfgOnly } from "../jit.ts";
 
 export interface PoolOptions {
   blockSize: number;
@@ -41,6 +42,9 @@ export interface StreamCounters {
 
 /** Receiver file table capacity: more than the sender's window of open files, a power of two. */
 export const TABLE_CAP = 4096;
+const SLOT_MASK = BigInt(TABLE_CAP - 1);
+/** An escp_fdslot is FDSLOT_SIZE (40) bytes: 5 u64 or 10 i32. */
+const SLOT_U64 = FDSLOT_SIZE / 8, SLOT_I32 = FDSLOT_SIZE / 4;
 
 /** Boots the workers of a pool of `streams` data streams ahead of time (see spare.ts). */
 export function prestartStreamWorkers(streams: number): void {
@@ -52,6 +56,10 @@ export class StreamPool {
   readonly counters: SharedArrayBuffer;
   readonly table = new SharedArrayBuffer(TABLE_CAP * FDSLOT_SIZE);
   readonly tableGen = new SharedArrayBuffer(4);
+  /** The table and its generation, seen as the fields' types (one view each, not one per call). */
+  private readonly slotU64 = new BigUint64Array(this.table);
+  private readonly slotI32 = new Int32Array(this.table);
+  private readonly gen = new Int32Array(this.tableGen);
   private readonly workers: Worker[] = [];
   private readonly outstanding: number[] = [];
   private readonly endedStreams = new Set<number>();
@@ -156,8 +164,8 @@ export class StreamPool {
    * block, as `name` in the directory dirfd (escp_create_part). Both must stay valid
    * until claimFd; name must stay referenced (its address is in the table).
    */
-  publishCreate(id: bigint, size: bigint, dirfd: number, name: Buffer, direct: boolean): void {
-    this.fill(id, size, FD_CREATE, direct, dirfd, BigInt(ptr(name)));
+  publishCreate(id: bigint, size: bigint, dirfd: number, name: Buffer, direct: boolean, mode: number): void {
+    this.fill(id, size, FD_CREATE, direct, dirfd, BigInt(ptr(name)), mode);
   }
 
   /**
@@ -165,40 +173,38 @@ export class StreamPool {
    * if it could not; FD_CLAIMED if no block came, and then no worker will create it now.
    */
   claimFd(id: bigint): number {
-    const i32 = new Int32Array(this.table, this.slotOf(id) * FDSLOT_SIZE + 16, 1);
+    const at = this.slotOf(id) * SLOT_I32 + 4;
     for (;;) {
-      const fd = Atomics.load(i32, 0);
-      if (fd === FD_CREATE && Atomics.compareExchange(i32, 0, FD_CREATE, FD_CLAIMED) === FD_CREATE) return FD_CLAIMED;
+      const fd = Atomics.load(this.slotI32, at);
+      if (fd === FD_CREATE && Atomics.compareExchange(this.slotI32, at, FD_CREATE, FD_CLAIMED) === FD_CREATE) return FD_CLAIMED;
       if (fd !== FD_CREATE && fd !== FD_CREATING) return fd;
     }
   }
 
   private slotOf(id: bigint): number {
-    return Number(id & BigInt(TABLE_CAP - 1));
+    return Number(id & SLOT_MASK);
   }
 
-  private fill(id: bigint, size: bigint, fd: number, direct: boolean, dirfd: number, name: bigint): void {
-    const at = this.slotOf(id) * FDSLOT_SIZE;
-    const u64 = new BigUint64Array(this.table, at, 5);
-    const i32 = new Int32Array(this.table, at + 16, 4);
-    u64[1] = size;
-    i32[0] = fd;
-    i32[1] = direct ? 1 : 0;
-    i32[2] = dirfd;
-    u64[4] = name;
-    Atomics.store(u64, 0, id + 1n);
+  /** escp_fdslot (escp.h): u64 id_plus1, u64 size, i32 fd, direct, dirfd, mode, u64 name. */
+  private fill(id: bigint, size: bigint, fd: number, direct: boolean, dirfd: number, name: bigint, mode = 0): void {
+    const s = this.slotOf(id), u = s * SLOT_U64, w = s * SLOT_I32;
+    this.slotU64[u + 1] = size;
+    this.slotI32[w + 4] = fd;
+    this.slotI32[w + 5] = direct ? 1 : 0;
+    this.slotI32[w + 6] = dirfd;
+    this.slotI32[w + 7] = mode;
+    this.slotU64[u + 4] = name;
+    Atomics.store(this.slotU64, u, id + 1n);
   }
 
   /** Wakes workers waiting for files: once per FILES record, not per file (each wake costs a context switch). */
   published(): void {
-    const gen = new Int32Array(this.tableGen);
-    Atomics.add(gen, 0, 1);
-    Atomics.notify(gen, 0);
+    Atomics.add(this.gen, 0, 1);
+    Atomics.notify(this.gen, 0);
   }
 
   unpublish(id: bigint): void {
-    const u64 = new BigUint64Array(this.table, this.slotOf(id) * FDSLOT_SIZE, 1);
-    Atomics.compareExchange(u64, 0, id + 1n, 0n);
+    Atomics.compareExchange(this.slotU64, this.slotOf(id) * SLOT_U64, id + 1n, 0n);
   }
 
   totals(): StreamCounters {
@@ -283,3 +289,5 @@ function decodeDone(entries: Uint8Array): BlockDone[] {
 }
 
 export { Rec };
+
+dfgOnly(StreamPool.prototype, decodeDone);

@@ -21,6 +21,7 @@
  */
 import fs from "node:fs";
 import { native, cstr } from "../native.ts";
+import { dfgOnly } from "../jit.ts";
 
 const { O_PATH, O_DIRECTORY } = fs.constants as Record<string, number>;
 const NO_ROOT = -1;
@@ -91,3 +92,5 @@ export class DirHandles {
     this.fds.clear();
   }
 }
+
+dfgOnly(DirHandles.prototype);

@@ -9,7 +9,7 @@
  * Anything else removes the temporary file and names the cause in RESULT.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -21,6 +21,7 @@ import { DirHandles } from "./dirs.ts";
 import { TABLE_CAP, type StreamPool, type BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
+import { dfgOnly } from "../jit.ts";
 
 /** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
 export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse"> & { blockSize: number };
@@ -44,6 +45,7 @@ interface RecvFile {
   digest: FileDigest;
   verdict?: FileVerdict;
   error?: string;
+  /** What commit sets: the final mode, or MODE_KEEP when the file was created with it. */
   mode: number;
   /** --resume: what we already held when the file was announced. */
   kept?: Kept;
@@ -63,8 +65,7 @@ interface Kept {
 const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
-/** Files smaller than this skip O_DIRECT: its set-up costs more than the page cache it saves. */
-const DIRECT_MIN = 1 << 20;
+const DIRECT_MIN_N = BigInt(DIRECT_MIN);
 
 export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
@@ -181,14 +182,18 @@ export class Receiver {
       return this.skip(e, rel);
     }
     const mode = this.finalMode(e, existing);
-    const direct = this.opts.direct && !this.opts.resume && e.size >= BigInt(DIRECT_MIN);
+    // Created with its final mode when the umask makes it exactly that (the usual 0644,
+    // 0755), so that commit needs no fchmod; never group or world writable unverified.
+    const createMode = mode & 0o755 || 0o600;
+    const commitMode = (createMode & ~this.umask) === mode ? MODE_KEEP : mode;
+    const direct = this.opts.direct && !this.opts.resume && e.size >= DIRECT_MIN_N;
     // A file with data is created by the stream worker that receives its first block
     // (escp_fdslot), so that the creates of many small files run on the workers, not
     // here. --resume must first look at what is there, with --sparse a file may get no
     // block at all, and an empty file gets none: those are created here.
     if (!this.opts.resume && !this.opts.sparse && e.size > 0n && this.dirs.pin(dir)) {
-      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode });
-      this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct);
+      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode });
+      this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct, createMode);
       return;
     }
     // Whatever sits at the temporary name, a symbolic link is never followed; without
@@ -196,13 +201,13 @@ export class Receiver {
     const isDirect = new Int32Array(1);
     const fd = this.opts.resume
       ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
-      : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, ptr(isDirect));
+      : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
     }
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume ? mode : commitMode };
     this.start(f);
     if (this.opts.resume) this.offer(f, existing?.kind === "file" && existing.size === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
@@ -211,7 +216,7 @@ export class Receiver {
   private start(f: RecvFile): void {
     this.files.set(f.entry.id, f);
     this.events.started(this.target.show(f.rel), Number(f.entry.size));
-    log.debug("file start", { file: f.entry.id, path: this.target.show(f.rel), size: f.entry.size, tmp: f.tmp });
+    if (log.enabled("debug")) log.debug("file start", { file: f.entry.id, path: this.target.show(f.rel), size: f.entry.size, tmp: f.tmp });
   }
 
   /** Takes back a file a worker was to create: its fd, or why there is none (f.fd < 0). */
@@ -357,7 +362,7 @@ export class Receiver {
       this.stats.files++;
       this.stats.bytes += Number(f.entry.size);
       this.events.finished(shown, Number(f.entry.size));
-      log.debug("file done: verified and renamed", { file: f.entry.id, path: shown });
+      if (log.enabled("debug")) log.debug("file done: verified and renamed", { file: f.entry.id, path: shown });
     }
     const v: FileVerdict = { id: f.entry.id, status: cause ? -1 : 0, bytes: cause ? covered : f.entry.size, digest, message: cause ? `${shown}\0${cause}` : "" };
     this.results.add(v);
@@ -522,3 +527,5 @@ function decompress(body: Uint8Array): Uint8Array {
   if (n < 0) throw new ProtocolError(`FILES record does not decompress: ${nativeError(n)}`);
   return out.subarray(0, n);
 }
+
+dfgOnly(Receiver.prototype, statAt, partBase);

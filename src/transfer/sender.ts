@@ -6,7 +6,7 @@
  * and learn the receiver's verdict from RESULT. The bytes themselves only
  * ever pass through ffi/loops.c.
  */
-import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walkInWorker, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
@@ -15,6 +15,7 @@ import { DirHandles } from "./dirs.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
+import { dfgOnly } from "../jit.ts";
 
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
 export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow"> & { blockSize: number };
@@ -83,14 +84,16 @@ export class Sender {
 
   /** Sends every source; resolves when the receiver has judged every file. */
   async run(sources: string[]): Promise<void> {
-    for await (const item of walkInWorker(sources, { recursive: this.opts.recursive })) {
-      this.check();
-      this.take(item);
-      if (this.announce.length >= ANNOUNCE_BATCH || this.announcedBytes >= ANNOUNCE_BYTES) this.pump(true);
-      if (this.inflight.size >= this.window) {
-        // Refill in large steps: waking per verdict would announce one file at a time.
-        this.pump(true);
-        while (this.inflight.size > this.window / 2) await this.verdicts();
+    for await (const batch of walkInWorker(sources, { recursive: this.opts.recursive })) {
+      for (const item of batch) {
+        this.check();
+        this.take(item);
+        if (this.announce.length >= ANNOUNCE_BATCH || this.announcedBytes >= ANNOUNCE_BYTES) this.pump(true);
+        if (this.inflight.size >= this.window) {
+          // Refill in large steps: waking per verdict would announce one file at a time.
+          this.pump(true);
+          while (this.inflight.size > this.window / 2) await this.verdicts();
+        }
       }
     }
     this.dirs.close();
@@ -133,7 +136,7 @@ export class Sender {
     const isDirect = new Int32Array(1);
     // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
     const st = new BigInt64Array(7);
-    const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstr(item.abs.slice(slash + 1)), this.opts.direct ? 1 : 0, ptr(isDirect), ptr(st));
+    const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstr(item.abs.slice(slash + 1)), this.opts.direct ? DIRECT_MIN : -1, ptr(isDirect), ptr(st));
     if (fd < 0) {
       this.stats.failures++;
       this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
@@ -152,7 +155,7 @@ export class Sender {
     this.announce.push(entry);
     this.announcedBytes += Number(entry.size);
     this.events.started(item.abs, Number(entry.size));
-    log.debug("file start", { file: entry.id, path: item.abs, size: entry.size });
+    if (log.enabled("debug")) log.debug("file start", { file: entry.id, path: item.abs, size: entry.size });
   }
 
   /**
@@ -320,7 +323,7 @@ export class Sender {
       this.stats.files++;
       this.stats.bytes += Number(f.size);
       this.events.finished(f.path, Number(f.size));
-      log.debug("file done: verified by the receiver", { file: f.id, bytes: f.sent });
+      if (log.enabled("debug")) log.debug("file done: verified by the receiver", { file: f.id, bytes: f.sent });
     }
     this.windowWaiter?.();
   }
@@ -382,3 +385,5 @@ export function fstat(fd: number): BigInt64Array {
   if (r < 0) throw new Error(nativeError(r));
   return out;
 }
+
+dfgOnly(Sender.prototype, fstat);

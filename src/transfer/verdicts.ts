@@ -10,6 +10,7 @@
  */
 import { encodeVerdicts, type FileVerdict } from "../protocol.ts";
 import type { StreamPool } from "../streams/pool.ts";
+import { dfgOnly } from "../jit.ts";
 
 /** Verdicts per record: keeps a record well under the stream-0 body limit even with long messages. */
 const MAX_PER_RECORD = 256;
@@ -34,3 +35,5 @@ export class VerdictBatch {
     this.pool.sendControl(this.type, encodeVerdicts(batch));
   }
 }
+
+dfgOnly(VerdictBatch.prototype);
