@@ -136,7 +136,7 @@ export function decodeFiles(body: Uint8Array): FileEntry[] {
       id: b.readBigUInt64BE(o),
       kind,
       top: b[o + 9] >= 1,
-      ...(b[o + 9] === 2 ? { merge: true } : {}),
+      merge: b[o + 9] === 2 || undefined,
       mode: b.readUInt32BE(o + 12),
       size,
       mtimeNs: b.readBigInt64BE(o + 24),
@@ -159,10 +159,12 @@ export interface FileVerdict {
 }
 
 const VERDICT_FIXED = 8 + 4 + 4 + 8 + 16; // id status msgLen bytes digest
+const NO_BYTES = Buffer.alloc(0);
 
 /** Many verdicts share one DONE or RESULT record: small files would otherwise cost a record each. */
 export function encodeVerdicts(vs: FileVerdict[]): Uint8Array {
-  const msgs = vs.map((v) => Buffer.from(v.message, "utf8").subarray(0, 4096));
+  // Most verdicts carry no message: they share one empty buffer.
+  const msgs = vs.map((v) => (v.message ? Buffer.from(v.message, "utf8").subarray(0, 4096) : NO_BYTES));
   const out = Buffer.alloc(msgs.reduce((n, m) => n + VERDICT_FIXED + m.length, 4));
   out.writeUInt32BE(vs.length, 0);
   let o = 4;
@@ -190,8 +192,8 @@ export function decodeVerdicts(body: Uint8Array): FileVerdict[] {
       id: b.readBigUInt64BE(o),
       status: b.readInt32BE(o + 8),
       bytes: b.readBigUInt64BE(o + 16),
-      digest: new Uint8Array(b.subarray(o + 24, o + 40)),
-      message: utf8.decode(b.subarray(o + VERDICT_FIXED, o + VERDICT_FIXED + msgLen)),
+      digest: Uint8Array.prototype.slice.call(b, o + 24, o + 40),
+      message: msgLen ? utf8.decode(b.subarray(o + VERDICT_FIXED, o + VERDICT_FIXED + msgLen)) : "",
     });
     o += VERDICT_FIXED + msgLen;
   }

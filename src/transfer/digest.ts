@@ -15,12 +15,15 @@ import { dfgOnly } from "../jit.ts";
 export class FileDigest {
   /** Native streaming state, made when a second tuple comes: most files have one block. */
   private state: Pointer | null = null;
-  /** Tuples folded so far (0, 1, or more: then they are in state). */
+  /** Tuples folded so far; while it is 1, the lone tuple's fields wait here. */
   private folded = 0;
+  private loneOff = 0n;
+  private loneLen = 0;
+  private loneHash: Uint8Array | undefined;
   private done = false;
   private next = 0n;
-  private readonly waiting = new Map<bigint, { len: number; hash: Uint8Array }>();
-  private readonly tuple = Buffer.alloc(32);
+  /** Blocks that came before the ones ahead of them; made for the first such block. */
+  private waiting: Map<bigint, { len: number; hash: Uint8Array }> | undefined;
 
   /** Bytes folded in so far (the contiguous prefix). */
   get contiguous(): bigint {
@@ -28,22 +31,14 @@ export class FileDigest {
   }
 
   add(offset: bigint, len: number, hash: Uint8Array): void {
-    this.waiting.set(offset, { len, hash });
-    for (let b = this.waiting.get(this.next); b; b = this.waiting.get(this.next)) {
+    if (offset !== this.next) {
+      (this.waiting ??= new Map()).set(offset, { len, hash });
+      return;
+    }
+    this.fold(len, hash);
+    for (let b = this.waiting?.get(this.next); b && this.waiting; b = this.waiting.get(this.next)) {
       this.waiting.delete(this.next);
-      // XXH3's streaming digest equals its one-shot digest of the same bytes, so a
-      // lone tuple waits in `tuple` and is hashed in one call by final().
-      if (this.folded === 1) {
-        this.state = native().escp_digest_new() as Pointer;
-        native().escp_digest_update(this.state, ptr(this.tuple), 32);
-      }
-      this.tuple.writeBigUInt64BE(this.next, 0);
-      this.tuple.writeBigUInt64BE(BigInt(b.len), 8);
-      this.tuple.set(b.hash, 16);
-      if (this.state) native().escp_digest_update(this.state, ptr(this.tuple), 32);
-      this.folded++;
-      this.next += BigInt(b.len);
-      if (b.len === 0) break;
+      this.fold(b.len, b.hash);
     }
   }
 
@@ -55,16 +50,24 @@ export class FileDigest {
   final(): Uint8Array {
     const out = new Uint8Array(16);
     if (this.done) return out;
-    for (const off of [...this.waiting.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
-      const b = this.waiting.get(off);
-      if (!b) continue; // folded already, behind an earlier one
-      this.next = off;
-      this.add(off, b.len, b.hash);
+    if (this.waiting?.size) {
+      for (const off of [...this.waiting.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
+        const b = this.waiting.get(off);
+        if (!b) continue; // folded already, behind an earlier one
+        this.next = off;
+        this.add(off, b.len, b.hash);
+      }
     }
     this.done = true;
-    if (this.state) native().escp_digest_final(this.state, ptr(out));
-    else native().escp_xxh128(ptr(this.tuple), this.folded * 32, ptr(out));
-    this.state = null;
+    if (this.state) {
+      native().escp_digest_final(this.state, ptr(out));
+      this.state = null;
+    } else if (this.folded === 1) {
+      // XXH3's streaming digest equals its one-shot digest of the same bytes.
+      native().escp_xxh128(ptr(tuple(this.loneOff, this.loneLen, this.loneHash!)), 32, ptr(out));
+    } else {
+      native().escp_xxh128(ptr(TUPLE), 0, ptr(out));
+    }
     return out;
   }
 
@@ -72,6 +75,34 @@ export class FileDigest {
   discard(): void {
     this.final();
   }
+
+  /** Appends (next ‖ len ‖ hash) and moves next on. */
+  private fold(len: number, hash: Uint8Array): void {
+    if (this.folded === 0) {
+      this.loneOff = this.next;
+      this.loneLen = len;
+      this.loneHash = hash;
+    } else {
+      if (this.folded === 1) {
+        this.state = native().escp_digest_new() as Pointer;
+        native().escp_digest_update(this.state, ptr(tuple(this.loneOff, this.loneLen, this.loneHash!)), 32);
+        this.loneHash = undefined;
+      }
+      native().escp_digest_update(this.state, ptr(tuple(this.next, len, hash)), 32);
+    }
+    this.folded++;
+    this.next += BigInt(len);
+  }
+}
+
+/** Scratch for one tuple: it is hashed or copied into the state before the next is written. */
+const TUPLE = Buffer.alloc(32);
+
+function tuple(offset: bigint, len: number, hash: Uint8Array): Buffer {
+  TUPLE.writeBigUInt64BE(offset, 0);
+  TUPLE.writeBigUInt64BE(BigInt(len), 8);
+  TUPLE.set(hash, 16);
+  return TUPLE;
 }
 
 export function sameDigest(a: Uint8Array, b: Uint8Array): boolean {

@@ -133,9 +133,9 @@ export class Sender {
     }
     const slash = item.abs.lastIndexOf("/");
     const dfd = this.dirs.get(slash < 0 ? "." : item.abs.slice(0, slash) || "/");
-    const isDirect = new Int32Array(1);
+    const isDirect = IS_DIRECT;
     // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
-    const st = new BigInt64Array(7);
+    const st = STAT;
     const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstr(item.abs.slice(slash + 1)), this.opts.direct ? DIRECT_MIN : -1, ptr(isDirect), ptr(st));
     if (fd < 0) {
       this.stats.failures++;
@@ -378,9 +378,12 @@ export class Sender {
   }
 }
 
-/** [size, mtime_ns, mode, dev, ino, atime_ns, type] of an open fd. */
+/** Scratch for the native calls of one file at a time on this thread (read before the next call). */
+const STAT = new BigInt64Array(7), IS_DIRECT = new Int32Array(1);
+
+/** [size, mtime_ns, mode, dev, ino, atime_ns, type] of an open fd, in a scratch array valid until the next call. */
 export function fstat(fd: number): BigInt64Array {
-  const out = new BigInt64Array(7);
+  const out = STAT;
   const r = native().escp_fstat(fd, ptr(out));
   if (r < 0) throw new Error(nativeError(r));
   return out;
