@@ -91,19 +91,25 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
   } catch (e) {
     throw new TargetError(`${root}: ${errnoText(e)}`);
   }
-  return {
+  // path.join(root, rel) for the rel place() returns (no empty, "." or ".." names): the
+  // normalised root with its slash, computed once ("dst/" for "./dst", "" for ".").
+  const prefix = path.join(root, "_").slice(0, -1);
+  const t: Target = {
     root,
     rootFd,
     place(entryPath, merge = false) {
       const parts = safeComponents(entryPath);
+      if (!rename && !merge) return entryPath; // checked, and already what the parts would join to
       if (rename) parts[0] = rename;
-      else if (merge) parts.shift();
+      else parts.shift();
       return parts.join("/");
     },
     show(rel) {
-      return path.join(root, rel);
+      return rel ? prefix + rel : path.join(root, rel);
     },
   };
+  dfgOnly(t);
+  return t;
 }
 
 dfgOnly(safeComponents);

@@ -162,7 +162,7 @@ export class Receiver {
     if (e.merge) this.mergeTops.add(e.path);
     let rel: string;
     try {
-      rel = this.target.place(e.path, this.mergeTops.has(e.path.split("/", 1)[0]));
+      rel = this.target.place(e.path, this.mergeTops.size > 0 && this.mergeTops.has(e.path.split("/", 1)[0]));
     } catch (err) {
       // Shown as sent, not normalised: "dst/../x" must not read like a path outside.
       if (err instanceof PathError) return this.reject(e, e.path, `refused: ${err.message}`, `${this.target.root}/${e.path}`);
