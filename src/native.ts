@@ -171,4 +171,17 @@ export function cstr(s: string): Buffer {
   return Buffer.from(s + "\0", "utf8");
 }
 
+const scratchName = Buffer.alloc(4096);
+
+/**
+ * cstr into a buffer reused by every call on this thread: for a name the native
+ * call reads at once and never keeps (one allocation less per file).
+ */
+export function cstrNow(s: string): Buffer {
+  if (s.length >= scratchName.length / 3) return cstr(s); // may not fit as UTF-8
+  const n = scratchName.write(s, 0, "utf8");
+  scratchName[n] = 0;
+  return scratchName;
+}
+
 export { ptr, CString, type Pointer };

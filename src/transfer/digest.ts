@@ -96,11 +96,20 @@ export class FileDigest {
 }
 
 /** Scratch for one tuple: it is hashed or copied into the state before the next is written. */
-const TUPLE = Buffer.alloc(32);
+const TUPLE = new Uint8Array(32);
+const TUPLE_VIEW = new DataView(TUPLE.buffer);
 
-function tuple(offset: bigint, len: number, hash: Uint8Array): Buffer {
-  TUPLE.writeBigUInt64BE(offset, 0);
-  TUPLE.writeBigUInt64BE(BigInt(len), 8);
+/** offset and len big-endian (DESIGN §6), then the block's hash; BigInt writes only past 2^53. */
+function tuple(offset: bigint, len: number, hash: Uint8Array): Uint8Array {
+  const o = Number(offset);
+  if (o <= Number.MAX_SAFE_INTEGER) {
+    TUPLE_VIEW.setUint32(0, Math.floor(o / 0x100000000));
+    TUPLE_VIEW.setUint32(4, o >>> 0);
+  } else {
+    TUPLE_VIEW.setBigUint64(0, offset);
+  }
+  TUPLE_VIEW.setUint32(8, 0);
+  TUPLE_VIEW.setUint32(12, len);
   TUPLE.set(hash, 16);
   return TUPLE;
 }

@@ -6,7 +6,7 @@
  * and learn the receiver's verdict from RESULT. The bytes themselves only
  * ever pass through ffi/loops.c.
  */
-import { native, cstr, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN } from "../native.ts";
+import { native, cstrNow, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walkInWorker, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
@@ -136,7 +136,7 @@ export class Sender {
     const isDirect = IS_DIRECT;
     // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
     const st = STAT;
-    const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstr(item.abs.slice(slash + 1)), this.opts.direct ? DIRECT_MIN : -1, ptr(isDirect), ptr(st));
+    const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstrNow(item.abs.slice(slash + 1)), this.opts.direct ? DIRECT_MIN : -1, ptr(isDirect), ptr(st));
     if (fd < 0) {
       this.stats.failures++;
       this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
