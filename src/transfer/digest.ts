@@ -32,7 +32,7 @@ export class FileDigest {
 
   add(offset: bigint, len: number, hash: Uint8Array): void {
     if (offset !== this.next) {
-      (this.waiting ??= new Map()).set(offset, { len, hash });
+      (this.waiting ??= new Map()).set(offset, { len, hash: hash.slice() });
       return;
     }
     this.fold(len, hash);
@@ -81,7 +81,7 @@ export class FileDigest {
     if (this.folded === 0) {
       this.loneOff = this.next;
       this.loneLen = len;
-      this.loneHash = hash;
+      this.loneHash = hash.slice(); // callers may reuse their buffer for the next block
     } else {
       if (this.folded === 1) {
         this.state = native().escp_digest_new() as Pointer;
