@@ -109,6 +109,10 @@ struct escp_conn {
   uint8_t pend_type, pend_flags;
   uint32_t pend_len;      /* body length; the body is at rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX */
   uint64_t pend_seq;
+  /* The start of the next record's header, read by recv_batch while it looked for more
+   * (loops.c more_waiting); escp__recv_hdr takes these bytes first. */
+  uint8_t hdr_ahead[ESCP_HDR_LEN];
+  uint32_t hdr_ahead_len;
 };
 
 /* ---- errors (crypto.c owns the thread-local detail) ---- */

@@ -344,11 +344,17 @@ static uint32_t harvest_writes(escp_conn *c, escp_done *done, uint32_t n, int wa
   return n;
 }
 
-/* True when a read on the stream would not block (data or EOF is waiting). */
-static int socket_has_data(escp_conn *c) {
-  uint8_t b;
-  ssize_t r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-  return r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+/* True when a read on the stream would not block (data or EOF is waiting).  What it
+ * finds of the next record's header it keeps (escp__recv_hdr starts from there), so a
+ * record costs a syscall less than peeking first and then reading the header. */
+static int more_waiting(escp_conn *c) {
+  if (c->hdr_ahead_len == ESCP_HDR_LEN) return 1;
+  ssize_t r = recv(c->fd, c->hdr_ahead + c->hdr_ahead_len, ESCP_HDR_LEN - c->hdr_ahead_len, MSG_DONTWAIT);
+  if (r > 0) {
+    c->hdr_ahead_len += (uint32_t)r;
+    return 1;
+  }
+  return r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
 /* Files this large are preallocated when a worker creates them (slot_fd). */
@@ -550,7 +556,7 @@ ESCP_API int escp_recv_batch(escp_conn *c, escp_fdslot *tab, uint32_t cap, escp_
     n = harvest_writes(c, done, n, 0, ctr);
     /* Hand back what is written as soon as the socket has nothing more for us
        right now: the main thread settles a file when its last block lands. */
-    if (!socket_has_data(c)) break;
+    if (!more_waiting(c)) break;
   }
   /* Every queued write finishes before we return: the main thread may close a file's
      fd once its blocks are reported, and reports must not wait for the next record. */

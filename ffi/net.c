@@ -163,7 +163,10 @@ int escp__recv_all(escp_conn *c, void *buf, size_t len, const char *what) {
 }
 
 int escp__recv_hdr(escp_conn *c, uint8_t hdr[16], uint32_t cap, uint32_t *type, uint32_t *flags, uint32_t *len) {
-  int rc = escp__recv_all(c, hdr, ESCP_HDR_LEN, "header");
+  uint32_t have = c->hdr_ahead_len;
+  if (have) memcpy(hdr, c->hdr_ahead, have);
+  c->hdr_ahead_len = 0;
+  int rc = have < ESCP_HDR_LEN ? escp__recv_all(c, hdr + have, ESCP_HDR_LEN - have, "header") : 0;
   if (rc) return rc;
   uint64_t seq = escp__be64(hdr + 8);
   *type = hdr[0];
@@ -224,7 +227,7 @@ ESCP_API int64_t escp_recv_record(escp_conn *c, uint8_t *body_out, uint32_t cap,
     c->pend = 0;
     return c->pend_len;
   }
-  if (c->rx_end) {
+  if (c->rx_end && !c->hdr_ahead_len) {
     /* Extension: after END, a clean EOF returns 0 with type 0 (no more records). */
     uint8_t b;
     ssize_t r;
