@@ -105,6 +105,8 @@ export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0
 /** escp_commit_file's mode when the file was created with its final mode (ESCP_MODE_KEEP). */
 export const MODE_KEEP = 0xffffffff;
 export const LOOP_OPTS_SIZE = 16;
+/** Largest stream-0 record body either side accepts (ESCP_MAX_CTRL_BODY). */
+export const MAX_CTRL_BODY = (1 << 20) + 64;
 
 let lib: Native | undefined;
 let loadedFrom = "";

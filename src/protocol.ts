@@ -87,8 +87,6 @@ export interface TransferSummary {
 }
 
 export const MAX_CONTROL_MESSAGE = 1 << 20;
-/** Largest stream-0 record body either side accepts. */
-export const MAX_CTRL_BODY = (1 << 20) + 64;
 
 const KIND_CODE = { file: 1, dir: 2 } as const;
 const utf8 = new TextDecoder();

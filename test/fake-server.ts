@@ -19,9 +19,9 @@
 import fs from "node:fs";
 import { ControlChannel } from "../src/session/control.ts";
 import { listen, acceptStreams } from "../src/session/connect.ts";
-import { native, ptr, Rec, nativeError, PROTO_VERSION, type Pointer } from "../src/native.ts";
+import { native, ptr, Rec, nativeError, PROTO_VERSION, MAX_CTRL_BODY, type Pointer } from "../src/native.ts";
 import * as protocol from "../src/protocol.ts";
-import { encodeFiles, MAX_CTRL_BODY, type FileEntry, type FileVerdict } from "../src/protocol.ts";
+import { encodeFiles, type FileEntry, type FileVerdict } from "../src/protocol.ts";
 import { FileDigest } from "../src/transfer/digest.ts";
 
 type Hello = Extract<import("../src/protocol.ts").ControlMessage, { type: "hello" }>;

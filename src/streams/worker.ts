@@ -9,9 +9,10 @@
  *    thread has not opened yet.
  *  - control-rx: stream 0's incoming records, handed to the main thread whole.
  */
-import { streamNative, ptr, nativeError, Rec, E, DONE_SIZE, LOOP_OPTS_SIZE, type Pointer, type StreamNative } from "../native.ts";
+import {
+  streamNative, ptr, nativeError, Rec, E, DONE_SIZE, LOOP_OPTS_SIZE, MAX_CTRL_BODY, type Pointer, type StreamNative,
+} from "../native.ts";
 import type { WorkerInit, ToWorker, FromWorker } from "./messages.ts";
-import { MAX_CTRL_BODY } from "../protocol.ts";
 
 declare const self: Worker;
 
