@@ -6,7 +6,8 @@
  */
 import net from "node:net";
 
-export type Tamper = (ctx: { conn: number; index: number; record: Buffer }) => Buffer[] | "close";
+/** What to forward instead of the record: buffers, in order, and numbers (ms to wait before the next one). */
+export type Tamper = (ctx: { conn: number; index: number; record: Buffer }) => (Buffer | number)[] | "close";
 
 export interface Proxy {
   port: number;
@@ -38,6 +39,11 @@ export function startProxy(target: number, tamper: Tamper, beforeEach?: () => vo
     client.on("error", () => upstream.destroy());
     let buf = Buffer.alloc(0);
     let preambleLeft = PREAMBLE;
+    // Writes wait for earlier pauses (a number in a tamper's answer), so order is kept.
+    let chain = Promise.resolve();
+    const forward = (b: Buffer | number) => {
+      chain = chain.then(() => (typeof b === "number" ? Bun.sleep(b) : void upstream.write(b)));
+    };
     let index = 0;
     let closed = false;
     client.on("data", (d: Buffer) => {
@@ -45,7 +51,7 @@ export function startProxy(target: number, tamper: Tamper, beforeEach?: () => vo
       buf = Buffer.concat([buf, d]);
       if (preambleLeft > 0) {
         const n = Math.min(preambleLeft, buf.length);
-        upstream.write(buf.subarray(0, n));
+        forward(buf.subarray(0, n));
         buf = buf.subarray(n);
         preambleLeft -= n;
       }
@@ -59,15 +65,17 @@ export function startProxy(target: number, tamper: Tamper, beforeEach?: () => vo
         if (out === "close") {
           closed = true;
           p.tampered++;
-          upstream.end();
-          client.destroy();
+          chain = chain.then(() => {
+            upstream.end();
+            client.destroy();
+          });
           return;
         }
         if (out.length !== 1 || out[0] !== record) p.tampered++;
-        for (const r of out) upstream.write(r);
+        for (const r of out) forward(r);
       }
     });
-    client.on("end", () => upstream.end());
+    client.on("end", () => void (chain = chain.then(() => void upstream.end())));
   });
   p.close = () => {
     server.close();

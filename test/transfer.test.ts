@@ -164,6 +164,25 @@ describe("the data port", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
   });
 
+  test("records cut into pieces in transit (a header split, a pause between) still arrive intact", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let f = 0; f < 60; f++) await makeFile(path.join(src, "t", `f${f}`), 10 + f * 37, { seed: 300 + f });
+    await makeFile(path.join(src, "t", "big"), 2 * BLOCK + 5, { seed: 299 });
+    const port = await freePort();
+    // Each record leaves as its first 5 header bytes, a pause, the other 11, a pause, the rest:
+    // the receiver sees partial headers both when it blocks for one and when it looks for more.
+    const proxy = await startProxy(port, ({ record }) => [record.subarray(0, 5), 2, record.subarray(5, 16), 1, record.subarray(16)]);
+    const r = await runEscp(["-r", "--port", `${port}-${port}`, path.join(src, "t"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_DATA_VIA: `127.0.0.1:${proxy.port}` },
+    });
+    proxy.close();
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(proxy.tampered).toBeGreaterThan(60);
+    for (let f = 0; f < 60; f++) expect(await sameFile(path.join(src, "t", `f${f}`), path.join(dst, "t", `f${f}`))).toBe(true);
+    expect(await sameFile(path.join(src, "t", "big"), path.join(dst, "t", "big"))).toBe(true);
+  });
+
   test("the data streams after the first connect together, not one round trip after another", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 17 });
@@ -271,6 +290,32 @@ describe("file creation on the receiver", () => {
     const byWorkers = creates.filter(([tid]) => tid !== main).map(([, name]) => name);
     expect(byWorkers.length).toBe(100); // every file with data
     expect(creates.filter(([tid]) => tid === main).map(([, name]) => name)).toEqual(["empty"]); // no block would create it
+  });
+
+  test("-p: a file is created with its final mode unless that lets others write (then private first), and ends with it exactly", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");
+    const modes: Record<string, number> = { plain: 0o644, exec: 0o755, shared: 0o666, suid: 0o4755, none: 0o000 };
+    for (const [name, mode] of Object.entries(modes)) {
+      await makeFile(path.join(src, "m", name), 50, { seed: mode });
+      fs.chmodSync(path.join(src, "m", name), mode);
+    }
+    fs.chmodSync(path.join(src, "m"), 0o750);
+    const trace = path.join(logs, "strace");
+    const remote = path.join(logs, "remote.sh");
+    fs.writeFileSync(remote, `#!/bin/sh\numask 022\nexec strace -f -qq -e trace=openat,fchmod -o ${trace} ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const r = await runEscp(["-rp", path.join(src, "m"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: remote } });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    for (const [name, mode] of Object.entries(modes)) expect(fs.statSync(path.join(dst, "m", name)).mode & 0o7777).toBe(mode);
+    const lines = fs.readFileSync(trace, "utf8").split("\n");
+    const created = Object.fromEntries(lines.flatMap((l) => {
+      const m = /"\.([^"]+)\.escp-part", O_WRONLY\|O_CREAT[^)]*, (0\d+)\) = (\d+)/.exec(l);
+      return m ? [[m[1], m[2]]] : [];
+    }));
+    expect(created).toEqual({ plain: "0644", exec: "0755", shared: "0644", suid: "0755", none: "0600" });
+    // Only the files created with another mode are changed before the rename (and, -p, the directory at the end).
+    const chmods = lines.filter((l) => /fchmod\(\d+, (\d+)\)/.test(l)).map((l) => /fchmod\(\d+, (\d+)\)/.exec(l)![1]).sort();
+    expect(chmods).toEqual(["000", "04755", "0666", "0750"]);
   });
 });
 
