@@ -213,9 +213,15 @@ static int parent_fd(int dirfd, const char *rel, char *last, size_t cap, int *ow
   return fd;
 }
 
+/* One entry of a directory: not empty, no '/', not "." or "..".  The calls that take
+ * such a name act in dirfd itself and can reach nothing outside it. */
+static int one_name(const char *name) {
+  return name && *name && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+}
+
 ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct) {
   if (is_direct) *is_direct = 0;
-  if (!name || !*name || strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0) return -EINVAL;
+  if (!one_name(name)) return -EINVAL;
   const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
   const mode_t m = mode ? (mode_t)(mode & 07777) : 0600;
   int fd = openat(dirfd, name, flags, m);
@@ -291,7 +297,6 @@ ESCP_API int escp_symlinkat_beneath(int dirfd, const char *target, const char *r
   return rc;
 }
 
-
 ESCP_API int escp_fstat(int fd, int64_t out[7]) {
   struct stat st;
   if (fstat(fd, &st) != 0) return escp__errno("fstat fd %d", fd);
@@ -303,7 +308,7 @@ ESCP_API int escp_fstat(int fd, int64_t out[7]) {
  * answer here (nothing there yet), not an error worth a message. */
 ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
   struct stat st;
-  if (!name || !*name || strchr(name, '/') || strcmp(name, "..") == 0) return -EINVAL;
+  if (!one_name(name)) return -EINVAL;
   if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return -errno;
   stat_fields(&st, out);
   return 0;
@@ -339,7 +344,7 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atim
   int rc = mode == ESCP_MODE_KEEP || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
   if (!rc && set_times) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp);
-  if (!rc && (strchr(tmp, '/') || strchr(name, '/'))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
+  if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (!rc && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
   return rc;
 }
