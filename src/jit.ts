@@ -13,7 +13,7 @@ import { noFTL } from "bun:jsc";
 /** Keeps the given functions, and the methods of the given prototypes, out of the FTL tier. */
 export function dfgOnly(...targets: (object | ((...args: any[]) => any))[]): void {
   for (const t of targets) {
-    if (typeof t === "function" && !("prototype" in t && t.prototype && Object.getOwnPropertyNames(t.prototype).length > 1)) {
+    if (typeof t === "function") {
       noFTL(t as (...args: any[]) => any);
       continue;
     }

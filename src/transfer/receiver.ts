@@ -34,7 +34,7 @@ interface RecvFile {
   name: string;
   /** The temporary name in `dir`; empty for a rejected entry or a device/FIFO written in place. */
   tmp: string;
-  /** name and tmp as C strings (tmpC's address is in the fd table while a worker is to create the file). */
+  /** name and tmp as C strings, set whenever tmp is (tmpC's address is in the fd table while a worker is to create the file). */
   nameC?: Buffer;
   tmpC?: Buffer;
   /** A stream worker creates the file; claim() takes its fd back. */
@@ -430,7 +430,7 @@ export class Receiver {
       return openFailure(dfd);
     }
     const r = this.lib.escp_commit_file(
-      f.fd, f.mode, this.opts.preserve ? 1 : 0, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC ?? cstr(f.tmp), f.nameC ?? cstr(f.name),
+      f.fd, f.mode, this.opts.preserve ? 1 : 0, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!,
     );
     return r < 0 ? nativeError(r) : undefined;
   }
@@ -443,7 +443,7 @@ export class Receiver {
 
   private unlinkPart(f: RecvFile): void {
     const dfd = this.dirs.get(f.dir);
-    if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, cstr(f.tmp), 0);
+    if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
   }
 
   /** -p on directories: modes and times last, deepest first, so writing their contents does not change them. */

@@ -48,8 +48,10 @@ export function summarize(side: Side, pool: StreamPool, startedMs: number, failu
  * uses the smaller of both ends' (SessionOptions.fileWindow).
  */
 export function fileWindow(): number {
-  return Math.max(16, Math.min(WINDOW, Math.floor(openFilesLimit() / 2) - 64));
+  // Read once: both the hello/ready message and makeSide ask for it.
+  return (ownWindow ??= Math.max(16, Math.min(WINDOW, Math.floor(openFilesLimit() / 2) - 64)));
 }
+let ownWindow: number | undefined;
 
 /** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
 function openFilesLimit(): number {
