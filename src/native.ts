@@ -21,10 +21,9 @@ import embeddedLib from "../build/libescp.so" with { type: "file" };
 const { i32, u32, u64, i64, ptr: P, cstring, void: V } = FFIType;
 
 /**
- * What a stream worker calls: the batch loops and the text of their errors.
- * Bun compiles a trampoline for every symbol it binds (about 0.1 ms each), so
- * a worker binds these few, not the whole table: with five workers a side that
- * is most of a worker's start-up.
+ * What a stream worker calls: the batch loops and the text of their errors. A
+ * worker binds these few, not the whole table: five workers that bound it all
+ * took 44 ms of CPU to start against 28 ms for these (docs/performance.md).
  */
 const streamSymbols = {
   escp_strerror: { args: [i32], returns: cstring },
