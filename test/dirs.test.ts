@@ -14,7 +14,12 @@ const lib = native();
 const { O_RDONLY, O_DIRECTORY, O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
 const EXDEV = 18, EBADF = 9, ENOENT = 2, EISDIR = 21;
 
-const openRoot = (dir: string) => fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+/** A fresh destination root holding the directories `dirs` (nested ones too), opened as the receiver opens it. */
+function rootWith(...dirs: string[]): { root: string; rootFd: number } {
+  const root = tmpdir("dirs");
+  for (const d of dirs) fs.mkdirSync(path.join(root, d), { recursive: true });
+  return { root, rootFd: fs.openSync(root, O_RDONLY | O_DIRECTORY) };
+}
 
 /** The inode a directory fd refers to, or a negative errno once it is closed. */
 function inodeOf(fd: number): bigint | number {
@@ -23,16 +28,17 @@ function inodeOf(fd: number): bigint | number {
   return r < 0 ? r : out[4];
 }
 
+/** The inode of the directory at `p`: what inodeOf gives for an fd still open on it. */
+const inodeAt = (...p: string[]) => BigInt(fs.statSync(path.join(...p)).ino);
+
 describe("directory handles", () => {
   test("a handle is the directory beneath the root, and the root itself for ''", () => {
-    const root = tmpdir("dirs");
-    fs.mkdirSync(path.join(root, "a", "b"), { recursive: true });
-    const rootFd = openRoot(root);
+    const { root, rootFd } = rootWith("a/b");
     const dirs = new DirHandles(rootFd);
     expect(dirs.get("")).toBe(rootFd);
     const fd = dirs.get("a/b");
     expect(fd).toBeGreaterThanOrEqual(0);
-    expect(inodeOf(fd)).toBe(BigInt(fs.statSync(path.join(root, "a", "b")).ino));
+    expect(inodeOf(fd)).toBe(inodeAt(root, "a", "b"));
     expect(dirs.get("a/b")).toBe(fd); // cached, not opened again
     dirs.close();
     expect(inodeOf(fd)).toBe(-EBADF);
@@ -40,9 +46,8 @@ describe("directory handles", () => {
   });
 
   test("a directory that is missing, or a link leading outside, is a negative errno", () => {
-    const root = tmpdir("dirs"), outside = tmpdir("outside");
+    const { root, rootFd } = rootWith(), outside = tmpdir("outside");
     fs.symlinkSync(outside, path.join(root, "out"));
-    const rootFd = openRoot(root);
     const dirs = new DirHandles(rootFd);
     expect(dirs.get("missing")).toBe(-ENOENT);
     expect(dirs.get("out")).toBe(-EXDEV);
@@ -51,17 +56,15 @@ describe("directory handles", () => {
   });
 
   test("at most `max` handles stay open: the least recently used is closed first", () => {
-    const root = tmpdir("dirs");
-    for (const d of ["a", "b", "c"]) fs.mkdirSync(path.join(root, d));
-    const rootFd = openRoot(root);
+    const { root, rootFd } = rootWith("a", "b", "c");
     const dirs = new DirHandles(rootFd, 2);
     const a = dirs.get("a"), b = dirs.get("b");
     expect(dirs.get("a")).toBe(a); // a is now the most recent
     dirs.get("c"); // evicts b
     expect(inodeOf(b)).toBe(-EBADF);
-    expect(inodeOf(a)).toBe(BigInt(fs.statSync(path.join(root, "a")).ino));
+    expect(inodeOf(a)).toBe(inodeAt(root, "a"));
     const b2 = dirs.get("b"); // opened again, evicting a
-    expect(inodeOf(b2)).toBe(BigInt(fs.statSync(path.join(root, "b")).ino));
+    expect(inodeOf(b2)).toBe(inodeAt(root, "b"));
     expect(inodeOf(a)).toBe(-EBADF);
     dirs.close();
     fs.closeSync(rootFd);
@@ -70,9 +73,7 @@ describe("directory handles", () => {
 
 describe("pinned directory handles", () => {
   test("a pinned handle is not closed to make room; at most half the cache can be pinned", () => {
-    const root = tmpdir("dirs");
-    for (const d of ["a", "b", "c", "d", "e"]) fs.mkdirSync(path.join(root, d));
-    const rootFd = openRoot(root);
+    const { root, rootFd } = rootWith("a", "b", "c", "d", "e");
     const dirs = new DirHandles(rootFd, 4);
     const a = dirs.get("a");
     expect(dirs.pin("a")).toBe(true);
@@ -84,10 +85,10 @@ describe("pinned directory handles", () => {
     expect(dirs.pin("")).toBe(true); // the root is never closed anyway
     dirs.get("d");
     dirs.get("e"); // the cache is full: c, the oldest unpinned, goes, not a
-    expect(inodeOf(a)).toBe(BigInt(fs.statSync(path.join(root, "a")).ino));
+    expect(inodeOf(a)).toBe(inodeAt(root, "a"));
     dirs.unpin("a");
     dirs.get("c"); // evicts d (a is still pinned once)
-    expect(inodeOf(a)).toBe(BigInt(fs.statSync(path.join(root, "a")).ino));
+    expect(inodeOf(a)).toBe(inodeAt(root, "a"));
     dirs.unpin("a");
     dirs.get("d"); // a is the oldest unpinned now
     expect(inodeOf(a)).toBe(-EBADF);
