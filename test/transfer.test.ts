@@ -359,6 +359,21 @@ describe("temporary files", () => {
   });
 });
 
+describe("the other end's messages", () => {
+  test("a warning the other end prints reaches the user even when it comes after the report", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");
+    await makeFile(path.join(src, "t", "f"), 10, { seed: 71 });
+    expect(Bun.spawnSync(["mkfifo", path.join(src, "t", "pipe")]).exitCode).toBe(0);
+    // The remote escp's stderr reaches ssh half a second late, long after its report on stdout.
+    const remote = path.join(logs, "remote.sh");
+    fs.writeFileSync(remote, `#!/bin/bash\nexec 2> >(sleep 0.5; cat >&2)\nexec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const r = await runEscp(["-r", `${SSH_HOST}:${path.join(src, "t")}`, `${dst}/`], { env: { ESCP_REMOTE: remote } });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(`${path.join(src, "t", "pipe")}: not a regular file, skipped`);
+    expect(await sameFile(path.join(src, "t", "f"), path.join(dst, "t", "f"))).toBe(true);
+  });
+});
+
 describe("socket buffers (--sockbuf)", () => {
   test("the buffers asked for are granted on both ends and logged", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");

@@ -188,6 +188,10 @@ export async function transfer(
     const summary = summarize(side, pool, started, report.failures);
     pool.close();
     child.stdin.end();
+    // What the other end printed (a skipped FIFO, a warning) comes on ssh's stderr, which
+    // sshd reads apart from the report: it reaches the user before we exit, as with scp.
+    // The other end exits on `bye`; a stuck ssh does not hold us longer than this.
+    await Promise.race([stderrTail.done, Bun.sleep(STDERR_GRACE_MS)]);
     return { summary, failures: report.failures };
   } catch (e) {
     log.error(interrupted ? "interrupted" : `session failed: ${(e as Error).message}`);
@@ -203,6 +207,9 @@ export async function transfer(
     signal?.removeEventListener("abort", interrupt);
   }
 }
+
+/** How long a finished session waits for the rest of the other end's messages. */
+const STDERR_GRACE_MS = 2000;
 
 /** How often the progress display is refreshed from the stream counters. */
 const PROGRESS_MS = 200;
