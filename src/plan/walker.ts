@@ -4,6 +4,9 @@
  * sender; null ends the walk.
  */
 import { walk, type WalkItem, type WalkOptions } from "./walk.ts";
+import { Collector } from "../heap.ts";
+
+const gc = new Collector();
 
 declare const self: Worker;
 
@@ -38,6 +41,7 @@ async function run(sources: string[], opts: WalkOptions, size: number): Promise<
   await walk(sources, opts, (item) => {
     batch.push(item);
     if (batch.length < size) return;
+    gc.tick(batch.length);
     const full = batch;
     batch = [];
     return send(full);

@@ -22,6 +22,7 @@ import { TABLE_CAP, type StreamPool, type BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
 import { dfgOnly } from "../jit.ts";
+import { Collector } from "../heap.ts";
 
 /** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
 export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse"> & { blockSize: number };
@@ -69,6 +70,7 @@ const DIRECT_MIN_N = BigInt(DIRECT_MIN);
 
 export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
+  private readonly gc = new Collector();
   private readonly madeDirs: { rel: string; entry: FileEntry }[] = [];
   private highestId = -1n;
   /** Top directories announced as `dir/.`: their contents merge into the target directory. */
@@ -154,6 +156,7 @@ export class Receiver {
   }
 
   private announce(e: FileEntry): void {
+    this.gc.tick();
     if (e.id <= this.highestId) throw new ProtocolError(`file id ${e.id} announced out of order`);
     // An honest sender keeps 512 files open at most; more would exhaust descriptors
     // and make ids share slots of the workers' file table.

@@ -16,6 +16,7 @@ import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
 import { dfgOnly } from "../jit.ts";
+import { Collector } from "../heap.ts";
 
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
 export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow"> & { blockSize: number };
@@ -66,6 +67,7 @@ export class Sender {
   /** Sources are opened relative to their directory: one path walk per directory, not per file. */
   private readonly dirs = new DirHandles();
   private readonly dones: VerdictBatch;
+  private readonly gc = new Collector();
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -115,6 +117,7 @@ export class Sender {
   }
 
   private take(item: WalkItem): void {
+    this.gc.tick();
     if (item.kind === "error") {
       this.stats.failures++;
       this.events.failed(item.abs, item.message);
