@@ -8,6 +8,7 @@ import { describe, test, expect } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
+import { fullGC, heapStats } from "bun:jsc";
 import { walk, type WalkItem } from "../src/plan/walk.ts";
 import { tmpdir } from "./harness.ts";
 
@@ -115,5 +116,25 @@ describe("walk", () => {
       ["warning", "t/real/up", "directory loop through a symbolic link, skipped"],
       ["warning", "t/todir/up", "directory loop through a symbolic link, skipped"],
     ]);
+  });
+
+  test("a wide directory's subdirectories wait as names: its listing is not kept while they are walked", async () => {
+    const root = path.join(tmpdir("walk"), "wide");
+    const N = 4000;
+    for (let i = 0; i < N; i++) fs.mkdirSync(path.join(root, `d${i}`), { recursive: true });
+    const objects = () => {
+      fullGC();
+      return heapStats().objectTypeCounts.Object ?? 0;
+    };
+    const before = objects();
+    let seen = 0, during = 0;
+    await walk([root], { recursive: true }, () => {
+      // Halfway through the subdirectories, long after the root's listing was read.
+      if (++seen === N / 2) during = objects();
+    });
+    expect(seen).toBe(N + 1);
+    // Keeping the listing (one entry object per subdirectory, and the directory
+    // handle's own per-entry objects) would add about 2N.
+    expect(during - before).toBeLessThan(N / 4);
   });
 });

@@ -8,7 +8,7 @@
  * that links back to one of its ancestors is skipped to avoid a loop.
  *
  * @example
- * for await (const item of walk(["src"], { recursive: true })) console.log(item.rel);
+ * await walk(["src"], { recursive: true }, (item) => console.log(item.rel));
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -59,7 +59,7 @@ export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Pr
         await emit({ kind: "error", abs: src, message: "not a regular file (use -r to copy directories)" });
         continue;
       }
-      await walkDir(emit, src, name, st, [st], path.basename(src.replace(/\/+$/, "")) === ".");
+      await walkDir(emit, src, name, [], path.basename(src.replace(/\/+$/, "")) === ".");
     } else if (st.isFile()) {
       await emit({ kind: "file", abs: src, rel: name, top: true });
     } else {
@@ -79,12 +79,23 @@ const LIST_CHUNK = 1024;
 interface Entry {
   name: string;
   kind: "file" | "dir" | "other" | "error";
-  stat?: fs.BigIntStats;
   message?: string;
 }
 
-/** A directory's first entries, and the handle to read the rest from (if any). */
+/** A directory's identity (the loop check) and what the receiver needs of it. */
+interface DirId extends DirStat {
+  dev: bigint;
+  ino: bigint;
+}
+
+/**
+ * A directory's own stat, its first entries, and the handle to read the rest
+ * from (if any). The stat is taken with the listing, not kept from the parent's:
+ * a wide directory's subdirectories then wait as names alone (with their stats,
+ * 10,000 of them held ~3 MB of the walker's heap).
+ */
 interface Listing {
+  self?: DirId;
   entries: Entry[];
   rest?: fs.Dir;
   error?: string;
@@ -116,7 +127,6 @@ async function readEntries(dir: fs.Dir, abs: string): Promise<{ entries: Entry[]
     stats.push(fs.promises.stat(path.join(abs, d.name), { bigint: true }).then(
       (st) => {
         e.kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
-        e.stat = st;
       },
       (err) => {
         e.kind = "error";
@@ -129,45 +139,66 @@ async function readEntries(dir: fs.Dir, abs: string): Promise<{ entries: Entry[]
 }
 
 async function list(abs: string): Promise<Listing> {
+  let self: DirId;
+  try {
+    const st = await fs.promises.stat(abs, { bigint: true });
+    // Replaced since its parent was listed: what is there now is what counts.
+    if (!st.isDirectory()) return { entries: [], error: "not a directory any more (changed during the walk)" };
+    self = { dev: st.dev, ino: st.ino, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
+  } catch (e) {
+    return { entries: [], error: errnoText(e) };
+  }
   let dir: fs.Dir;
   try {
     dir = await fs.promises.opendir(abs, { bufferSize: 256 });
   } catch (e) {
-    return { entries: [], error: errnoText(e) };
+    return { self, entries: [], error: errnoText(e) };
   }
   try {
     const { entries, more } = await readEntries(dir, abs);
     if (!more) await dir.close();
-    return { entries, rest: more ? dir : undefined };
+    return { self, entries, rest: more ? dir : undefined };
   } catch (e) {
     await dir.close().catch(() => {});
-    return { entries: [], error: errnoText(e) };
+    return { self, entries: [], error: errnoText(e) };
   }
 }
 
-async function walkDir(
-  emit: Emit, abs: string, rel: string, st: fs.BigIntStats, ancestors: fs.BigIntStats[], merge = false, listing?: Promise<Listing>,
-): Promise<void> {
-  const dirStat = { mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
-  let paused = emit({ kind: "dir", abs, rel, top: ancestors.length === 1, merge, stat: dirStat });
-  if (paused) await paused;
+/** Emits directory `abs` and its files; returns its subdirectories' names, or nothing if it is not walked further. */
+async function walkFiles(
+  emit: Emit, abs: string, rel: string, ancestors: DirId[], merge: boolean, listing: Promise<Listing> | undefined,
+): Promise<{ above: DirId[]; subdirs: string[] } | undefined> {
   const l = await (listing ?? list(abs));
-  if (l.error) {
-    await emit({ kind: "error", abs, message: l.error });
+  const { self, error } = l;
+  let entries = l.entries, rest = l.rest;
+  // The listing's promise stays reachable from the walk above us: it must not keep these.
+  l.entries = [];
+  l.rest = undefined;
+  if (!self) {
+    await emit({ kind: "error", abs, message: error! });
     return;
   }
-  const subdirs: [string, string, fs.BigIntStats][] = [];
-  let entries = l.entries, rest = l.rest;
+  if (ancestors.some((a) => a.dev === self.dev && a.ino === self.ino)) {
+    await emit({ kind: "warning", abs, message: "directory loop through a symbolic link, skipped" });
+    return;
+  }
+  let paused = emit({ kind: "dir", abs, rel, top: ancestors.length === 0, merge, stat: { mode: self.mode, mtimeNs: self.mtimeNs, atimeNs: self.atimeNs } });
+  if (paused) await paused;
+  if (error) {
+    await emit({ kind: "error", abs, message: error });
+    return;
+  }
+  const subdirs: string[] = [];
   for (;;) {
     for (const e of entries) {
+      if (e.kind === "dir") {
+        subdirs.push(e.name);
+        continue;
+      }
       const childAbs = path.join(abs, e.name);
-      const childRel = `${rel}/${e.name}`;
-      if (e.kind === "file") paused = emit({ kind: "file", abs: childAbs, rel: childRel, top: false });
+      if (e.kind === "file") paused = emit({ kind: "file", abs: childAbs, rel: `${rel}/${e.name}`, top: false });
       else if (e.kind === "error") paused = emit({ kind: "error", abs: childAbs, message: e.message! });
-      else if (e.kind === "other") paused = emit({ kind: "warning", abs: childAbs, message: "not a regular file, skipped" });
-      else if (ancestors.some((a) => a.dev === e.stat!.dev && a.ino === e.stat!.ino)) {
-        paused = emit({ kind: "warning", abs: childAbs, message: "directory loop through a symbolic link, skipped" });
-      } else subdirs.push([childAbs, childRel, e.stat!]);
+      else paused = emit({ kind: "warning", abs: childAbs, message: "not a regular file, skipped" });
       if (paused) await paused;
     }
     if (!rest) break;
@@ -179,20 +210,36 @@ async function walkDir(
       rest = undefined;
     }
   }
-  // Files of a directory first, then its subdirectories: the receiver sees each
-  // directory before anything inside it. Their listings are read ahead.
+  return { above: [...ancestors, self], subdirs };
+}
+
+/**
+ * Walks directory `abs` (named `rel` at the destination) below `ancestors`, the
+ * directories above it: its files first, then its subdirectories, so the
+ * receiver sees each directory before anything inside it.
+ */
+async function walkDir(
+  emit: Emit, abs: string, rel: string, ancestors: DirId[], merge = false, listing?: Promise<Listing>,
+): Promise<void> {
+  // A separate frame: an async function's suspended frame keeps its temporaries,
+  // and this one's would keep the directory handle (Bun's holds every entry of the
+  // directory) while the whole subtree below is walked.
+  const opened = await walkFiles(emit, abs, rel, ancestors, merge, listing);
+  if (!opened) return;
+  const { above, subdirs } = opened;
+  // The subdirectories' listings are read ahead.
   const listed: (Promise<Listing> | undefined)[] = [];
   for (let i = 0; i < subdirs.length; i++) {
     for (let j = i; j < Math.min(subdirs.length, i + LIST_AHEAD) && ahead < MAX_AHEAD; j++) {
       if (listed[j]) continue;
       ahead++;
-      listed[j] = list(subdirs[j][0]);
+      listed[j] = list(path.join(abs, subdirs[j]));
     }
-    const [a, r, s] = subdirs[i];
+    const name = subdirs[i];
     const mine = listed[i];
     listed[i] = undefined;
     if (mine) mine.finally(() => ahead--);
-    await walkDir(emit, a, r, s, [...ancestors, s], false, mine);
+    await walkDir(emit, path.join(abs, name), `${rel}/${name}`, above, false, mine);
   }
 }
 
@@ -252,4 +299,4 @@ export async function* walkInWorker(sources: string[], opts: WalkOptions): Async
   }
 }
 
-dfgOnly(walk, readEntries, list, walkDir);
+dfgOnly(walk, readEntries, list, walkFiles, walkDir);
