@@ -140,6 +140,12 @@ int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int
 int escp_ftruncate(int fd, int64_t size);
 int escp_fdatasync(int fd);
 int escp_close(int fd);
+/* ---- dirlist.c: a directory's names in bounded chunks ------------------- */
+/* open(path, O_DIRECTORY): fd or -errno (close it with escp_close). */
+int escp_opendir(const char *path);
+/* The next entries as [u8 d_type][u8 length][name bytes] each, "." and ".." left out:
+ * bytes used, 0 at the end, -errno on failure.  cap >= 512. */
+int64_t escp_readdir(int fd, uint8_t *out, uint32_t cap);
 /* SEEK_DATA/SEEK_HOLE; returns offset or -errno (-ENXIO past the last data). */
 int64_t escp_seek_data(int fd, int64_t from);
 int64_t escp_seek_hole(int fd, int64_t from);

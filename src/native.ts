@@ -36,8 +36,17 @@ const streamSymbols = {
   escp_set_nodemask: { args: [cstring], returns: i32 },
 } as const;
 
+/** What the directory walker calls (ffi/dirlist.c), bound alone on its thread for the same reason. */
+const dirSymbols = {
+  escp_strerror: { args: [i32], returns: cstring },
+  escp_opendir: { args: [cstring], returns: i32 },
+  escp_readdir: { args: [i32, P, u32], returns: i64 },
+  escp_close: { args: [i32], returns: i32 },
+} as const;
+
 const symbols = {
   ...streamSymbols,
+  ...dirSymbols,
   escp_hkdf_sha256: { args: [P, u32, P, u32, P, u32, P, u32], returns: i32 },
   escp_derive_key: { args: [P, P, u32, u32, P], returns: i32 },
   escp_xxh128: { args: [P, u64, P], returns: V },
@@ -65,7 +74,6 @@ const symbols = {
   escp_commit_file: { args: [i32, u32, i32, i64, i64, i32, cstring, cstring], returns: i32 },
   escp_ftruncate: { args: [i32, i64], returns: i32 },
   escp_fdatasync: { args: [i32], returns: i32 },
-  escp_close: { args: [i32], returns: i32 },
   escp_seek_data: { args: [i32, i64], returns: i64 },
   escp_seek_hole: { args: [i32, i64], returns: i64 },
   escp_pread: { args: [i32, P, u64, i64], returns: i64 },
@@ -84,6 +92,7 @@ const symbols = {
 
 export type Native = ReturnType<typeof dlopen<typeof symbols>>["symbols"];
 export type StreamNative = ReturnType<typeof dlopen<typeof streamSymbols>>["symbols"];
+export type DirNative = ReturnType<typeof dlopen<typeof dirSymbols>>["symbols"];
 
 /** Record types and flags (ffi/escp.h). */
 export const Rec = { HELLO: 1, FILES: 2, DATA: 3, DONE: 4, RESULT: 5, RESUME: 6, ERROR: 7, END: 8 } as const;
@@ -135,6 +144,11 @@ export function native(path?: string): Native {
 /** A stream worker's few symbols of the library the main thread loaded from `path` (nativePath()). */
 export function streamNative(path: string): StreamNative {
   return dlopen(path, streamSymbols).symbols;
+}
+
+/** The walker thread's few symbols of the library loaded from `path` (nativePath()). */
+export function dirNative(path: string): DirNative {
+  return dlopen(path, dirSymbols).symbols;
 }
 
 /** The path workers should load (the main thread's, so one copy is shared). */

@@ -40,6 +40,8 @@ const SYMS = {
   escp_drop_cache: { args: ["i32", "i64", "i64"], returns: "i32" },
   escp_openat_beneath: { args: ["i32", "ptr", "i32", "u32", "i32", "ptr"], returns: "i32" },
   escp_close: { args: ["i32"], returns: "i32" },
+  escp_opendir: { args: ["ptr"], returns: "i32" },
+  escp_readdir: { args: ["i32", "ptr", "u32"], returns: "i64" },
   escp_mkdirat_beneath: { args: ["i32", "ptr", "u32"], returns: "i32" },
   escp_renameat_beneath: { args: ["i32", "ptr", "ptr"], returns: "i32" },
   escp_unlinkat_beneath: { args: ["i32", "ptr", "i32"], returns: "i32" },
@@ -335,6 +337,57 @@ describe("io", () => {
     expect(L.escp_unlinkat_beneath(dirfd, cstr("d/e"), 1)).toBe(0);
     expect(fs.readdirSync(path.join(root, "d"))).toEqual(["f"]);
     fs.closeSync(dirfd);
+  });
+});
+
+describe("dirlist", () => {
+  /** Every [type, name] escp_readdir gives for dir, reading `cap` bytes a call. */
+  function readAll(dir: string, cap: number): { entries: [number, string][]; calls: number } {
+    const fd = L.escp_opendir(cstr(dir));
+    expect(fd).toBeGreaterThanOrEqual(0);
+    const buf = new Uint8Array(cap);
+    const entries: [number, string][] = [];
+    let calls = 0;
+    for (;;) {
+      const n = Number(L.escp_readdir(fd, buf, cap));
+      expect(n).toBeGreaterThanOrEqual(0);
+      if (n === 0) break;
+      calls++;
+      for (let at = 0; at < n; at += 2 + buf[at + 1]) entries.push([buf[at], Buffer.from(buf.subarray(at + 2, at + 2 + buf[at + 1])).toString()]);
+    }
+    L.escp_close(fd);
+    return { entries, calls };
+  }
+
+  test("every name once, with its type, in chunks of the buffer given, without . and ..", () => {
+    const dir = path.join(tmp, "dirlist");
+    fs.mkdirSync(dir);
+    const names = Array.from({ length: 3000 }, (_, i) => `f${i}-${"x".repeat(i % 200)}`);
+    for (const n of names) fs.writeFileSync(path.join(dir, n), "");
+    fs.mkdirSync(path.join(dir, "sub"));
+    fs.symlinkSync("sub", path.join(dir, "link"));
+    fs.writeFileSync(path.join(dir, "é ü\n"), "");
+    const { entries, calls } = readAll(dir, 4096);
+    expect(calls).toBeGreaterThan(50); // 3,000 names of up to 200 bytes do not fit in a few 4 KiB reads
+    expect(entries.map(([, n]) => n).sort()).toEqual([...names, "sub", "link", "é ü\n"].sort());
+    const types = new Map(entries.map(([t, n]) => [n, t]));
+    expect(types.get("sub")).toBe(4); // DT_DIR on this filesystem (tmpfs, ext4)
+    expect(types.get("link")).toBe(10); // DT_LNK
+    expect(types.get(names[7])).toBe(8); // DT_REG
+    expect(types.size).toBe(entries.length); // none twice
+  });
+
+  test("a name of 255 bytes fits the smallest buffer; a file is not a directory", () => {
+    const dir = path.join(tmp, "dirlist-long");
+    fs.mkdirSync(dir);
+    const long = "n".repeat(255);
+    fs.writeFileSync(path.join(dir, long), "");
+    expect(readAll(dir, 512).entries).toEqual([[8, long]]);
+    expect(L.escp_opendir(cstr(path.join(dir, long)))).toBe(-20 /* ENOTDIR */);
+    expect(L.escp_opendir(cstr(path.join(dir, "missing")))).toBe(-2 /* ENOENT */);
+    const fd = L.escp_opendir(cstr(dir));
+    expect(Number(L.escp_readdir(fd, new Uint8Array(512), 100))).toBe(-22 /* EINVAL: too small */);
+    L.escp_close(fd);
   });
 });
 

@@ -137,4 +137,24 @@ describe("walk", () => {
     // handle's own per-entry objects) would add about 2N.
     expect(during - before).toBeLessThan(N / 4);
   });
+
+  test("a large directory is read a chunk at a time: its names are not all held while it is walked", async () => {
+    const root = path.join(tmpdir("walk"), "flat");
+    fs.mkdirSync(root);
+    const N = 8000;
+    for (let i = 0; i < N; i++) fs.writeFileSync(path.join(root, `file-${i}`), "");
+    const objects = () => {
+      fullGC();
+      return heapStats().objectTypeCounts.Object ?? 0;
+    };
+    const before = objects();
+    let seen = 0, during = 0;
+    await walk([root], { recursive: true }, () => {
+      if (++seen === N / 2) during = objects();
+    });
+    expect(seen).toBe(N + 1);
+    // A listing read whole would hold an object per name (N, and more); chunks are
+    // 1,024 names, and the one before the current may not be collected yet.
+    expect(during - before).toBeLessThan(N / 2);
+  });
 });

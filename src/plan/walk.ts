@@ -12,7 +12,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { native } from "../native.ts";
+import { native, nativePath, cstr, ptr, type DirNative } from "../native.ts";
 import { WALKER_URL } from "../entrypoints.ts";
 import { prestart, takeWorker } from "../streams/spare.ts";
 import { dfgOnly } from "../jit.ts";
@@ -75,6 +75,36 @@ const MAX_AHEAD = 32;
 /** Entries of a directory read (and their types resolved) per step; a larger one is read as it is walked. */
 const LIST_CHUNK = 1024;
 
+/** The library's directory calls: the walker thread binds only these (useDirLibrary). */
+let dirLib: DirNative | undefined;
+
+/** On the walker thread: the calls of the library the main thread loaded (nativePath()). */
+export function useDirLibrary(lib: DirNative): void {
+  dirLib = lib;
+}
+
+function lib(): DirNative {
+  return (dirLib ??= native());
+}
+
+/** getdents64 chunk per open directory (ffi/dirlist.c): ~800 names of 20 bytes. */
+const DIR_BUF = 32 << 10;
+const DT_DIR = 4, DT_REG = 8, DT_LNK = 10, DT_UNKNOWN = 0;
+const utf8 = new TextDecoder();
+
+/** An open directory, read a chunk at a time: its memory is the chunk, however many names it holds. */
+interface DirReader {
+  fd: number;
+  buf: Uint8Array;
+  at: number;
+  end: number;
+}
+
+function closeDir(dir: DirReader): void {
+  if (dir.fd >= 0) lib().escp_close(dir.fd);
+  dir.fd = -1;
+}
+
 /** A directory entry, its type resolved (following links, as scp does). */
 interface Entry {
   name: string;
@@ -97,7 +127,7 @@ interface DirId extends DirStat {
 interface Listing {
   self?: DirId;
   entries: Entry[];
-  rest?: fs.Dir;
+  rest?: DirReader;
   error?: string;
 }
 
@@ -105,26 +135,34 @@ let ahead = 0;
 
 /**
  * Reads up to LIST_CHUNK entries; the ones whose type the directory entry does not
- * give (links, directories, DT_UNKNOWN) are stat'ed concurrently. On a network
- * filesystem each of those is a round trip: issuing them together, and listing
- * several directories at once (walkDir), is what makes the walk parallel.
+ * give (links, DT_UNKNOWN) are stat'ed concurrently. On a network filesystem each
+ * of those is a round trip: issuing them together, and listing several directories
+ * at once (walkDir; a directory's own stat comes with its listing), is what makes
+ * the walk parallel.
  */
-async function readEntries(dir: fs.Dir, abs: string): Promise<{ entries: Entry[]; more: boolean }> {
+async function readEntries(dir: DirReader, abs: string): Promise<{ entries: Entry[]; more: boolean }> {
   const entries: Entry[] = [];
   const stats: Promise<void>[] = [];
   let more = true;
   while (entries.length < LIST_CHUNK) {
-    // Synchronous: this is the walker's own thread, and the handle reads 256 entries a
-    // syscall; a promise per entry cost more than the reading.
-    const d = dir.readSync();
-    if (!d) {
-      more = false;
-      break;
+    if (dir.at >= dir.end) {
+      // Synchronous: this is the walker's own thread, and one call reads hundreds of names.
+      const n = Number(lib().escp_readdir(dir.fd, ptr(dir.buf), dir.buf.length));
+      if (n < 0) throw new Error(String(lib().escp_strerror(n)));
+      if (n === 0) {
+        more = false;
+        break;
+      }
+      dir.at = 0;
+      dir.end = n;
     }
-    const e: Entry = { name: d.name, kind: "file" };
+    const type = dir.buf[dir.at], len = dir.buf[dir.at + 1];
+    const name = utf8.decode(dir.buf.subarray(dir.at + 2, dir.at + 2 + len));
+    dir.at += 2 + len;
+    const e: Entry = { name, kind: type === DT_REG ? "file" : type === DT_DIR ? "dir" : "other" };
     entries.push(e);
-    if (d.isFile()) continue;
-    stats.push(fs.promises.stat(path.join(abs, d.name), { bigint: true }).then(
+    if (type !== DT_LNK && type !== DT_UNKNOWN) continue;
+    stats.push(fs.promises.stat(path.join(abs, name), { bigint: true }).then(
       (st) => {
         e.kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
       },
@@ -148,18 +186,15 @@ async function list(abs: string): Promise<Listing> {
   } catch (e) {
     return { entries: [], error: errnoText(e) };
   }
-  let dir: fs.Dir;
-  try {
-    dir = await fs.promises.opendir(abs, { bufferSize: 256 });
-  } catch (e) {
-    return { self, entries: [], error: errnoText(e) };
-  }
+  const fd = lib().escp_opendir(cstr(abs));
+  if (fd < 0) return { self, entries: [], error: String(lib().escp_strerror(fd)) };
+  const dir: DirReader = { fd, buf: new Uint8Array(DIR_BUF), at: 0, end: 0 };
   try {
     const { entries, more } = await readEntries(dir, abs);
-    if (!more) await dir.close();
+    if (!more) closeDir(dir);
     return { self, entries, rest: more ? dir : undefined };
   } catch (e) {
-    await dir.close().catch(() => {});
+    closeDir(dir);
     return { self, entries: [], error: errnoText(e) };
   }
 }
@@ -206,7 +241,7 @@ async function walkFiles(
     if ("error" in next) await emit({ kind: "error", abs, message: next.error });
     entries = next.entries;
     if (!next.more) {
-      await rest.close().catch(() => {});
+      closeDir(rest);
       rest = undefined;
     }
   }
@@ -253,13 +288,13 @@ function topName(src: string): string {
 /** The C library's wording of an errno ("No such file or directory"), as scp prints it. */
 export function errnoText(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
-  if (err && typeof err.errno === "number") return String(native().escp_strerror(-Math.abs(err.errno)));
+  if (err && typeof err.errno === "number") return String(lib().escp_strerror(-Math.abs(err.errno)));
   return err instanceof Error ? err.message : String(e);
 }
 
 /** Boots the walker thread ahead of time (see spare.ts). */
 export function prestartWalker(): void {
-  prestart(WALKER_URL, 1);
+  prestart(WALKER_URL, 1, { libPath: nativePath() });
 }
 
 /** Items per message from the walker thread; it stays at most two batches ahead. */

@@ -3,7 +3,8 @@
  * and posts its items in batches, never more than two batches ahead of the
  * sender; null ends the walk.
  */
-import { walk, type WalkItem, type WalkOptions } from "./walk.ts";
+import { walk, useDirLibrary, type WalkItem, type WalkOptions } from "./walk.ts";
+import { dirNative } from "../native.ts";
 import { Collector } from "../heap.ts";
 
 const gc = new Collector();
@@ -13,13 +14,18 @@ declare const self: Worker;
 let credit = 2;
 let resume: (() => void) | undefined;
 
-self.onmessage = (ev: MessageEvent<"more" | { sources: string[]; opts: WalkOptions; batch: number }>) => {
-  if (ev.data === "more") {
+type ToWalker = "more" | { libPath: string } | { sources: string[]; opts: WalkOptions; batch: number };
+
+self.onmessage = (ev: MessageEvent<ToWalker>) => {
+  const m = ev.data;
+  if (m === "more") {
     credit++;
     resume?.();
-    return;
+  } else if ("libPath" in m) {
+    useDirLibrary(dirNative(m.libPath)); // prestartWalker: the library the main thread loaded
+  } else {
+    void run(m.sources, m.opts, m.batch);
   }
-  void run(ev.data.sources, ev.data.opts, ev.data.batch);
 };
 
 /** Posts a batch, at once when the sender has room for it, else (a promise) once it has. */
