@@ -118,10 +118,8 @@ describe("walk", () => {
     ]);
   });
 
-  test("a wide directory's subdirectories wait as names: its listing is not kept while they are walked", async () => {
-    const root = path.join(tmpdir("walk"), "wide");
-    const N = 4000;
-    for (let i = 0; i < N; i++) fs.mkdirSync(path.join(root, `d${i}`), { recursive: true });
+  /** Objects the walk of `root` holds (after a full collection) when it is halfway through its `items` items. */
+  async function heldHalfway(root: string, items: number): Promise<number> {
     const objects = () => {
       fullGC();
       return heapStats().objectTypeCounts.Object ?? 0;
@@ -129,13 +127,19 @@ describe("walk", () => {
     const before = objects();
     let seen = 0, during = 0;
     await walk([root], { recursive: true }, () => {
-      // Halfway through the subdirectories, long after the root's listing was read.
-      if (++seen === N / 2) during = objects();
+      if (++seen === Math.floor(items / 2)) during = objects();
     });
-    expect(seen).toBe(N + 1);
-    // Keeping the listing (one entry object per subdirectory, and the directory
-    // handle's own per-entry objects) would add about 2N.
-    expect(during - before).toBeLessThan(N / 4);
+    expect(seen).toBe(items);
+    return during - before;
+  }
+
+  test("a wide directory's subdirectories wait as names: its listing is not kept while they are walked", async () => {
+    const root = path.join(tmpdir("walk"), "wide");
+    const N = 4000;
+    for (let i = 0; i < N; i++) fs.mkdirSync(path.join(root, `d${i}`), { recursive: true });
+    // Halfway through the subdirectories, long after the root's listing was read. Keeping
+    // it (an entry object per subdirectory, and the handle's own per-entry objects) adds ~2N.
+    expect(await heldHalfway(root, N + 1)).toBeLessThan(N / 4);
   });
 
   test("a large directory is read a chunk at a time: its names are not all held while it is walked", async () => {
@@ -143,18 +147,8 @@ describe("walk", () => {
     fs.mkdirSync(root);
     const N = 8000;
     for (let i = 0; i < N; i++) fs.writeFileSync(path.join(root, `file-${i}`), "");
-    const objects = () => {
-      fullGC();
-      return heapStats().objectTypeCounts.Object ?? 0;
-    };
-    const before = objects();
-    let seen = 0, during = 0;
-    await walk([root], { recursive: true }, () => {
-      if (++seen === N / 2) during = objects();
-    });
-    expect(seen).toBe(N + 1);
     // A listing read whole would hold an object per name (N, and more); chunks are
     // 1,024 names, and the one before the current may not be collected yet.
-    expect(during - before).toBeLessThan(N / 2);
+    expect(await heldHalfway(root, N + 1)).toBeLessThan(N / 2);
   });
 });
