@@ -12,11 +12,14 @@
  */
 const spares = new Map<string, Worker[]>();
 
+/** Bun's Worker (ref/unref, as a timer's); the DOM typing the project also loads lacks them. */
+type BunWorker = Worker & { ref(): void; unref(): void };
+
 /** Starts `count` workers of `url`, each sent `first` (e.g. to load the native library). */
 export function prestart(url: string, count: number, first?: unknown): void {
   const list = spares.get(url) ?? [];
   for (let i = 0; i < count; i++) {
-    const w = new Worker(url);
+    const w = new Worker(url) as BunWorker;
     w.unref();
     if (first !== undefined) w.postMessage(first);
     list.push(w);
@@ -26,7 +29,7 @@ export function prestart(url: string, count: number, first?: unknown): void {
 
 /** A started worker of `url`, or a new one; the caller owns it (it keeps the process alive). */
 export function takeWorker(url: string): Worker {
-  const w = spares.get(url)?.shift() ?? new Worker(url);
+  const w = (spares.get(url)?.shift() ?? new Worker(url)) as BunWorker;
   w.ref();
   return w;
 }
