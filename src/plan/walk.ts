@@ -148,7 +148,7 @@ async function readEntries(dir: DirReader, abs: string): Promise<{ entries: Entr
     if (dir.at >= dir.end) {
       // Synchronous: this is the walker's own thread, and one call reads hundreds of names.
       const n = Number(lib().escp_readdir(dir.fd, ptr(dir.buf), dir.buf.length));
-      if (n < 0) throw new Error(String(lib().escp_strerror(n)));
+      if (n < 0) throw new Error(strerror(n));
       if (n === 0) {
         more = false;
         break;
@@ -187,7 +187,7 @@ async function list(abs: string): Promise<Listing> {
     return { entries: [], error: errnoText(e) };
   }
   const fd = lib().escp_opendir(cstr(abs));
-  if (fd < 0) return { self, entries: [], error: String(lib().escp_strerror(fd)) };
+  if (fd < 0) return { self, entries: [], error: strerror(fd) };
   const dir: DirReader = { fd, buf: new Uint8Array(DIR_BUF), at: 0, end: 0 };
   try {
     const { entries, more } = await readEntries(dir, abs);
@@ -288,8 +288,13 @@ function topName(src: string): string {
 /** The C library's wording of an errno ("No such file or directory"), as scp prints it. */
 export function errnoText(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
-  if (err && typeof err.errno === "number") return String(lib().escp_strerror(-Math.abs(err.errno)));
+  if (err && typeof err.errno === "number") return strerror(-Math.abs(err.errno));
   return err instanceof Error ? err.message : String(e);
+}
+
+/** The C library's wording of -errno `code`. */
+function strerror(code: number): string {
+  return String(lib().escp_strerror(code));
 }
 
 /** Boots the walker thread ahead of time (see spare.ts). */
