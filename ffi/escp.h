@@ -119,6 +119,11 @@ int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
  * followed; a stale file of that name (a killed run's) is removed and the create
  * retried once.  O_DIRECT is tried when direct.  Returns fd or -errno. */
 int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct);
+/* Creates an unnamed file in dirfd for writing (O_TMPFILE), as escp_create_part does a
+ * named one; escp_commit_file with ESCP_COMMIT_UNNAMED names it.  -EOPNOTSUPP where the
+ * filesystem or kernel has no O_TMPFILE or the file could not be named later (no
+ * /proc/self/fd): create a named one instead.  Else fd or -errno. */
+int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);
 int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
@@ -132,10 +137,15 @@ int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
 int escp_fchmod(int fd, uint32_t mode);
 /* fchmod (unless mode is ESCP_MODE_KEEP: the file was created with its final mode),
- * futimens (if set_times), close, then renameat(dirfd, tmp -> name); fd is always
- * closed.  tmp and name are single components.  Returns 0 or -errno of the first failing step. */
+ * futimens (flags & ESCP_COMMIT_TIMES), close, then renameat(dirfd, tmp -> name); fd is
+ * always closed.  With ESCP_COMMIT_UNNAMED fd is an escp_create_unnamed file: linked as
+ * name before the close (as tmp and renamed over name when name exists; tmp is left
+ * nowhere on failure).  tmp and name are single components.  Returns 0 or -errno of
+ * the first failing step. */
 #define ESCP_MODE_KEEP 0xFFFFFFFFu
-int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int64_t mtime_ns,
+#define ESCP_COMMIT_TIMES 1
+#define ESCP_COMMIT_UNNAMED 2
+int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                      int dirfd, const char *tmp, const char *name);
 int escp_ftruncate(int fd, int64_t size);
 int escp_fdatasync(int fd);
@@ -241,7 +251,12 @@ typedef struct {
  * fd == ESCP_FD_CREATE: the stream worker that receives the file's first block creates
  * it (escp_create_part(dirfd, name, direct, mode)) and stores the result in fd: the new fd,
  * or -errno, which that block and every later one report as their status.  The main
- * thread keeps dirfd open and name alive until it has claimed fd back. */
+ * thread keeps dirfd open and name alive until it has claimed fd back.  direct is a set
+ * of bits: ESCP_SLOT_DIRECT (try O_DIRECT; after the create, whether it was granted) and
+ * ESCP_SLOT_UNNAMED (create it with escp_create_unnamed if the filesystem can; after the
+ * create, whether it did). */
+#define ESCP_SLOT_DIRECT  1
+#define ESCP_SLOT_UNNAMED 2
 #define ESCP_FD_CREATE   INT32_MIN        /* published, not created yet */
 #define ESCP_FD_CREATING (INT32_MIN + 1)  /* a worker is creating it */
 #define ESCP_FD_CLAIMED  (INT32_MIN + 2)  /* the main thread took it back uncreated: never create */

@@ -234,6 +234,42 @@ ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t 
   return fd;
 }
 
+/* Whether an unnamed file can be given a name by whoever runs us: AT_EMPTY_PATH needs
+ * CAP_DAC_READ_SEARCH (before Linux 6.10), /proc/self/fd/N works for anyone. */
+static int can_link_fd(void) {
+  static int known = -1;
+  if (known < 0) known = access("/proc/self/fd", X_OK) == 0;
+  return known;
+}
+
+ESCP_API int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct) {
+  if (is_direct) *is_direct = 0;
+  if (!can_link_fd()) return -EOPNOTSUPP;
+  const mode_t m = mode ? (mode_t)(mode & 07777) : 0600;
+  int fd = openat(dirfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, m);
+  if (fd < 0) {
+    /* Kernels before 3.11 take O_TMPFILE for O_DIRECTORY (EISDIR); NFS and others refuse it. */
+    int e = errno;
+    return e == EOPNOTSUPP || e == EISDIR || e == EINVAL ? -EOPNOTSUPP : -e;
+  }
+  if (direct && try_direct(fd) && is_direct) *is_direct = 1;
+  return fd;
+}
+
+/* Gives the open unnamed file fd the name `name` in dirfd (a link: -EEXIST when taken). */
+static int link_fd(int fd, int dirfd, const char *name) {
+  static int empty_path_refused;
+  if (!__atomic_load_n(&empty_path_refused, __ATOMIC_RELAXED)) {
+    if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0) return 0;
+    if (errno != ENOENT) return -errno;
+    /* ENOENT: no CAP_DAC_READ_SEARCH (or dirfd's directory is gone: the retry says so too) */
+    __atomic_store_n(&empty_path_refused, 1, __ATOMIC_RELAXED);
+  }
+  char p[32];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  return linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
+}
+
 ESCP_API int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode) {
   char last[NAME_MAX + 1];
   int owned;
@@ -334,17 +370,42 @@ ESCP_API int escp_fchmod(int fd, uint32_t mode) {
   return fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod fd %d", fd);
 }
 
+/* commit of an unnamed file (ESCP_COMMIT_UNNAMED): it is linked before the close, as
+ * closing it would free it. Straight under name when nothing is there; else under tmp
+ * (a stale one, or a link planted there, is removed, never followed) and renamed over
+ * name, so that an existing target is replaced at once, as with a named temporary. A
+ * failure after a link removes that link: nothing half-done keeps a name. */
+static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char *name) {
+  const char *at = name, *linked = NULL;
+  if (!rc) {
+    rc = link_fd(fd, dirfd, name);
+    if (rc == -EEXIST) {
+      at = tmp;
+      rc = link_fd(fd, dirfd, tmp);
+      if (rc == -EEXIST && unlinkat(dirfd, tmp, 0) == 0) rc = link_fd(fd, dirfd, tmp);
+    }
+    if (rc) escp__err(rc, "link %s: %s", at, escp_strerror(rc));
+    else linked = at;
+  }
+  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", name);
+  if (!rc && linked == tmp && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
+  if (rc && linked) unlinkat(dirfd, linked, 0);
+  return rc;
+}
+
 /* The receiver's last steps for a verified file, fused so that the main thread
- * makes one call per file: mode (and, set_times, the times) on the open file,
- * close (where NFS and quotas report late write errors), then the rename of tmp
- * over name inside dirfd. Both names are single components. fd is closed
- * whatever happens; the first failing step is the one reported. */
-ESCP_API int escp_commit_file(int fd, uint32_t mode, int set_times, int64_t atime_ns, int64_t mtime_ns,
+ * makes one call per file: mode (and, with ESCP_COMMIT_TIMES, the times) on the open
+ * file, close (where NFS and quotas report late write errors), then the rename of
+ * tmp over name inside dirfd (or, ESCP_COMMIT_UNNAMED, the link that names it). Both
+ * names are single components. fd is closed whatever happens; the first failing
+ * step is the one reported. */
+ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                               int dirfd, const char *tmp, const char *name) {
   int rc = mode == ESCP_MODE_KEEP || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
-  if (!rc && set_times) rc = escp_futimens(fd, atime_ns, mtime_ns);
-  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp);
+  if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
+  if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);
+  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp);
   if (!rc && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
   return rc;
 }

@@ -369,7 +369,13 @@ static int slot_fd(escp_fdslot *s, int *direct) {
     if (fd == ESCP_FD_CREATE &&
         __atomic_compare_exchange_n(&s->fd, &fd, ESCP_FD_CREATING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
       int32_t is_direct = 0;
-      int nfd = escp_create_part(s->dirfd, s->name, s->direct, (uint32_t)s->mode, &is_direct);
+      const int want_direct = s->direct & ESCP_SLOT_DIRECT;
+      int unnamed = (s->direct & ESCP_SLOT_UNNAMED) != 0;
+      int nfd = unnamed ? escp_create_unnamed(s->dirfd, want_direct, (uint32_t)s->mode, &is_direct) : -EOPNOTSUPP;
+      if (nfd == -EOPNOTSUPP) {
+        unnamed = 0;
+        nfd = escp_create_part(s->dirfd, s->name, want_direct, (uint32_t)s->mode, &is_direct);
+      }
       /* Reserve the whole file now: a full disk fails here, before the transfer, and the
        * streams' O_DIRECT writes then land inside the file instead of each extending it,
        * which ext4 serialises on the inode lock (half the machine idle in a 2 GiB copy). */
@@ -377,18 +383,18 @@ static int slot_fd(escp_fdslot *s, int *direct) {
         int r = escp_fallocate(nfd, 0, (int64_t)s->size);
         if (r == -ENOSPC || r == -EDQUOT || r == -EFBIG) {
           close(nfd);
-          unlinkat(s->dirfd, s->name, 0);
+          if (!unnamed) unlinkat(s->dirfd, s->name, 0);
           nfd = r;
         }
       }
-      s->direct = is_direct;
+      s->direct = is_direct | (unnamed ? ESCP_SLOT_UNNAMED : 0);
       __atomic_store_n(&s->fd, nfd, __ATOMIC_RELEASE);
       *direct = is_direct;
       return nfd;
     }
     if (fd == ESCP_FD_CLAIMED) return -ECANCELED;
     if (fd != ESCP_FD_CREATE && fd != ESCP_FD_CREATING) {
-      *direct = s->direct;
+      *direct = s->direct & ESCP_SLOT_DIRECT;
       return fd;
     }
     sched_yield();

@@ -64,6 +64,7 @@ const symbols = {
   escp_openat_read: { args: [i32, cstring, i64, P, P], returns: i32 },
   escp_openat_beneath: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
   escp_create_part: { args: [i32, cstring, i32, u32, P], returns: i32 },
+  escp_create_unnamed: { args: [i32, i32, u32, P], returns: i32 },
   escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },
   escp_renameat_beneath: { args: [i32, cstring, cstring], returns: i32 },
   escp_unlinkat_beneath: { args: [i32, cstring, i32], returns: i32 },
@@ -112,6 +113,10 @@ export const FDSLOT_SIZE = 40;
 export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe;
 /** escp_commit_file's mode when the file was created with its final mode (ESCP_MODE_KEEP). */
 export const MODE_KEEP = 0xffffffff;
+/** escp_commit_file's flags: set the times (-p); the file is unnamed (escp_create_unnamed). */
+export const COMMIT_TIMES = 1, COMMIT_UNNAMED = 2;
+/** escp_fdslot.direct bits: O_DIRECT; may be (once created: was) created unnamed. */
+export const SLOT_DIRECT = 1, SLOT_UNNAMED = 2;
 export const LOOP_OPTS_SIZE = 16;
 /** Largest stream-0 record body either side accepts (ESCP_MAX_CTRL_BODY). */
 export const MAX_CTRL_BODY = (1 << 20) + 64;

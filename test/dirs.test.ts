@@ -7,7 +7,7 @@ import { describe, test, expect } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { DirHandles } from "../src/transfer/dirs.ts";
-import { native, cstr, ptr, MODE_KEEP } from "../src/native.ts";
+import { native, nativePath, cstr, ptr, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../src/native.ts";
 import { tmpdir } from "./harness.ts";
 
 const lib = native();
@@ -147,5 +147,94 @@ describe("escp_commit_file and escp_fstatat", () => {
     expect(inodeOf(fd)).toBe(-EBADF);
     expect(fs.existsSync(path.join(dir, ".taken.escp-part"))).toBe(true);
     fs.closeSync(dfd);
+  });
+});
+
+describe("unnamed files (escp_create_unnamed, commit with COMMIT_UNNAMED)", () => {
+  /** An unnamed file in `dir` holding `text`, as a stream worker makes a one-block file. */
+  function unnamed(dfd: number, text: string, mode = 0o644): number {
+    const fd = lib.escp_create_unnamed(dfd, 0, mode, null);
+    expect(fd).toBeGreaterThanOrEqual(0);
+    fs.writeSync(fd, text);
+    return fd;
+  }
+
+  test("it has no name until commit links it under the target name, with mode and times", () => {
+    const dir = tmpdir("unnamed");
+    const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+    const fd = unnamed(dfd, "hello", 0o600);
+    expect(fs.readdirSync(dir)).toEqual([]);
+    const mtime = 1_600_000_000_123_456_789n;
+    expect(lib.escp_commit_file(fd, 0o640, COMMIT_TIMES | COMMIT_UNNAMED, mtime, mtime, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
+    expect(fs.readdirSync(dir)).toEqual(["f"]);
+    const st = fs.statSync(path.join(dir, "f"), { bigint: true });
+    expect(Number(st.mode) & 0o7777).toBe(0o640);
+    expect(st.mtimeNs).toBe(mtime);
+    expect(st.nlink).toBe(1n);
+    expect(fs.readFileSync(path.join(dir, "f"), "utf8")).toBe("hello");
+    expect(inodeOf(fd)).toBe(-EBADF);
+    fs.closeSync(dfd);
+  });
+
+  test("an existing target, or a link planted at the temporary name, is replaced, never written through", () => {
+    const dir = tmpdir("unnamed"), outside = tmpdir("outside");
+    fs.writeFileSync(path.join(dir, "f"), "old content, longer");
+    fs.writeFileSync(path.join(outside, "victim"), "precious");
+    fs.symlinkSync(path.join(outside, "victim"), path.join(dir, ".f.escp-part"));
+    const before = fs.statSync(path.join(dir, "f")).ino;
+    const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+    expect(lib.escp_commit_file(unnamed(dfd, "new"), MODE_KEEP, COMMIT_UNNAMED, 0n, 0n, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
+    expect(fs.readFileSync(path.join(dir, "f"), "utf8")).toBe("new");
+    expect(fs.statSync(path.join(dir, "f")).ino).not.toBe(before); // replaced whole, not truncated and rewritten
+    expect(fs.readdirSync(dir)).toEqual(["f"]);
+    expect(fs.readFileSync(path.join(outside, "victim"), "utf8")).toBe("precious");
+    fs.closeSync(dfd);
+  });
+
+  test("a commit that fails leaves no name behind, and the target as it was", () => {
+    const dir = tmpdir("unnamed");
+    fs.mkdirSync(path.join(dir, "taken", "sub"), { recursive: true });
+    const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
+    const fd = unnamed(dfd, "data");
+    expect(lib.escp_commit_file(fd, 0o644, COMMIT_UNNAMED, 0n, 0n, dfd, cstr(".taken.escp-part"), cstr("taken"))).toBe(-EISDIR);
+    expect(inodeOf(fd)).toBe(-EBADF);
+    expect(fs.readdirSync(dir)).toEqual(["taken"]);
+    expect(fs.readdirSync(path.join(dir, "taken"))).toEqual(["sub"]);
+    // one name only, as for a named file
+    expect(lib.escp_commit_file(unnamed(dfd, "x"), 0o644, COMMIT_UNNAMED, 0n, 0n, dfd, cstr(".x.escp-part"), cstr("../x"))).toBeLessThan(0);
+    expect(fs.readdirSync(dir)).toEqual(["taken"]);
+    fs.closeSync(dfd);
+  });
+
+  test("where linking the descriptor itself is refused, it is linked through /proc/self/fd", () => {
+    // Linux lets only the creds that opened a file (or CAP_DAC_READ_SEARCH) link it with
+    // AT_EMPTY_PATH (before 6.10: CAP_DAC_READ_SEARCH only): a file made as root and
+    // committed as nobody takes the other way.
+    if (process.getuid?.() !== 0) return;
+    const dir = tmpdir("unnamed");
+    fs.chownSync(dir, 65534, 65534);
+    const script = path.join(tmpdir("script"), "drop.ts");
+    fs.writeFileSync(script, `
+      import { dlopen, FFIType, ptr } from "bun:ffi";
+      import fs from "node:fs";
+      const { i32, u32, i64, cstring } = FFIType;
+      const lib = dlopen(${JSON.stringify(nativePath())}, {
+        escp_create_unnamed: { args: [i32, i32, u32, "ptr"], returns: i32 },
+        escp_commit_file: { args: [i32, u32, i32, i64, i64, i32, cstring, cstring], returns: i32 },
+      }).symbols;
+      const libc = dlopen("libc.so.6", { setresuid: { args: [u32, u32, u32], returns: i32 }, setresgid: { args: [u32, u32, u32], returns: i32 } }).symbols;
+      const dfd = fs.openSync(${JSON.stringify(dir)}, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      const fd = lib.escp_create_unnamed(dfd, 0, 0o644, null);
+      fs.writeSync(fd, "via proc");
+      fs.fchownSync(fd, 65534, 65534); // as if nobody had made it (protected_hardlinks: only an owner may link)
+      if (libc.setresgid(65534, 65534, 65534) !== 0 || libc.setresuid(65534, 65534, 65534) !== 0) throw new Error("setresuid");
+      const c = (s) => Buffer.from(s + "\0");
+      console.log(lib.escp_commit_file(fd, 0xffffffff, ${COMMIT_UNNAMED}, 0n, 0n, dfd, c(".g.escp-part"), c("g")));
+    `);
+    const r = Bun.spawnSync([process.execPath, script], { stderr: "pipe" });
+    expect(r.stderr.toString()).toBe("");
+    expect(r.stdout.toString().trim()).toBe("0");
+    expect(fs.readFileSync(path.join(dir, "g"), "utf8")).toBe("via proc");
+    expect(fs.readdirSync(dir)).toEqual(["g"]);
   });
 });

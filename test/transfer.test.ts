@@ -268,28 +268,37 @@ describe("AES-128-GCM implementations", () => {
 });
 
 describe("file creation on the receiver", () => {
-  test("the stream workers create the files of a -r push, not the main thread", async () => {
+  test("the stream workers create the files of a -r push, not the main thread; a one-block file without a name", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");
     for (let d = 0; d < 4; d++) for (let f = 0; f < 25; f++) await makeFile(path.join(src, "t", `d${d}`, `f${f}`), 100 + f, { seed: d * 100 + f });
     await makeFile(path.join(src, "t", "empty"), 0, { seed: 1 });
+    await makeFile(path.join(src, "t", "two-blocks"), 300_000, { seed: 2 });
     const trace = path.join(logs, "strace");
     const remote = path.join(logs, "remote.sh");
-    fs.writeFileSync(remote, `#!/bin/sh\nexec strace -f -qq -e trace=openat,openat2 -o ${trace} ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
-    const r = await runEscp(["-r", path.join(src, "t"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: remote } });
+    fs.writeFileSync(remote, `#!/bin/sh\nexec strace -f -qq -e trace=openat,openat2,linkat,renameat -o ${trace} ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const r = await runEscp(["-r", "-b", "256k", path.join(src, "t"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: remote } });
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     for (let d = 0; d < 4; d++) for (let f = 0; f < 25; f++) {
       expect(await sameFile(path.join(src, "t", `d${d}`, `f${f}`), path.join(dst, "t", `d${d}`, `f${f}`))).toBe(true);
     }
+    expect(await sameFile(path.join(src, "t", "two-blocks"), path.join(dst, "t", "two-blocks"))).toBe(true);
     expect(fs.statSync(path.join(dst, "t", "empty")).size).toBe(0);
-    // strace -f: "TID openat(dirfd, \".f0.escp-part\", O_WRONLY|O_CREAT|O_EXCL...". The process's
-    // first line is its main thread.
+    // strace -f: "TID openat(dirfd, \".f0.escp-part\", O_WRONLY|O_CREAT|O_EXCL...", or for an
+    // unnamed file "TID openat(dirfd, \".\", O_WRONLY|O_CLOEXEC|O_TMPFILE, 0644)". The
+    // process's first line is its main thread.
     const lines = fs.readFileSync(trace, "utf8").split("\n").filter(Boolean);
     const main = lines[0].split(/\s+/)[0];
-    const creates = lines.filter((l) => /escp-part", O_WRONLY\|O_CREAT/.test(l)).map((l) => [l.split(/\s+/)[0], /"\.([^"]+)\.escp-part"/.exec(l)![1]]);
-    const byWorkers = creates.filter(([tid]) => tid !== main).map(([, name]) => name);
-    expect(byWorkers.length).toBe(100); // every file with data
-    expect(creates.filter(([tid]) => tid === main).map(([, name]) => name)).toEqual(["empty"]); // no block would create it
+    const tid = (l: string) => l.split(/\s+/)[0];
+    const named = lines.filter((l) => /escp-part", O_WRONLY\|O_CREAT/.test(l)).map((l) => [tid(l), /"\.([^"]+)\.escp-part"/.exec(l)![1]]);
+    const unnamed = lines.filter((l) => /openat\(\d+, "\.", O_WRONLY\|O_CLOEXEC\|O_TMPFILE/.test(l));
+    expect(unnamed.filter((l) => tid(l) !== main).length).toBe(100); // every one-block file
+    expect(unnamed.filter((l) => tid(l) === main)).toEqual([]);
+    expect(named.filter(([t]) => t !== main).map(([, name]) => name)).toEqual(["two-blocks"]); // kept by name for --resume
+    expect(named.filter(([t]) => t === main).map(([, name]) => name)).toEqual(["empty"]); // no block would create it
+    // Unnamed files are linked in under their names: no temporary name, no rename.
+    expect(lines.filter((l) => / linkat\(/.test(l) && /= 0$/.test(l)).length).toBe(100);
+    expect(lines.filter((l) => / renameat\(/.test(l)).length).toBe(2); // two-blocks and empty
   });
 
   test("-p: a file is created with its final mode unless that lets others write (then private first), and ends with it exactly", async () => {

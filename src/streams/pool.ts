@@ -10,7 +10,7 @@
  * pool.offer(batch);
  */
 import {
-  native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, type Pointer,
+  native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, SLOT_DIRECT, SLOT_UNNAMED, type Pointer,
 } from "../native.ts";
 import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
@@ -161,11 +161,12 @@ export class StreamPool {
 
   /**
    * Receiver: file `id` is to be created by the stream worker that receives its first
-   * block, as `name` in the directory dirfd (escp_create_part). Both must stay valid
-   * until claimFd; name must stay referenced (its address is in the table).
+   * block, as `name` in the directory dirfd (escp_create_part), or, if `unnamed` and the
+   * filesystem can, without a name (escp_create_unnamed; see createdUnnamed). Both must
+   * stay valid until claimFd; name must stay referenced (its address is in the table).
    */
-  publishCreate(id: bigint, size: bigint, dirfd: number, name: Buffer, direct: boolean, mode: number): void {
-    this.fill(id, size, FD_CREATE, direct, dirfd, BigInt(ptr(name)), mode);
+  publishCreate(id: bigint, size: bigint, dirfd: number, name: Buffer, direct: boolean, mode: number, unnamed = false): void {
+    this.fill(id, size, FD_CREATE, direct, dirfd, BigInt(ptr(name)), mode, unnamed);
   }
 
   /**
@@ -181,16 +182,21 @@ export class StreamPool {
     }
   }
 
+  /** Receiver, after claimFd and before unpublish: whether the worker created `id` unnamed. */
+  createdUnnamed(id: bigint): boolean {
+    return (this.slotI32[this.slotOf(id) * SLOT_I32 + 5] & SLOT_UNNAMED) !== 0;
+  }
+
   private slotOf(id: bigint): number {
     return Number(id & SLOT_MASK);
   }
 
   /** escp_fdslot (escp.h): u64 id_plus1, u64 size, i32 fd, direct, dirfd, mode, u64 name. */
-  private fill(id: bigint, size: bigint, fd: number, direct: boolean, dirfd: number, name: bigint, mode = 0): void {
+  private fill(id: bigint, size: bigint, fd: number, direct: boolean, dirfd: number, name: bigint, mode = 0, unnamed = false): void {
     const s = this.slotOf(id), u = s * SLOT_U64, w = s * SLOT_I32;
     this.slotU64[u + 1] = size;
     this.slotI32[w + 4] = fd;
-    this.slotI32[w + 5] = direct ? 1 : 0;
+    this.slotI32[w + 5] = (direct ? SLOT_DIRECT : 0) | (unnamed ? SLOT_UNNAMED : 0);
     this.slotI32[w + 6] = dirfd;
     this.slotI32[w + 7] = mode;
     this.slotU64[u + 4] = name;

@@ -9,7 +9,7 @@
  * Anything else removes the temporary file and names the cause in RESULT.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -40,6 +40,8 @@ interface RecvFile {
   tmpC?: Buffer;
   /** A stream worker creates the file; claim() takes its fd back. */
   workerCreates?: boolean;
+  /** The worker created it without a name (O_TMPFILE): tmp is not ours, commit links it. */
+  unnamed?: boolean;
   /** -1 until claimed back from the worker that created the file (then -errno if it could not). */
   fd: number;
   processed: bigint;
@@ -88,6 +90,7 @@ export class Receiver {
   private readonly dirs: DirHandles;
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
   private readonly freshDirs = new Set<string>();
+  private readonly oneBlock: bigint;
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -98,6 +101,7 @@ export class Receiver {
   ) {
     this.results = new VerdictBatch(pool, Rec.RESULT);
     this.dirs = new DirHandles(target.rootFd);
+    this.oneBlock = BigInt(opts.blockSize);
     pool.onRecord = (type, flags, body) => this.record(type, flags, body);
     pool.onDone = (blocks) => this.blocksDone(blocks);
     pool.onNeed = (id) => this.need(id);
@@ -121,7 +125,7 @@ export class Receiver {
     for (const f of this.files.values()) {
       this.claim(f); // no worker creates it after this
       this.pool.unpublish(f.entry.id);
-      if (f.tmp && f.fd >= 0 && !this.opts.resume) this.unlinkPart(f);
+      if (f.tmp && f.fd >= 0 && !this.opts.resume && !f.unnamed) this.unlinkPart(f);
     }
     this.files.clear();
     this.dirs.close();
@@ -196,7 +200,12 @@ export class Receiver {
     // block at all, and an empty file gets none: those are created here.
     if (!this.opts.resume && !this.opts.sparse && e.size > 0n && this.dirs.pin(dir)) {
       this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode });
-      this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct, createMode);
+      // A file of one block has no partial copy worth keeping for --resume: it is written
+      // unnamed where the filesystem allows, so that it needs no temporary name in the
+      // directory (one directory update less per file) and a killed run leaves nothing.
+      // --verify reads the written file back by name, before commit.
+      const unnamed = !this.opts.verify && e.size <= this.oneBlock;
+      this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct, createMode, unnamed);
       return;
     }
     // Whatever sits at the temporary name, a symbolic link is never followed; without
@@ -226,6 +235,7 @@ export class Receiver {
   private claim(f: RecvFile): void {
     if (!f.workerCreates) return;
     f.fd = this.pool.claimFd(f.entry.id);
+    f.unnamed = f.fd >= 0 && this.pool.createdUnnamed(f.entry.id);
     f.workerCreates = false;
     this.dirs.unpin(f.dir);
   }
@@ -432,9 +442,8 @@ export class Receiver {
       this.lib.escp_close(f.fd);
       return openFailure(dfd);
     }
-    const r = this.lib.escp_commit_file(
-      f.fd, f.mode, this.opts.preserve ? 1 : 0, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!,
-    );
+    const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0);
+    const r = this.lib.escp_commit_file(f.fd, f.mode, flags, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!);
     return r < 0 ? nativeError(r) : undefined;
   }
 
