@@ -125,7 +125,7 @@ export class Receiver {
     for (const f of this.files.values()) {
       this.claim(f); // no worker creates it after this
       this.pool.unpublish(f.entry.id);
-      if (f.tmp && f.fd >= 0 && !this.opts.resume && !f.unnamed) this.unlinkPart(f);
+      this.dropPart(f);
     }
     this.files.clear();
     this.dirs.close();
@@ -368,7 +368,7 @@ export class Receiver {
       cause = this.commit(f);
     }
     if (cause) {
-      if (f.tmp && f.fd >= 0 && !this.opts.resume) this.unlinkPart(f);
+      this.dropPart(f);
       this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
     } else {
@@ -453,7 +453,12 @@ export class Receiver {
     return dfd < 0 ? dfd : this.lib.escp_openat_beneath(dfd, cstr(name), flags, 0, direct, null);
   }
 
-  private unlinkPart(f: RecvFile): void {
+  /**
+   * Removes a failed file's temporary name; --resume keeps it to resume from, and an
+   * unnamed file has none (its data goes with its descriptor).
+   */
+  private dropPart(f: RecvFile): void {
+    if (!f.tmp || f.fd < 0 || this.opts.resume || f.unnamed) return;
     const dfd = this.dirs.get(f.dir);
     if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
   }
