@@ -368,6 +368,60 @@ describe("temporary files", () => {
   });
 });
 
+describe("--inplace", () => {
+  test("push: an existing target is written where it is (same inode, longer old content cut, its mode kept); a new one is created", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "old"), BLOCK + 5000, { seed: 11 });
+    await makeFile(path.join(src, "new"), 700, { seed: 12 });
+    fs.writeFileSync(path.join(dst, "old"), Buffer.alloc(3 * BLOCK, 0x5a), { mode: 0o640 });
+    fs.chmodSync(path.join(dst, "old"), 0o640);
+    fs.linkSync(path.join(dst, "old"), path.join(dst, "other-link"));
+    const ino = fs.statSync(path.join(dst, "old")).ino;
+    const r = await runEscp(["--inplace", path.join(src, "old"), path.join(src, "new"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.statSync(path.join(dst, "old")).ino).toBe(ino);
+    expect(fs.statSync(path.join(dst, "old")).mode & 0o7777).toBe(0o640);
+    expect(await sameFile(path.join(src, "old"), path.join(dst, "old"))).toBe(true);
+    expect(await sameFile(path.join(src, "old"), path.join(dst, "other-link"))).toBe(true); // one file, seen by both names
+    expect(await sameFile(path.join(src, "new"), path.join(dst, "new"))).toBe(true);
+    expect(listNames(dst)).toEqual(["new", "old", "other-link"]);
+  });
+
+  test("pull -rp: files are written in place, with the source's mode and times", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "t", "a"), 3000, { seed: 13 });
+    await makeFile(path.join(src, "t", "sub", "b"), 2 * BLOCK + 1, { seed: 14 });
+    fs.chmodSync(path.join(src, "t", "a"), 0o600);
+    fs.utimesSync(path.join(src, "t", "sub", "b"), 1_500_000_000, 1_600_000_000);
+    fs.mkdirSync(path.join(dst, "t", "sub"), { recursive: true });
+    fs.writeFileSync(path.join(dst, "t", "a"), "an older, longer a; it was here before the copy");
+    const ino = fs.statSync(path.join(dst, "t", "a")).ino;
+    const r = await runEscp(["--inplace", "-rp", `${SSH_HOST}:${path.join(src, "t")}`, `${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.statSync(path.join(dst, "t", "a")).ino).toBe(ino);
+    expect(fs.statSync(path.join(dst, "t", "a")).mode & 0o7777).toBe(0o600);
+    expect(fs.statSync(path.join(dst, "t", "sub", "b")).mtimeMs).toBe(1_600_000_000_000);
+    for (const f of ["a", "sub/b"]) expect(await sameFile(path.join(src, "t", f), path.join(dst, "t", f))).toBe(true);
+    expect(listNames(path.join(dst, "t"))).toEqual(["a", "sub"]);
+  });
+
+  test("with --resume, the whole blocks the target already holds are not sent again", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 4 * BLOCK + 10, { seed: 15 });
+    fs.writeFileSync(path.join(dst, "f"), fs.readFileSync(path.join(src, "f")).subarray(0, 3 * BLOCK));
+    const ino = fs.statSync(path.join(dst, "f")).ino;
+    const r = await runEscp(["--inplace", "--resume", "--json", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    expect(summary.bytesSkipped).toBe(3 * BLOCK);
+    expect(fs.statSync(path.join(dst, "f")).ino).toBe(ino);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(listNames(dst)).toEqual(["f"]);
+  });
+});
+
 describe("the other end's messages", () => {
   test("a warning the other end prints reaches the user even when it comes after the report", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");

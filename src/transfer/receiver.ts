@@ -25,7 +25,7 @@ import { dfgOnly } from "../jit.ts";
 import { Collector } from "../heap.ts";
 
 /** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
-export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse"> & { blockSize: number };
+export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace"> & { blockSize: number };
 
 interface RecvFile {
   entry: FileEntry;
@@ -182,7 +182,9 @@ export class Receiver {
     if (dfd < 0) return this.reject(e, rel, openFailure(dfd));
     // What is there now decides skipping (--resume), the mode of an overwritten file (no -p),
     // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
-    const nameC = cstr(name), tmp = partBase(name), tmpC = cstr(tmp);
+    // --inplace: the target itself is the file written ("renamed" onto itself at commit).
+    const inplace = this.opts.inplace;
+    const nameC = cstr(name), tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
     const existing = this.freshDirs.has(dir) ? undefined : statAt(dfd, nameC);
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
     if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
@@ -197,8 +199,9 @@ export class Receiver {
     // A file with data is created by the stream worker that receives its first block
     // (escp_fdslot), so that the creates of many small files run on the workers, not
     // here. --resume must first look at what is there, with --sparse a file may get no
-    // block at all, and an empty file gets none: those are created here.
-    if (!this.opts.resume && !this.opts.sparse && e.size > 0n && this.dirs.pin(dir)) {
+    // block at all, an empty file gets none, and --inplace opens the target: those are
+    // created here.
+    if (!this.opts.resume && !this.opts.sparse && !inplace && e.size > 0n && this.dirs.pin(dir)) {
       this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode });
       // A file of one block has no partial copy worth keeping for --resume: it is written
       // unnamed where the filesystem allows, so that it needs no temporary name in the
@@ -210,16 +213,21 @@ export class Receiver {
     }
     // Whatever sits at the temporary name, a symbolic link is never followed; without
     // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
+    // --inplace writes through a link as scp does, but never out of the destination (openat2
+    // beneath it); what the target held beyond the new size goes at commit (sized).
     const isDirect = new Int32Array(1);
-    const fd = this.opts.resume
-      ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
-      : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
+    const fd = inplace
+      ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT, createMode, direct ? 1 : 0, ptr(isDirect))
+      : this.opts.resume
+        ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
+        : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
     }
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume ? mode : commitMode };
+    // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode };
     this.start(f);
     if (this.opts.resume) this.offer(f, existing?.kind === "file" && existing.size === e.size);
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
@@ -355,7 +363,7 @@ export class Receiver {
     digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
     const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict.bytes : covered === f.entry.size;
-    if (!cause && this.opts.sparse && !f.special) cause = this.sized(f);
+    if (!cause && (this.opts.sparse || this.opts.inplace) && !f.special) cause = this.sized(f);
     if (!cause && (!whole || !sameDigest(digest, f.verdict.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
@@ -454,11 +462,12 @@ export class Receiver {
   }
 
   /**
-   * Removes a failed file's temporary name; --resume keeps it to resume from, and an
-   * unnamed file has none (its data goes with its descriptor).
+   * Removes a failed file's temporary name; --resume keeps it to resume from, an
+   * unnamed file has none (its data goes with its descriptor), and with --inplace
+   * it is the target's (left as the failure left it, as the option says).
    */
   private dropPart(f: RecvFile): void {
-    if (!f.tmp || f.fd < 0 || this.opts.resume || f.unnamed) return;
+    if (!f.tmp || f.fd < 0 || this.opts.resume || this.opts.inplace || f.unnamed) return;
     const dfd = this.dirs.get(f.dir);
     if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
   }
