@@ -24,7 +24,7 @@ import { log } from "../log.ts";
 import { dfgOnly } from "../jit.ts";
 import { Collector } from "../heap.ts";
 
-/** preserve, direct, verify and resume (skip identical files, continue partial ones, keep them on failure). */
+/** preserve, direct, verify, resume (skip identical files, continue partial ones, keep them on failure), sparse, inplace. */
 export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace"> & { blockSize: number };
 
 interface RecvFile {
