@@ -3,10 +3,12 @@
  * local escp on pull). Here a file's fate is decided: each entry the sender
  * announces is checked (plan/target.ts) and given a temporary name beside its
  * target, which the stream worker receiving its first block creates (or this
- * thread, for a file that gets no block); workers write its blocks; when the sender's DONE
- * and all its bytes are in, the digest of what was written is compared with
- * the digest of what was read, and only a match is renamed over the target.
- * Anything else removes the temporary file and names the cause in RESULT.
+ * thread, for a file that gets no block; a file of one block is created without
+ * a name); workers write its blocks; when the sender's DONE and all its bytes
+ * are in, the digest of what was written is compared with the digest of what
+ * was read, and only a match is renamed over the target (or linked in under
+ * it). Anything else removes the temporary file and names the cause in RESULT.
+ * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
 import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../native.ts";
