@@ -9,7 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { fullGC, heapStats } from "bun:jsc";
-import { walk, type WalkItem } from "../src/plan/walk.ts";
+import { walk, dirBuffersMade, type WalkItem } from "../src/plan/walk.ts";
 import { tmpdir } from "./harness.ts";
 
 async function collect(sources: string[]): Promise<WalkItem[]> {
@@ -140,6 +140,19 @@ describe("walk", () => {
     // Halfway through the subdirectories, long after the root's listing was read. Keeping
     // it (an entry object per subdirectory, and the handle's own per-entry objects) adds ~2N.
     expect(await heldHalfway(root, N + 1)).toBeLessThan(N / 4);
+  });
+
+  test("many small directories share a few listing buffers instead of one each", async () => {
+    const root = path.join(tmpdir("walk"), "many");
+    const N = 2000;
+    for (let i = 0; i < N; i++) {
+      fs.mkdirSync(path.join(root, `d${i}`), { recursive: true });
+      fs.writeFileSync(path.join(root, `d${i}`, "f"), "");
+    }
+    const before = dirBuffersMade();
+    expect((await collect([root])).length).toBe(2 * N + 1);
+    // At most the listings read ahead at once, and the directories open on the way down.
+    expect(dirBuffersMade() - before).toBeLessThan(64);
   });
 
   test("a large directory is read a chunk at a time: its names are not all held while it is walked", async () => {

@@ -100,9 +100,33 @@ interface DirReader {
   end: number;
 }
 
+/**
+ * Buffers of closed readers, for the next directories: one each, for a walk of
+ * 30,000 small directories, was ~1 GB through the allocator and, as garbage
+ * waiting to be swept, 13 MiB more of the sender's resident set.
+ */
+const spareBufs: Uint8Array[] = [];
+let bufsMade = 0;
+
+function openReader(fd: number): DirReader {
+  let buf = spareBufs.pop();
+  if (!buf) {
+    buf = new Uint8Array(DIR_BUF);
+    bufsMade++;
+  }
+  return { fd, buf, at: 0, end: 0 };
+}
+
 function closeDir(dir: DirReader): void {
-  if (dir.fd >= 0) lib().escp_close(dir.fd);
+  if (dir.fd < 0) return;
+  lib().escp_close(dir.fd);
   dir.fd = -1;
+  if (spareBufs.length < MAX_AHEAD) spareBufs.push(dir.buf);
+}
+
+/** Directory buffers allocated by this thread's walks so far (for tests: they are reused). */
+export function dirBuffersMade(): number {
+  return bufsMade;
 }
 
 /** A directory entry, its type resolved (following links, as scp does). */
@@ -188,7 +212,7 @@ async function list(abs: string): Promise<Listing> {
   }
   const fd = lib().escp_opendir(cstr(abs));
   if (fd < 0) return { self, entries: [], error: strerror(fd) };
-  const dir: DirReader = { fd, buf: new Uint8Array(DIR_BUF), at: 0, end: 0 };
+  const dir = openReader(fd);
   try {
     const { entries, more } = await readEntries(dir, abs);
     if (!more) closeDir(dir);
