@@ -118,11 +118,11 @@ describe("walk", () => {
     ]);
   });
 
-  /** Objects the walk of `root` holds (after a full collection) when it is halfway through its `items` items. */
-  async function heldHalfway(root: string, items: number): Promise<number> {
+  /** Cells of `type` the walk of `root` holds (after a full collection) when it is halfway through its `items` items. */
+  async function heldHalfway(root: string, items: number, type = "Object"): Promise<number> {
     const objects = () => {
       fullGC();
-      return heapStats().objectTypeCounts.Object ?? 0;
+      return heapStats().objectTypeCounts[type] ?? 0;
     };
     const before = objects();
     let seen = 0, during = 0;
@@ -140,6 +140,26 @@ describe("walk", () => {
     // Halfway through the subdirectories, long after the root's listing was read. Keeping
     // it (an entry object per subdirectory, and the handle's own per-entry objects) adds ~2N.
     expect(await heldHalfway(root, N + 1)).toBeLessThan(N / 4);
+  });
+
+  test("a very wide directory's subdirectory names are read again in chunks, not all held while they are walked", async () => {
+    const base = tmpdir("walk"), root = path.join(base, "very-wide");
+    const N = 5000;
+    for (let i = 0; i < N; i++) fs.mkdirSync(path.join(root, `subdirectory-${i}`), { recursive: true });
+    // Holding every name until its turn keeps ~N/2 strings halfway; chunks of 1,024 keep fewer.
+    expect(await heldHalfway(root, N + 1, "string")).toBeLessThan(N / 4);
+    // Files among them, in it and below, and a link to a directory elsewhere: each once, in order.
+    for (let i = 0; i < N; i += 1000) fs.writeFileSync(path.join(root, `file-${i}`), "");
+    fs.writeFileSync(path.join(root, "subdirectory-4999", "inner"), "");
+    fs.mkdirSync(path.join(base, "elsewhere"));
+    fs.writeFileSync(path.join(base, "elsewhere", "x"), "");
+    fs.symlinkSync(path.join(base, "elsewhere"), path.join(root, "linked"));
+    const { files, dirs } = checkOrder(await collect([root]));
+    expect(dirs.length).toBe(N + 2);
+    expect(new Set(dirs).size).toBe(N + 2);
+    expect(files).toEqual([
+      ...[0, 1000, 2000, 3000, 4000].map((i) => `very-wide/file-${i}`), "very-wide/linked/x", "very-wide/subdirectory-4999/inner",
+    ].sort());
   });
 
   test("many small directories share a few listing buffers instead of one each", async () => {
