@@ -163,6 +163,24 @@ describe("walk", () => {
     ].sort());
   });
 
+  test("a very wide directory replaced between its two readings is reported, not walked from the newcomer", async () => {
+    const base = tmpdir("walk"), root = path.join(base, "wide");
+    for (let i = 0; i < 1100; i++) fs.mkdirSync(path.join(root, `d${i}`), { recursive: true });
+    fs.writeFileSync(path.join(root, "file"), "");
+    const items: WalkItem[] = [];
+    await walk([root], { recursive: true }, (item) => {
+      items.push(item);
+      if (item.kind === "file" && item.rel === "wide/file") {
+        // Its files are out; its subdirectories come from a second reading, of whatever is there now.
+        fs.renameSync(root, path.join(base, "moved"));
+        fs.mkdirSync(path.join(root, "newcomer"), { recursive: true });
+      }
+    });
+    const errors = items.filter((i) => i.kind === "error");
+    expect(errors).toEqual([{ kind: "error", abs: root, message: "not the same directory any more (changed during the walk)" }]);
+    expect(items.filter((i) => i.kind === "dir").map((i) => i.rel)).toEqual(["wide"]);
+  });
+
   test("many small directories share a few listing buffers instead of one each", async () => {
     const root = path.join(tmpdir("walk"), "many");
     const N = 2000;
