@@ -181,6 +181,18 @@ describe("walk", () => {
     expect(items.filter((i) => i.kind === "dir").map((i) => i.rel)).toEqual(["wide"]);
   });
 
+  test("a large directory met again through a loop is not left open", async () => {
+    const root = path.join(tmpdir("walk"), "big");
+    fs.mkdirSync(root);
+    for (let i = 0; i < 1100; i++) fs.writeFileSync(path.join(root, `f${i}`), "");
+    fs.symlinkSync(".", path.join(root, "loop")); // its listing is read (in chunks) before the loop is seen
+    const fds = () => fs.readdirSync("/proc/self/fd").length;
+    const before = fds();
+    const items = await collect([root]);
+    expect(items.filter((i) => i.kind === "warning").map((i) => i.abs)).toEqual([path.join(root, "loop")]);
+    expect(fds()).toBe(before);
+  });
+
   test("many small directories share a few listing buffers instead of one each", async () => {
     const root = path.join(tmpdir("walk"), "many");
     const N = 2000;

@@ -119,6 +119,7 @@ function openReader(fd: number): DirReader {
   return { fd, buf, at: 0, end: 0 };
 }
 
+/** Closes a reader early; readEntries closes one itself at the end of its directory or on a failure. */
 function closeDir(dir: DirReader): void {
   if (dir.fd < 0) return;
   lib().escp_close(dir.fd);
@@ -175,6 +176,7 @@ async function readEntries(dir: DirReader, abs: string, skip = -1): Promise<{ en
     if (dir.at >= dir.end) {
       // Synchronous: this is the walker's own thread, and one call reads hundreds of names.
       const n = Number(lib().escp_readdir(dir.fd, ptr(dir.buf), dir.buf.length));
+      if (n <= 0) closeDir(dir);
       if (n < 0) throw new Error(strerror(n));
       if (n === 0) {
         more = false;
@@ -222,10 +224,8 @@ async function list(abs: string): Promise<Listing> {
   const dir = openReader(fd);
   try {
     const { entries, more } = await readEntries(dir, abs);
-    if (!more) closeDir(dir);
     return { self, entries, rest: more ? dir : undefined };
   } catch (e) {
-    closeDir(dir);
     return { self, entries: [], error: errnoText(e) };
   }
 }
@@ -248,6 +248,7 @@ async function walkFiles(
     return;
   }
   if (ancestors.some((a) => a.dev === self.dev && a.ino === self.ino)) {
+    if (rest) closeDir(rest);
     await emit({ kind: "warning", abs, message: "directory loop through a symbolic link, skipped" });
     return;
   }
@@ -280,10 +281,7 @@ async function walkFiles(
     const next = await readEntries(rest, abs, wide ? DT_DIR : -1).catch((e) => ({ entries: [] as Entry[], more: false, error: errnoText(e) }));
     if ("error" in next) await emit({ kind: "error", abs, message: next.error });
     entries = next.entries;
-    if (!next.more) {
-      closeDir(rest);
-      rest = undefined;
-    }
+    if (!next.more) rest = undefined;
   }
   return { above: [...ancestors, self], subdirs, wide };
 }
@@ -297,8 +295,8 @@ async function walkDir(
   emit: Emit, abs: string, rel: string, ancestors: DirId[], merge = false, listing?: Promise<Listing>,
 ): Promise<void> {
   // A separate frame: an async function's suspended frame keeps its temporaries,
-  // and this one's would keep the directory handle (Bun's holds every entry of the
-  // directory) while the whole subtree below is walked.
+  // and this one's would keep the directory's last chunk of entries while the whole
+  // subtree below is walked.
   const opened = await walkFiles(emit, abs, rel, ancestors, merge, listing);
   if (!opened) return;
   const { above, subdirs, wide } = opened;
@@ -328,10 +326,7 @@ async function walkWide(emit: Emit, abs: string, rel: string, above: DirId[]): P
     if (!rest) return;
     const next = await readDirNames(rest, abs);
     names = next.names;
-    if (!next.more) {
-      closeDir(rest);
-      rest = undefined;
-    }
+    if (!next.more) rest = undefined;
   }
 }
 
