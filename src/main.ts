@@ -49,6 +49,8 @@ export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 13
 async function copy(o: Options, sources: Operand[], target: Operand): Promise<number> {
   // Progress and the summary line only on a terminal; -q and --json turn them off (report.ts).
   const report = new Report({ quiet: o.quiet, json: o.json, tty: process.stdout.isTTY === true });
+  // Without a listener a closed stdout (EPIPE) would end the process mid-copy, temporary files left.
+  process.stdout.on("error", () => report.outputClosed());
   const stop = new AbortController();
   const interrupt = () => stop.abort();
   process.on("SIGINT", interrupt);

@@ -174,6 +174,7 @@ export class Report implements Events {
   private lastJsonProgress = -Infinity;
   private ended = false;
   private role: "sender" | "receiver" = "sender";
+  private stdoutClosed = false;
 
   constructor(
     private readonly opts: ReportOptions,
@@ -310,8 +311,16 @@ export class Report implements Events {
     this.json(ev);
   }
 
+  /**
+   * Whoever read our stdout went away (`escp --json … | head -1`): the copy
+   * goes on without output, as scp's does (its progress never goes to a pipe).
+   */
+  outputClosed(): void {
+    this.stdoutClosed = true;
+  }
+
   private json(o: object): void {
-    if (this.opts.json && this.print) process.stdout.write(JSON.stringify(o, (_, v) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
+    if (this.opts.json && this.print && !this.stdoutClosed) process.stdout.write(JSON.stringify(o, (_, v) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
   }
 }
 

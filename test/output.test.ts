@@ -175,6 +175,17 @@ describe("--json", () => {
     for (const [i] of sizes.entries()) expect(await sameFile(path.join(src, `j${i}`), path.join(dst, path.basename(src), `j${i}`))).toBe(true);
   });
 
+  test("a reader that stops early (| head -1) ends the events, not the copy", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(src, `f${i}`), `file ${i}\n`);
+    const r = await run(["bash", "-c", `'${ESCP_BIN}' --json -r '${src}' '${dst}/' | head -1; echo "escp exit \${PIPESTATUS[0]}"`], { timeoutMs: 60_000 });
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toMatch(/^\{"event":"session",.*\}\nescp exit 0\n$/);
+    const out = path.join(dst, path.basename(src));
+    expect(fs.readdirSync(out).sort()).toEqual(fs.readdirSync(src).sort());
+    for (let i = 0; i < 300; i++) expect(fs.readFileSync(path.join(out, `f${i}`), "utf8")).toBe(`file ${i}\n`);
+  });
+
   test("failures: file_failed, then a summary that names them, exit status 1", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "ok"), 1000, { seed: 30 });
