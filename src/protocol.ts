@@ -57,7 +57,7 @@ export type ControlMessage =
       sid: string; // hex, 16 bytes
       key: string; // hex, 32 bytes
       serverRole: "sender" | "receiver";
-      streams: number; // data streams; stream 0 comes on top
+      streams: number; // data streams wanted, at most; stream 0 comes on top
       blockSize: number;
       options: SessionOptions;
       target?: string; // push: the destination path on the server
@@ -65,7 +65,8 @@ export type ControlMessage =
       multipleSources?: boolean; // push: several operands, so the target must be a directory
       ports: [number, number];
     }
-  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number }
+  /** `streams`: the data streams the session has, ≤ hello's (a sender that pulls knows its files). */
+  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number; streams: number }
   | { type: "error"; message: string; version?: number }
   | { type: "report"; summary: TransferSummary }
   /** Client → server every --keepalive seconds: a silent client for 3 intervals is gone. */

@@ -202,6 +202,8 @@ function zstdBombNoSize(size: number): Uint8Array {
 }
 
 const scenarios: Record<string, (p: Peer, arg: string) => Promise<void> | void> = {
+  /** Handled before the streams (main): `ready` names one stream more than hello asked for. */
+  morestreams() {},
   /** A well-behaved sender: proves the fake speaks the protocol. */
   async honest(p) {
     p.file("hello.txt", new TextEncoder().encode("hello from the fake server\n"));
@@ -381,7 +383,13 @@ async function main(): Promise<number> {
     return 1;
   }
   const l = listen("127.0.0.1", hello.ports, "fake");
-  ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1" });
+  if (name === "morestreams") {
+    // More data streams than the client asked for: it must refuse before connecting any.
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: hello.streams + 1 });
+    await ch.receive().catch(() => null);
+    return 1;
+  }
+  ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: hello.streams });
   const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
   const conns = acceptStreams(l, keys, hello.streams, 20_000).map((c) => c as Pointer);
   keys.master.fill(0);

@@ -165,6 +165,11 @@ describe("a hostile remote in pull mode", () => {
     expect(p.stderr).not.toMatch(/[\x1b\x07\x08\r\u009b]/);
   });
 
+  test.concurrent("a server that names more data streams than were asked for is refused", async () => {
+    const p = await pull("morestreams");
+    expectRefused(p, /the other end asked for 5 streams \(at most 4\)/);
+  });
+
   test.concurrent("a file list claiming 10^9 files is refused without allocating for them", async () => {
     const p = await pull("manyfiles");
     expectRefused(p, /FILES record claims 1000000000 entries in \d+ bytes/);

@@ -175,6 +175,27 @@ describe("--json", () => {
     for (const [i] of sizes.entries()) expect(await sameFile(path.join(src, `j${i}`), path.join(dst, path.basename(src), `j${i}`))).toBe(true);
   });
 
+  test("a copy opens a data stream per block it moves, at most -t; a directory gets all of -t", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "one"), 1, { seed: 21 });
+    await makeFile(path.join(src, "two"), MiB + 1, { seed: 22 });
+    const streams = async (args: string[]) => {
+      const r = await runEscp(["--json", ...args]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const events = jsonLines(r.stdout);
+      expect((events.at(-1) as SummaryEvent).streams).toBe((events[0] as any).streams);
+      return (events[0] as any).streams;
+    };
+    expect(await streams([path.join(src, "one"), dst + "/a"])).toBe(1);
+    expect(await streams([path.join(src, "one"), path.join(src, "two"), dst + "/"])).toBe(3);
+    expect(await streams(["-t", "2", path.join(src, "two"), dst + "/b"])).toBe(2);
+    expect(await streams(["-r", src, dst + "/c"])).toBe(4);
+    for (const [from, to] of [["one", "a"], ["one", "one"], ["two", "two"], ["two", "b"], ["one", "c/one"], ["two", "c/two"]]) {
+      expect(await sameFile(path.join(src, from!), path.join(dst, to!))).toBe(true);
+    }
+  });
+
   test("a reader that stops early (| head -1) ends the events, not the copy", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     for (let i = 0; i < 300; i++) fs.writeFileSync(path.join(src, `f${i}`), `file ${i}\n`);
@@ -211,7 +232,7 @@ describe("--json", () => {
 describe("logs", () => {
   test("--log FILE: both ends append timestamped lines with their role, stream and file ids", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("logs");
-    await makeFile(path.join(src, "l.bin"), 2 * MiB, { seed: 40 });
+    await makeFile(path.join(src, "l.bin"), 4 * MiB, { seed: 40 });
     const file = path.join(logs, "escp.log");
     const r = await runEscp(["-v", "--log", file, path.join(src, "l.bin"), path.join(src, "gone"), dst + "/"]);
     expect(r.code).toBe(1);
@@ -222,10 +243,10 @@ describe("logs", () => {
     expect(text).toMatch(/receiver\[\d+\] .*listening .*port=\d+/);
     expect(text).toMatch(/receiver\[\d+\] .*streams accepted/);
     expect(text).toMatch(/sender\[\d+\] .*file failed: No such file or directory .*path=.*gone/);
-    expect(text).toMatch(/sender\[\d+\] .*session end files=1 bytes=2097152/);
+    expect(text).toMatch(/sender\[\d+\] .*session end files=1 bytes=4194304/);
     // -v: a line per file on each end, under the file's id in the session.
-    expect(text).toMatch(/DEBUG sender\[\d+\] file=(\d+) file start path=\S*l\.bin size=2097152/);
-    expect(text).toMatch(/DEBUG receiver\[\d+\] file=\d+ file start path=\S*l\.bin size=2097152/);
+    expect(text).toMatch(/DEBUG sender\[\d+\] file=(\d+) file start path=\S*l\.bin size=4194304/);
+    expect(text).toMatch(/DEBUG receiver\[\d+\] file=\d+ file start path=\S*l\.bin size=4194304/);
     expect(text).toMatch(/DEBUG receiver\[\d+\] file=\d+ file done: verified and renamed/);
     expect(text).toMatch(/DEBUG sender\[\d+\] file=\d+ file done: verified by the receiver/);
   });

@@ -185,7 +185,7 @@ describe("the data port", () => {
 
   test("the data streams after the first connect together, not one round trip after another", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
-    await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 17 });
+    await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 17 });
     const port = await freePort();
     // Every answer from the receiver reaches escp 300 ms late, as over a long path.
     // A client that connected stream by stream would open each only after the answer
@@ -239,6 +239,26 @@ describe("the data port", () => {
     expect(r.stderr).toMatch(/authentication|integrity/i);
     expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
     expect(listNames(dst)).toEqual([]);
+  });
+});
+
+describe("how many data streams", () => {
+  test("pulling, the sending server opens one per block it has, at most -t, and all of -t for a directory", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "d", "one"), 1, { seed: 23 });
+    await makeFile(path.join(src, "two"), BLOCK + 1, { seed: 24 });
+    const streams = async (args: string[]) => {
+      const r = await runEscp(["--json", ...args]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout.split("\n")[0]!).streams;
+    };
+    expect(await streams([`${SSH_HOST}:${src}/d/one`, `${dst}/one`])).toBe(1);
+    expect(await streams([`${SSH_HOST}:${src}/two`, `${dst}/two`])).toBe(2);
+    expect(await streams(["-r", `${SSH_HOST}:${src}/d`, `${dst}/`])).toBe(4);
+    expect(await sameFile(path.join(src, "d", "one"), path.join(dst, "one"))).toBe(true);
+    expect(await sameFile(path.join(src, "two"), path.join(dst, "two"))).toBe(true);
+    expect(await sameFile(path.join(src, "d", "one"), path.join(dst, "d", "one"))).toBe(true);
   });
 });
 

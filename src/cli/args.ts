@@ -296,7 +296,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
 
   // escp transfer
   { short: "t", long: "threads", arg: "threads", group: "transfer", apply: value("threads", parseThreads),
-    help: "number of parallel TCP streams, each with its own I/O thread, 1 to 64 (default 4)" },
+    help: "number of parallel TCP streams, each with its own I/O thread, 1 to 64 (default 4); a copy of fewer blocks opens one per block" },
   { short: "b", long: "blocksize", arg: "size", group: "transfer", apply: value("blockSize", parseBlockSize),
     help: "bytes per read, record and write: 4K to 64M in multiples of 4K, with an optional K, M or G (default 1M)" },
   { short: "C", long: "compress", group: "transfer", apply: flag("compress", true),

@@ -32,3 +32,29 @@ export function expandSources(operands: string[]): Sources {
   }
   return out;
 }
+
+/**
+ * How many data streams a copy of these sources can use: one per block it
+ * has to move (each file at least one), at most `threads`. Every stream costs
+ * a worker on each side and a connection before the first byte moves, which
+ * is most of a small copy's time on top of ssh; a directory may hold any
+ * amount, so it gets them all. Stops at the first source that settles it,
+ * so a glob of thousands of files costs a few stat calls.
+ *
+ * @example
+ * streamsFor(["one-byte.txt"], 4, 1 << 20); // 1
+ * streamsFor(["big.iso"], 4, 1 << 20);      // 4
+ */
+export function streamsFor(paths: string[], threads: number, blockSize: number): number {
+  let blocks = 0;
+  for (const p of paths) {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(p);
+    } catch {} // a source that cannot be read is one file's failure, reported when it is sent
+    if (st?.isDirectory()) return threads;
+    blocks += Math.max(1, Math.ceil((st?.isFile() ? st.size : 0) / blockSize));
+    if (blocks >= threads) return threads;
+  }
+  return Math.max(1, blocks);
+}

@@ -16,6 +16,7 @@ import { PROTO_VERSION, gcmBackend, prepareGcm } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
+import { streamsFor } from "../plan/sources.ts";
 import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
@@ -95,10 +96,12 @@ export async function transfer(
       return { failures: [], error: (e as Error).message };
     }
   }
-  log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: o.threads, blockSize: o.blockSize });
+  // As the sender we know what there is to move; pulling, the server tells us in `ready`.
+  const asked = plan.dir === "pull" ? o.threads : streamsFor(plan.sources, o.threads, o.blockSize);
+  log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: asked, blockSize: o.blockSize });
   const child = startServer(o, plan);
   // Our workers boot, and the AES-GCM implementation is chosen (a few ms), while ssh logs in.
-  prestartStreamWorkers(o.threads);
+  prestartStreamWorkers(asked);
   if (plan.dir !== "pull") prestartWalker();
   prepareGcm();
   const stderrTail = forwardStderr(child.stderr, o);
@@ -117,7 +120,7 @@ export async function transfer(
   };
   ch.send({
     type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
-    serverRole: plan.dir === "pull" ? "sender" : "receiver", streams: o.threads, blockSize: o.blockSize,
+    serverRole: plan.dir === "pull" ? "sender" : "receiver", streams: asked, blockSize: o.blockSize,
     options: session, ports: o.ports,
     target: plan.dir === "pull" ? undefined : plan.target,
     sources: plan.dir === "pull" ? plan.sources : undefined,
@@ -142,12 +145,14 @@ export async function transfer(
     if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
     if (ready.type === "error") throw new Error(`${where}: ${ready.message}`);
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
-    log.info("other end ready", { port: ready.port, addr: ready.addr });
+    log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
+    const streams = ready.streams;
+    if (!(streams >= 1 && streams <= asked)) throw new Error(`${where}: the other end asked for ${streams} streams (at most ${asked})`);
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
     // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
     const conns = plan.dir === "local"
-      ? connectStreams(addr, port, keys, o.threads, 10_000)
-      : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child);
+      ? connectStreams(addr, port, keys, streams, 10_000)
+      : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child, streams);
     keys.master.fill(0);
     log.info("streams connected", { streams: conns.length - 1, port, aes: gcmBackend() });
     const capped = tuneStreams(conns, session.limitBps, o.keepaliveS, session.sockbuf);
@@ -155,7 +160,7 @@ export async function transfer(
     const role = plan.dir === "pull" ? "receiver" : "sender";
     pool = new StreamPool(conns, role, { blockSize: o.blockSize, zstdLevel: o.compress ? o.zstdLevel : 0, cpumask: o.cpumask, nodemask: o.nodemask });
     const started = performance.now();
-    report.session({ host: where, direction: plan.dir, streams: o.threads, blockSize: o.blockSize, port: ready.port });
+    report.session({ host: where, direction: plan.dir, streams, blockSize: o.blockSize, port: ready.port });
     // Progress reads the workers' shared counters; it never touches the data path.
     const progress = report.poll(PROGRESS_MS, () => ({ ...pool!.totals(), seconds: (performance.now() - started) / 1000 }));
     // The server's verdict may arrive while we still work (a fatal error on its side).

@@ -13,7 +13,7 @@ import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
 import { resolveTarget, expandHome } from "../plan/target.ts";
-import { expandSources } from "../plan/sources.ts";
+import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
 import { log } from "../log.ts";
 import type { ControlMessage } from "../protocol.ts";
@@ -65,16 +65,17 @@ export async function runServer(): Promise<number> {
       ? resolveTarget(hello.target ?? "", { multipleSources: !!hello.multipleSources })
       : undefined;
     const sources = expandSources(hello.serverRole === "sender" ? (hello.sources ?? []).map((s) => expandHome(s)) : []);
+    const streams = target ? hello.streams : streamsFor(sources.paths, hello.streams, hello.blockSize);
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
-    log.info("listening", { addr: bindAddr, port: l.port });
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow() });
+    log.info("listening", { addr: bindAddr, port: l.port, streams });
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(), streams });
     // Our workers boot while `ready` travels and the streams connect (spare.ts); before
     // it, creating them would hold `ready` back (a few ms each on this thread).
-    prestartStreamWorkers(hello.streams);
+    prestartStreamWorkers(streams);
     if (hello.serverRole === "sender") prestartWalker();
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
-    const conns = acceptStreams(l, keys, hello.streams, 30_000);
+    const conns = acceptStreams(l, keys, streams, 30_000);
     keys.master.fill(0);
     log.info("streams accepted", { streams: conns.length - 1, port: l.port, aes: gcmBackend() });
     const capped = tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS, hello.options.sockbuf);

@@ -46,13 +46,13 @@ export interface DataTarget {
 }
 
 /**
- * The session's 1 + o.threads connections: direct, else (or with --tunnel)
+ * The session's 1 + `streams` connections: direct, else (or with --tunnel)
  * through ssh. The tunnel lives until `session` (the server's ssh) exits.
  */
 export async function connectData(
-  o: Options, host: Remote, to: DataTarget, keys: SessionKeys, session: { exited: Promise<number> },
+  o: Options, host: Remote, to: DataTarget, keys: SessionKeys, session: { exited: Promise<number> }, streams: number,
 ): Promise<number[]> {
-  const n = o.threads + 1;
+  const n = streams + 1;
   if (!o.tunnel) {
     const err = new Int32Array(1);
     const [addr, port] = to.direct;
