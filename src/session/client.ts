@@ -196,7 +196,8 @@ export async function transfer(
     // What the other end printed (a skipped FIFO, a warning) comes on ssh's stderr, which
     // sshd reads apart from the report: it reaches the user before we exit, as with scp.
     // The other end exits on `bye`; a stuck ssh does not hold us longer than this.
-    await Promise.race([stderrTail.done, Bun.sleep(STDERR_GRACE_MS)]);
+    // Reaping ssh, not only reading it to the end, puts its CPU time in ours (time(1), getrusage).
+    await Promise.race([Promise.all([stderrTail.done, child.exited]), Bun.sleep(STDERR_GRACE_MS)]);
     return { summary, failures: report.failures };
   } catch (e) {
     log.error(interrupted ? "interrupted" : `session failed: ${(e as Error).message}`);
