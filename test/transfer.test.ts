@@ -455,6 +455,23 @@ describe("the other end's messages", () => {
     expect(r.stderr).toContain(`${path.join(src, "t", "pipe")}: not a regular file, skipped`);
     expect(await sameFile(path.join(src, "t", "f"), path.join(dst, "t", "f"))).toBe(true);
   });
+
+  test("escp waits for its ssh to exit, so time(1) counts ssh's CPU in escp's", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
+    await makeFile(path.join(src, "f"), 10, { seed: 72 });
+    // An ssh that, after the session, closes its output and then works for ~0.5 s of CPU:
+    // an escp that left at the end of ssh's output would not have waited for that.
+    const ssh = path.join(bin, "busy-ssh");
+    fs.writeFileSync(ssh, `#!/bin/bash\nssh "$@"; rc=$?\nexec >&- 2>&-\nn=0\nwhile ((n < 200000)); do n=$((n + 1)); done\nexit $rc\n`, { mode: 0o755 });
+    const r = await run(["/usr/bin/time", "-f", "escp-cpu %U %S", ESCP_BIN, "-F", (await startSshd()).configPath, "-S", ssh, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_REMOTE: ESCP_BIN }, timeoutMs: 60_000,
+    });
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    const m = /escp-cpu ([\d.]+) ([\d.]+)/.exec(r.stderr);
+    expect(m).not.toBeNull();
+    expect(Number(m![1]) + Number(m![2])).toBeGreaterThan(0.3);
+  });
 });
 
 describe("socket buffers (--sockbuf)", () => {
