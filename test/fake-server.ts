@@ -202,8 +202,8 @@ function zstdBombNoSize(size: number): Uint8Array {
 }
 
 const scenarios: Record<string, (p: Peer, arg: string) => Promise<void> | void> = {
-  /** Handled before the streams (main): `ready` names one stream more than hello asked for. */
-  morestreams() {},
+  /** Handled before the streams (main): `ready` names a stream count hello did not ask for. */
+  badstreams() {},
   /** A well-behaved sender: proves the fake speaks the protocol. */
   async honest(p) {
     p.file("hello.txt", new TextEncoder().encode("hello from the fake server\n"));
@@ -383,9 +383,9 @@ async function main(): Promise<number> {
     return 1;
   }
   const l = listen("127.0.0.1", hello.ports, "fake");
-  if (name === "morestreams") {
-    // More data streams than the client asked for: it must refuse before connecting any.
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: hello.streams + 1 });
+  if (name === "badstreams") {
+    // A stream count the client did not ask for (arg: JSON): it must refuse before connecting any.
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: JSON.parse(arg) });
     await ch.receive().catch(() => null);
     return 1;
   }

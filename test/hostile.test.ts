@@ -165,9 +165,10 @@ describe("a hostile remote in pull mode", () => {
     expect(p.stderr).not.toMatch(/[\x1b\x07\x08\r\u009b]/);
   });
 
-  test.concurrent("a server that names more data streams than were asked for is refused", async () => {
-    const p = await pull("morestreams");
-    expectRefused(p, /the other end answered with 5 data streams, not 1 to 4/);
+  test.concurrent("a server that names more data streams than were asked for, or not a number, is refused", async () => {
+    expectRefused(await pull("badstreams=5"), /the other end answered with 5 data streams, not 1 to 4/);
+    expectRefused(await pull("badstreams=0"), /the other end answered with 0 data streams, not 1 to 4/);
+    expectRefused(await pull('badstreams="2"'), /the other end answered with "2" data streams, not 1 to 4/);
   });
 
   test.concurrent("a file list claiming 10^9 files is refused without allocating for them", async () => {

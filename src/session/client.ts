@@ -147,7 +147,7 @@ export async function transfer(
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
     log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
     const streams = ready.streams;
-    if (!(streams >= 1 && streams <= asked)) throw new Error(`${where}: the other end answered with ${streams} data streams, not 1 to ${asked}`);
+    if (!Number.isInteger(streams) || streams < 1 || streams > asked) throw new Error(`${where}: the other end answered with ${JSON.stringify(streams)} data streams, not 1 to ${asked}`);
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
     // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
     const conns = plan.dir === "local"
