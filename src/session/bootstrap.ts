@@ -177,14 +177,14 @@ async function readHead(it: AsyncIterator<Uint8Array>): Promise<Head> {
 }
 
 /**
- * Starts the remote end with `launchCommand("--server")` and bootstraps it if
- * needed. The result looks like one ssh child: what the client writes before
+ * Starts the remote end with `launchCommand(mode)` (--server, or --origin for
+ * -R) and bootstraps it if needed. The result looks like one ssh child: what the client writes before
  * the remote escp answers is kept and replayed to the retried one. When no
  * escp can be started, stdout ends and `failure` says why (connectionFailure
  * in remote.ts reports it).
  */
-export function bootstrapping(o: Options, where: string, run: RemoteRunner): ServerProcess & { failure?: string } {
-  const command = launchCommand("--server");
+export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode = "--server"): ServerProcess & { failure?: string } {
+  const command = launchCommand(mode);
   const written: Uint8Array[] = [];
   let decided = false; // the remote escp (or something that is not the marker) answered
   let inputEnded = false;

@@ -13,6 +13,15 @@
  */
 import { MAX_CONTROL_MESSAGE, type ControlMessage } from "../protocol.ts";
 
+/** One control message as it travels: a 4-byte big-endian length, then the JSON. */
+export function encodeFrame(m: ControlMessage): Uint8Array {
+  const json = Buffer.from(JSON.stringify(m), "utf8");
+  const frame = Buffer.alloc(4 + json.length);
+  frame.writeUInt32BE(json.length, 0);
+  json.copy(frame, 4);
+  return new Uint8Array(frame.buffer, frame.byteOffset, frame.length);
+}
+
 export class ControlChannel {
   private buf = Buffer.alloc(0);
   private waiting: ((m: ControlMessage | null) => void)[] = [];
@@ -29,11 +38,7 @@ export class ControlChannel {
   }
 
   send(m: ControlMessage): void {
-    const json = Buffer.from(JSON.stringify(m), "utf8");
-    const frame = Buffer.alloc(4 + json.length);
-    frame.writeUInt32BE(json.length, 0);
-    json.copy(frame, 4);
-    this.write(frame);
+    this.write(encodeFrame(m));
   }
 
   /** Next message, or null when the pipe closed. Throws on a malformed frame. */

@@ -13,6 +13,7 @@ import type { Options } from "../cli/args.ts";
 import { sshArgs } from "../cli/args.ts";
 import type * as BuiltinSsh from "./builtin-ssh.ts";
 import { bootstrapping } from "./bootstrap.ts";
+import { encodeFrame } from "./control.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
 export type Plan =
@@ -37,13 +38,18 @@ export function startServer(o: Options, plan: Plan): ServerProcess {
   if (plan.dir === "local") {
     return withKeepalive(Bun.spawn([...self, "--server"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" }), o.keepaliveS);
   }
+  return startRemote(o, plan.host, "--server");
+}
+
+/** escp on `host` run with `mode` (--server, --origin): the one named, cached or found there, else bootstrapped. */
+export function startRemote(o: Options, host: Remote, mode: string): ServerProcess {
   const remote = o.remoteEscp ?? (process.env.ESCP_REMOTE || undefined);
   const ssh = o.sshProgram ?? "ssh";
   // Every command this session runs on the host (the server, a bootstrap upload) goes through here.
   const run = (command: string): ServerProcess =>
-    useBuiltinSsh(o) ? builtinSsh().startBuiltinSsh(o, plan.host, command) : Bun.spawn([ssh, ...sshArgs(o, plan.host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
-  const server = remote !== undefined ? run(`${shellQuote(remote)} --server`) : bootstrapping(o, plan.host.host, run);
-  return withKeepalive(server, o.keepaliveS);
+    useBuiltinSsh(o) ? builtinSsh().startBuiltinSsh(o, host, command) : Bun.spawn([ssh, ...sshArgs(o, host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const started = remote !== undefined ? run(`${shellQuote(remote)} ${mode}`) : bootstrapping(o, host.host, run, mode);
+  return withKeepalive(started, o.keepaliveS);
 }
 
 /** The built-in client when asked for (--ssh builtin) or when there is no ssh program. */
@@ -71,13 +77,7 @@ function shellQuote(s: string): string {
 }
 
 /** `{"type":"ping"}` as a control frame: the server ignores it except as a sign of life. */
-const PING = (() => {
-  const json = Buffer.from(JSON.stringify({ type: "ping" }));
-  const frame = Buffer.alloc(4 + json.length);
-  frame.writeUInt32BE(json.length, 0);
-  json.copy(frame, 4);
-  return new Uint8Array(frame);
-})();
+const PING = encodeFrame({ type: "ping" });
 
 /**
  * Control-channel keepalive: once the client has written (its hello), a ping
