@@ -12,6 +12,7 @@ import { transfer } from "./session/client.ts";
 import { Report } from "./report.ts";
 import { printable } from "./text.ts";
 import { runServer } from "./session/server.ts";
+import { receiveCopy, sourcesHere } from "./session/origin.ts";
 import { VERSION } from "./version.ts";
 import { PROTO_VERSION } from "./native.ts";
 
@@ -33,6 +34,16 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case "server":
       return runServer();
+    case "origin": {
+      // escp -R on another host handed us its copy: run it as if typed here, until that escp goes.
+      const order = await receiveCopy();
+      const copyArgs = order && parseArgs(order.argv);
+      if (!copyArgs || copyArgs instanceof UsageError || copyArgs.mode !== "copy") {
+        process.stderr.write(`escp --origin: ${copyArgs instanceof UsageError ? copyArgs.message : "expected a copy's command line on stdin"}\n`);
+        return EXIT_USAGE;
+      }
+      return copy(withConfig(copyArgs.options, copyArgs.explicit), sourcesHere(copyArgs.sources), copyArgs.target, order.gone);
+    }
     case "config-check": {
       const config = loadConfig();
       process.stdout.write(formatConfig(mergeConfig(parsed.options, parsed.explicit, config), parsed.explicit, config));
@@ -46,7 +57,8 @@ async function main(argv: string[]): Promise<number> {
 /** Exit statuses, as scp's: 0 only if every file arrived verified. */
 export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130;
 
-async function copy(o: Options, sources: Operand[], target: Operand): Promise<number> {
+/** `until`: settles when the copy must stop as if interrupted (escp --origin: the escp that asked is gone). */
+async function copy(o: Options, sources: Operand[], target: Operand, until?: Promise<void>): Promise<number> {
   // Progress and the summary line only on a terminal; -q and --json turn them off (report.ts).
   const report = new Report({ quiet: o.quiet, json: o.json, tty: process.stdout.isTTY === true });
   // Without a listener a closed stdout (EPIPE) would end the process mid-copy, temporary files left.
@@ -55,6 +67,7 @@ async function copy(o: Options, sources: Operand[], target: Operand): Promise<nu
   const interrupt = () => stop.abort();
   process.on("SIGINT", interrupt);
   process.on("SIGTERM", interrupt);
+  void until?.then(interrupt);
   const r = await transfer(o, sources, target, report, stop.signal);
   const code = Report.exitStatus(r);
   if (r.interrupted || r.error) {

@@ -71,6 +71,8 @@ export type ControlMessage =
   | { type: "report"; summary: TransferSummary }
   /** Client → server every --keepalive seconds: a silent client for 3 intervals is gone. */
   | { type: "ping" }
+  /** escp -R → `escp --origin` on the source host: the copy to run there, as its command line. */
+  | { type: "copy"; argv: string[] }
   | { type: "bye" };
 
 /** Totals of one side, as shown to the user and in --json. */

@@ -6,6 +6,7 @@
 import { describe, test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
+import { spawn } from "node:child_process";
 import path from "node:path";
 import { startSshd, run, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
@@ -125,6 +126,74 @@ describe("relay", () => {
     expect(r.code).toBe(0);
     expect(await sameFile(path.join(src, "tree", "a"), path.join(dst, "tree", "a"))).toBe(true);
     expect(await sameFile(path.join(src, "tree", "sub", "b"), path.join(dst, "tree", "sub", "b"))).toBe(true);
+  });
+});
+
+describe("-R: the source host copies straight to the target", () => {
+  /**
+   * What sshd runs as the source host's escp: this one, with an `ssh` first on its PATH
+   * that knows the test sshd, as a source host's own ssh config would know the target.
+   * Returns the env for the local escp and a directory that stays empty unless the
+   * copy is spooled here (TMPDIR, where -3's relay would put it).
+   */
+  async function sourceHost(): Promise<{ env: Record<string, string>; spool: string; wrapper: string }> {
+    const bin = tmpdir("bin"), spool = tmpdir("spool"), wrapper = path.join(bin, "escp");
+    fs.mkdirSync(path.join(bin, "shim"));
+    fs.writeFileSync(path.join(bin, "shim", "ssh"), `#!/bin/sh\nexec '${Bun.which("ssh")}' -F '${(await startSshd()).configPath}' "$@"\n`, { mode: 0o755 });
+    // Not exec'd: the wrapper lives exactly as long as the source host's escp (see the last test).
+    fs.writeFileSync(wrapper, `#!/bin/sh\nPATH='${path.join(bin, "shim")}':$PATH ESCP_REMOTE='${ESCP_BIN}' '${ESCP_BIN}' "$@"\n`, { mode: 0o755 });
+    return { env: { ESCP_REMOTE: wrapper, TMPDIR: spool }, spool, wrapper };
+  }
+
+  test("a tree and a file arrive, the source host's events reach --json, nothing passes through here", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "tree", "a"), 3 * BLOCK + 1, { seed: 25 });
+    await makeFile(path.join(src, "tree", "sub", "b c"), 10, { seed: 26 });
+    await makeFile(path.join(src, "x:y"), 7, { seed: 27 });
+    const { env, spool } = await sourceHost();
+    const r = await runEscp(["-R", "-r", "--json", `${SSH_HOST}:${src}/tree`, `${SSH_HOST}:${src}/x:y`, `${SSH_HOST}:${dst}/`], { env });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const events = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    // The session is the source host's push, over its own data streams.
+    expect(events[0]).toMatchObject({ event: "session", direction: "push", role: "sender", host: SSH_HOST });
+    expect(events.at(-1)).toMatchObject({ event: "summary", files: 3, exit: 0 });
+    expect(fs.readdirSync(spool)).toEqual([]);
+    expect(await sameFile(path.join(src, "tree", "a"), path.join(dst, "tree", "a"))).toBe(true);
+    expect(await sameFile(path.join(src, "tree", "sub", "b c"), path.join(dst, "tree", "sub", "b c"))).toBe(true);
+    expect(await sameFile(path.join(src, "x:y"), path.join(dst, "x:y"))).toBe(true);
+  });
+
+  test("a missing source is named by the source host, the others arrive, exit 1", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 100, { seed: 28 });
+    const r = await runEscp(["-R", `${SSH_HOST}:${src}/f`, `${SSH_HOST}:${src}/absent`, `${SSH_HOST}:${dst}/`], { env: (await sourceHost()).env });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`escp: ${src}/absent: No such file or directory\n`);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
+  test("interrupted here, the copy stops there: no escp left running, no temporary file on the target", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "big"), 24 * BLOCK, { seed: 29 });
+    const { env, wrapper } = await sourceHost();
+    const child = spawn(ESCP_BIN, ["-F", (await startSshd()).configPath, "-R", "-l", "4000", `${SSH_HOST}:${src}/big`, `${SSH_HOST}:${dst}/`], {
+      env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr!.on("data", (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+    // Wait until the target holds the partial copy, then interrupt this end.
+    const part = path.join(dst, ".big.escp-part");
+    for (let i = 0; i < 300 && !fs.existsSync(part); i++) await Bun.sleep(50);
+    expect(fs.existsSync(part)).toBe(true);
+    child.kill("SIGINT");
+    expect(await exited).toBe(130);
+    expect(stderr).toContain("escp: interrupted");
+    for (let i = 0; i < 100 && fs.readdirSync(dst).length > 0; i++) await Bun.sleep(50);
+    expect(fs.readdirSync(dst)).toEqual([]);
+    for (let i = 0; i < 100 && Bun.spawnSync(["pgrep", "-f", wrapper]).exitCode === 0; i++) await Bun.sleep(50);
+    expect(Bun.spawnSync(["pgrep", "-f", wrapper]).stdout.toString()).toBe("");
   });
 });
 

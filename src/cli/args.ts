@@ -34,6 +34,8 @@ export interface Options {
   forwardAgent: boolean;
   batchMode: boolean;
   relay3: boolean;
+  /** -R: a remote-to-remote copy runs on the source host and goes straight to the target. */
+  viaSource: boolean;
   resume: boolean;
   verify: boolean;
   sparse: boolean;
@@ -61,6 +63,7 @@ export type Shell = "bash" | "zsh";
 export type ParsedArgs =
   | { mode: "copy"; options: Options; sources: Operand[]; target: Operand; explicit: Explicit }
   | { mode: "server"; options: Options; explicit: Explicit }
+  | { mode: "origin" }
   | { mode: "version" }
   | { mode: "help" }
   | { mode: "config-check"; options: Options; explicit: Explicit }
@@ -95,7 +98,7 @@ export interface OptionSpec {
 export interface ParseState {
   options: Options;
   explicit: Explicit;
-  mode?: "server" | "version" | "help" | "config-check" | "completion";
+  mode?: "server" | "origin" | "version" | "help" | "config-check" | "completion";
   shell?: Shell;
 }
 
@@ -136,6 +139,7 @@ export function defaultOptions(): Options {
     forwardAgent: false,
     batchMode: false,
     relay3: false,
+    viaSource: false,
     resume: false,
     verify: false,
     sparse: false,
@@ -239,6 +243,15 @@ function mode(m: NonNullable<ParseState["mode"]>): Apply {
   };
 }
 
+function remoteToRemote(viaSource: boolean): Apply {
+  // As scp's -3 and -R: the later one wins.
+  return (st) => {
+    st.options.viaSource = viaSource;
+    st.options.relay3 = !viaSource;
+    st.explicit.add("viaSource").add("relay3");
+  };
+}
+
 function addressFamily(v4: boolean): Apply {
   // Like ssh's AddressFamily, the later of -4 and -6 wins.
   return (st) => {
@@ -250,7 +263,7 @@ function addressFamily(v4: boolean): Apply {
 
 export const OPTION_TABLE: readonly OptionSpec[] = [
   // scp-compatible
-  { short: "3", group: "scp", apply: flag("relay3", true),
+  { short: "3", group: "scp", apply: remoteToRemote(false),
     help: "copy between two remote hosts through this host (the default, as with scp 8.7 and later)" },
   { short: "l", long: "limit", arg: "limit", group: "scp", apply: value("limitKbps", parseLimit),
     help: "limit the bandwidth to this many Kbit/s, shared by all streams" },
@@ -258,6 +271,8 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "accepted for scp compatibility and ignored: escp has one protocol" },
   { short: "p", long: "preserve", group: "scp", apply: flag("preserve", true),
     help: "preserve modification times and modes of the original files" },
+  { short: "R", group: "scp", apply: remoteToRemote(true),
+    help: "copy between two remote hosts by running escp on the source host, which sends straight to the target (it needs its own ssh access there; -A lends it your agent)" },
   { short: "r", long: "recursive", group: "scp", apply: flag("recursive", true),
     help: "copy directories recursively" },
   { short: "s", group: "scp", apply: ignore,
@@ -351,6 +366,8 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "print a completion script for bash or zsh and exit" },
   { long: "server", group: "advanced", apply: mode("server"),
     help: "run as the remote end of a copy; escp starts this itself over ssh" },
+  { long: "origin", group: "advanced", apply: mode("origin"),
+    help: "run the copy an escp -R hands over on stdin, until that escp goes; escp starts this itself over ssh" },
   { long: "version", group: "advanced", apply: mode("version"), help: "print the version and exit" },
   { short: "h", long: "help", group: "advanced", apply: mode("help"), help: "print this help and exit" },
 ];
@@ -447,6 +464,7 @@ function finish(st: ParseState, operands: string[]): ParsedArgs {
     throw new UsageError(`escp: --${st.mode} takes no operands, got '${operands[0]}'`);
   }
   if (st.mode === "server" || st.mode === "config-check") return { mode: st.mode, options, explicit };
+  if (st.mode === "origin") return { mode: "origin" };
   if (st.mode === "completion") return { mode: "completion", shell: st.shell! };
   if (operands.length < 2) {
     const what = operands.length === 0 ? "a source and a destination" : "a destination";

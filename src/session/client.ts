@@ -9,6 +9,7 @@ import type { Options } from "../cli/args.ts";
 import type { Operand } from "../cli/operands.ts";
 import { ControlChannel } from "./control.ts";
 import { relay } from "./relay.ts";
+import { fromSource } from "./origin.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
@@ -82,7 +83,9 @@ export async function transfer(
 ): Promise<TransferResult> {
   const groups = bySession(sources);
   if (groups.length > 1) return inTurn(o, groups, target, report, signal);
-  if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) return relay(o, sources, target, report, signal, several);
+  if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) {
+    return o.viaSource ? fromSource(o, sources, target, report, signal, several) : relay(o, sources, target, report, signal, several);
+  }
   const plan = planTransfer(sources, target);
   if (typeof plan === "string") return { failures: [], error: plan, usage: true };
   log.open({ role: plan.dir === "pull" ? "receiver" : "sender", verbose: o.verbose, file: o.log });

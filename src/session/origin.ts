@@ -1,0 +1,122 @@
+/**
+ * `escp -R a:x b:y`, scp -R's way between two remote hosts: this escp starts
+ * escp on the source host (found or bootstrapped there as a server is) and
+ * hands it the copy as a command line; that one pushes straight to the
+ * target over its own ssh and data streams. The bytes never pass through
+ * here, so two data-transfer nodes copy at their own speed, and nothing is
+ * spooled on this host as a relay (-3, the default) must. The source host
+ * needs its own way into the target: its keys, or the agent -A lends it.
+ *
+ * What the source host's escp prints reaches the user as it comes, and its
+ * exit status becomes ours. The command line travels on stdin, not through
+ * the remote shell, so no quoting stands between a file's name and escp; the
+ * end of stdin means the escp that asked is gone (interrupted, killed, its
+ * connection lost), and stops the copy there, temporary files removed.
+ *
+ * @example
+ * // here, for `escp -R -r dtn1:/data dtn2:/archive/`:
+ * await fromSource(o, [{ kind: "remote", host: "dtn1", path: "/data" }], { kind: "remote", host: "dtn2", path: "/archive/" }, report);
+ * // on dtn1, `escp --origin`:
+ * const order = await receiveCopy(); // { argv: ["-r", "--", "/data", "dtn2:/archive/"], gone }
+ */
+import { defaultOptions, type Options } from "../cli/args.ts";
+import { formatOperand, parseOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
+import { expandHome } from "../plan/target.ts";
+import { expandSources } from "../plan/sources.ts";
+import { EXIT, type Report } from "../report.ts";
+import type { TransferResult } from "./client.ts";
+import { ControlChannel, encodeFrame } from "./control.ts";
+import { connectionFailure, forwardStderr, startRemote } from "./remote.ts";
+
+/** Runs the copy of `sources` (all on one host) to `target` on that host, as escp -R. */
+export async function fromSource(
+  o: Options, sources: Operand[], target: RemoteOperand, report: Report, signal?: AbortSignal, several = sources.length > 1,
+): Promise<TransferResult> {
+  const host = sources[0] as RemoteOperand;
+  const where = host.host;
+  // Several places copied in turn (client.ts inTurn): each must go into the target directory.
+  const into = several && target.path !== "" && !target.path.endsWith("/") ? { ...target, path: `${target.path}/` } : target;
+  const argv = [...copyFlags(o), "--", ...sources.map((s) => asLocalOperand(s.path)), formatOperand(into)];
+  const child = startRemote(o, host, "--origin");
+  const stderrTail = forwardStderr(child.stderr, o);
+  const stdoutDone = (async () => {
+    for await (const chunk of child.stdout as any as AsyncIterable<Uint8Array>) process.stdout.write(chunk);
+  })().catch(() => {});
+  child.stdin.write(encodeFrame({ type: "copy", argv }));
+  child.stdin.flush();
+  const stop = () => child.kill();
+  signal?.addEventListener("abort", stop);
+  try {
+    const code = await child.exited;
+    await Promise.all([stdoutDone, stderrTail.done]);
+    if (signal?.aborted || code === EXIT.interrupted) return { failures: report.failures, interrupted: true };
+    if (code === EXIT.ok) return { failures: report.failures };
+    // It named every failed file itself, on the stderr we passed on.
+    if (code === EXIT.failed) return { failures: [...report.failures, { path: formatOperand(host), message: `the copy on ${where} failed` }] };
+    if (code === EXIT.usage) return { failures: report.failures, error: `${where}: escp there refused the copy's command line`, usage: true };
+    return { failures: report.failures, error: await connectionFailure(where, child, stderrTail) };
+  } finally {
+    signal?.removeEventListener("abort", stop);
+    child.stdin.end();
+  }
+}
+
+/**
+ * The source host's half: the copy's command line from stdin, and a promise
+ * that settles when stdin ends. Null when what came is not a copy.
+ */
+export async function receiveCopy(): Promise<{ argv: string[]; gone: Promise<void> } | null> {
+  const ch = new ControlChannel(Bun.stdin.stream(), () => {}, "the connecting escp");
+  const m = await ch.receive().catch(() => null);
+  if (m?.type !== "copy" || !Array.isArray(m.argv) || !m.argv.every((a) => typeof a === "string")) return null;
+  const gone = (async () => {
+    // Keepalive pings until the connecting escp goes.
+    while ((await ch.receive().catch(() => null)) !== null);
+  })();
+  return { argv: m.argv, gone };
+}
+
+/**
+ * The sources as the source host's escp must read them: relative to the home
+ * directory (where ssh starts commands), `~` expanded and globs matched there
+ * as a server does for a pull; a pattern that matches nothing stays, to fail
+ * by its name.
+ */
+export function sourcesHere(sources: Operand[]): Operand[] {
+  const { paths, missing } = expandSources(sources.map((s) => expandHome(s.path)));
+  return [...paths, ...missing.map((m) => m.path)].map((p) => ({ kind: "local", path: p }));
+}
+
+/** A source host's path as an operand its escp reads as local (a relative `a:b` would name a host). */
+function asLocalOperand(p: string): string {
+  if (p === "") return "~";
+  return parseOperand(p).kind === "local" ? p : `./${p}`;
+}
+
+/** The options that shape the copy, as flags, where they differ from escp's defaults; ssh's are for the first hop only, as scp's. */
+function copyFlags(o: Options): string[] {
+  const d = defaultOptions();
+  const f: string[] = [];
+  const on = (set: boolean, ...flag: string[]) => set && f.push(...flag);
+  on(o.recursive, "-r");
+  on(o.preserve, "-p");
+  on(o.quiet, "-q");
+  for (let i = 0; i < o.verbose; i++) f.push("-v");
+  on(o.json, "--json");
+  on(o.compress, "-C");
+  on(o.zstdLevel !== d.zstdLevel, "--zstd-level", String(o.zstdLevel));
+  on(o.threads !== d.threads, "-t", String(o.threads));
+  on(o.blockSize !== d.blockSize, "-b", String(o.blockSize));
+  on(o.limitKbps !== undefined, "-l", String(o.limitKbps));
+  on(o.ports[0] !== d.ports[0] || o.ports[1] !== d.ports[1], "--port", `${o.ports[0]}-${o.ports[1]}`);
+  on(o.sockbuf !== undefined, "--sockbuf", String(o.sockbuf));
+  on(o.tunnel, "--tunnel");
+  on(o.sparse, "--sparse");
+  on(!o.direct, "--nodirect");
+  on(o.resume, "--resume");
+  on(o.verify, "--verify");
+  on(o.inplace, "--inplace");
+  on(o.keepaliveS !== d.keepaliveS, "--keepalive", String(o.keepaliveS));
+  on(!o.bootstrap, "--no-bootstrap");
+  return f;
+}
