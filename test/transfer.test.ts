@@ -311,6 +311,23 @@ describe("the data port", () => {
   });
 });
 
+describe("-l (bandwidth limit)", () => {
+  test("a file of a few blocks moves at about the limit: never faster, and over every stream, not one", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 31 });
+    // 16,000 Kbit/s = 2 MB/s, paced a quarter on each of 4 streams: 8 MiB takes 4.2 s when its
+    // blocks are spread over the streams, 16.8 s on one (as it went while a batch held 8 MiB).
+    const t0 = performance.now();
+    const r = await runEscp(["-l", "16000", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { timeoutMs: 60_000 });
+    const seconds = (performance.now() - t0) / 1000;
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(seconds).toBeGreaterThan(3.5);
+    expect(seconds).toBeLessThan(9);
+  });
+});
+
 describe("how many data streams", () => {
   test("pulling, the sending server opens one per block it has, at most -t, and all of -t for a directory", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -196,7 +196,8 @@ export class Sender {
     const bs = BigInt(this.opts.blockSize);
     let n = 0;
     let bytes = 0;
-    while (n < BATCH_ITEMS && bytes < BATCH_BYTES && this.cursors.length) {
+    const cap = this.batchBytes();
+    while (n < BATCH_ITEMS && bytes < cap && this.cursors.length) {
       const f = this.cursors[0];
       if (f.next >= f.size) {
         this.cursors.shift();
@@ -225,6 +226,19 @@ export class Sender {
       if (f.next >= f.size) this.cursors.shift();
     }
     return n ? buf.slice(0, n * WORK_SIZE) : null;
+  }
+
+  /**
+   * How many bytes the next batch may take: BATCH_BYTES, but one block at a
+   * time once one file is all that is left and its rest would fill fewer
+   * batches than there are streams, so that those blocks go out over every
+   * stream (a 6 MiB file went as one batch on one stream: with -l, paced at a
+   * quarter of the limit; and the end of every large file waited on one).
+   */
+  private batchBytes(): number {
+    if (this.cursors.length !== 1) return BATCH_BYTES;
+    const rest = Number(this.cursors[0].size - this.cursors[0].next);
+    return rest > this.pool.dataStreams * BATCH_BYTES ? BATCH_BYTES : this.opts.blockSize;
   }
 
   /**
