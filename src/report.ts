@@ -232,7 +232,8 @@ export class Report implements Events {
     if (this.listened) this.emit({ event: "file_done", time: now(), path, size });
   }
 
-  failed(subject: string, cause: string, id?: bigint): void {
+  /** `shown`: the user saw it already (escp -R: on the source host's stderr, passed on). */
+  failed(subject: string, cause: string, id?: bigint, shown = false): void {
     const key = id === undefined ? `p:${subject}:${cause}` : `i:${id}`;
     if (this.seen.has(key)) return;
     this.seen.add(key);
@@ -240,7 +241,7 @@ export class Report implements Events {
     this.failures.push({ path: subject, message: cause, id: id?.toString() });
     log.warn(`file failed: ${cause}`, { file: id, path: subject });
     this.emit({ event: "file_failed", time: now(), path: subject, message: cause, id: id?.toString() });
-    if (this.print) this.stderr(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
+    if (this.print && !shown) this.stderr(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
   }
 
   warning(message: string): void {

@@ -173,6 +173,21 @@ describe("-R: the source host copies straight to the target", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
   });
 
+  test("on a terminal: the source host's progress and summary are shown here, each failure once", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 6 * BLOCK, { seed: 30 });
+    const { env } = await sourceHost();
+    const argv = [ESCP_BIN, "-F", (await startSshd()).configPath, "-R", "-l", "16000", `${SSH_HOST}:${src}/f`, `${SSH_HOST}:${src}/absent`, `${SSH_HOST}:${dst}/`];
+    const quoted = argv.map((a) => `'${a}'`).join(" ");
+    const r = await run(["script", "-qefc", `stty cols 100 rows 40; exec ${quoted}`, "/dev/null"], { env, timeoutMs: 60_000 });
+    expect(r.code).toBe(1);
+    const out = r.stdout.replace(/\x1b\[[0-9;]*[A-Za-z]/g, "");
+    expect(out.split(`${src}/absent: No such file or directory`)).toHaveLength(2);
+    expect(out).toMatch(new RegExp(`${src}/f +\\d+% `)); // a progress line for the file
+    expect(out).toMatch(/1 file, 6\.00MiB in [\d.]+ s, 1 failed/);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
   test("interrupted here, the copy stops there: no escp left running, no temporary file on the target", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "big"), 24 * BLOCK, { seed: 29 });

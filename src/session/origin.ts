@@ -23,7 +23,8 @@ import { defaultOptions, type Options } from "../cli/args.ts";
 import { formatOperand, parseOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
 import { expandHome } from "../plan/target.ts";
 import { expandSources } from "../plan/sources.ts";
-import { EXIT, type Report } from "../report.ts";
+import { EXIT, type Report, type TransferEvent } from "../report.ts";
+import type { TransferSummary } from "../protocol.ts";
 import type { TransferResult } from "./client.ts";
 import { ControlChannel, encodeFrame } from "./control.ts";
 import { connectionFailure, forwardStderr, startRemote } from "./remote.ts";
@@ -36,11 +37,25 @@ export async function fromSource(
   const where = host.host;
   // Several places copied in turn (client.ts inTurn): each must go into the target directory.
   const into = several && target.path !== "" && !target.path.endsWith("/") ? { ...target, path: `${target.path}/` } : target;
-  const argv = [...copyFlags(o), "--", ...sources.map((s) => asLocalOperand(s.path)), formatOperand(into)];
+  // It always reports in --json: a --json reader here gets its events as they are; otherwise
+  // they drive this end's progress display, summary and library events.
+  const argv = [...copyFlags({ ...o, json: true }), "--", ...sources.map((s) => asLocalOperand(s.path)), formatOperand(into)];
   const child = startRemote(o, host, "--origin");
   const stderrTail = forwardStderr(child.stderr, o);
+  let summary: TransferSummary | undefined;
   const stdoutDone = (async () => {
-    for await (const chunk of child.stdout as any as AsyncIterable<Uint8Array>) process.stdout.write(chunk);
+    const lines = (child.stdout as any as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+    if (o.json) {
+      for (let r = await lines.next(); !r.done; r = await lines.next()) process.stdout.write(r.value);
+      return;
+    }
+    let text = "";
+    for (let r = await lines.next(); !r.done; r = await lines.next()) {
+      text += Buffer.from(r.value).toString("utf8");
+      const complete = text.lastIndexOf("\n") + 1;
+      for (const line of text.slice(0, complete).split("\n")) if (line) summary = replayLine(report, line) ?? summary;
+      text = text.slice(complete);
+    }
   })().catch(() => {});
   child.stdin.write(encodeFrame({ type: "copy", argv }));
   child.stdin.flush();
@@ -50,14 +65,48 @@ export async function fromSource(
     const code = await child.exited;
     await Promise.all([stdoutDone, stderrTail.done]);
     if (signal?.aborted || code === EXIT.interrupted) return { failures: report.failures, interrupted: true };
-    if (code === EXIT.ok) return { failures: report.failures };
-    // It named every failed file itself, on the stderr we passed on.
-    if (code === EXIT.failed) return { failures: [...report.failures, { path: formatOperand(host), message: `the copy on ${where} failed` }] };
+    if (code === EXIT.ok) return { summary, failures: report.failures };
+    // It named every failure itself, on the stderr we passed on.
+    if (code === EXIT.failed) {
+      return { summary, failures: report.failures.length ? report.failures : [{ path: formatOperand(host), message: `the copy on ${where} failed` }] };
+    }
     if (code === EXIT.usage) return { failures: report.failures, error: `${where}: escp there refused the copy's command line`, usage: true };
     return { failures: report.failures, error: await connectionFailure(where, child, stderrTail) };
   } finally {
     signal?.removeEventListener("abort", stop);
     child.stdin.end();
+  }
+}
+
+/** Shows one of the source host's events here; the summary comes back for the caller's. Other text goes on as it is. */
+function replayLine(report: Report, line: string): TransferSummary | undefined {
+  let ev: TransferEvent;
+  try {
+    ev = JSON.parse(line);
+  } catch {
+    process.stdout.write(`${line}\n`);
+    return;
+  }
+  switch (ev.event) {
+    case "session":
+      report.session({ host: ev.host, direction: ev.direction, streams: ev.streams, blockSize: ev.blockSize, port: ev.port });
+      return;
+    case "progress":
+      report.progress({ bytesDisk: ev.bytesDisk, bytesNetwork: ev.bytesNetwork, bytesCompressed: ev.bytesCompressed, seconds: ev.seconds });
+      return;
+    case "file_start":
+      report.started(ev.path, ev.size);
+      return;
+    case "file_done":
+      report.finished(ev.path, ev.size);
+      return;
+    case "file_failed":
+      report.failed(ev.path, ev.message, undefined, true);
+      return;
+    case "summary": {
+      const { event: _e, time: _t, rate: _r, failures: _n, failed, exit: _x, ...totals } = ev;
+      return { ...totals, failures: failed };
+    }
   }
 }
 
