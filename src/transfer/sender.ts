@@ -236,7 +236,7 @@ export class Sender {
    * quarter of the limit; and the end of every large file waited on one).
    */
   private batchBytes(): number {
-    if (this.cursors.length !== 1) return BATCH_BYTES;
+    if (this.cursors.length !== 1 || this.pool.dataStreams === 1) return BATCH_BYTES;
     const rest = Number(this.cursors[0].size - this.cursors[0].next);
     return rest > this.pool.dataStreams * BATCH_BYTES ? BATCH_BYTES : this.opts.blockSize;
   }
