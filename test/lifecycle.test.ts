@@ -182,7 +182,7 @@ describe("the remote end exits", () => {
     const port = await freePorts(2);
     // One bit flipped in flight: the receiver's authentication check fails.
     const proxy = await startProxy(port, ({ conn, index, record }) => {
-      if (conn === 1 && index === 3) {
+      if (conn === 1 && index === 2) {
         const r = Buffer.from(record);
         r[40] ^= 1;
         return [r];

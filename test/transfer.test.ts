@@ -305,9 +305,9 @@ describe("the data port", () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 8 });
     const port = await freePort();
-    // Flip one bit in the body of the 3rd record of data stream 1 (connection 1).
+    // Flip one bit in the body of the 2nd data record of data stream 1 (connection 1; record 0 is its HELLO).
     const proxy = await startProxy(port, ({ conn, index, record }) => {
-      if (conn === 1 && index === 3) {
+      if (conn === 1 && index === 2) {
         const r = Buffer.from(record);
         r[40] ^= 0x01;
         return [r];
