@@ -7,8 +7,10 @@
  * spooled on this host as a relay (-3, the default) must. The source host
  * needs its own way into the target: its keys, or the agent -A lends it.
  *
- * What the source host's escp prints reaches the user as it comes, and its
- * exit status becomes ours. The command line travels on stdin, not through
+ * The source host's escp reports in --json: its events drive this end's
+ * progress display and summary (or go as they are to a --json reader), its
+ * stderr reaches the user as it comes, and its exit status becomes ours.
+ * The command line travels on stdin, not through
  * the remote shell, so no quoting stands between a file's name and escp; the
  * end of stdin means the escp that asked is gone (interrupted, killed, its
  * connection lost), and stops the copy there, temporary files removed.
@@ -17,7 +19,7 @@
  * // here, for `escp -R -r dtn1:/data dtn2:/archive/`:
  * await fromSource(o, [{ kind: "remote", host: "dtn1", path: "/data" }], { kind: "remote", host: "dtn2", path: "/archive/" }, report);
  * // on dtn1, `escp --origin`:
- * const order = await receiveCopy(); // { argv: ["-r", "--", "/data", "dtn2:/archive/"], gone }
+ * const order = await receiveCopy(); // { argv: ["-r", "--json", "--", "/data", "dtn2:/archive/"], gone }
  */
 import { defaultOptions, type Options } from "../cli/args.ts";
 import { formatOperand, parseOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
