@@ -173,6 +173,15 @@ describe("-R: the source host copies straight to the target", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
   });
 
+  test("a source host that cannot reach the target: its ssh's message, then which host it came from, exit 1", async () => {
+    const src = tmpdir("src");
+    await makeFile(path.join(src, "f"), 10, { seed: 32 });
+    const r = await runEscp(["-R", `${SSH_HOST}:${src}/f`, "nosuch.invalid:/tmp/"], { env: (await sourceHost()).env });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^escp: nosuch\.invalid: ssh failed: .*nosuch\.invalid/m);
+    expect(r.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: the copy escp ran there for -R failed \\(above\\)\n$`, "m"));
+  });
+
   test("on a terminal: the source host's progress and summary are shown here, each failure once", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 6 * BLOCK, { seed: 30 });

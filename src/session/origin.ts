@@ -45,6 +45,7 @@ export async function fromSource(
   const child = startRemote(o, host, "--origin");
   const stderrTail = forwardStderr(child.stderr, o);
   let summary: TransferSummary | undefined;
+  let failedThere = false; // its session failed as a whole (it printed why)
   const stdoutDone = (async () => {
     const lines = (child.stdout as any as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
     if (o.json) {
@@ -55,7 +56,12 @@ export async function fromSource(
     for (let r = await lines.next(); !r.done; r = await lines.next()) {
       text += Buffer.from(r.value).toString("utf8");
       const complete = text.lastIndexOf("\n") + 1;
-      for (const line of text.slice(0, complete).split("\n")) if (line) summary = replayLine(report, line) ?? summary;
+      for (const line of text.slice(0, complete).split("\n")) {
+        if (!line) continue;
+        const ev = replayLine(report, line);
+        if (ev?.event === "summary") summary = ev.summary;
+        if (ev?.event === "error") failedThere = true;
+      }
       text = text.slice(complete);
     }
   })().catch(() => {});
@@ -70,6 +76,8 @@ export async function fromSource(
     if (code === EXIT.ok) return { summary, failures: report.failures };
     // It named every failure itself, on the stderr we passed on.
     if (code === EXIT.failed) {
+      // Its message names the target, not where it ran: say that it came from there.
+      if (failedThere) return { failures: report.failures, error: `${where}: the copy escp ran there for -R failed (above)` };
       return { summary, failures: report.failures.length ? report.failures : [{ path: formatOperand(host), message: `the copy on ${where} failed` }] };
     }
     if (code === EXIT.usage) return { failures: report.failures, error: `${where}: escp there refused the copy's command line`, usage: true };
@@ -80,8 +88,8 @@ export async function fromSource(
   }
 }
 
-/** Shows one of the source host's events here; the summary comes back for the caller's. Other text goes on as it is. */
-function replayLine(report: Report, line: string): TransferSummary | undefined {
+/** Shows one of the source host's events here; what the caller needs of it comes back. Other text goes on as it is. */
+function replayLine(report: Report, line: string): { event: "summary"; summary: TransferSummary } | { event: "error" } | undefined {
   let ev: TransferEvent;
   try {
     ev = JSON.parse(line);
@@ -107,8 +115,10 @@ function replayLine(report: Report, line: string): TransferSummary | undefined {
       return;
     case "summary": {
       const { event: _e, time: _t, rate: _r, failures: _n, failed, exit: _x, ...totals } = ev;
-      return { ...totals, failures: failed };
+      return { event: "summary", summary: { ...totals, failures: failed } };
     }
+    case "error":
+      return { event: "error" };
   }
 }
 
