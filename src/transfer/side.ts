@@ -22,7 +22,7 @@ export type SideSpec = { role: "receiver"; target: Target } | { role: "sender"; 
 
 /** session.fileWindow is the other end's (see fileWindow); the sender keeps the smaller of both. */
 export function makeSide(spec: SideSpec, pool: StreamPool, session: SessionOptions, blockSize: number, events: Events): Side {
-  const opts = { ...session, blockSize, fileWindow: Math.min(fileWindow(), session.fileWindow ?? Infinity) };
+  const opts = { ...session, blockSize, fileWindow: sharedWindow(session.fileWindow) };
   if (spec.role === "receiver") return new Receiver(pool, spec.target, opts, events);
   const sender = new Sender(pool, opts, events);
   return { run: () => sender.run(spec.sources), stats: sender.stats, cleanup: () => {} };
@@ -52,6 +52,19 @@ export function fileWindow(): number {
   return (ownWindow ??= Math.max(16, Math.min(WINDOW, Math.floor(openFilesLimit() / 2) - 64)));
 }
 let ownWindow: number | undefined;
+
+/**
+ * The smaller of this end's fileWindow and the other end's, when the other's
+ * is a whole number of at least 1; anything else is ignored (NaN from a
+ * hostile server would otherwise lift the bound on open files).
+ *
+ * @example
+ * sharedWindow(64);       // 64 (when ours is larger)
+ * sharedWindow(Number.NaN); // fileWindow()
+ */
+export function sharedWindow(theirs: unknown): number {
+  return Number.isInteger(theirs) && (theirs as number) >= 1 ? Math.min(fileWindow(), theirs as number) : fileWindow();
+}
 
 /** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
 function openFilesLimit(): number {
