@@ -127,6 +127,23 @@ describe("relay", () => {
     expect(await sameFile(path.join(src, "tree", "a"), path.join(dst, "tree", "a"))).toBe(true);
     expect(await sameFile(path.join(src, "tree", "sub", "b"), path.join(dst, "tree", "sub", "b"))).toBe(true);
   });
+
+  test("when this host's spool is full, the message says where it is and how to avoid it", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), spool = tmpdir("spool");
+    await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 23 });
+    const m = await run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", spool]);
+    expect(m.code).toBe(0);
+    try {
+      const r = await runEscp([`${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: spool } });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/: No space left on device\n/);
+      expect(r.stderr).toContain(`escp: warning: a copy between two remote hosts passes through ${spool} on this host, which is full: ` +
+        `point TMPDIR elsewhere, or use -R to send straight from ${SSH_HOST} to ${SSH_HOST}\n`);
+      expect(fs.readdirSync(dst)).toEqual([]);
+    } finally {
+      await run(["umount", "-l", spool]);
+    }
+  });
 });
 
 describe("-R: the source host copies straight to the target", () => {

@@ -11,7 +11,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { Options } from "../cli/args.ts";
-import type { Operand } from "../cli/operands.ts";
+import type { Operand, RemoteOperand } from "../cli/operands.ts";
 import type { Report } from "../report.ts";
 import { transfer, type TransferResult } from "./client.ts";
 
@@ -19,6 +19,12 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), "escp-relay-"));
   try {
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
+    // The user named two remote hosts: a full disk here needs saying where, and the way around it.
+    if ([pulled.error ?? "", ...pulled.failures.map((f) => f.message)].some((m) => /No space left on device|Disk quota exceeded/.test(m))) {
+      const from = (sources.find((s) => s.kind === "remote") as RemoteOperand).host, to = (target as RemoteOperand).host;
+      report.warning(`a copy between two remote hosts passes through ${path.dirname(spool)} on this host, which is full: ` +
+        `point TMPDIR elsewhere, or use -R to send straight from ${from} to ${to}`);
+    }
     if (pulled.error || pulled.interrupted) return pulled;
     const names = fs.readdirSync(spool).sort();
     if (names.length === 0) return pulled;
