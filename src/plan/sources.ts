@@ -1,10 +1,11 @@
 /**
- * Source operands on the sending side: globs are expanded there, as a
+ * Source operands on the sending side: `~` and globs are expanded there, as a
  * remote shell expands them for scp (`escp 'host:logs/*.gz' .`), and a
  * pattern that matches nothing is an error naming it.
  */
 import fs from "node:fs";
 import path from "node:path";
+import { expandHome } from "./target.ts";
 
 export interface Sources {
   paths: string[];
@@ -15,7 +16,8 @@ const GLOB = /[*?[]/;
 
 export function expandSources(operands: string[]): Sources {
   const out: Sources = { paths: [], missing: [] };
-  for (const op of operands) {
+  for (const given of operands) {
+    const op = expandHome(given);
     if (!GLOB.test(op)) {
       out.paths.push(op);
       continue;

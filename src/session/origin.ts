@@ -23,7 +23,6 @@
  */
 import { defaultOptions, type Options } from "../cli/args.ts";
 import { formatOperand, parseOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
-import { expandHome } from "../plan/target.ts";
 import { expandSources } from "../plan/sources.ts";
 import { EXIT, type Report, type TransferEvent } from "../report.ts";
 import type { TransferSummary } from "../protocol.ts";
@@ -144,7 +143,7 @@ export async function receiveCopy(): Promise<{ argv: string[]; gone: Promise<voi
  * by its name.
  */
 export function sourcesHere(sources: Operand[]): Operand[] {
-  const { paths, missing } = expandSources(sources.map((s) => expandHome(s.path)));
+  const { paths, missing } = expandSources(sources.map((s) => s.path));
   return [...paths, ...missing.map((m) => m.path)].map((p) => ({ kind: "local", path: p }));
 }
 

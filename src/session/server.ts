@@ -12,7 +12,7 @@ import { PROTO_VERSION, gcmBackend, prepareGcm } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
-import { resolveTarget, expandHome } from "../plan/target.ts";
+import { resolveTarget } from "../plan/target.ts";
 import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
 import { log } from "../log.ts";
@@ -64,7 +64,7 @@ export async function runServer(): Promise<number> {
     const target = hello.serverRole === "receiver"
       ? resolveTarget(hello.target ?? "", { multipleSources: !!hello.multipleSources })
       : undefined;
-    const sources = expandSources(hello.serverRole === "sender" ? (hello.sources ?? []).map((s) => expandHome(s)) : []);
+    const sources = expandSources(hello.serverRole === "sender" ? hello.sources ?? [] : []);
     const streams = target ? hello.streams : streamsFor(sources.paths, hello.streams, hello.blockSize);
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
