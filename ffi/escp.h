@@ -168,8 +168,11 @@ int64_t escp_pread(int fd, void *buf, uint64_t len, int64_t off);
 int escp_hash_range(int fd, int64_t off, uint64_t len, uint8_t out[16]);
 /* (added) posix_fadvise(DONTNEED) for [off, off+len) (len 0 = to the end): 0 or -errno. */
 int escp_drop_cache(int fd, int64_t off, int64_t len);
-/* (added) fallocate(fd, 0, off, len); filesystems without it are not an error. */
-int escp_fallocate(int fd, int64_t off, int64_t len);
+/* (added) Reserves len bytes for a new, empty file (fallocate; filesystems without it are
+ * not an error).  -ENOSPC at once, allocating nothing, when len is over the free space:
+ * a fallocate that fails keeps what it took on ext4, so the whole filesystem would be
+ * full for everyone until the file is removed. */
+int escp_reserve(int fd, int64_t len);
 
 /* ---- net.c ------------------------------------------------------------- */
 typedef struct escp_conn escp_conn;

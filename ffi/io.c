@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -434,9 +435,13 @@ ESCP_API int64_t escp_seek_hole(int fd, int64_t from) {
 
 /* Added to escp.h: preallocation (falls back to nothing where unsupported) and page-cache
  * dropping for a range (the "drop_cache" of escp_pread's comment). */
-ESCP_API int escp_fallocate(int fd, int64_t off, int64_t len) {
+ESCP_API int escp_reserve(int fd, int64_t len) {
   if (len <= 0) return 0;
-  if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0) return 0;
+  struct statvfs v;
+  if (fstatvfs(fd, &v) == 0 && v.f_frsize && ((uint64_t)len + v.f_frsize - 1) / v.f_frsize > v.f_bavail)
+    return escp__err(-ENOSPC, "%lld bytes do not fit in the %llu free", (long long)len,
+                     (unsigned long long)v.f_bavail * v.f_frsize);
+  if (fallocate(fd, 0, 0, (off_t)len) == 0) return 0;
   if (errno == EOPNOTSUPP || errno == ENOSYS) return 0;
   return escp__errno("fallocate fd %d", fd);
 }

@@ -380,7 +380,7 @@ static int slot_fd(escp_fdslot *s, int *direct) {
        * streams' O_DIRECT writes then land inside the file instead of each extending it,
        * which ext4 serialises on the inode lock (half the machine idle in a 2 GiB copy). */
       if (nfd >= 0 && s->size >= PREALLOC_MIN) {
-        int r = escp_fallocate(nfd, 0, (int64_t)s->size);
+        int r = escp_reserve(nfd, (int64_t)s->size);
         if (r == -ENOSPC || r == -EDQUOT || r == -EFBIG) {
           close(nfd);
           if (!unnamed) unlinkat(s->dirfd, s->name, 0);

@@ -17,11 +17,12 @@ die() { log "error: $*"; exit 1; }
 #   rsync iperf3 xxhash: baselines and checks for benchmarks
 #   procps iproute2 util-linux time: ps/pgrep, ss, setpriv/taskset, /usr/bin/time
 #   strace: a test checks which thread creates the receiver's files
+#   e2fsprogs: a test makes a small ext4 filesystem (mkfs.ext4) to fill
 APT_PACKAGES=(
   build-essential libssl-dev libzstd-dev libxxhash-dev libgcrypt20
   openssh-server openssh-client
   rsync iperf3 xxhash
-  procps iproute2 util-linux time strace
+  procps iproute2 util-linux time strace e2fsprogs
 )
 
 missing=()

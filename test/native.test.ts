@@ -38,6 +38,7 @@ const SYMS = {
   escp_gcm_open: { args: ["ptr", "ptr", "ptr", "u32", "ptr", "u32", "ptr"], returns: "i32" },
   escp_open_read: { args: ["ptr", "i32", "ptr"], returns: "i32" },
   escp_drop_cache: { args: ["i32", "i64", "i64"], returns: "i32" },
+  escp_reserve: { args: ["i32", "i64"], returns: "i32" },
   escp_openat_beneath: { args: ["i32", "ptr", "i32", "u32", "i32", "ptr"], returns: "i32" },
   escp_close: { args: ["i32"], returns: "i32" },
   escp_opendir: { args: ["ptr"], returns: "i32" },
@@ -337,6 +338,32 @@ describe("io", () => {
     expect(L.escp_unlinkat_beneath(dirfd, cstr("d/e"), 1)).toBe(0);
     expect(fs.readdirSync(path.join(root, "d"))).toEqual(["f"]);
     fs.closeSync(dirfd);
+  });
+
+  test("reserving more than the free space fails at once and takes none of it (ext4 keeps what a failed fallocate took)", () => {
+    const img = path.join(tmp, "small.ext4"), mnt = path.join(tmp, "small");
+    fs.mkdirSync(mnt);
+    fs.writeFileSync(img, "");
+    fs.truncateSync(img, 64 << 20);
+    const sh = (cmd: string[]) => spawnSync(cmd[0], cmd.slice(1), { encoding: "utf8" });
+    expect(sh(["mkfs.ext4", "-q", "-F", img]).status).toBe(0);
+    const mounted = sh(["mount", "-o", "loop", img, mnt]);
+    expect(mounted.stderr).toBe("");
+    try {
+      const free = () => fs.statfsSync(mnt).bavail;
+      const before = free();
+      const big = fs.openSync(path.join(mnt, "big"), "w");
+      expect(L.escp_reserve(big, 200 << 20)).toBe(-28 /* ENOSPC */);
+      expect(fs.fstatSync(big).blocks).toBe(0);
+      expect(free()).toBe(before);
+      const fits = fs.openSync(path.join(mnt, "fits"), "w");
+      expect(L.escp_reserve(fits, 8 << 20)).toBe(0);
+      expect(fs.fstatSync(fits).blocks * 512).toBeGreaterThanOrEqual(8 << 20);
+      fs.closeSync(big);
+      fs.closeSync(fits);
+    } finally {
+      sh(["umount", mnt]);
+    }
   });
 });
 
