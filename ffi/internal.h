@@ -38,6 +38,8 @@ typedef struct {
 
 /* ---- pipeline.c: a stream direction's disk I/O on a helper thread ---- */
 #define ESCP_PIPE_DEPTH 4 /* blocks read ahead or written behind per stream direction */
+#define ESCP_AHEAD_CAP (64u * 1024) /* received bytes held past the current record */
+#define ESCP_STAGE_CAP (64u * 1024) /* small sealed records gathered into one send */
 
 typedef struct escp_job {
   int64_t (*run)(struct escp_job *j); /* on the helper; NULL = nothing to do */
@@ -83,6 +85,10 @@ struct escp_conn {
   uint8_t *tx_ctl;        /* scratch for escp_send_record (malloc) */
   size_t tx_ctl_cap;
   uint8_t *tx_buf;        /* aligned: ESCP_ALIGN + block + ESCP_ALIGN (blocks read inline) */
+  /* Sealed small records of the current batch not sent yet (loops.c send_sealed); empty
+   * between calls, so escp_send_record never overtakes them. */
+  uint8_t tx_stage[ESCP_STAGE_CAP];
+  uint32_t tx_staged;
   uint8_t *tx_ring[ESCP_PIPE_DEPTH]; /* likewise, for blocks read ahead by tx_pipe */
   escp_pipe tx_pipe;
   uint32_t tx_block;
@@ -109,10 +115,13 @@ struct escp_conn {
   uint8_t pend_type, pend_flags;
   uint32_t pend_len;      /* body length; the body is at rx_buf + ESCP_ALIGN - ESCP_DATA_PREFIX */
   uint64_t pend_seq;
-  /* The start of the next record's header, read by recv_batch while it looked for more
-   * (loops.c more_waiting); escp__recv_hdr takes these bytes first. */
-  uint8_t hdr_ahead[ESCP_HDR_LEN];
-  uint32_t hdr_ahead_len;
+  /* Bytes of the next records, read by recv_batch while it looked for more (loops.c
+   * more_waiting): after a small record as many as the socket holds, so a run of small
+   * files costs one recv per ESCP_AHEAD_CAP bytes instead of two per record; after a
+   * large one only the next header, so a block still lands in place without a copy.
+   * escp__recv_all takes these bytes first.  Ciphertext only. */
+  uint8_t ahead[ESCP_AHEAD_CAP];
+  uint32_t ahead_off, ahead_len;
 };
 
 /* ---- errors (crypto.c owns the thread-local detail) ---- */

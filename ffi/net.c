@@ -143,7 +143,13 @@ int escp__send_all(escp_conn *c, const void *buf, size_t len, int more) {
 
 int escp__recv_all(escp_conn *c, void *buf, size_t len, const char *what) {
   uint8_t *p = buf;
-  size_t got = 0;
+  size_t got = len < c->ahead_len ? len : c->ahead_len;
+  if (got) {
+    memcpy(p, c->ahead + c->ahead_off, got);
+    c->ahead_off += (uint32_t)got;
+    c->ahead_len -= (uint32_t)got;
+    if (!c->ahead_len) c->ahead_off = 0;
+  }
   while (got < len) {
     ssize_t r = recv(c->fd, p + got, len - got, MSG_WAITALL);
     if (r < 0) {
@@ -163,10 +169,7 @@ int escp__recv_all(escp_conn *c, void *buf, size_t len, const char *what) {
 }
 
 int escp__recv_hdr(escp_conn *c, uint8_t hdr[16], uint32_t cap, uint32_t *type, uint32_t *flags, uint32_t *len) {
-  uint32_t have = c->hdr_ahead_len;
-  if (have) memcpy(hdr, c->hdr_ahead, have);
-  c->hdr_ahead_len = 0;
-  int rc = have < ESCP_HDR_LEN ? escp__recv_all(c, hdr + have, ESCP_HDR_LEN - have, "header") : 0;
+  int rc = escp__recv_all(c, hdr, ESCP_HDR_LEN, "header");
   if (rc) return rc;
   uint64_t seq = escp__be64(hdr + 8);
   *type = hdr[0];
@@ -227,7 +230,7 @@ ESCP_API int64_t escp_recv_record(escp_conn *c, uint8_t *body_out, uint32_t cap,
     c->pend = 0;
     return c->pend_len;
   }
-  if (c->rx_end && !c->hdr_ahead_len) {
+  if (c->rx_end && !c->ahead_len) {
     /* Extension: after END, a clean EOF returns 0 with type 0 (no more records). */
     uint8_t b;
     ssize_t r;

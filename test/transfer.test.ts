@@ -476,6 +476,27 @@ describe("file creation on the receiver", () => {
   });
 });
 
+describe("small files on the wire", () => {
+  test("many small files share socket calls: far fewer sends and receives than records", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");
+    for (let d = 0; d < 10; d++) for (let f = 0; f < 100; f++) await makeFile(path.join(src, "s", `d${d}`, `f${f}`), 1000 + f, { seed: d * 100 + f });
+    const sshd = await startSshd();
+    const local = path.join(logs, "local"), remote = path.join(logs, "remote"), wrapper = path.join(logs, "remote.sh");
+    fs.writeFileSync(wrapper, `#!/bin/sh\nexec strace -f -qq -e trace=sendto,recvfrom -o ${remote} ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const r = await run(["strace", "-f", "-qq", "-e", "trace=sendto", "-o", local, ESCP_BIN, "-F", sshd.configPath, "-r", path.join(src, "s"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_REMOTE: wrapper },
+    });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    for (const d of [0, 9]) expect(await sameFile(path.join(src, "s", `d${d}`, "f99"), path.join(dst, "s", `d${d}`, "f99"))).toBe(true);
+    // 1,000 DATA records of about 1 KiB: one send() and two recv()s each before, a few dozen
+    // records per call now (the rest are control records: file lists, verdicts, END).
+    const count = (file: string, call: string) => fs.readFileSync(file, "utf8").split("\n").filter((l) => l.includes(` ${call}(`)).length;
+    expect(count(local, "sendto")).toBeLessThan(250);
+    expect(count(remote, "recvfrom")).toBeLessThan(250);
+  });
+});
+
 describe("open files", () => {
   test("under ulimit -n 256 a -r push of 600 files in 300 directories succeeds: the sender keeps fewer open", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
