@@ -181,6 +181,20 @@ describe("-R: the source host copies straight to the target", () => {
     expect(await sameFile(path.join(src, "x:y"), path.join(dst, "x:y"))).toBe(true);
   });
 
+  test("--ssh builtin: the built-in client starts the source host's escp and carries its events", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "d", "a"), BLOCK + 5, { seed: 33 });
+    await makeFile(path.join(src, "d", "b"), 3, { seed: 34 });
+    const { env, spool } = await sourceHost();
+    const r = await runEscp(["--ssh", "builtin", "-R", "-r", "--json", `${SSH_HOST}:${src}/d`, `${SSH_HOST}:${dst}/`], { env });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!)).toMatchObject({ event: "summary", files: 2, exit: 0 });
+    // Bun writes the client's native add-ons (ssh2's) to TMPDIR as .bun-*.node, and reuses them.
+    expect(fs.readdirSync(spool).filter((n) => !/^\.bun-.*\.node$/.test(n))).toEqual([]);
+    for (const f of ["a", "b"]) expect(await sameFile(path.join(src, "d", f), path.join(dst, "d", f))).toBe(true);
+  });
+
   test("a missing source is named by the source host, the others arrive, exit 1", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 100, { seed: 28 });
