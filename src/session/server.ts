@@ -20,6 +20,9 @@ import type { ControlMessage } from "../protocol.ts";
 
 export async function runServer(): Promise<number> {
   const ch = new ControlChannel(Bun.stdin.stream(), (b) => void process.stdout.write(b), "the connecting escp");
+  // Every copy has stream 0 and at least one data stream: their workers boot (~12 ms)
+  // while hello is read and answered, not after the streams have connected.
+  prestartStreamWorkers(1);
   const hello = await ch.receive();
   if (!hello) return 1;
   if (hello.type !== "hello") {

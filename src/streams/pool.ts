@@ -46,7 +46,7 @@ const SLOT_MASK = BigInt(TABLE_CAP - 1);
 /** An escp_fdslot is FDSLOT_SIZE (40) bytes: 5 u64 or 10 i32. */
 const SLOT_U64 = FDSLOT_SIZE / 8, SLOT_I32 = FDSLOT_SIZE / 4;
 
-/** Boots the workers of a pool of `streams` data streams ahead of time (see spare.ts). */
+/** Boots the workers of a pool of `streams` data streams ahead of time, less any already booting (see spare.ts). */
 export function prestartStreamWorkers(streams: number): void {
   prestart(WORKER_URL, streams + 1, { kind: "load", libPath: nativePath() } satisfies ToWorker);
 }

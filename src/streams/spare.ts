@@ -15,10 +15,10 @@ const spares = new Map<string, Worker[]>();
 /** Bun's Worker (ref/unref, as a timer's); the DOM typing the project also loads lacks them. */
 type BunWorker = Worker & { ref(): void; unref(): void };
 
-/** Starts `count` workers of `url`, each sent `first` (e.g. to load the native library). */
+/** Starts workers of `url` until `count` are spare, each sent `first` (e.g. to load the native library). */
 export function prestart(url: string, count: number, first?: unknown): void {
   const list = spares.get(url) ?? [];
-  for (let i = 0; i < count; i++) {
+  while (list.length < count) {
     const w = new Worker(url) as BunWorker;
     w.unref();
     if (first !== undefined) w.postMessage(first);
