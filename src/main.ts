@@ -15,6 +15,7 @@ import { runServer } from "./session/server.ts";
 import { receiveCopy, sourcesHere } from "./session/origin.ts";
 import { VERSION } from "./version.ts";
 import { PROTO_VERSION } from "./native.ts";
+import { rawArgs } from "./names.ts";
 
 async function main(argv: string[]): Promise<number> {
   const parsed = parseArgs(argv);
@@ -86,7 +87,7 @@ function withConfig(options: Options, explicit: Explicit): Options {
   return mergeConfig(options, explicit, loadConfig());
 }
 
-main(process.argv.slice(2)).then(
+main(rawArgs(process.argv.slice(2))).then(
   (code) => process.exit(code),
   (e) => {
     process.stderr.write(`${e instanceof Error && !e.message.startsWith("escp:") ? "escp: " : ""}${e instanceof Error ? e.message : String(e)}\n`);

@@ -15,6 +15,7 @@
  */
 import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
 import fs from "node:fs";
+import { encodeName, hasEscapedBytes } from "./names.ts";
 // @ts-ignore: a file import yields the path of the embedded (or built) library
 import embeddedLib from "../build/libescp.so" with { type: "file" };
 
@@ -186,9 +187,9 @@ export function gcmBackend(): string {
   return String(native().escp_gcm_backend());
 }
 
-/** NUL-terminated UTF-8 for cstring arguments. */
+/** NUL-terminated bytes for cstring arguments: UTF-8, or a name's own bytes (names.ts). */
 export function cstr(s: string): Buffer {
-  return Buffer.from(s + "\0", "utf8");
+  return hasEscapedBytes(s) ? Buffer.from(encodeName(s + "\0")) : Buffer.from(s + "\0", "utf8");
 }
 
 const scratchName = Buffer.alloc(4096);
@@ -198,7 +199,7 @@ const scratchName = Buffer.alloc(4096);
  * call reads at once and never keeps (one allocation less per file).
  */
 export function cstrNow(s: string): Buffer {
-  if (s.length >= scratchName.length / 3) return cstr(s); // may not fit as UTF-8
+  if (s.length >= scratchName.length / 3 || hasEscapedBytes(s)) return cstr(s); // may not fit as UTF-8
   const n = scratchName.write(s, 0, "utf8");
   scratchName[n] = 0;
   return scratchName;

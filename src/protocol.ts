@@ -8,6 +8,7 @@
  * decodeFiles(body)[0].path; // "a.txt"
  */
 import { dfgOnly } from "./jit.ts";
+import { decodeName, encodeName, hasEscapedBytes } from "./names.ts";
 
 /** One entry of the file list, as the sender announces it. */
 export interface FileEntry {
@@ -92,7 +93,6 @@ export interface TransferSummary {
 export const MAX_CONTROL_MESSAGE = 1 << 20;
 
 const KIND_CODE = { file: 1, dir: 2 } as const;
-const utf8 = new TextDecoder();
 const utf8Out = new TextEncoder();
 const ENTRY_FIXED = 8 + 1 + 1 + 2 + 4 + 8 + 8 + 8; // id kind top pathLen mode size mtime atime
 const MAX_PATH_BYTES = 0xffff;
@@ -110,7 +110,7 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
   dv.setUint32(0, entries.length);
   let o = 4;
   for (const e of entries) {
-    const { written } = utf8Out.encodeInto(e.path, out.subarray(o + ENTRY_FIXED));
+    const written = hasEscapedBytes(e.path) ? put(out, o + ENTRY_FIXED, encodeName(e.path)) : utf8Out.encodeInto(e.path, out.subarray(o + ENTRY_FIXED)).written;
     if (written > MAX_PATH_BYTES) throw new RangeError(`${e.path.slice(0, 100)}...: path of ${written} bytes is over the limit of ${MAX_PATH_BYTES}`);
     dv.setBigUint64(o, e.id);
     out[o + 8] = KIND_CODE[e.kind];
@@ -123,6 +123,12 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
     o += ENTRY_FIXED + written;
   }
   return out.slice(0, o);
+}
+
+/** Copies `bytes` into `out` at `at`; returns how many. */
+function put(out: Uint8Array, at: number, bytes: Uint8Array): number {
+  out.set(bytes, at);
+  return bytes.length;
 }
 
 /** Parses a FILES body; throws ProtocolError on anything malformed. Paths are checked by plan/target. */
@@ -148,7 +154,7 @@ export function decodeFiles(body: Uint8Array): FileEntry[] {
       size,
       mtimeNs: dv.getBigInt64(o + 24),
       atimeNs: dv.getBigInt64(o + 32),
-      path: utf8.decode(body.subarray(o + ENTRY_FIXED, o + ENTRY_FIXED + pathLen)),
+      path: decodeName(body.subarray(o + ENTRY_FIXED, o + ENTRY_FIXED + pathLen)),
     });
     o += ENTRY_FIXED + pathLen;
   }
@@ -172,7 +178,8 @@ const MAX_MESSAGE_BYTES = 4096;
 /** Many verdicts share one DONE or RESULT record: small files would otherwise cost a record each. */
 export function encodeVerdicts(vs: FileVerdict[]): Uint8Array {
   // Most verdicts carry no message: they share one empty array.
-  const msgs = vs.map((v) => (v.message ? utf8Out.encode(v.message).subarray(0, MAX_MESSAGE_BYTES) : NO_BYTES));
+  // Messages name files: their bytes travel as a name's do (names.ts).
+  const msgs = vs.map((v) => (v.message ? encodeName(v.message).subarray(0, MAX_MESSAGE_BYTES) : NO_BYTES));
   let total = 4;
   for (const m of msgs) total += VERDICT_FIXED + m.length;
   const out = new Uint8Array(total);
@@ -204,7 +211,7 @@ export function decodeVerdicts(body: Uint8Array): FileVerdict[] {
       status: dv.getInt32(o + 8),
       bytes: dv.getBigUint64(o + 16),
       digest: body.slice(o + 24, o + 40),
-      message: msgLen ? utf8.decode(body.subarray(o + VERDICT_FIXED, o + VERDICT_FIXED + msgLen)) : "",
+      message: msgLen ? decodeName(body.subarray(o + VERDICT_FIXED, o + VERDICT_FIXED + msgLen)) : "",
     });
     o += VERDICT_FIXED + msgLen;
   }

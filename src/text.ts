@@ -7,8 +7,9 @@
  * @example
  * printable("evil\x1b]0;pwned\x07.txt"); // "evil\\033]0;pwned\\007.txt"
  */
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\udc80-\udcff]/gu;
 
+/** Control characters, and the bytes of a name that is not UTF-8 (names.ts), as octal escapes. */
 export function printable(s: string): string {
-  return s.replace(CONTROL, (c) => "\\" + c.charCodeAt(0).toString(8).padStart(3, "0"));
+  return s.replace(CONTROL, (c) => "\\" + (c.charCodeAt(0) & 0xff).toString(8).padStart(3, "0"));
 }

@@ -151,24 +151,28 @@ export function digest(content: string | Buffer): string {
  */
 export function snap(dir: string, opts: SnapOptions = {}): string[] {
   const { modes = true, mtimes = false, atimes = false, dirModes = true } = opts;
-  const entries: Array<{ rel: string; st: fs.Stats }> = [];
-  const walk = (rel: string) => {
-    const abs = rel ? path.join(dir, rel) : dir;
-    const names = fs.readdirSync(abs);
-    const stats = names.map((n) => ({ rel: rel ? `${rel}/${n}` : n, st: fs.lstatSync(path.join(abs, n)) }));
+  // Names as bytes: one that is not UTF-8 must not read like another that is.
+  const entries: Array<{ rel: Buffer; st: fs.Stats }> = [];
+  const root = Buffer.from(dir);
+  const under = (rel: Buffer, n: Buffer) => (rel.length ? Buffer.concat([rel, Buffer.from("/"), n]) : n);
+  const full = (rel: Buffer) => Buffer.concat([root, Buffer.from("/"), rel]);
+  const walk = (rel: Buffer) => {
+    const names = fs.readdirSync(rel.length ? full(rel) : root, { encoding: "buffer" });
+    const stats = names.map((n) => ({ rel: under(rel, n), st: fs.lstatSync(full(under(rel, n))) }));
     entries.push(...stats);
     for (const e of stats) if (e.st.isDirectory()) walk(e.rel);
   };
-  walk("");
+  walk(Buffer.alloc(0));
   const kind = (s: fs.Stats) =>
     s.isFile() ? "file" : s.isDirectory() ? "dir" : s.isSymbolicLink() ? "symlink" : s.isFIFO() ? "fifo" : "other";
+  const named = (b: Buffer) => (Buffer.from(b.toString("utf8")).equals(b) ? b.toString("utf8") : `bytes ${b.toString("hex")}`);
   const out = entries.map(({ rel, st }) => {
-    const parts = [JSON.stringify(rel), kind(st)];
+    const parts = [JSON.stringify(named(rel)), kind(st)];
     if (modes && !(st.isSymbolicLink() || (st.isDirectory() && !dirModes))) parts.push((st.mode & 0o7777).toString(8).padStart(4, "0"));
     if (st.isFile()) {
-      parts.push(`${st.size}B`, digest(fs.readFileSync(path.join(dir, rel))));
+      parts.push(`${st.size}B`, digest(fs.readFileSync(full(rel))));
     }
-    if (st.isSymbolicLink()) parts.push(`-> ${fs.readlinkSync(path.join(dir, rel))}`);
+    if (st.isSymbolicLink()) parts.push(`-> ${named(fs.readlinkSync(full(rel), { encoding: "buffer" }))}`);
     if (mtimes && !st.isSymbolicLink()) parts.push(`m=${Math.floor(st.mtimeMs / 1000)}`);
     if (atimes && !st.isSymbolicLink()) parts.push(`a=${Math.floor(st.atimeMs / 1000)}`);
     return parts.join(" ");

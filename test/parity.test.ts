@@ -433,6 +433,44 @@ describe.concurrent("-r", () => {
     expectSame(ref, esc);
   });
 
+  // Names are bytes: Latin-1 from an old system, and sequences that are not UTF-8 at all.
+  const NOT_UTF8 = [[0x63, 0x61, 0x66, 0xe9], [0x78, 0xff], [0x78, 0xfe], [0xed, 0xa0, 0x80], [0xc3]].map((b) => Buffer.from(b));
+  const at = (dir: string, name: Buffer) => Buffer.concat([Buffer.from(`${dir}/`), name]);
+  function bytesTree(root: string): void {
+    mkdir(root);
+    for (const [i, n] of NOT_UTF8.entries()) fs.writeFileSync(at(root, n), `${i}\n`);
+    const dir = at(root, Buffer.from([0x64, 0xe9]));
+    fs.mkdirSync(dir);
+    fs.writeFileSync(Buffer.concat([dir, Buffer.from("/in"), Buffer.from([0xe9])]), "deep\n");
+  }
+
+  test("push -r: names that are not UTF-8 arrive with their bytes, none merged with another", async () => {
+    const [ref, esc] = await both(
+      (s) => bytesTree(`${s.src}/b`),
+      (s) => s.run(["-r", `${s.src}/b`, `${H}:${s.dst}/`]),
+    );
+    expectSame(ref, esc);
+    expectQuiet(esc);
+  });
+
+  test("pull -r: names that are not UTF-8 arrive with their bytes, none merged with another", async () => {
+    const [ref, esc] = await both(
+      (s) => bytesTree(`${s.src}/b`),
+      (s) => s.run(["-r", `${H}:${s.src}/b`, `${s.dst}/`]),
+    );
+    expectSame(ref, esc);
+    expectQuiet(esc);
+  });
+
+  test("pull: a remote glob matches names that are not UTF-8, each with its own bytes", async () => {
+    const [ref, esc] = await both(
+      (s) => bytesTree(`${s.src}/b`),
+      (s) => s.run([`${H}:${s.src}/b/x?`, `${H}:${s.src}/b/caf?`, `${H}:${s.src}/b/d?/*`, `${s.dst}/`]),
+    );
+    expectSame(ref, esc);
+    expectQuiet(esc);
+  });
+
   test("odd names as operands: spaces, a quote, a leading dash (after --), $(...)", async () => {
     const [ref, esc] = await both(
       (s) => {

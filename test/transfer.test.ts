@@ -490,6 +490,21 @@ describe("file creation on the receiver", () => {
   });
 });
 
+describe("names that are not UTF-8", () => {
+  test("a source named on the command line in Latin-1 is found, and arrives with that name", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const name = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "caf\351"
+    fs.writeFileSync(Buffer.concat([Buffer.from(`${src}/`), name]), "latin-1\n");
+    const sshd = await startSshd();
+    const r = await run(["sh", "-c", `exec "$0" -F "$1" "$2/$(printf 'caf\\351')" "$3"`, ESCP_BIN, sshd.configPath, src, `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_REMOTE: ESCP_BIN },
+    });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.readdirSync(dst, { encoding: "buffer" })).toEqual([name]);
+  });
+});
+
 describe("small files on the wire", () => {
   test("many small files share socket calls: far fewer sends and receives than records", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("log");

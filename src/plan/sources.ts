@@ -4,8 +4,12 @@
  * pattern that matches nothing is an error naming it.
  */
 import fs from "node:fs";
-import path from "node:path";
+// Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
+import path from "path-browserify";
 import { expandHome } from "./target.ts";
+import { decodeName, encodeName, fsPath } from "../names.ts";
+
+const lossy = new TextDecoder();
 
 export interface Sources {
   paths: string[];
@@ -23,13 +27,12 @@ export function expandSources(operands: string[]): Sources {
       continue;
     }
     const base = path.isAbsolute(op) ? "/" : ".";
-    const matches = [...new Bun.Glob(path.isAbsolute(op) ? op.slice(1) : op).scanSync({ cwd: base, dot: false, onlyFiles: false })]
-      .map((m) => (base === "/" ? "/" + m : m))
-      .sort();
+    const found = new Set(new Bun.Glob(path.isAbsolute(op) ? op.slice(1) : op).scanSync({ cwd: base, dot: false, onlyFiles: false }));
+    const matches = [...found].flatMap((m) => withBytes(base === "/" ? "/" + m : m)).sort();
     // As a shell would: the pattern's matches (a file literally named like it is one of
     // them); only a pattern that matches nothing may still name a file as it is.
     if (matches.length) out.paths.push(...matches);
-    else if (fs.existsSync(op)) out.paths.push(op);
+    else if (fs.existsSync(fsPath(op))) out.paths.push(op);
     else out.missing.push({ path: op, message: "No such file or directory" });
   }
   return out;
@@ -52,11 +55,29 @@ export function streamsFor(paths: string[], threads: number, blockSize: number):
   for (const p of paths) {
     let st: fs.Stats | undefined;
     try {
-      st = fs.statSync(p);
+      st = fs.statSync(fsPath(p));
     } catch {} // a source that cannot be read is one file's failure, reported when it is sent
     if (st?.isDirectory()) return threads;
     blocks += Math.max(1, Math.ceil((st?.isFile() ? st.size : 0) / blockSize));
     if (blocks >= threads) return threads;
   }
   return Math.max(1, blocks);
+}
+
+/**
+ * The paths Bun.Glob's match `m` stands for: Bun gives U+FFFD for each byte of a
+ * name that is not UTF-8, so such a name is found again in its directory (every
+ * name that reads like it: x\376 and x\377 both read "x\ufffd").
+ */
+function withBytes(m: string): string[] {
+  if (!m.includes("\ufffd")) return [m];
+  let paths = [m.startsWith("/") ? "/" : ""];
+  for (const part of m.split("/").filter(Boolean)) {
+    paths = paths.flatMap((dir) => {
+      if (!part.includes("\ufffd")) return [dir + part + "/"];
+      const names = fs.readdirSync(fsPath(dir || "."), { encoding: "buffer" }).map(decodeName);
+      return names.filter((n) => lossy.decode(encodeName(n)) === part).map((n) => dir + n + "/");
+    });
+  }
+  return paths.map((p) => p.slice(0, -1));
 }

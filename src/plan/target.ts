@@ -13,9 +13,11 @@
  */
 import fs from "node:fs";
 import os from "node:os";
-import path from "node:path";
+// Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
+import path from "path-browserify";
 import { errnoText } from "./walk.ts";
 import { dfgOnly } from "../jit.ts";
+import { fsPath } from "../names.ts";
 
 export interface Target {
   /** The directory every entry is written beneath (absolute, for messages). */
@@ -69,7 +71,7 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
   const target = expandHome(dest, o.home);
   let st: fs.Stats | undefined;
   try {
-    st = fs.statSync(target);
+    st = fs.statSync(fsPath(target));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw new TargetError(`${target}: ${errnoText(e)}`);
   }
@@ -87,7 +89,7 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
   }
   let rootFd: number;
   try {
-    rootFd = fs.openSync(root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    rootFd = fs.openSync(fsPath(root), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   } catch (e) {
     throw new TargetError(`${root}: ${errnoText(e)}`);
   }

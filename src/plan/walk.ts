@@ -11,11 +11,13 @@
  * await walk(["src"], { recursive: true }, (item) => console.log(item.rel));
  */
 import fs from "node:fs";
-import path from "node:path";
+// Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
+import path from "path-browserify";
 import { native, nativePath, cstr, ptr, type DirNative } from "../native.ts";
 import { WALKER_URL } from "../entrypoints.ts";
 import { prestart, takeWorker } from "../streams/spare.ts";
 import { dfgOnly } from "../jit.ts";
+import { decodeName, fsPath } from "../names.ts";
 
 export type WalkItem =
   /** A file's stat is left to the sender, which takes it from the open file. */
@@ -48,7 +50,7 @@ export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Pr
   for (const src of sources) {
     let st: fs.BigIntStats;
     try {
-      st = fs.statSync(src, { bigint: true });
+      st = fs.statSync(fsPath(src), { bigint: true });
     } catch (e) {
       await emit({ kind: "error", abs: src, message: errnoText(e) });
       continue;
@@ -92,7 +94,6 @@ function lib(): DirNative {
 /** getdents64 chunk per open directory (ffi/dirlist.c): ~800 names of 20 bytes. */
 const DIR_BUF = 32 << 10;
 const DT_DIR = 4, DT_REG = 8, DT_LNK = 10, DT_UNKNOWN = 0;
-const utf8 = new TextDecoder();
 
 /** An open directory, read a chunk at a time: its memory is the chunk, however many names it holds. */
 interface DirReader {
@@ -190,12 +191,12 @@ async function readEntries(dir: DirReader, abs: string, skip = -1): Promise<{ en
       dir.at += 2 + len;
       continue;
     }
-    const name = utf8.decode(dir.buf.subarray(dir.at + 2, dir.at + 2 + len));
+    const name = decodeName(dir.buf.subarray(dir.at + 2, dir.at + 2 + len));
     dir.at += 2 + len;
     const e: Entry = { name, kind: type === DT_REG ? "file" : type === DT_DIR ? "dir" : "other" };
     entries.push(e);
     if (type !== DT_LNK && type !== DT_UNKNOWN) continue;
-    stats.push(fs.promises.stat(path.join(abs, name), { bigint: true }).then(
+    stats.push(fs.promises.stat(fsPath(path.join(abs, name)), { bigint: true }).then(
       (st) => {
         e.kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : "other";
       },
@@ -212,7 +213,7 @@ async function readEntries(dir: DirReader, abs: string, skip = -1): Promise<{ en
 async function list(abs: string): Promise<Listing> {
   let self: DirId;
   try {
-    const st = await fs.promises.stat(abs, { bigint: true });
+    const st = await fs.promises.stat(fsPath(abs), { bigint: true });
     // Replaced since its parent was listed: what is there now is what counts.
     if (!st.isDirectory()) return { entries: [], error: "not a directory any more (changed during the walk)" };
     self = { dev: st.dev, ino: st.ino, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };

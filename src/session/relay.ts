@@ -9,11 +9,13 @@
  */
 import fs from "node:fs";
 import os from "node:os";
-import path from "node:path";
+// Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
+import path from "path-browserify";
 import type { Options } from "../cli/args.ts";
 import type { Operand, RemoteOperand } from "../cli/operands.ts";
 import type { Report } from "../report.ts";
 import { transfer, type TransferResult } from "./client.ts";
+import { decodeName } from "../names.ts";
 
 export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
   const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), "escp-relay-"));
@@ -26,7 +28,7 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
         `point TMPDIR elsewhere, or use -R to send straight from ${from} to ${to}`);
     }
     if (pulled.error || pulled.interrupted) return pulled;
-    const names = fs.readdirSync(spool).sort();
+    const names = fs.readdirSync(spool, { encoding: "buffer" }).map(decodeName).sort();
     if (names.length === 0) return pulled;
     const pushed = await transfer(o, names.map((n) => ({ kind: "local", path: path.join(spool, n) }) as Operand), target, report, signal, several);
     return { ...pushed, failures: report.failures };

@@ -22,6 +22,7 @@
 import fs from "node:fs";
 import { native, cstr } from "../native.ts";
 import { dfgOnly } from "../jit.ts";
+import { fsPath } from "../names.ts";
 
 const { O_PATH, O_DIRECTORY } = fs.constants as Record<string, number>;
 const NO_ROOT = -1;
@@ -80,7 +81,7 @@ export class DirHandles {
   private open(rel: string): number {
     if (this.rootFd !== NO_ROOT) return native().escp_openat_beneath(this.rootFd, cstr(rel), O_PATH | O_DIRECTORY, 0, 0, null);
     try {
-      return fs.openSync(rel, O_PATH | O_DIRECTORY);
+      return fs.openSync(fsPath(rel), O_PATH | O_DIRECTORY);
     } catch (e) {
       return -Math.abs((e as NodeJS.ErrnoException).errno ?? 5 /* EIO */);
     }

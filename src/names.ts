@@ -1,0 +1,116 @@
+/**
+ * File names as the kernel has them: bytes, not always UTF-8. A name that is
+ * not valid UTF-8 (Latin-1 from an old system, a truncated sequence) keeps
+ * each byte that does not decode as a lone surrogate U+DC80-U+DCFF, as
+ * Python's "surrogateescape" does, so it survives the trip through
+ * JavaScript strings, the file list and the other end, and is created
+ * there with the same bytes, as scp creates it. Valid UTF-8 never decodes
+ * to a lone surrogate, so the mapping is exact both ways.
+ *
+ * @example
+ * const s = decodeName(new Uint8Array([0x63, 0x61, 0x66, 0xe9])); // "caf\udce9"
+ * encodeName(s);   // Uint8Array [0x63, 0x61, 0x66, 0xe9]
+ * fsPath(s);       // a Buffer of those bytes, for node:fs
+ */
+
+import fs from "node:fs";
+
+const strict = new TextDecoder("utf-8", { fatal: true });
+const lossy = new TextDecoder();
+const utf8 = new TextEncoder();
+/** A byte kept from an undecodable name (with /u, a surrogate pair never matches). */
+const ESCAPED = /[\udc80-\udcff]/u;
+
+/** The name `b` holds, its undecodable bytes as U+DC80-U+DCFF. */
+export function decodeName(b: Uint8Array): string {
+  try {
+    return strict.decode(b);
+  } catch {
+    return decodeEscaping(b);
+  }
+}
+
+/** The bytes of `s`, each U+DC80-U+DCFF back to the byte it stands for. */
+export function encodeName(s: string): Uint8Array {
+  if (!ESCAPED.test(s)) return utf8.encode(s);
+  const out: number[] = [];
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (c >= 0xdc80 && c <= 0xdcff) out.push(c - 0xdc00);
+    else for (const x of utf8.encode(ch)) out.push(x);
+  }
+  return Uint8Array.from(out);
+}
+
+/** Whether `s` holds bytes of a name that is not UTF-8 (then only encodeName gives its bytes). */
+export function hasEscapedBytes(s: string): boolean {
+  return ESCAPED.test(s);
+}
+
+/** `s` as node:fs takes it: the string itself, or its bytes when it holds escaped ones. */
+export function fsPath(s: string): string | Buffer {
+  return ESCAPED.test(s) ? Buffer.from(encodeName(s)) : s;
+}
+
+/**
+ * This process's arguments with their bytes (from /proc/self/cmdline): Bun's
+ * process.argv replaces what is not UTF-8 with U+FFFD, so a file named in
+ * Latin-1 on the command line (or by a shell glob) could not be found.
+ */
+export function rawArgs(argv: string[]): string[] {
+  if (!argv.some((a) => a.includes("\ufffd"))) return argv;
+  try {
+    const cmdline = fs.readFileSync("/proc/self/cmdline");
+    const parts: string[] = [];
+    let start = 0;
+    for (let i = 0; i < cmdline.length; i++) {
+      if (cmdline[i] !== 0) continue;
+      parts.push(decodeName(cmdline.subarray(start, i)));
+      start = i + 1;
+    }
+    const tail = parts.slice(parts.length - argv.length);
+    // The same arguments, unless something was added or taken away on the way.
+    return tail.length === argv.length && tail.every((a, i) => sameLossy(a, argv[i])) ? tail : argv;
+  } catch {
+    return argv;
+  }
+}
+
+/** Whether `raw`, decoded as Bun decodes arguments, reads `lossyArg`. */
+function sameLossy(raw: string, lossyArg: string): boolean {
+  return lossy.decode(encodeName(raw)) === lossyArg;
+}
+
+/** The slow path: maximal valid UTF-8 sequences decode, every other byte is escaped. */
+function decodeEscaping(b: Uint8Array): string {
+  let out = "";
+  let i = 0;
+  while (i < b.length) {
+    const n = sequenceLength(b, i);
+    if (n === 0) {
+      out += String.fromCharCode(0xdc00 + b[i]);
+      i++;
+    } else {
+      out += strict.decode(b.subarray(i, i + n));
+      i += n;
+    }
+  }
+  return out;
+}
+
+/** Bytes of the valid UTF-8 sequence at b[i], or 0 if there is none (RFC 3629's table). */
+function sequenceLength(b: Uint8Array, i: number): number {
+  const c = b[i];
+  if (c < 0x80) return 1;
+  const cont = (k: number, lo = 0x80, hi = 0xbf) => i + k < b.length && b[i + k] >= lo && b[i + k] <= hi;
+  if (c >= 0xc2 && c <= 0xdf) return cont(1) ? 2 : 0;
+  if (c >= 0xe0 && c <= 0xef) {
+    const [lo, hi] = c === 0xe0 ? [0xa0, 0xbf] : c === 0xed ? [0x80, 0x9f] : [0x80, 0xbf];
+    return cont(1, lo, hi) && cont(2) ? 3 : 0;
+  }
+  if (c >= 0xf0 && c <= 0xf4) {
+    const [lo, hi] = c === 0xf0 ? [0x90, 0xbf] : c === 0xf4 ? [0x80, 0x8f] : [0x80, 0xbf];
+    return cont(1, lo, hi) && cont(2) && cont(3) ? 4 : 0;
+  }
+  return 0;
+}
