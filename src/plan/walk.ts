@@ -378,9 +378,29 @@ function strerror(code: number): string {
   return String(lib().escp_strerror(code));
 }
 
-/** Boots the walker thread ahead of time (see spare.ts). */
-export function prestartWalker(): void {
-  prestart(WALKER_URL, 1, { libPath: nativePath() });
+/** Plain operands (no -r) up to this many are walked on the calling thread. */
+const WALK_HERE_MAX = 64;
+
+/**
+ * Whether a walk runs on the calling thread: a few plain operands take a stat
+ * each, less than the ~12 ms of CPU a walker thread costs to boot (a 1-byte
+ * copy's walker was a third of the sending end's start-up threads).
+ */
+function walksHere(sources: string[], opts: WalkOptions): boolean {
+  return !opts.recursive && sources.length <= WALK_HERE_MAX;
+}
+
+/** Boots the walker thread ahead of time (see spare.ts), if this walk will need one. */
+export function prestartWalker(sources: string[], opts: WalkOptions): void {
+  if (!walksHere(sources, opts)) prestart(WALKER_URL, 1, { libPath: nativePath() });
+}
+
+/** The walk's items in batches: on the walker thread (walkInWorker), or here for a few plain operands. */
+export async function* walkBatches(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem[]> {
+  if (!walksHere(sources, opts)) return yield* walkInWorker(sources, opts);
+  const items: WalkItem[] = [];
+  await walk(sources, opts, (item) => void items.push(item));
+  yield items;
 }
 
 /** Items per message from the walker thread; it stays at most two batches ahead. */
@@ -392,7 +412,7 @@ const WALK_BATCH = 512;
  * batches: one await per 512 items), and the walker waits whenever two
  * batches are not yet consumed (bounded memory for any tree).
  */
-export async function* walkInWorker(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem[]> {
+async function* walkInWorker(sources: string[], opts: WalkOptions): AsyncGenerator<WalkItem[]> {
   const w = takeWorker(WALKER_URL);
   const batches: (WalkItem[] | null)[] = [];
   let wake: (() => void) | undefined;

@@ -105,7 +105,7 @@ export async function transfer(
   const child = startServer(o, plan);
   // Our workers boot, and the AES-GCM implementation is chosen (a few ms), while ssh logs in.
   prestartStreamWorkers(asked);
-  if (plan.dir !== "pull") prestartWalker();
+  if (plan.dir !== "pull") prestartWalker(plan.sources, { recursive: o.recursive });
   prepareGcm();
   const stderrTail = forwardStderr(child.stderr, o);
   const ch = new ControlChannel(child.stdout, (b) => {

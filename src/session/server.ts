@@ -76,7 +76,7 @@ export async function runServer(): Promise<number> {
     // Our workers boot while `ready` travels and the streams connect (spare.ts); before
     // it, creating them would hold `ready` back (a few ms each on this thread).
     prestartStreamWorkers(streams);
-    if (hello.serverRole === "sender") prestartWalker();
+    if (hello.serverRole === "sender") prestartWalker(sources.paths, { recursive: hello.options.recursive });
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
     const conns = acceptStreams(l, keys, streams, 30_000);
     keys.master.fill(0);

@@ -8,7 +8,7 @@
  */
 import { native, cstrNow, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
-import { walkInWorker, type WalkItem } from "../plan/walk.ts";
+import { walkBatches, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
 import { DirHandles } from "./dirs.ts";
@@ -86,7 +86,7 @@ export class Sender {
 
   /** Sends every source; resolves when the receiver has judged every file. */
   async run(sources: string[]): Promise<void> {
-    for await (const batch of walkInWorker(sources, { recursive: this.opts.recursive })) {
+    for await (const batch of walkBatches(sources, { recursive: this.opts.recursive })) {
       for (const item of batch) {
         this.check();
         this.take(item);
