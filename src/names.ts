@@ -15,8 +15,9 @@
 
 import fs from "node:fs";
 
-const strict = new TextDecoder("utf-8", { fatal: true });
-const lossy = new TextDecoder();
+// ignoreBOM: a name may begin with U+FEFF, which a decoder would otherwise drop.
+const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const lossy = new TextDecoder("utf-8", { ignoreBOM: true });
 const utf8 = new TextEncoder();
 /** A byte kept from an undecodable name (with /u, a surrogate pair never matches). */
 const ESCAPED = /[\udc80-\udcff]/u;
@@ -76,9 +77,14 @@ export function rawArgs(argv: string[]): string[] {
   }
 }
 
+/** `s` as Bun shows it where it decodes bytes itself (process.argv, Bun.Glob): U+FFFD for each escaped byte. */
+export function lossyName(s: string): string {
+  return lossy.decode(encodeName(s));
+}
+
 /** Whether `raw`, decoded as Bun decodes arguments, reads `lossyArg`. */
 function sameLossy(raw: string, lossyArg: string): boolean {
-  return lossy.decode(encodeName(raw)) === lossyArg;
+  return lossyName(raw) === lossyArg;
 }
 
 /** The slow path: maximal valid UTF-8 sequences decode, every other byte is escaped. */

@@ -39,6 +39,13 @@ describe("names that are not UTF-8", () => {
     }
   });
 
+  test("a name that begins with U+FEFF keeps it (a decoder drops a leading BOM unless told not to)", () => {
+    const b = bytes(0xef, 0xbb, 0xbf, 0x61);
+    expect(decodeName(b)).toBe("\ufeffa");
+    expect(decodeName(bytes(0xef, 0xbb, 0xbf, 0xff))).toBe("\ufeff\udcff");
+    expect(encodeName(decodeName(b))).toEqual(b);
+  });
+
   test("two names that differ only in bytes that do not decode stay two names", () => {
     expect(decodeName(bytes(0x78, 0xfe))).not.toBe(decodeName(bytes(0x78, 0xff)));
   });

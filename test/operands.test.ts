@@ -99,6 +99,10 @@ describe("scp:// URIs", () => {
     expect(parseOperand("scp://dtn:2222")).toEqual({ kind: "remote", host: "dtn", port: 2222, path: "" });
   });
 
+  test("a percent-escaped byte that is not UTF-8 stays that byte (names.ts)", () => {
+    expect(parseOperand("scp://dtn/caf%E9%C3%A9")).toEqual({ kind: "remote", host: "dtn", path: "caf\udce9é" });
+  });
+
   test("user and path are percent-decoded, and + is a space as in OpenSSH", () => {
     expect(parseOperand("scp://a%40b@dtn/my%20dir/%C3%A9+x")).toEqual({
       kind: "remote",
@@ -160,6 +164,7 @@ describe("isRemote and formatOperand", () => {
       { kind: "remote", user: "a.b", host: "dtn", port: 2222, path: "/x y+z/%" },
       { kind: "remote", host: "::1", port: 22, path: "" },
       { kind: "remote", user: "a:b", host: "dtn", path: "f" },
+      { kind: "remote", host: "dtn", port: 2222, path: "caf\udce9/\ufeffx" }, // a name that is not UTF-8 (names.ts)
     ];
     for (const op of ops) expect(parseOperand(formatOperand(op))).toEqual(op);
   });

@@ -7,6 +7,7 @@
  *   parseOperand("./a:b")   // { kind: "local", path: "./a:b" }
  *   parseOperand("host:")   // { kind: "remote", host: "host", path: "" }
  */
+import { decodeName, encodeName } from "../names.ts";
 
 export type Operand = LocalOperand | RemoteOperand;
 export type LocalOperand = { kind: "local"; path: string };
@@ -143,15 +144,19 @@ function splitHost(s: string, bad: (why: string) => Error): { host: string; deli
   return { host, delim, after: s.slice(end + 1) };
 }
 
+const URI_PLAIN = /[A-Za-z0-9\-_.!~*'()/]/;
+
 function uriDecode(s: string, bad: (why: string) => Error): string {
   const stray = /%(?![0-9A-Fa-f]{2})/.exec(s);
   if (stray) throw bad(`bad percent escape '${s.slice(stray.index, stray.index + 3)}'`);
-  // Decode each run of escapes as one byte string so multi-byte UTF-8 names survive.
+  // Decode each run of escapes as one byte string so multi-byte UTF-8 names survive, and
+  // bytes that are not UTF-8 stay those bytes (names.ts).
   return s.replace(/\+/g, " ").replace(/(?:%[0-9A-Fa-f]{2})+/g, (run) =>
-    new TextDecoder().decode(Uint8Array.from(run.slice(1).split("%"), (h) => parseInt(h, 16))),
+    decodeName(Uint8Array.from(run.slice(1).split("%"), (h) => parseInt(h, 16))),
   );
 }
 
+/** encodeURIComponent's escaping, "/" kept, of the name's bytes (encodeURIComponent throws on a name that is not UTF-8). */
 function uriEncode(s: string): string {
-  return encodeURIComponent(s).replace(/%2F/g, "/");
+  return Array.from(encodeName(s), (b) => (URI_PLAIN.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, "0")}`)).join("");
 }

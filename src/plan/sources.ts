@@ -7,9 +7,7 @@ import fs from "node:fs";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
 import { expandHome } from "./target.ts";
-import { decodeName, encodeName, fsPath } from "../names.ts";
-
-const lossy = new TextDecoder();
+import { decodeName, fsPath, lossyName } from "../names.ts";
 
 export interface Sources {
   paths: string[];
@@ -76,7 +74,7 @@ function withBytes(m: string): string[] {
     paths = paths.flatMap((dir) => {
       if (!part.includes("\ufffd")) return [dir + part + "/"];
       const names = fs.readdirSync(fsPath(dir || "."), { encoding: "buffer" }).map(decodeName);
-      return names.filter((n) => lossy.decode(encodeName(n)) === part).map((n) => dir + n + "/");
+      return names.filter((n) => lossyName(n) === part).map((n) => dir + n + "/");
     });
   }
   return paths.map((p) => p.slice(0, -1));
