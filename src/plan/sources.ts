@@ -73,7 +73,10 @@ function withBytes(m: string): string[] {
   for (const part of m.split("/").filter(Boolean)) {
     paths = paths.flatMap((dir) => {
       if (!part.includes("\ufffd")) return [dir + part + "/"];
-      const names = fs.readdirSync(fsPath(dir || "."), { encoding: "buffer" }).map(decodeName);
+      let names: string[] = [];
+      try {
+        names = fs.readdirSync(fsPath(dir || "."), { encoding: "buffer" }).map(decodeName);
+      } catch {} // gone since the glob saw it: it matches nothing now
       return names.filter((n) => lossyName(n) === part).map((n) => dir + n + "/");
     });
   }
