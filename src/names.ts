@@ -48,6 +48,18 @@ export function hasEscapedBytes(s: string): boolean {
   return ESCAPED.test(s);
 }
 
+/** How many bytes the name `s` stands for (Buffer.byteLength counts an escaped byte as U+FFFD's 3). */
+export function nameBytes(s: string): number {
+  const n = Buffer.byteLength(s);
+  if (!ESCAPED.test(s)) return n;
+  let escaped = 0;
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (c >= 0xdc80 && c <= 0xdcff) escaped++;
+  }
+  return n - 2 * escaped;
+}
+
 /** `s` as node:fs takes it: the string itself, or its bytes when it holds escaped ones. */
 export function fsPath(s: string): string | Buffer {
   return ESCAPED.test(s) ? Buffer.from(encodeName(s)) : s;

@@ -4,7 +4,8 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { decodeName, encodeName, fsPath, hasEscapedBytes } from "../src/names.ts";
+import { decodeName, encodeName, fsPath, hasEscapedBytes, nameBytes } from "../src/names.ts";
+import { safeComponents } from "../src/plan/target.ts";
 import { printable } from "../src/text.ts";
 
 const bytes = (...b: number[]) => new Uint8Array(b);
@@ -48,6 +49,13 @@ describe("names that are not UTF-8", () => {
 
   test("two names that differ only in bytes that do not decode stay two names", () => {
     expect(decodeName(bytes(0x78, 0xfe))).not.toBe(decodeName(bytes(0x78, 0xff)));
+  });
+
+  test("a name's length is its bytes' (a receiver refuses names over 255 bytes)", () => {
+    expect(nameBytes(decodeName(new Uint8Array(255).fill(0xe9)))).toBe(255);
+    expect(nameBytes("é\udce9😀")).toBe(2 + 1 + 4);
+    expect(() => safeComponents(`d/${decodeName(new Uint8Array(255).fill(0xe9))}`)).not.toThrow();
+    expect(() => safeComponents(`d/${decodeName(new Uint8Array(256).fill(0xe9))}`)).toThrow(/longer than 255 bytes/);
   });
 
   test("node:fs gets the bytes, not U+FFFD", () => {

@@ -434,8 +434,9 @@ describe.concurrent("-r", () => {
   });
 
   // Names are bytes: Latin-1 from an old system, and sequences that are not UTF-8 at all.
-  // (and one that is UTF-8 but begins with a byte order mark, which a decoder drops unless told not to)
-  const NOT_UTF8 = [[0x63, 0x61, 0x66, 0xe9], [0x78, 0xff], [0x78, 0xfe], [0xed, 0xa0, 0x80], [0xc3], [0xef, 0xbb, 0xbf, 0x62]].map((b) => Buffer.from(b));
+  // (and one that is UTF-8 but begins with a byte order mark, which a decoder drops unless told not to,
+  // and one of 255 bytes, the most a name may have, each of which would read as 3 if counted as U+FFFD)
+  const NOT_UTF8 = [[0x63, 0x61, 0x66, 0xe9], [0x78, 0xff], [0x78, 0xfe], [0xed, 0xa0, 0x80], [0xc3], [0xef, 0xbb, 0xbf, 0x62], Array(255).fill(0xe9)].map((b) => Buffer.from(b));
   const at = (dir: string, name: Buffer) => Buffer.concat([Buffer.from(`${dir}/`), name]);
   function bytesTree(root: string): void {
     mkdir(root);

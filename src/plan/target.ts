@@ -17,7 +17,7 @@ import os from "node:os";
 import path from "path-browserify";
 import { errnoText } from "./walk.ts";
 import { dfgOnly } from "../jit.ts";
-import { fsPath } from "../names.ts";
+import { fsPath, nameBytes } from "../names.ts";
 
 export interface Target {
   /** The directory every entry is written beneath (absolute, for messages). */
@@ -42,13 +42,13 @@ const MAX_NAME = 255;
 /** Checks a sender-supplied path and returns its components. */
 export function safeComponents(p: string): string[] {
   if (p.length === 0) throw new PathError("empty path");
-  if (Buffer.byteLength(p) > MAX_PATH) throw new PathError(`path longer than ${MAX_PATH} bytes`);
+  if (nameBytes(p) > MAX_PATH) throw new PathError(`path longer than ${MAX_PATH} bytes`);
   if (p.includes("\0")) throw new PathError("path contains a NUL byte");
   if (p.startsWith("/")) throw new PathError(`absolute path '${p}'`);
   const parts = p.split("/");
   for (const c of parts) {
     if (c === "" || c === "." || c === "..") throw new PathError(`path '${p}' has a '${c || "empty"}' component`);
-    if (Buffer.byteLength(c) > MAX_NAME) throw new PathError(`a name in '${p.slice(0, 80)}...' is longer than ${MAX_NAME} bytes`);
+    if (nameBytes(c) > MAX_NAME) throw new PathError(`a name in '${p.slice(0, 80)}...' is longer than ${MAX_NAME} bytes`);
   }
   return parts;
 }
