@@ -60,6 +60,19 @@ export function nameBytes(s: string): number {
   return n - 2 * escaped;
 }
 
+/** The longest start of `s`, in whole characters, whose bytes are at most `max`. */
+export function prefixOfBytes(s: string, max: number): string {
+  let bytes = 0, end = 0;
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    const n = c < 0x80 || (c >= 0xdc80 && c <= 0xdcff) ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    if (bytes + n > max) break;
+    bytes += n;
+    end += ch.length;
+  }
+  return s.slice(0, end);
+}
+
 /** `s` as node:fs takes it: the string itself, or its bytes when it holds escaped ones. */
 export function fsPath(s: string): string | Buffer {
   return ESCAPED.test(s) ? Buffer.from(encodeName(s)) : s;

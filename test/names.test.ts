@@ -4,7 +4,8 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { decodeName, encodeName, fsPath, hasEscapedBytes, nameBytes } from "../src/names.ts";
+import { decodeName, encodeName, fsPath, hasEscapedBytes, nameBytes, prefixOfBytes } from "../src/names.ts";
+import { partBase } from "../src/transfer/receiver.ts";
 import { safeComponents } from "../src/plan/target.ts";
 import { printable } from "../src/text.ts";
 
@@ -56,6 +57,24 @@ describe("names that are not UTF-8", () => {
     expect(nameBytes("é\udce9😀")).toBe(2 + 1 + 4);
     expect(() => safeComponents(`d/${decodeName(new Uint8Array(255).fill(0xe9))}`)).not.toThrow();
     expect(() => safeComponents(`d/${decodeName(new Uint8Array(256).fill(0xe9))}`)).toThrow(/longer than 255 bytes/);
+  });
+
+  test("a start of a name by bytes ends between characters", () => {
+    expect(prefixOfBytes("日本語", 7)).toBe("日本");
+    expect(prefixOfBytes("a\udce9😀b", 5)).toBe("a\udce9");
+    expect(prefixOfBytes("a\udce9😀b", 6)).toBe("a\udce9😀");
+    expect(prefixOfBytes("abc", 10)).toBe("abc");
+  });
+
+  test("temporary names fit in 255 bytes, and two long names that begin alike get two", () => {
+    expect(partBase("f")).toBe(".f.escp-part");
+    const long = "日".repeat(85), other = "日".repeat(84) + "本", latin = decodeName(new Uint8Array(255).fill(0xe9));
+    for (const n of [long, other, latin, "x".repeat(244), "x".repeat(245)]) {
+      expect(nameBytes(partBase(n))).toBeLessThanOrEqual(255);
+      expect(partBase(n)).toBe(partBase(n)); // fixed, so --resume finds it again
+    }
+    expect(partBase("x".repeat(244))).toBe(`.${"x".repeat(244)}.escp-part`);
+    expect(partBase(long)).not.toBe(partBase(other));
   });
 
   test("node:fs gets the bytes, not U+FFFD", () => {

@@ -464,6 +464,18 @@ describe.concurrent("-r", () => {
     expectQuiet(esc);
   });
 
+  test("push -r: files of several blocks whose names are 255 bytes and begin alike arrive whole", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/long/${"日".repeat(85)}`, pseudoRandom(3 * MiB, "long1"));
+        write(`${s.src}/long/${"日".repeat(84)}本`, pseudoRandom(3 * MiB + 1, "long2"));
+      },
+      (s) => s.run(["-r", `${s.src}/long`, `${H}:${s.dst}/`]),
+    );
+    expectSame(ref, esc);
+    expectQuiet(esc);
+  });
+
   test("pull: a remote glob matches names that are not UTF-8, each with its own bytes", async () => {
     const [ref, esc] = await both(
       (s) => bytesTree(`${s.src}/b`),

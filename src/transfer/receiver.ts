@@ -11,6 +11,7 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
+import { createHash } from "node:crypto";
 import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
@@ -24,6 +25,7 @@ import { TABLE_CAP, type StreamPool, type BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
 import { dfgOnly } from "../jit.ts";
+import { encodeName, nameBytes, prefixOfBytes } from "../names.ts";
 import { Collector } from "../heap.ts";
 
 /** preserve, direct, verify, resume (skip identical files, continue partial ones, keep them on failure), sparse, inplace. */
@@ -504,13 +506,23 @@ export class Receiver {
   }
 }
 
+const PART_SUFFIX = ".escp-part";
+/** The most bytes a name may have (NAME_MAX). */
+const NAME_MAX = 255;
+
 /**
  * The temporary name beside the target. It is fixed (not random) so that a
  * later --resume finds what a killed run left; a run without --resume simply
- * overwrites it.
+ * overwrites it. A name too long to take the dot and the suffix keeps what
+ * fits of its start and a digest of the whole, so that two long names that
+ * begin alike never share one (85 CJK characters are 255 bytes, and a
+ * temporary name past that failed with "File name too long").
  */
 export function partBase(name: string): string {
-  return `.${name.slice(0, 200)}.escp-part`;
+  const whole = `.${name}${PART_SUFFIX}`;
+  if (nameBytes(whole) <= NAME_MAX) return whole;
+  const tag = `~${createHash("sha256").update(encodeName(name)).digest("hex").slice(0, 16)}`;
+  return `.${prefixOfBytes(name, NAME_MAX - 1 - tag.length - PART_SUFFIX.length)}${tag}${PART_SUFFIX}`;
 }
 
 /** What is at `name` in a directory now (never followed), as far as the receiver's choices go. */
