@@ -73,6 +73,15 @@ export function prefixOfBytes(s: string, max: number): string {
   return s.slice(0, end);
 }
 
+/** The working directory with its bytes (process.cwd() has U+FFFD for what is not UTF-8). */
+export function workingDir(): string {
+  try {
+    return decodeName(fs.readlinkSync("/proc/self/cwd", { encoding: "buffer" }));
+  } catch {
+    return process.cwd();
+  }
+}
+
 /** `s` as node:fs takes it: the string itself, or its bytes when it holds escaped ones. */
 export function fsPath(s: string): string | Buffer {
   return ESCAPED.test(s) ? Buffer.from(encodeName(s)) : s;

@@ -503,6 +503,21 @@ describe("names that are not UTF-8", () => {
     expect(r.code).toBe(0);
     expect(fs.readdirSync(dst, { encoding: "buffer" })).toEqual([name]);
   });
+
+  test("-r .. names the directory with its bytes when the working directory's name is not UTF-8", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const name = Buffer.from([0x64, 0xe9]); // "d\351"
+    const sub = Buffer.concat([Buffer.from(`${src}/`), name, Buffer.from("/sub")]);
+    fs.mkdirSync(sub, { recursive: true });
+    fs.writeFileSync(Buffer.concat([sub, Buffer.from("/f")]), "x\n");
+    const sshd = await startSshd();
+    const r = await run(["sh", "-c", `cd "$1/$(printf 'd\\351')/sub" && exec "$0" -F "$2" -r .. "$3"`, ESCP_BIN, src, sshd.configPath, `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_REMOTE: ESCP_BIN },
+    });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.readdirSync(dst, { encoding: "buffer" })).toEqual([name]);
+  });
 });
 
 describe("small files on the wire", () => {

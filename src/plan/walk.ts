@@ -17,7 +17,7 @@ import { native, nativePath, cstr, ptr, type DirNative } from "../native.ts";
 import { WALKER_URL } from "../entrypoints.ts";
 import { prestart, takeWorker } from "../streams/spare.ts";
 import { dfgOnly } from "../jit.ts";
-import { decodeName, fsPath } from "../names.ts";
+import { decodeName, fsPath, workingDir } from "../names.ts";
 
 export type WalkItem =
   /** A file's stat is left to the sender, which takes it from the open file. */
@@ -363,7 +363,7 @@ async function walkSubdirs(emit: Emit, abs: string, rel: string, above: DirId[],
 function topName(src: string): string {
   const trimmed = src.replace(/\/+$/, "");
   const base = path.basename(trimmed || "/");
-  return base === "" || base === "." || base === ".." ? path.basename(path.resolve(src)) || "root" : base;
+  return base === "" || base === "." || base === ".." ? path.basename(path.resolve(workingDir(), src)) || "root" : base;
 }
 
 /** The C library's wording of an errno ("No such file or directory"), as scp prints it. */
