@@ -11,7 +11,11 @@ build_id=$( (cat build/libescp.so package.json; find src -type f -name '*.ts' | 
 echo "$build_id" >build/build-id
 # --bytecode: JavaScriptCore bytecode compiled ahead, so neither end nor any worker parses
 # the bundle at start (escp --version 70 -> 20 ms; a 1-byte copy 0.64 -> 0.54 s here).
+# --external for ssh2's optional add-ons (it falls back to node:crypto when they fail to
+# load): embedded, Bun writes them to $TMPDIR as .bun-*.node at every start of the
+# built-in ssh client and leaves them there.
 ./node_modules/.bin/bun build --compile --bytecode --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
+  --external cpu-features --external '*.node' \
   src/main.ts src/streams/worker.ts src/plan/walker.ts --outfile dist/escp >build/bun-build.log 2>&1 \
   || { cat build/bun-build.log; exit 1; }
 echo "built dist/escp ($(du -h dist/escp | cut -f1))"
