@@ -31,16 +31,29 @@ export function decodeName(b: Uint8Array): string {
   }
 }
 
+/** Whether code point `c` stands for an undecodable byte (then the byte is c - 0xDC00). */
+function isEscape(c: number): boolean {
+  return c >= 0xdc80 && c <= 0xdcff;
+}
+
 /** The bytes of `s`, each U+DC80-U+DCFF back to the byte it stands for. */
 export function encodeName(s: string): Uint8Array {
   if (!ESCAPED.test(s)) return utf8.encode(s);
   const out: number[] = [];
   for (const ch of s) {
     const c = ch.codePointAt(0)!;
-    if (c >= 0xdc80 && c <= 0xdcff) out.push(c - 0xdc00);
+    if (isEscape(c)) out.push(c - 0xdc00);
     else for (const x of utf8.encode(ch)) out.push(x);
   }
   return Uint8Array.from(out);
+}
+
+/** Writes the bytes of `s` at the start of `out`, which has room for 3 per UTF-16 unit; returns how many. */
+export function encodeNameInto(s: string, out: Uint8Array): number {
+  if (!ESCAPED.test(s)) return utf8.encodeInto(s, out).written;
+  const b = encodeName(s);
+  out.set(b);
+  return b.length;
 }
 
 /** Whether `s` holds bytes of a name that is not UTF-8 (then only encodeName gives its bytes). */
@@ -50,14 +63,7 @@ export function hasEscapedBytes(s: string): boolean {
 
 /** How many bytes the name `s` stands for (Buffer.byteLength counts an escaped byte as U+FFFD's 3). */
 export function nameBytes(s: string): number {
-  const n = Buffer.byteLength(s);
-  if (!ESCAPED.test(s)) return n;
-  let escaped = 0;
-  for (const ch of s) {
-    const c = ch.codePointAt(0)!;
-    if (c >= 0xdc80 && c <= 0xdcff) escaped++;
-  }
-  return n - 2 * escaped;
+  return ESCAPED.test(s) ? encodeName(s).length : Buffer.byteLength(s);
 }
 
 /** The longest start of `s`, in whole characters, whose bytes are at most `max`. */
@@ -65,7 +71,7 @@ export function prefixOfBytes(s: string, max: number): string {
   let bytes = 0, end = 0;
   for (const ch of s) {
     const c = ch.codePointAt(0)!;
-    const n = c < 0x80 || (c >= 0xdc80 && c <= 0xdcff) ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    const n = c < 0x80 || isEscape(c) ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
     if (bytes + n > max) break;
     bytes += n;
     end += ch.length;
@@ -105,7 +111,7 @@ export function rawArgs(argv: string[]): string[] {
     }
     const tail = parts.slice(parts.length - argv.length);
     // The same arguments, unless something was added or taken away on the way.
-    return tail.length === argv.length && tail.every((a, i) => sameLossy(a, argv[i])) ? tail : argv;
+    return tail.length === argv.length && tail.every((a, i) => lossyName(a) === argv[i]) ? tail : argv;
   } catch {
     return argv;
   }
@@ -114,11 +120,6 @@ export function rawArgs(argv: string[]): string[] {
 /** `s` as Bun shows it where it decodes bytes itself (process.argv, Bun.Glob): U+FFFD for each escaped byte. */
 export function lossyName(s: string): string {
   return lossy.decode(encodeName(s));
-}
-
-/** Whether `raw`, decoded as Bun decodes arguments, reads `lossyArg`. */
-function sameLossy(raw: string, lossyArg: string): boolean {
-  return lossyName(raw) === lossyArg;
 }
 
 /** The slow path: maximal valid UTF-8 sequences decode, every other byte is escaped. */

@@ -15,7 +15,7 @@
  */
 import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
 import fs from "node:fs";
-import { encodeName, hasEscapedBytes } from "./names.ts";
+import { encodeName, encodeNameInto, hasEscapedBytes } from "./names.ts";
 // @ts-ignore: a file import yields the path of the embedded (or built) library
 import embeddedLib from "../build/libescp.so" with { type: "file" };
 
@@ -199,8 +199,8 @@ const scratchName = Buffer.alloc(4096);
  * call reads at once and never keeps (one allocation less per file).
  */
 export function cstrNow(s: string): Buffer {
-  if (s.length >= scratchName.length / 3 || hasEscapedBytes(s)) return cstr(s); // may not fit as UTF-8
-  const n = scratchName.write(s, 0, "utf8");
+  if (s.length >= scratchName.length / 3) return cstr(s); // may not fit as UTF-8
+  const n = encodeNameInto(s, scratchName);
   scratchName[n] = 0;
   return scratchName;
 }

@@ -8,7 +8,7 @@
  * decodeFiles(body)[0].path; // "a.txt"
  */
 import { dfgOnly } from "./jit.ts";
-import { decodeName, encodeName, hasEscapedBytes } from "./names.ts";
+import { decodeName, encodeName, encodeNameInto } from "./names.ts";
 
 /** One entry of the file list, as the sender announces it. */
 export interface FileEntry {
@@ -93,7 +93,6 @@ export interface TransferSummary {
 export const MAX_CONTROL_MESSAGE = 1 << 20;
 
 const KIND_CODE = { file: 1, dir: 2 } as const;
-const utf8Out = new TextEncoder();
 const ENTRY_FIXED = 8 + 1 + 1 + 2 + 4 + 8 + 8 + 8; // id kind top pathLen mode size mtime atime
 const MAX_PATH_BYTES = 0xffff;
 
@@ -110,7 +109,7 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
   dv.setUint32(0, entries.length);
   let o = 4;
   for (const e of entries) {
-    const written = hasEscapedBytes(e.path) ? put(out, o + ENTRY_FIXED, encodeName(e.path)) : utf8Out.encodeInto(e.path, out.subarray(o + ENTRY_FIXED)).written;
+    const written = encodeNameInto(e.path, out.subarray(o + ENTRY_FIXED));
     if (written > MAX_PATH_BYTES) throw new RangeError(`${e.path.slice(0, 100)}...: path of ${written} bytes is over the limit of ${MAX_PATH_BYTES}`);
     dv.setBigUint64(o, e.id);
     out[o + 8] = KIND_CODE[e.kind];
@@ -123,12 +122,6 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
     o += ENTRY_FIXED + written;
   }
   return out.slice(0, o);
-}
-
-/** Copies `bytes` into `out` at `at`; returns how many. */
-function put(out: Uint8Array, at: number, bytes: Uint8Array): number {
-  out.set(bytes, at);
-  return bytes.length;
 }
 
 /** Parses a FILES body; throws ProtocolError on anything malformed. Paths are checked by plan/target. */
