@@ -158,11 +158,12 @@ static int flush_stage(escp_conn *c) {
  * the next ones (a send() per record cost more than the record's encryption: 10,000 4 KiB
  * files made 10,000 loopback sends); a larger one goes out from where it lies. */
 static int send_sealed(escp_conn *c, const uint8_t *rec, size_t len) {
-  if (len > ESCP_STAGE_CAP / 4 || c->tx_staged + len > ESCP_STAGE_CAP) {
-    int rc = flush_stage(c);
-    if (rc) return rc;
-    if (len > ESCP_STAGE_CAP / 4) return escp__send_all(c, rec, len, 1);
+  int rc;
+  if (len > ESCP_STAGE_CAP / 4) {
+    rc = flush_stage(c);
+    return rc ? rc : escp__send_all(c, rec, len, 1);
   }
+  if (c->tx_staged + len > ESCP_STAGE_CAP && (rc = flush_stage(c)) != 0) return rc;
   memcpy(c->tx_stage + c->tx_staged, rec, len);
   c->tx_staged += (uint32_t)len;
   return 0;
