@@ -11,6 +11,7 @@
  * for (const file of files) { handle(file); gc.tick(); }
  */
 import { fullGC } from "bun:jsc";
+import { dfgOnly } from "./jit.ts";
 
 /**
  * Files between collections. Each costs 1-3 ms; every 1,024 files keeps the
@@ -31,3 +32,5 @@ export class Collector {
     fullGC();
   }
 }
+
+dfgOnly(Collector.prototype);

@@ -14,6 +14,7 @@
  */
 
 import fs from "node:fs";
+import { dfgOnly } from "./jit.ts";
 
 // ignoreBOM: a name may begin with U+FEFF, which a decoder would otherwise drop.
 const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -155,3 +156,5 @@ function sequenceLength(b: Uint8Array, i: number): number {
   }
   return 0;
 }
+
+dfgOnly(decodeName, encodeName, encodeNameInto, hasEscapedBytes, nameBytes);

@@ -16,6 +16,7 @@
 import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
 import fs from "node:fs";
 import { encodeName, encodeNameInto, hasEscapedBytes } from "./names.ts";
+import { dfgOnly } from "./jit.ts";
 // @ts-ignore: a file import yields the path of the embedded (or built) library
 import embeddedLib from "../build/libescp.so" with { type: "file" };
 
@@ -206,3 +207,5 @@ export function cstrNow(s: string): Buffer {
 }
 
 export { ptr, CString, type Pointer };
+
+dfgOnly(native, cstr, cstrNow);

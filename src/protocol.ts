@@ -172,14 +172,19 @@ const MAX_MESSAGE_BYTES = 4096;
 export function encodeVerdicts(vs: FileVerdict[]): Uint8Array {
   // Most verdicts carry no message: they share one empty array.
   // Messages name files: their bytes travel as a name's do (names.ts).
-  const msgs = vs.map((v) => (v.message ? encodeName(v.message).subarray(0, MAX_MESSAGE_BYTES) : NO_BYTES));
+  const msgs: Uint8Array[] = new Array(vs.length);
   let total = 4;
-  for (const m of msgs) total += VERDICT_FIXED + m.length;
+  for (let i = 0; i < vs.length; i++) {
+    const m = vs[i].message;
+    msgs[i] = m ? encodeName(m).subarray(0, MAX_MESSAGE_BYTES) : NO_BYTES;
+    total += VERDICT_FIXED + msgs[i].length;
+  }
   const out = new Uint8Array(total);
   const dv = new DataView(out.buffer);
   dv.setUint32(0, vs.length);
   let o = 4;
-  vs.forEach((v, i) => {
+  for (let i = 0; i < vs.length; i++) {
+    const v = vs[i];
     dv.setBigUint64(o, v.id);
     dv.setInt32(o + 8, v.status);
     dv.setUint32(o + 12, msgs[i].length);
@@ -187,7 +192,7 @@ export function encodeVerdicts(vs: FileVerdict[]): Uint8Array {
     out.set(v.digest, o + 24);
     out.set(msgs[i], o + VERDICT_FIXED);
     o += VERDICT_FIXED + msgs[i].length;
-  });
+  }
   return out;
 }
 

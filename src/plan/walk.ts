@@ -261,6 +261,7 @@ async function walkFiles(
   }
   const subdirs: string[] = [];
   let wide = false;
+  const inside = entryPrefix(abs);
   for (;;) {
     for (const e of entries) {
       if (e.kind === "dir") {
@@ -271,7 +272,7 @@ async function walkFiles(
         }
         continue;
       }
-      const childAbs = path.join(abs, e.name);
+      const childAbs = inside + e.name;
       if (e.kind === "file") paused = emit({ kind: "file", abs: childAbs, rel: `${rel}/${e.name}`, top: false });
       else if (e.kind === "error") paused = emit({ kind: "error", abs: childAbs, message: e.message! });
       else paused = emit({ kind: "warning", abs: childAbs, message: "not a regular file, skipped" });
@@ -345,18 +346,27 @@ function dirNames(entries: Entry[]): string[] {
 /** Walks the subdirectories `names` of `abs`, their listings read ahead. */
 async function walkSubdirs(emit: Emit, abs: string, rel: string, above: DirId[], subdirs: string[]): Promise<void> {
   const listed: (Promise<Listing> | undefined)[] = [];
+  const inside = entryPrefix(abs);
   for (let i = 0; i < subdirs.length; i++) {
     for (let j = i; j < Math.min(subdirs.length, i + LIST_AHEAD) && ahead < MAX_AHEAD; j++) {
       if (listed[j]) continue;
       ahead++;
-      listed[j] = list(path.join(abs, subdirs[j]));
+      listed[j] = list(inside + subdirs[j]);
     }
     const name = subdirs[i];
     const mine = listed[i];
     listed[i] = undefined;
     if (mine) mine.finally(() => ahead--);
-    await walkDir(emit, path.join(abs, name), `${rel}/${name}`, above, false, mine);
+    await walkDir(emit, inside + name, `${rel}/${name}`, above, false, mine);
   }
+}
+
+/**
+ * What path.join(abs, name) is for every name a directory lists (none holds "/",
+ * none is "." or ".."): abs + prefix, one join a directory instead of one a name.
+ */
+function entryPrefix(abs: string): string {
+  return path.join(abs, "_").slice(0, -1);
 }
 
 /** The name a source operand takes at the destination, as scp names it. */

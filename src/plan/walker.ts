@@ -6,6 +6,7 @@
 import { walk, useDirLibrary, type WalkItem, type WalkOptions } from "./walk.ts";
 import { dirNative } from "../native.ts";
 import { Collector } from "../heap.ts";
+import { dfgOnly } from "../jit.ts";
 
 const gc = new Collector();
 
@@ -44,14 +45,16 @@ function send(items: WalkItem[] | null): Promise<void> | void {
 
 async function run(sources: string[], opts: WalkOptions, size: number): Promise<void> {
   let batch: WalkItem[] = [];
-  await walk(sources, opts, (item) => {
+  const emit = (item: WalkItem) => {
     batch.push(item);
     if (batch.length < size) return;
     gc.tick(batch.length);
     const full = batch;
     batch = [];
     return send(full);
-  });
+  };
+  dfgOnly(emit);
+  await walk(sources, opts, emit);
   if (batch.length) await send(batch);
   await send(null);
 }

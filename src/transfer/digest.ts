@@ -115,7 +115,9 @@ function tuple(offset: bigint, len: number, hash: Uint8Array): Uint8Array {
 }
 
 export function sameDigest(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
-dfgOnly(FileDigest.prototype, sameDigest);
+dfgOnly(FileDigest.prototype, sameDigest, tuple);

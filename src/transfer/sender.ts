@@ -291,7 +291,7 @@ export class Sender {
 
   private record(type: number, body: Uint8Array): void {
     try {
-      if (type === Rec.RESULT) decodeVerdicts(body).forEach((v) => this.result(v));
+      if (type === Rec.RESULT) for (const v of decodeVerdicts(body)) this.result(v);
       else if (type === Rec.RESUME) this.offer(body);
       else if (type === Rec.END) this.peerEnded?.();
       else if (type === Rec.ERROR) this.die(new Error(new TextDecoder().decode(body)));
@@ -364,7 +364,7 @@ export class Sender {
       const len = f.size - off < bs ? f.size - off : bs;
       if (this.lib.escp_hash_range(f.fd, off, len, ptr(ours)) < 0) continue; // unreadable now: just send it
       const theirs = r.hashes.subarray(i * 16, i * 16 + 16);
-      if (ours.every((v, k) => v === theirs[k])) {
+      if (sameDigest(ours, theirs)) {
         f.have[idx] = 1;
         f.digest.add(off, Number(len), theirs);
         this.stats.skippedBytes += Number(len);
