@@ -8,8 +8,8 @@
  * On this project's CPUs (AVX2 + VAES, no AVX-512) libgcrypt 1.10's VAES code is
  * 25-40 % faster than OpenSSL 3.0's AES-NI kernel (bench/crypto.ts); on AVX-512
  * hosts OpenSSL has its own VAES path.  So the choice is measured, once per
- * process: each seals the same 256 KiB a few times and the faster one serves
- * every stream.  ESCP_GCM=openssl or ESCP_GCM=libgcrypt forces one.
+ * process: each seals the same 128 KiB six times, in thread CPU time, and the
+ * faster one serves every stream.  ESCP_GCM=openssl or ESCP_GCM=libgcrypt forces one.
  *
  * Both are the same cipher: ends that chose differently interoperate.
  */
