@@ -4,9 +4,13 @@
  * through these functions; nothing in TypeScript touches data blocks.
  *
  * The library is embedded as a file. Inside the compiled executable that file
- * lives in Bun's virtual filesystem, which dlopen cannot read, so it is copied
- * into a memfd and opened as /proc/self/fd/N: nothing is left on disk, and
- * workers that open the same path share the one loaded copy.
+ * lives in Bun's virtual filesystem, which dlopen cannot read. The first run
+ * writes it to ~/.cache/escp/TAG/libescp.so (beside the bootstrapped
+ * executable on a remote host) and every run maps that file: copying 4.5 MB
+ * into a memfd at each start cost ≈ 5 ms, on the remote end's path to `ready`.
+ * Where that cache cannot serve (no home, or another user's; a read-only or
+ * noexec one) the copy goes into a memfd, opened as /proc/self/fd/N. Workers
+ * open the same path, so they share the one loaded copy.
  *
  * @example
  * const lib = native();
@@ -17,6 +21,7 @@ import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
 import fs from "node:fs";
 import { encodeName, encodeNameInto, hasEscapedBytes } from "./names.ts";
 import { dfgOnly } from "./jit.ts";
+import { CACHE_DIR } from "./version.ts";
 // @ts-ignore: a file import yields the path of the embedded (or built) library
 import embeddedLib from "../build/libescp.so" with { type: "file" };
 
@@ -125,27 +130,94 @@ export const MAX_CTRL_BODY = (1 << 20) + 64;
 
 let lib: Native | undefined;
 let loadedFrom = "";
+let loadedSource = "";
 
-/** Path the library is loaded from: ESCP_LIB overrides, for tests of a fresh build. */
-function libraryPath(): string {
-  const override = process.env.ESCP_LIB;
-  if (override) return override;
-  if (!embeddedLib.startsWith("/$bunfs")) return embeddedLib;
+/** The loaded library; loads it on first use (per thread), from `path` if given (ESCP_LIB: a fresh build's, for tests). */
+export function native(path?: string): Native {
+  if (!lib) {
+    const given = path ?? process.env.ESCP_LIB ?? (embeddedLib.startsWith("/$bunfs") ? undefined : embeddedLib);
+    if (given) return load(given, given);
+    const cached = cachedLibrary();
+    try {
+      if (cached) return load(`/proc/${process.pid}/fd/${cached.fd}`, cached.file);
+    } catch {
+      fs.closeSync(cached!.fd); // a home mounted noexec: the memfd, then
+    }
+    return load(memfdLibrary(), "memfd");
+  }
+  return lib;
+}
+
+function load(path: string, source: string): Native {
+  lib = dlopen(path, symbols).symbols;
+  loadedFrom = path;
+  loadedSource = source;
+  return lib;
+}
+
+const MFD_CLOEXEC = 1;
+
+/** The embedded library as a file in a memfd: nothing left on disk, ≈ 5 ms a start. */
+function memfdLibrary(): string {
   const libc = dlopen("libc.so.6", { memfd_create: { args: [cstring, u32], returns: i32 } });
-  const fd = libc.symbols.memfd_create(Buffer.from("escp-native\0"), 0);
+  const fd = libc.symbols.memfd_create(Buffer.from("escp-native\0"), MFD_CLOEXEC); // not for ssh
   if (fd < 0) throw new Error("escp: cannot create a memfd for the native library");
   fs.writeFileSync(fd, fs.readFileSync(embeddedLib));
   return `/proc/${process.pid}/fd/${fd}`;
 }
 
-/** The loaded library; loads it on first use (per thread). */
-export function native(path?: string): Native {
-  if (!lib) {
-    const p = path ?? libraryPath();
-    lib = dlopen(p, symbols).symbols;
-    loadedFrom = p;
+/**
+ * ~/.cache/escp/TAG/libescp.so, written there on first use (a temporary name,
+ * then a rename: never half a library under the final name), opened and then
+ * checked; it is mapped as /proc/PID/fd/N of that descriptor, so what is mapped
+ * is what was checked, whoever may rename things in the directories above it. Only in
+ * a home that exists (it is never made) and is ours: sudo may keep another
+ * user's HOME. undefined when the cache cannot serve (a read-only or full home).
+ */
+function cachedLibrary(): { fd: number; file: string } | undefined {
+  const home = process.env.HOME;
+  const uid = process.geteuid?.();
+  // A home whose name is not UTF-8 reaches us lossy (U+FFFD): it names another directory.
+  if (!home?.startsWith("/") || home.includes("\ufffd") || uid === undefined) return undefined;
+  const st = fs.statSync(home, { throwIfNoEntry: false });
+  if (!st?.isDirectory() || st.uid !== uid) return undefined;
+  const dir = `${home}/${CACHE_DIR}`, file = `${dir}/libescp.so`;
+  const size = Bun.file(embeddedLib).size;
+  try {
+    let fd = openOurs(file, uid, size);
+    if (fd < 0) {
+      fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+      const tmp = `${file}.${process.pid}.part`;
+      try {
+        fs.writeFileSync(tmp, fs.readFileSync(embeddedLib), { mode: 0o644, flag: "wx" });
+        fs.renameSync(tmp, file);
+      } finally {
+        fs.rmSync(tmp, { force: true });
+      }
+      fd = openOurs(file, uid, size);
+    }
+    return fd < 0 ? undefined : { fd, file };
+  } catch {
+    return undefined;
   }
-  return lib;
+}
+
+/**
+ * An open descriptor of `file` if it is ours alone: a regular file (not a link)
+ * of `size` bytes, owned by `uid`, writable by nobody else, as ssh wants its
+ * own files; another user able to change it could run code as us. Else -1.
+ */
+function openOurs(file: string, uid: number, size: number): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return -1;
+  }
+  const st = fs.fstatSync(fd);
+  if (st.isFile() && st.uid === uid && (st.mode & 0o022) === 0 && st.size === size) return fd;
+  fs.closeSync(fd);
+  return -1;
 }
 
 /** A stream worker's few symbols of the library the main thread loaded from `path` (nativePath()). */
@@ -162,6 +234,12 @@ export function dirNative(path: string): DirNative {
 export function nativePath(): string {
   native();
   return loadedFrom;
+}
+
+/** Where the loaded library came from, for the log: the cached file, "memfd", or the path given. */
+export function nativeSource(): string {
+  native();
+  return loadedSource;
 }
 
 /** Text for a native return code plus the thread's detail, e.g. "stream 2: ...". */

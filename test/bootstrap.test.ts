@@ -25,8 +25,8 @@ let uid = 0;
 const TAG = `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
 const cached = () => path.join(home, ".cache/escp", TAG, "escp");
 const host = () => `${USER}@${SSH_HOST}`;
-/** Files in the cache directory other than escp itself (temporary files left behind). */
-const leftovers = () => fs.readdirSync(path.dirname(cached())).filter((n) => n !== "escp");
+/** Files in the cache directory other than escp and the library it maps (temporary files left behind). */
+const leftovers = () => fs.readdirSync(path.dirname(cached())).filter((n) => n !== "escp" && n !== "libescp.so");
 
 /** A directory the remote user owns, for destinations. */
 function userDir(name: string): string {

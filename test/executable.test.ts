@@ -7,6 +7,7 @@ import { test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { run, tmpdir, makeFile, sameFile, ESCP_BIN, REPO_ROOT } from "./harness.ts";
+import { VERSION } from "../src/version.ts";
 
 let lone = "";
 const bare = { PATH: "/usr/bin:/bin", HOME: "/nonexistent" };
@@ -55,6 +56,83 @@ test("the lone executable runs its embedded workers when the build tree is out o
   expect(r.stderr).toBe("");
   expect(r.code).toBe(0);
   for (const f of ["a", "b"]) expect(await sameFile(path.join(src, "d", f), path.join(dst, "d", f))).toBe(true);
+});
+
+/** Files of another user (uid 65534) need root to make. */
+const ROOT = process.getuid?.() === 0;
+
+/** The compiled executable's cache directory name (scripts/build.sh writes its build id). */
+const TAG = `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
+
+/** The native library each end mapped, from a --log file (lib= on "streams connected" and "streams accepted"). */
+function librariesLogged(log: string): string[] {
+  return [...fs.readFileSync(log, "utf8").matchAll(/ lib=(\S+)/g)].map((m) => m[1]);
+}
+
+test("the native library is written once to ~/.cache/escp/TAG and mapped from there by both ends", async () => {
+  const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
+  await makeFile(path.join(src, "f"), 1000, { seed: 93 });
+  const cached = path.join(home, ".cache", "escp", TAG, "libescp.so");
+  for (const round of [1, 2]) {
+    fs.rmSync(log, { force: true });
+    const r = await run([lone, "--log", log, path.join(src, "f"), `${dst}/f${round}`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(librariesLogged(log)).toEqual([cached, cached]);
+  }
+  expect(Buffer.compare(fs.readFileSync(cached), fs.readFileSync(path.join(REPO_ROOT, "build", "libescp.so")))).toBe(0);
+  expect(fs.statSync(cached).mode & 0o777).toBe(0o644);
+  expect(fs.readdirSync(path.dirname(cached))).toEqual(["libescp.so"]); // no temporary file left
+});
+
+test.skipIf(!ROOT)("a cached library that is not ours alone is replaced, never mapped", async () => {
+  const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
+  await makeFile(path.join(src, "f"), 1000, { seed: 94 });
+  const lib = path.join(REPO_ROOT, "build", "libescp.so");
+  const cached = path.join(home, ".cache", "escp", TAG, "libescp.so");
+  fs.mkdirSync(path.dirname(cached), { recursive: true });
+  // Another user's file of the right size: mapped, it would not even load.
+  fs.writeFileSync(cached, Buffer.alloc(fs.statSync(lib).size, 0x5a));
+  fs.chownSync(cached, 65534, 65534);
+  const r = await run([lone, "--log", log, path.join(src, "f"), `${dst}/`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(librariesLogged(log)).toEqual([cached, cached]);
+  expect(fs.statSync(cached).uid).toBe(process.getuid!());
+  expect(Buffer.compare(fs.readFileSync(cached), fs.readFileSync(lib))).toBe(0);
+});
+
+test.skipIf(!ROOT)("another user's home (sudo keeping HOME) is left alone: the library goes into a memfd", async () => {
+  const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
+  await makeFile(path.join(src, "f"), 1000, { seed: 97 });
+  fs.chownSync(home, 65534, 65534);
+  const r = await run([lone, "--log", log, path.join(src, "f"), `${dst}/`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(librariesLogged(log)).toEqual(["memfd", "memfd"]);
+  expect(fs.readdirSync(home)).toEqual([]);
+  expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+});
+
+test("a home mounted noexec cannot map the cached library: the memfd serves", async () => {
+  const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
+  await makeFile(path.join(src, "f"), 1000, { seed: 96 });
+  const script = 'mount -t tmpfs -o noexec none "$HOME" && exec "$@"';
+  const r = await run(["unshare", "-m", "sh", "-c", script, "sh", lone, "--log", log, path.join(src, "f"), `${dst}/`], {
+    cwd: path.dirname(lone), env: envOnly({ HOME: home }),
+  });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(librariesLogged(log)).toEqual(["memfd", "memfd"]);
+  expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+});
+
+test("a home that does not exist is not created for the cache", async () => {
+  const home = path.join(tmpdir("gone"), "home"), src = tmpdir("src"), dst = tmpdir("dst");
+  await makeFile(path.join(src, "f"), 10, { seed: 95 });
+  const r = await run([lone, path.join(src, "f"), `${dst}/`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
+  expect(r.code).toBe(0);
+  expect(fs.existsSync(home)).toBe(false);
 });
 
 test("the embedded native library needs only glibc", async () => {

@@ -22,7 +22,7 @@
  *   // p behaves like the ssh child of `escp --server`
  */
 import type { Options } from "../cli/args.ts";
-import { VERSION, CACHE_TAG } from "../version.ts";
+import { VERSION, CACHE_DIR } from "../version.ts";
 import { PROTO_VERSION } from "../native.ts";
 import type { ServerProcess } from "./remote.ts";
 
@@ -31,8 +31,8 @@ export const BOOTSTRAP_MARKER = "escp-bootstrap-needed";
 const MARKER_LINE = new RegExp(`${BOOTSTRAP_MARKER} (\\S+) (\\S+)((?: \\S+)*)\\r?\\n`);
 
 /** Where the copy lives on the remote, relative to $HOME (as users are told). */
-export const CACHE_PATH = `.cache/escp/${safeWord(CACHE_TAG)}/escp`;
-const CACHE_DIR_SH = `"$HOME/${CACHE_PATH.slice(0, -"/escp".length)}"`;
+export const CACHE_PATH = `${safePath(CACHE_DIR)}/escp`;
+const CACHE_DIR_SH = `"$HOME/${CACHE_DIR}"`;
 
 /** Runs one command line on the remote host (the user's ssh, or the built-in one). */
 export type RemoteRunner = (command: string) => ServerProcess;
@@ -74,8 +74,8 @@ function shSnippet(script: string): string {
   return `sh -c '${script}'`;
 }
 
-function safeWord(s: string): string {
-  if (!/^[\w.+-]+$/.test(s)) throw new Error(`internal: version ${JSON.stringify(s)} is not a safe path component`);
+function safePath(s: string): string {
+  if (!/^[\w.+/-]+$/.test(s)) throw new Error(`internal: cache directory ${JSON.stringify(s)} is not a safe path`);
   return s;
 }
 

@@ -13,7 +13,7 @@ import { fromSource } from "./origin.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
-import { PROTO_VERSION, gcmBackend, prepareGcm } from "../native.ts";
+import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
@@ -157,7 +157,7 @@ export async function transfer(
       ? connectStreams(addr, port, keys, streams, 10_000)
       : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child, streams);
     keys.master.fill(0);
-    log.info("streams connected", { streams: conns.length - 1, port, aes: gcmBackend() });
+    log.info("streams connected", { streams: conns.length - 1, port, aes: gcmBackend(), lib: nativeSource() });
     const capped = tuneStreams(conns, session.limitBps, o.keepaliveS, session.sockbuf);
     if (capped) report.warning(capped);
     const role = plan.dir === "pull" ? "receiver" : "sender";

@@ -8,7 +8,7 @@
 import os from "node:os";
 import { ControlChannel } from "./control.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
-import { PROTO_VERSION, gcmBackend, prepareGcm } from "../native.ts";
+import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
@@ -80,7 +80,7 @@ export async function runServer(): Promise<number> {
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
     const conns = acceptStreams(l, keys, streams, 30_000);
     keys.master.fill(0);
-    log.info("streams accepted", { streams: conns.length - 1, port: l.port, aes: gcmBackend() });
+    log.info("streams accepted", { streams: conns.length - 1, port: l.port, aes: gcmBackend(), lib: nativeSource() });
     const capped = tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS, hello.options.sockbuf);
     if (capped) report.warning(`${hostName}: ${capped}`);
     const started = performance.now();
