@@ -10,7 +10,7 @@ import { describe, test, expect, beforeAll, afterAll, setDefaultTimeout } from "
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { startSshd, runEscp, run, runTmp, makeFile, sameFile, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
+import { startSshd, runEscp, run, runTmp, makeFile, sameFile, buildTag, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
 import { launchCommand, uploadCommand, parseMarker, BOOTSTRAP_MARKER } from "../src/session/bootstrap.ts";
 import { VERSION, CACHE_TAG } from "../src/version.ts";
 import { PROTO_VERSION } from "../src/native.ts";
@@ -21,8 +21,7 @@ const USER = `escpbt${process.pid}`;
 let sshd: Sshd;
 let home = "";
 let uid = 0;
-/** The compiled executable's cache directory name (scripts/build.sh writes its build id). */
-const TAG = `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
+const TAG = buildTag();
 const cached = () => path.join(home, ".cache/escp", TAG, "escp");
 const host = () => `${USER}@${SSH_HOST}`;
 /** Files in the cache directory other than escp and the library it maps (temporary files left behind). */

@@ -6,8 +6,7 @@
 import { test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { run, tmpdir, makeFile, sameFile, ESCP_BIN, REPO_ROOT } from "./harness.ts";
-import { VERSION } from "../src/version.ts";
+import { run, tmpdir, makeFile, sameFile, buildTag, ESCP_BIN, REPO_ROOT } from "./harness.ts";
 
 let lone = "";
 const bare = { PATH: "/usr/bin:/bin", HOME: "/nonexistent" };
@@ -61,9 +60,6 @@ test("the lone executable runs its embedded workers when the build tree is out o
 /** Files of another user (uid 65534) need root to make. */
 const ROOT = process.getuid?.() === 0;
 
-/** The compiled executable's cache directory name (scripts/build.sh writes its build id). */
-const TAG = `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
-
 /** The native library each end mapped, from a --log file (lib= on "streams connected" and "streams accepted"). */
 function librariesLogged(log: string): string[] {
   return [...fs.readFileSync(log, "utf8").matchAll(/ lib=(\S+)/g)].map((m) => m[1]);
@@ -72,7 +68,7 @@ function librariesLogged(log: string): string[] {
 test("the native library is written once to ~/.cache/escp/TAG and mapped from there by both ends", async () => {
   const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
   await makeFile(path.join(src, "f"), 1000, { seed: 93 });
-  const cached = path.join(home, ".cache", "escp", TAG, "libescp.so");
+  const cached = path.join(home, ".cache", "escp", buildTag(), "libescp.so");
   for (const round of [1, 2]) {
     fs.rmSync(log, { force: true });
     const r = await run([lone, "--log", log, path.join(src, "f"), `${dst}/f${round}`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
@@ -89,7 +85,7 @@ test.skipIf(!ROOT)("a cached library that is not ours alone is replaced, never m
   const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
   await makeFile(path.join(src, "f"), 1000, { seed: 94 });
   const lib = path.join(REPO_ROOT, "build", "libescp.so");
-  const cached = path.join(home, ".cache", "escp", TAG, "libescp.so");
+  const cached = path.join(home, ".cache", "escp", buildTag(), "libescp.so");
   fs.mkdirSync(path.dirname(cached), { recursive: true });
   // Another user's file of the right size: mapped, it would not even load.
   fs.writeFileSync(cached, Buffer.alloc(fs.statSync(lib).size, 0x5a));

@@ -30,11 +30,19 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { VERSION } from "../src/version.ts";
 
 // ───────────────────────────── paths and names ─────────────────────────────
 
 /** Absolute path of the repository root. */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+/**
+ * The compiled executable's cache directory name under ~/.cache/escp (VERSION-BUILD,
+ * the build id scripts/build.sh writes): where it bootstraps itself and keeps its library.
+ */
+export function buildTag(): string {
+  return `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
+}
 /** Absolute path of the binary under test (ESCP_BIN overrides dist/escp). */
 export const ESCP_BIN = path.resolve(process.env.ESCP_BIN ?? path.join(REPO_ROOT, "dist", "escp"));
 /** ssh_config alias that logs in with the authorized throwaway key. */
