@@ -138,10 +138,12 @@ export function native(path?: string): Native {
     const given = path ?? process.env.ESCP_LIB ?? (embeddedLib.startsWith("/$bunfs") ? undefined : embeddedLib);
     if (given) return load(given, given);
     const cached = cachedLibrary();
-    try {
-      if (cached) return load(`/proc/${process.pid}/fd/${cached.fd}`, cached.file);
-    } catch {
-      fs.closeSync(cached!.fd); // a home mounted noexec: the memfd, then
+    if (cached) {
+      try {
+        return load(`/proc/${process.pid}/fd/${cached.fd}`, cached.file);
+      } catch {
+        fs.closeSync(cached.fd); // a home mounted noexec: the memfd, then
+      }
     }
     return load(memfdLibrary(), "memfd");
   }
@@ -170,9 +172,10 @@ function memfdLibrary(): string {
  * ~/.cache/escp/TAG/libescp.so, written there on first use (a temporary name,
  * then a rename: never half a library under the final name), opened and then
  * checked; it is mapped as /proc/PID/fd/N of that descriptor, so what is mapped
- * is what was checked, whoever may rename things in the directories above it. Only in
- * a home that exists (it is never made) and is ours: sudo may keep another
- * user's HOME. undefined when the cache cannot serve (a read-only or full home).
+ * is what was checked, whoever may rename things in the directories above it.
+ * Only in a home that exists (it is never made) and is ours: sudo may keep
+ * another user's HOME. undefined when the cache cannot serve (a read-only or
+ * full home).
  */
 function cachedLibrary(): { fd: number; file: string } | undefined {
   const home = process.env.HOME;
