@@ -21,7 +21,8 @@ import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
 import fs from "node:fs";
 import { encodeName, encodeNameInto, hasEscapedBytes } from "./names.ts";
 import { dfgOnly } from "./jit.ts";
-import { CACHE_DIR } from "./version.ts";
+import { CACHE_DIR, CACHE_ROOT, CACHE_TAG } from "./version.ts";
+import { markUsed, pruneOtherBuilds } from "./cache.ts";
 // @ts-ignore: a file import yields the path of the embedded (or built) library
 import embeddedLib from "../build/libescp.so" with { type: "file" };
 
@@ -198,6 +199,9 @@ function cachedLibrary(): { fd: number; file: string } | undefined {
         fs.rmSync(tmp, { force: true });
       }
       fd = openOurs(file, uid, size);
+      if (fd >= 0) pruneOtherBuilds(`${home}/${CACHE_ROOT}`, CACHE_TAG, uid);
+    } else {
+      markUsed(dir);
     }
     return fd < 0 ? undefined : { fd, file };
   } catch {

@@ -12,5 +12,7 @@ export const VERSION: string = pkg.version;
 /** A digest of the sources the executable was built from; "dev" when run by bun from src/. */
 export const BUILD: string = typeof ESCP_BUILD === "string" ? ESCP_BUILD : "dev";
 export const CACHE_TAG = `${VERSION}-${BUILD}`;
+/** Under $HOME: every build's cached files, a directory per build (cache.ts prunes old ones). */
+export const CACHE_ROOT = ".cache/escp";
 /** Under $HOME: this build's cached files (the bootstrapped executable on a remote host, the native library). */
-export const CACHE_DIR = `.cache/escp/${CACHE_TAG}`;
+export const CACHE_DIR = `${CACHE_ROOT}/${CACHE_TAG}`;

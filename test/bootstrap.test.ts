@@ -1,7 +1,7 @@
 /**
  * Self-bootstrap (issue 9, item 1): a remote account without escp gets this
- * executable copied to ~/.cache/escp/VERSION/escp on the first transfer, and
- * later transfers reuse it. The remote account is a throwaway local user whose
+ * executable copied to ~/.cache/escp/VERSION-BUILD/escp on the first transfer, and
+ * later transfers reuse it; a new build's install prunes old builds' copies. The remote account is a throwaway local user whose
  * PATH has no escp and whose home is a fresh directory; it logs in to the test
  * sshd with the harness key (sshd reads authorized_keys as that user, so the
  * run directory is made traversable).
@@ -201,5 +201,26 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(await sameFile(ESCP_BIN, cached())).toBe(true);
     expect(fs.statSync(cached()).mode & 0o777).toBe(0o755);
     expect(leftovers()).toEqual([]);
+  });
+
+  test("installing a new build removes old builds' copies from the host, keeping the two used last", async () => {
+    const root = path.join(home, ".cache/escp");
+    fs.rmSync(path.dirname(cached()), { recursive: true, force: true });
+    const old = ["0.0.1-aaaaaaaaaaaa", "0.0.2-bbbbbbbbbbbb", "0.0.3-cccccccccccc"];
+    old.forEach((name, i) => {
+      const d = path.join(root, name);
+      fs.mkdirSync(d, { recursive: true });
+      fs.writeFileSync(path.join(d, "escp"), "#!/bin/sh\nexit 1\n", { mode: 0o755 });
+      for (const p of [d, path.join(d, "escp"), root, path.dirname(root)]) fs.chownSync(p, uid, uid);
+      const t = Date.now() / 1000 - (90 - 30 * i) * 86400; // 90, 60, 30 days ago
+      fs.utimesSync(d, t, t);
+    });
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1000, { seed: 6 });
+    const dst = userDir("dst");
+    const r = await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(fs.readdirSync(root).sort()).toEqual([...old.slice(1), TAG]);
   });
 });

@@ -81,6 +81,29 @@ test("the native library is written once to ~/.cache/escp/TAG and mapped from th
   expect(fs.readdirSync(path.dirname(cached))).toEqual(["libescp.so"]); // no temporary file left
 });
 
+test("a build's first start on a host removes old builds' cache directories, keeping the two used last", async () => {
+  const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst");
+  await makeFile(path.join(src, "f"), 10, { seed: 98 });
+  const root = path.join(home, ".cache", "escp");
+  const days = { "0.0.1-aaaaaaaaaaaa": 90, "0.0.2-bbbbbbbbbbbb": 60, "0.0.3-cccccccccccc": 30, "0.0.4-dddddddddddd": 20 };
+  for (const [name, age] of Object.entries(days)) {
+    fs.mkdirSync(path.join(root, name), { recursive: true });
+    fs.writeFileSync(path.join(root, name, "escp"), "an old build");
+    const t = Date.now() / 1000 - age * 86400;
+    fs.utimesSync(path.join(root, name), t, t);
+  }
+  const r = await run([lone, path.join(src, "f"), `${dst}/`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(fs.readdirSync(root).sort()).toEqual(["0.0.3-cccccccccccc", "0.0.4-dddddddddddd", buildTag()]);
+  // A later start of an older build marks it used: it is not the one to go next.
+  const ours = path.join(root, buildTag()), t = Date.now() / 1000 - 2 * 86400;
+  fs.utimesSync(ours, t, t);
+  const again = await run([lone, path.join(src, "f"), `${dst}/g`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
+  expect(again.code).toBe(0);
+  expect(Date.now() - fs.statSync(ours).mtimeMs).toBeLessThan(60_000);
+});
+
 test.skipIf(!ROOT)("a cached library that is not ours alone is replaced, never mapped", async () => {
   const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("log"), "escp.log");
   await makeFile(path.join(src, "f"), 1000, { seed: 94 });

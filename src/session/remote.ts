@@ -5,7 +5,7 @@
  * copy. Also what the user is told when that fails.
  *
  * On a remote host the command is bootstrap.ts's snippet: the escp cached in
- * ~/.cache/escp/VERSION, else `escp` from PATH if it speaks our protocol,
+ * ~/.cache/escp/VERSION-BUILD, else `escp` from PATH if it speaks our protocol,
  * else this executable is copied there first (--no-bootstrap forbids that).
  * --remote-escp PATH (or ESCP_REMOTE) names the remote escp outright.
  */
