@@ -17,6 +17,6 @@ echo "$build_id" >build/build-id
 # built-in ssh client and leaves them there.
 ./node_modules/.bin/bun build --compile --bytecode --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
   --external cpu-features --external '*.node' \
-  src/main.ts src/streams/worker.ts src/plan/walker.ts --outfile dist/escp >build/bun-build.log 2>&1 \
+  src/main.ts src/streams/worker.ts src/plan/walker.ts src/session/builtin-ssh.ts src/cli/prompts.ts --outfile dist/escp >build/bun-build.log 2>&1 \
   || { cat build/bun-build.log; exit 1; }
 echo "built dist/escp ($(du -h dist/escp | cut -f1))"

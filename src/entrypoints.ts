@@ -1,7 +1,7 @@
 /**
- * The workers' addresses. Each worker is also an entry point of
- * `bun build --compile` (scripts/build.sh), embedded under /$bunfs/root/ by
- * its path below src/. Inside the executable they must be named there:
+ * The workers' addresses, and the built-in ssh client's. Each is also an
+ * entry point of `bun build --compile` (scripts/build.sh), embedded under
+ * /$bunfs/root/ by its path below src/. Inside the executable they must be named there:
  * with --bytecode, import.meta.url keeps the build machine's source path,
  * which a host that only has the executable does not have (and a host that
  * has it would run those sources, not the embedded ones). Under
@@ -11,3 +11,12 @@ const base = Bun.main.startsWith("/$bunfs/") ? "file:///$bunfs/root/" : new URL(
 
 export const WORKER_URL = new URL("streams/worker.ts", base).href;
 export const WALKER_URL = new URL("plan/walker.ts", base).href;
+/**
+ * These two are entry points of their own because a bundle loads every node
+ * module that any part of it imports, at start, even when only a part required
+ * lazily uses it: node:crypto, node:net, node:tty and node:dns for the built-in
+ * ssh client, node:readline and node:util for @clack/prompts' widgets, ≈ 4 ms
+ * at each start of either end of every copy, which most runs never use.
+ */
+export const BUILTIN_SSH_URL = new URL("session/builtin-ssh.ts", base).href;
+export const PROMPTS_URL = new URL("cli/prompts.ts", base).href;

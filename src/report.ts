@@ -23,6 +23,7 @@ import { Tally, TtyProgress, formatBytes, formatBits, type Terminal } from "./pr
 import { log } from "./log.ts";
 import { VERSION } from "./version.ts";
 import { dfgOnly } from "./jit.ts";
+import { PROMPTS_URL } from "./entrypoints.ts";
 
 /** The hooks the sender and receiver call; the server collects them for its report. */
 export interface Events {
@@ -270,8 +271,8 @@ export class Report implements Events {
       const width = Math.max(40, ((this.opts.terminal ?? process.stdout).columns || 80) - 3);
       const text = summaryLines(ev, width).join("\n");
       const output = (this.opts.terminal ?? process.stdout) as import("node:stream").Writable;
-      // Loaded for this one line on a terminal, not at every start (≈ 10 ms of it).
-      const { log: clackLog } = require("@clack/prompts") as typeof import("@clack/prompts");
+      // Loaded for this one line on a terminal, not at every start (entrypoints.ts).
+      const { log: clackLog } = require(Bun.fileURLToPath(PROMPTS_URL)) as typeof import("./cli/prompts.ts");
       if (this.failures.length) clackLog.warn(`${text}\n${failedLine(this.failures, width)}`, { spacing: 0, output });
       else clackLog.success(text, { spacing: 0, output });
     }

@@ -382,7 +382,7 @@ async function main(): Promise<number> {
     await Bun.sleep(200);
     return 1;
   }
-  const l = listen("127.0.0.1", hello.ports, "fake");
+  const l = listen("127.0.0.1", hello.ports, () => "fake");
   if (name === "badstreams") {
     // A stream count the client did not ask for (arg: JSON): it must refuse before connecting any.
     ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: JSON.parse(arg) });

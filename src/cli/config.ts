@@ -7,7 +7,7 @@
  *   if (args.mode === "config-check") stdout.write(formatConfig(options, args.explicit, config));
  */
 import { readFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homeDir } from "../system.ts";
 import type { Node } from "yaml";
 
 /** yaml is loaded when a configuration file is read or shown, not at every start (≈ 5 ms of it). */
@@ -85,7 +85,7 @@ export function defaultConfigPaths(env: Record<string, string | undefined> = pro
 export function loadConfig(paths: string[] = defaultConfigPaths()): Config {
   const config: Config = { values: {}, origin: {} };
   for (const p of paths) {
-    const path = p.startsWith("~/") ? homedir() + p.slice(1) : p;
+    const path = p.startsWith("~/") ? homeDir() + p.slice(1) : p;
     const src = readIfExists(path);
     if (src !== undefined) readFile(path, src, config);
   }

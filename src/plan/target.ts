@@ -12,7 +12,7 @@
  * t.place("a.txt"); // "a.txt", relative to t.rootFd
  */
 import fs from "node:fs";
-import os from "node:os";
+import { homeDir } from "../system.ts";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
 import { errnoText } from "./walk.ts";
@@ -54,9 +54,9 @@ export function safeComponents(p: string): string[] {
 }
 
 /** Expands `~` and `~user` and makes an empty path mean the home directory, as ssh's remote shell would. */
-export function expandHome(p: string, home = os.homedir()): string {
-  if (p === "" || p === "~") return home;
-  if (p.startsWith("~/")) return path.join(home, p.slice(2));
+export function expandHome(p: string, home?: string): string {
+  if (p === "" || p === "~") return home ?? homeDir();
+  if (p.startsWith("~/")) return path.join(home ?? homeDir(), p.slice(2));
   const m = /^~([^/]+)(\/.*)?$/.exec(p);
   if (m) {
     try {

@@ -31,14 +31,17 @@ export interface Listener {
   port: number;
 }
 
-/** Listens on the first free port of the range; the error says what to do when none is. */
-export function listen(bindAddr: string, range: [number, number], host: string): Listener {
+/**
+ * Listens on the first free port of the range; the error says what to do when
+ * none is, naming this host by `host()` (called only then: it loads node:os).
+ */
+export function listen(bindAddr: string, range: [number, number], host: () => string): Listener {
   protectSecrets(); // the server parses the master key right after it listens
   const port = new Int32Array(1);
   const fd = native().escp_listen(cstr(bindAddr), range[0], range[1], ptr(port));
   if (fd < 0) {
     const cause = nativeError(fd);
-    throw new Error(`cannot listen on ${host} ports ${range[0]}-${range[1]}: ${cause} (choose another range with --port first-last)`);
+    throw new Error(`cannot listen on ${host()} ports ${range[0]}-${range[1]}: ${cause} (choose another range with --port first-last)`);
   }
   return { fd, port: port[0] };
 }

@@ -8,7 +8,7 @@
  * (docs/design-notes.md).
  */
 import fs from "node:fs";
-import os from "node:os";
+import { tmpDir } from "../system.ts";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
 import type { Options } from "../cli/args.ts";
@@ -18,7 +18,7 @@ import { transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
 
 export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
-  const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), "escp-relay-"));
+  const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? tmpDir(), "escp-relay-"));
   try {
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.

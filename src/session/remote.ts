@@ -14,6 +14,7 @@ import { sshArgs } from "../cli/args.ts";
 import type * as BuiltinSsh from "./builtin-ssh.ts";
 import { bootstrapping } from "./bootstrap.ts";
 import { encodeFrame } from "./control.ts";
+import { BUILTIN_SSH_URL } from "../entrypoints.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
 export type Plan =
@@ -60,10 +61,10 @@ export function useBuiltinSsh(o: Options): boolean {
 /**
  * The built-in client's module, loaded on first use: ssh2 and its native parts
  * cost every start-up ~15 MB and tens of milliseconds, and most runs use the
- * system ssh.
+ * system ssh. It is an entry point of its own (entrypoints.ts).
  */
 function builtinSsh(): typeof BuiltinSsh {
-  return require("./builtin-ssh.ts");
+  return require(Bun.fileURLToPath(BUILTIN_SSH_URL));
 }
 
 /** This program as a command line: the compiled executable, or bun + the entry script. */

@@ -5,7 +5,7 @@
  * its stdin: when the ssh session ends it removes its temporary files and
  * exits, so no receiver is ever left behind.
  */
-import os from "node:os";
+import { hostName } from "../system.ts";
 import { ControlChannel } from "./control.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
@@ -19,7 +19,20 @@ import { log } from "../log.ts";
 import type { ControlMessage } from "../protocol.ts";
 
 export async function runServer(): Promise<number> {
-  const ch = new ControlChannel(Bun.stdin.stream(), (b) => void process.stdout.write(b), "the connecting escp");
+  // A FileSink, not process.stdout: making that stream costs ≈ 3 ms, and the first
+  // frame written (`ready`) would wait for it.
+  const out = Bun.stdout.writer();
+  try {
+    return await serve(new ControlChannel(Bun.stdin.stream(), (b) => {
+      out.write(b);
+      out.flush();
+    }, "the connecting escp"));
+  } finally {
+    await out.flush(); // the last frame (an error, the report) reaches the pipe before we exit
+  }
+}
+
+async function serve(ch: ControlChannel): Promise<number> {
   // Every copy has stream 0 and at least one data stream: their workers boot (~12 ms)
   // while hello is read and answered, not after the streams have connected.
   prestartStreamWorkers(1);
@@ -35,7 +48,6 @@ export async function runServer(): Promise<number> {
   }
   // The AES-GCM implementation is chosen on another core while we get to accepting the streams.
   prepareGcm();
-  const hostName = os.hostname();
   log.open({ role: hello.serverRole, verbose: hello.options.verbose, file: hello.options.log });
   log.info("hello", { role: hello.serverRole, streams: hello.streams, blockSize: hello.blockSize, ports: hello.ports, target: hello.target, sources: hello.sources });
   const report = new Report({ quiet: true, json: false }, false);
@@ -82,7 +94,7 @@ export async function runServer(): Promise<number> {
     keys.master.fill(0);
     log.info("streams accepted", { streams: conns.length - 1, port: l.port, aes: gcmBackend(), lib: nativeSource() });
     const capped = tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS, hello.options.sockbuf);
-    if (capped) report.warning(`${hostName}: ${capped}`);
+    if (capped) report.warning(`${hostName()}: ${capped}`);
     const started = performance.now();
     pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
     for (const s of sources.missing) report.failed(s.path, s.message);

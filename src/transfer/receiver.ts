@@ -11,7 +11,6 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
-import { createHash } from "node:crypto";
 import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
@@ -521,7 +520,7 @@ const NAME_MAX = 255;
 export function partBase(name: string): string {
   const whole = `.${name}${PART_SUFFIX}`;
   if (nameBytes(whole) <= NAME_MAX) return whole;
-  const tag = `~${createHash("sha256").update(encodeName(name)).digest("hex").slice(0, 16)}`;
+  const tag = `~${new Bun.CryptoHasher("sha256").update(encodeName(name)).digest("hex").slice(0, 16)}`;
   return `.${prefixOfBytes(name, NAME_MAX - 1 - tag.length - PART_SUFFIX.length)}${tag}${PART_SUFFIX}`;
 }
 
