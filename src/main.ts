@@ -65,7 +65,8 @@ async function copy(o: Options, sources: Operand[], target: Operand, until?: Pro
   const tty = !o.quiet && !o.json && stdoutIsTerminal();
   const report = new Report({ quiet: o.quiet, json: o.json, tty });
   // Without a listener a closed stdout (EPIPE) would end the process mid-copy, temporary files left.
-  if (tty || o.json) process.stdout.on("error", () => report.outputClosed());
+  // Only these write there (-R passes on what the source host's escp printed).
+  if (tty || o.json || o.viaSource) process.stdout.on("error", () => report.outputClosed());
   const stop = new AbortController();
   const interrupt = () => stop.abort();
   process.on("SIGINT", interrupt);
