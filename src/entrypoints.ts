@@ -1,7 +1,8 @@
 /**
- * The workers' addresses, and the built-in ssh client's. Each is also an
- * entry point of `bun build --compile` (scripts/build.sh), embedded under
- * /$bunfs/root/ by its path below src/. Inside the executable they must be named there:
+ * The workers' addresses, and those of the modules loaded only when needed
+ * (the built-in ssh client, the terminal widgets). Each is also an entry point
+ * of `bun build --compile` (scripts/build.sh), embedded under /$bunfs/root/ by
+ * its path below src/. Inside the executable they must be named there:
  * with --bytecode, import.meta.url keeps the build machine's source path,
  * which a host that only has the executable does not have (and a host that
  * has it would run those sources, not the embedded ones). Under

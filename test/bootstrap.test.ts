@@ -10,7 +10,7 @@ import { describe, test, expect, beforeAll, afterAll, setDefaultTimeout } from "
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { startSshd, runEscp, run, runTmp, makeFile, sameFile, buildTag, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
+import { startSshd, runEscp, run, runTmp, makeFile, sameFile, buildTag, plantBuilds, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
 import { launchCommand, uploadCommand, parseMarker, BOOTSTRAP_MARKER } from "../src/session/bootstrap.ts";
 import { VERSION, CACHE_TAG } from "../src/version.ts";
 import { PROTO_VERSION } from "../src/native.ts";
@@ -207,14 +207,7 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     const root = path.join(home, ".cache/escp");
     fs.rmSync(path.dirname(cached()), { recursive: true, force: true });
     const old = ["0.0.1-aaaaaaaaaaaa", "0.0.2-bbbbbbbbbbbb", "0.0.3-cccccccccccc"];
-    old.forEach((name, i) => {
-      const d = path.join(root, name);
-      fs.mkdirSync(d, { recursive: true });
-      fs.writeFileSync(path.join(d, "escp"), "#!/bin/sh\nexit 1\n", { mode: 0o755 });
-      for (const p of [d, path.join(d, "escp"), root, path.dirname(root)]) fs.chownSync(p, uid, uid);
-      const t = Date.now() / 1000 - (90 - 30 * i) * 86400; // 90, 60, 30 days ago
-      fs.utimesSync(d, t, t);
-    });
+    plantBuilds(root, { [old[0]]: 90, [old[1]]: 60, [old[2]]: 30 }, uid);
     const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
     await makeFile(path.join(src, "f"), 1000, { seed: 6 });
     const dst = userDir("dst");

@@ -7,27 +7,22 @@ import { test, expect } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { markUsed, pruneOtherBuilds, KEEP_OTHERS, IN_USE_MS } from "../src/cache.ts";
-import { tmpdir } from "./harness.ts";
+import { tmpdir, plantBuilds } from "./harness.ts";
 
 const DAY = 24 * 3600_000;
 const uid = process.getuid!();
 const ROOT = uid === 0;
 
-/** A cache root holding build directories last used `ageDays` ago, each with a file inside. */
-function cacheWith(builds: Record<string, number>, now: number): string {
+/** A cache root holding build directories last used `ageDays` ago. */
+function cacheWith(builds: Record<string, number>): string {
   const root = path.join(tmpdir("home"), ".cache", "escp");
-  for (const [name, ageDays] of Object.entries(builds)) {
-    fs.mkdirSync(path.join(root, name), { recursive: true });
-    fs.writeFileSync(path.join(root, name, "escp"), "x");
-    const t = (now - ageDays * DAY) / 1000;
-    fs.utimesSync(path.join(root, name), t, t);
-  }
+  plantBuilds(root, builds);
   return root;
 }
 
 test("a new build removes the builds not used lately, beyond the two used last", () => {
   const now = Date.now();
-  const root = cacheWith({ "0.1.0-aaaaaaaaaaaa": 30, "0.1.0-bbbbbbbbbbbb": 20, "0.1.0-cccccccccccc": 10, "0.1.0-dddddddddddd": 5, "0.1.0-new": 0 }, now);
+  const root = cacheWith({ "0.1.0-aaaaaaaaaaaa": 30, "0.1.0-bbbbbbbbbbbb": 20, "0.1.0-cccccccccccc": 10, "0.1.0-dddddddddddd": 5, "0.1.0-new": 0 });
   expect(KEEP_OTHERS).toBe(2);
   expect(pruneOtherBuilds(root, "0.1.0-new", uid, now).sort()).toEqual(["0.1.0-aaaaaaaaaaaa", "0.1.0-bbbbbbbbbbbb"]);
   expect(fs.readdirSync(root).sort()).toEqual(["0.1.0-cccccccccccc", "0.1.0-dddddddddddd", "0.1.0-new"]);
@@ -36,14 +31,14 @@ test("a new build removes the builds not used lately, beyond the two used last",
 test("a build used within the last day is kept however many others there are", () => {
   const now = Date.now();
   const recent = (IN_USE_MS / DAY) * 0.5;
-  const root = cacheWith({ "0.0.9": 40, "0.1.0-a": recent, "0.1.0-b": recent, "0.1.0-c": recent, "0.1.0-new": 0 }, now);
+  const root = cacheWith({ "0.0.9": 40, "0.1.0-a": recent, "0.1.0-b": recent, "0.1.0-c": recent, "0.1.0-new": 0 });
   expect(pruneOtherBuilds(root, "0.1.0-new", uid, now)).toEqual(["0.0.9"]);
   expect(fs.readdirSync(root).sort()).toEqual(["0.1.0-a", "0.1.0-b", "0.1.0-c", "0.1.0-new"]);
 });
 
 test("only directories named like a version are pruned: other names, files and symbolic links stay", () => {
   const now = Date.now();
-  const root = cacheWith({ "0.1.0-a": 1, "0.1.0-b": 1, notes: 90, "0.1.0-old": 90 }, now);
+  const root = cacheWith({ "0.1.0-a": 1, "0.1.0-b": 1, notes: 90, "0.1.0-old": 90 });
   const elsewhere = tmpdir("elsewhere");
   fs.writeFileSync(path.join(elsewhere, "keep"), "y");
   fs.symlinkSync(elsewhere, path.join(root, "0.0.1-link"));
@@ -55,7 +50,7 @@ test("only directories named like a version are pruned: other names, files and s
 
 test("a cache directory others can write to is not pruned", () => {
   const now = Date.now();
-  const root = cacheWith({ "0.1.0-a": 90, "0.1.0-b": 90, "0.1.0-c": 90 }, now);
+  const root = cacheWith({ "0.1.0-a": 90, "0.1.0-b": 90, "0.1.0-c": 90 });
   fs.chmodSync(root, 0o777);
   expect(pruneOtherBuilds(root, "0.1.0-new", uid, now)).toEqual([]);
   expect(fs.readdirSync(root).length).toBe(3);
@@ -63,14 +58,14 @@ test("a cache directory others can write to is not pruned", () => {
 
 test.skipIf(!ROOT)("another user's build directory is not pruned", () => {
   const now = Date.now();
-  const root = cacheWith({ "0.1.0-a": 1, "0.1.0-b": 1, "0.1.0-theirs": 90 }, now);
+  const root = cacheWith({ "0.1.0-a": 1, "0.1.0-b": 1, "0.1.0-theirs": 90 });
   fs.chownSync(path.join(root, "0.1.0-theirs"), 65534, 65534);
   expect(pruneOtherBuilds(root, "0.1.0-new", uid, now)).toEqual([]);
 });
 
 test("a start marks its build's directory used, at most once an hour", () => {
   const now = Date.now();
-  const root = cacheWith({ "0.1.0-a": 3, "0.1.0-b": 0 }, now);
+  const root = cacheWith({ "0.1.0-a": 3, "0.1.0-b": 0 });
   const a = path.join(root, "0.1.0-a"), b = path.join(root, "0.1.0-b");
   const before = fs.statSync(b).mtimeMs;
   markUsed(a, now);

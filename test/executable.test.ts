@@ -6,7 +6,7 @@
 import { test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { run, tmpdir, makeFile, sameFile, buildTag, ESCP_BIN, REPO_ROOT } from "./harness.ts";
+import { run, tmpdir, makeFile, sameFile, buildTag, plantBuilds, ESCP_BIN, REPO_ROOT } from "./harness.ts";
 
 let lone = "";
 const bare = { PATH: "/usr/bin:/bin", HOME: "/nonexistent" };
@@ -85,13 +85,7 @@ test("a build's first start on a host removes old builds' cache directories, kee
   const home = tmpdir("home"), src = tmpdir("src"), dst = tmpdir("dst");
   await makeFile(path.join(src, "f"), 10, { seed: 98 });
   const root = path.join(home, ".cache", "escp");
-  const days = { "0.0.1-aaaaaaaaaaaa": 90, "0.0.2-bbbbbbbbbbbb": 60, "0.0.3-cccccccccccc": 30, "0.0.4-dddddddddddd": 20 };
-  for (const [name, age] of Object.entries(days)) {
-    fs.mkdirSync(path.join(root, name), { recursive: true });
-    fs.writeFileSync(path.join(root, name, "escp"), "an old build");
-    const t = Date.now() / 1000 - age * 86400;
-    fs.utimesSync(path.join(root, name), t, t);
-  }
+  plantBuilds(root, { "0.0.1-aaaaaaaaaaaa": 90, "0.0.2-bbbbbbbbbbbb": 60, "0.0.3-cccccccccccc": 30, "0.0.4-dddddddddddd": 20 });
   const r = await run([lone, path.join(src, "f"), `${dst}/`], { cwd: path.dirname(lone), env: envOnly({ HOME: home }) });
   expect(r.stderr).toBe("");
   expect(r.code).toBe(0);

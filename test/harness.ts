@@ -43,6 +43,21 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 export function buildTag(): string {
   return `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
 }
+
+/**
+ * Other builds' directories in a cache root (~/.cache/escp), each holding an `escp`
+ * that fails if run, last used `daysAgo[name]` days ago; owned by `uid` if given.
+ */
+export function plantBuilds(root: string, daysAgo: Record<string, number>, uid?: number): void {
+  for (const [name, days] of Object.entries(daysAgo)) {
+    const d = path.join(root, name);
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, "escp"), "#!/bin/sh\nexit 1\n", { mode: 0o755 });
+    if (uid !== undefined) for (const p of [d, path.join(d, "escp"), root, path.dirname(root)]) fs.chownSync(p, uid, uid);
+    const t = Date.now() / 1000 - days * 86400;
+    fs.utimesSync(d, t, t);
+  }
+}
 /** Absolute path of the binary under test (ESCP_BIN overrides dist/escp). */
 export const ESCP_BIN = path.resolve(process.env.ESCP_BIN ?? path.join(REPO_ROOT, "dist", "escp"));
 /** ssh_config alias that logs in with the authorized throwaway key. */
