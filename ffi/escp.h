@@ -263,6 +263,7 @@ typedef struct {
 #define ESCP_FD_CREATE   INT32_MIN        /* published, not created yet */
 #define ESCP_FD_CREATING (INT32_MIN + 1)  /* a worker is creating it */
 #define ESCP_FD_CLAIMED  (INT32_MIN + 2)  /* the main thread took it back uncreated: never create */
+#define ESCP_FD_AWAITED  (INT32_MIN + 3)  /* being created, and another stream sleeps on it (futex) */
 typedef struct {
   uint64_t id_plus1;
   uint64_t size;

@@ -25,11 +25,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <linux/futex.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <openssl/crypto.h>
 
 #define REC_OVERHEAD (ESCP_HDR_LEN + ESCP_TAG_LEN)
@@ -398,9 +399,21 @@ static int more_waiting(escp_conn *c, uint32_t body_len) {
 /* Files this large are preallocated when a worker creates them (slot_fd). */
 #define PREALLOC_MIN (1u << 20)
 
+/* Another stream is creating slot s's file: sleep until it has (a futex on s->fd, not a
+ * spin: the create includes reserving the whole file, 50 ms for 2 GiB on ext4 and 0.5 s
+ * on tmpfs, and on a busy host the spinning streams took the CPU the creator needed).
+ * The creator wakes sleepers only when one marked the slot ESCP_FD_AWAITED, so a file
+ * nobody waits for costs no extra system call. */
+static void await_create(escp_fdslot *s, int32_t seen) {
+  if (seen == ESCP_FD_CREATING &&
+      !__atomic_compare_exchange_n(&s->fd, &seen, ESCP_FD_AWAITED, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return; /* it changed meanwhile: look again */
+  syscall(SYS_futex, &s->fd, FUTEX_WAIT_PRIVATE, ESCP_FD_AWAITED, NULL, NULL, 0);
+}
+
 /* The fd to write a block of slot s to, creating the file if this is its first block
- * (see escp_fdslot); -errno when that failed.  Two streams may hold blocks of one file:
- * the one that wins the slot creates it, the other waits the few microseconds it takes. */
+ * (see escp_fdslot); -errno when that failed.  Several streams may hold blocks of one
+ * file: the one that wins the slot creates it, the others wait for it (await_create). */
 static int slot_fd(escp_fdslot *s, int *direct) {
   for (;;) {
     int32_t fd = __atomic_load_n(&s->fd, __ATOMIC_ACQUIRE);
@@ -426,16 +439,20 @@ static int slot_fd(escp_fdslot *s, int *direct) {
         }
       }
       s->direct = is_direct | (unnamed ? ESCP_SLOT_UNNAMED : 0);
-      __atomic_store_n(&s->fd, nfd, __ATOMIC_RELEASE);
+      if (__atomic_exchange_n(&s->fd, nfd, __ATOMIC_ACQ_REL) == ESCP_FD_AWAITED)
+        syscall(SYS_futex, &s->fd, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
       *direct = is_direct;
       return nfd;
     }
     if (fd == ESCP_FD_CLAIMED) return -ECANCELED;
-    if (fd != ESCP_FD_CREATE && fd != ESCP_FD_CREATING) {
+    if (fd == ESCP_FD_CREATING || fd == ESCP_FD_AWAITED) {
+      await_create(s, fd);
+      continue;
+    }
+    if (fd != ESCP_FD_CREATE) {
       *direct = s->direct & ESCP_SLOT_DIRECT;
       return fd;
     }
-    sched_yield();
   }
 }
 

@@ -117,8 +117,8 @@ export const WORK_SIZE = 32;
 export const DONE_SIZE = 40;
 export const COUNTERS_SIZE = 64;
 export const FDSLOT_SIZE = 40;
-/** escp_fdslot.fd sentinels (escp.h): a worker creates the file; is creating it; main took it back uncreated. */
-export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe;
+/** escp_fdslot.fd sentinels (escp.h): a worker creates the file; is creating it; main took it back uncreated; is creating it while another waits. */
+export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe, FD_AWAITED = -0x7ffffffd;
 /** escp_commit_file's mode when the file was created with its final mode (ESCP_MODE_KEEP). */
 export const MODE_KEEP = 0xffffffff;
 /** escp_commit_file's flags: set the times (-p); the file is unnamed (escp_create_unnamed). */

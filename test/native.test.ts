@@ -111,6 +111,11 @@ function recvRecord(conn: number, cap = 1 << 20): { rc: number; type: number; fl
 }
 const O_WRONLY = fs.constants.O_WRONLY, O_CREAT = fs.constants.O_CREAT, O_TRUNC = fs.constants.O_TRUNC;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** CPU time (user + system, clock ticks) of the calling thread so far. */
+function threadCpuTicks(): number {
+  const f = fs.readFileSync("/proc/thread-self/stat", "utf8").split(") ")[1].split(" ");
+  return Number(f[11]) + Number(f[12]); // fields 14 and 15 of stat(5), counted after comm
+}
 
 // ---- the peer worker --------------------------------------------------------------
 
@@ -133,6 +138,21 @@ const OPS = {
     const rc = L.escp_send_batch(conn, items, n, done, new Uint8Array(opts.buffer), ctr);
     const endRc = end ? L.escp_send_record(conn, 8, 0, null, 0) : 0;
     return { rc, endRc, done, ctr, cancelKeep: cancel.length };
+  },
+  /** Receives on conn until END into the file table at address tab (the test thread's). */
+  recvAll(conn, tab, cap, block) {
+    const done = new Uint8Array(40 * 16), ctr = new Uint8Array(64), cancel = new Int32Array(1);
+    const opts = new DataView(new ArrayBuffer(16));
+    opts.setUint32(0, block, true);
+    opts.setBigUint64(8, BigInt(ptr(cancel)), true);
+    const state = new Int32Array(1), need = new BigUint64Array(1), statuses = [];
+    while (state[0] !== 1) {
+      const rc = L.escp_recv_batch(conn, tab, cap, done, 16, new Uint8Array(opts.buffer), ctr, state, need);
+      if (rc < 0 || state[0] === 2) return { rc, state: state[0], statuses };
+      const v = new DataView(done.buffer);
+      for (let i = 0; i < rc; i++) statuses.push(v.getInt32(i * 40 + 20, true));
+    }
+    return { rc: 0, statuses };
   },
 };
 self.onmessage = (e) => {
@@ -745,7 +765,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
 describe("loops", () => {
   let c: number[] = [], l: number[] = [];
   beforeAll(async () => {
-    ({ c, l } = await session(13));
+    ({ c, l } = await session(15));
   });
 
   test("send_batch -> recv_batch moves multi-block files (buffered)", async () => {
@@ -861,6 +881,49 @@ describe("loops", () => {
     L.escp_close(tab.fd(4));
     s.close();
     fs.closeSync(dirfd);
+  });
+
+  test("a stream holding a block of a file another stream is still creating sleeps until it is created", async () => {
+    // /dev/shm: reserving 1 GiB on tmpfs takes a quarter of a second, time enough to wait.
+    const dir = fs.mkdtempSync("/dev/shm/escp-native-wait-");
+    try {
+      const data = makeSource("wait-src", 2 * BLOCK, false);
+      const sfd = L.escp_open_read(cstr(path.join(tmp, "wait-src")), 0, new Int32Array(1));
+      const item = (i: number) => {
+        const w = new DataView(new ArrayBuffer(32));
+        w.setBigUint64(0, 6n, true);
+        w.setBigUint64(8, BigInt(i * BLOCK), true);
+        w.setUint32(16, BLOCK, true);
+        w.setInt32(20, sfd, true);
+        return new Uint8Array(w.buffer);
+      };
+      expect((await call("sendBatch", c[13], item(0), 1, BLOCK, 0, true)).rc).toBe(1);
+      expect((await call("sendBatch", c[14], item(1), 1, BLOCK, 0, true)).rc).toBe(1);
+      const tab = new FdTable(8);
+      const dirfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      tab.publishCreate(6, 1 << 30, dirfd, ".w.escp-part", 0);
+      // the peer worker takes block 0 and creates the file; this thread then takes block 1
+      const creator = call("recvAll", l[13], ptr(tab.buf), tab.cap, BLOCK);
+      await sleep(30);
+      const cpu0 = threadCpuTicks();
+      const rx = receiveAll(l[14], tab, () => { throw new Error("the file was published"); });
+      const spent = threadCpuTicks() - cpu0;
+      expect((await creator).statuses).toEqual([0]);
+      expect(rx.done.map((d) => [d.offset, d.status])).toEqual([[BLOCK, 0]]);
+      expect(spent).toBeLessThan(5); // clock ticks (10 ms): asleep, not spinning, while the file was made
+      const fd = tab.fd(6);
+      expect(fd).toBeGreaterThanOrEqual(0);
+      L.escp_close(fd);
+      const rfd = fs.openSync(path.join(dir, ".w.escp-part"), "r");
+      const got = Buffer.alloc(2 * BLOCK);
+      expect(fs.readSync(rfd, got, 0, got.length, 0)).toBe(got.length);
+      fs.closeSync(rfd);
+      expect(got.equals(data)).toBe(true);
+      L.escp_close(sfd);
+      fs.closeSync(dirfd);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("recv_batch: a file that cannot be created reports the cause on every block and writes nothing", async () => {

@@ -10,7 +10,7 @@
  * pool.offer(batch);
  */
 import {
-  native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, SLOT_DIRECT, SLOT_UNNAMED, type Pointer,
+  native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, FD_AWAITED, SLOT_DIRECT, SLOT_UNNAMED, type Pointer,
 } from "../native.ts";
 import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
@@ -178,7 +178,7 @@ export class StreamPool {
     for (;;) {
       const fd = Atomics.load(this.slotI32, at);
       if (fd === FD_CREATE && Atomics.compareExchange(this.slotI32, at, FD_CREATE, FD_CLAIMED) === FD_CREATE) return FD_CLAIMED;
-      if (fd !== FD_CREATE && fd !== FD_CREATING) return fd;
+      if (fd !== FD_CREATE && fd !== FD_CREATING && fd !== FD_AWAITED) return fd;
     }
   }
 
