@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/futex.h>
 #include <sys/socket.h>
@@ -403,12 +404,14 @@ static int more_waiting(escp_conn *c, uint32_t body_len) {
  * spin: the create includes reserving the whole file, 50 ms for 2 GiB on ext4 and 0.5 s
  * on tmpfs, and on a busy host the spinning streams took the CPU the creator needed).
  * The creator wakes sleepers only when one marked the slot ESCP_FD_AWAITED, so a file
- * nobody waits for costs no extra system call. */
+ * nobody waits for costs no extra system call.  The sleep is bounded, so that a wake-up
+ * lost would cost a delay, never a hung stream. */
 static void await_create(escp_fdslot *s, int32_t seen) {
   if (seen == ESCP_FD_CREATING &&
       !__atomic_compare_exchange_n(&s->fd, &seen, ESCP_FD_AWAITED, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return; /* it changed meanwhile: look again */
-  syscall(SYS_futex, &s->fd, FUTEX_WAIT_PRIVATE, ESCP_FD_AWAITED, NULL, NULL, 0);
+  const struct timespec bound = {0, 50 * 1000 * 1000};
+  syscall(SYS_futex, &s->fd, FUTEX_WAIT_PRIVATE, ESCP_FD_AWAITED, &bound, NULL, 0);
 }
 
 /* The fd to write a block of slot s to, creating the file if this is its first block
