@@ -674,7 +674,7 @@ function report(r: ReportInput): string {
     if (c) rows.push(`-C (zstd level 1) on incompressible data: ${f0(c.rate)} MB/s (blocks that do not shrink travel as they are).`);
     if (Number.isFinite(ipf)) rows.push(`iperf3 single TCP stream on loopback, same run: ${f0(ipf)} MB/s (median of ${r.iperf.runs.length}; ${r.iperf.seconds} s each).`);
     const dr = sum("large", "dd O_DIRECT read (local)"), dw = sum("large", "dd O_DIRECT write (local)"), cp = sum("large", "cp (local, page cache)");
-    if (dr && dw) rows.push(`Disk (virtio, the same one for source and destination): O_DIRECT read ${f0(dr.rate)} MB/s, O_DIRECT write ${f0(dw.rate)} MB/s (dd bs=1M); cp through the page cache ${cp ? f0(cp.rate) : "–"} MB/s. escp's default reads and writes O_DIRECT, so it reads the source from the disk even though it is in the page cache, and both ends share this one disk.`);
+    if (dr && dw) rows.push(`Disk (virtio, the same one for source and destination): O_DIRECT read ${f0(dr.rate)} MB/s, O_DIRECT write ${f0(dw.rate)} MB/s (dd bs=1M); cp through the page cache ${cp ? f0(cp.rate) : "–"} MB/s. escp's default writes O_DIRECT, so its rate is capped by this disk's write rate (both ends share it); it reads a source the page cache already holds through the cache (cachestat), as the other tools do.`);
     for (const x of rows) L.push(`- ${x}`);
     L.push("");
   }
