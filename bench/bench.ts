@@ -671,7 +671,7 @@ function report(r: ReportInput): string {
     const ts = ["escp -t 1", "escp -t 2", "escp -t 4", "escp -t 8"].map((n) => [n, sum("large", n)] as const).filter((x) => x[1]);
     if (ts.length) rows.push(`Streams: ${ts.map(([n, m]) => `${n.replace("escp ", "")} ${f0(m!.rate)}`).join(", ")} MB/s.`);
     const c = sum("large", "escp -C");
-    if (c) rows.push(`-C (zstd level 1) on incompressible data: ${f0(c.rate)} MB/s (blocks that do not shrink travel as they are).`);
+    if (c) rows.push(`-C (zstd level 1) on incompressible data: ${f0(c.rate)} MB/s (blocks that do not shrink travel as they are; after 4 such blocks of a file in a row, a stream tries only every 16th).`);
     if (Number.isFinite(ipf)) rows.push(`iperf3 single TCP stream on loopback, same run: ${f0(ipf)} MB/s (median of ${r.iperf.runs.length}; ${r.iperf.seconds} s each).`);
     const dr = sum("large", "dd O_DIRECT read (local)"), dw = sum("large", "dd O_DIRECT write (local)"), cp = sum("large", "cp (local, page cache)");
     if (dr && dw) rows.push(`Disk (virtio, the same one for source and destination): O_DIRECT read ${f0(dr.rate)} MB/s, O_DIRECT write ${f0(dw.rate)} MB/s (dd bs=1M); cp through the page cache ${cp ? f0(cp.rate) : "–"} MB/s. escp's default writes O_DIRECT, so its rate is capped by this disk's write rate (both ends share it); it reads a source the page cache already holds through the cache (cachestat), as the other tools do.`);

@@ -246,7 +246,8 @@ typedef struct {
   uint64_t bytes_compressed; /* DATA payload bytes after compression (== disk when off) */
   uint64_t blocks;
   uint64_t records;
-  uint64_t rsv[3];
+  uint64_t zstd_skipped;     /* sender, -C: blocks not offered to zstd (see loops.c compress_worth) */
+  uint64_t rsv[2];
 } escp_counters;             /* 64 bytes */
 
 /* Receiver's file table: main thread publishes, stream workers look up. Slot index =

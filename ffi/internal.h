@@ -96,6 +96,9 @@ struct escp_conn {
   size_t tx_zcap;         /* ZSTD_compressBound(block) */
   ZSTD_CCtx *cctx;
   int cctx_level;
+  uint64_t z_file;        /* the file the next three describe (loops.c compress_worth) */
+  uint32_t z_misses;      /* its blocks in a row that zstd did not shrink, up to ZMISS_MAX */
+  uint32_t z_skipped;     /* blocks sent as they are since the last probe */
 
   /* ---- receive half ---- */
   escp_dir rx;

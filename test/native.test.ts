@@ -639,7 +639,7 @@ function parseDone(buf: Uint8Array, n: number): Done[] {
 function counters(buf: Uint8Array) {
   const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const g = (o: number) => Number(v.getBigUint64(o, true));
-  return { disk: g(0), network: g(8), compressed: g(16), blocks: g(24), records: g(32) };
+  return { disk: g(0), network: g(8), compressed: g(16), blocks: g(24), records: g(32), zstdSkipped: g(40) };
 }
 function loopOpts(block: number, level: number, cancel: Int32Array): Uint8Array {
   const v = new DataView(new ArrayBuffer(16));
@@ -777,7 +777,7 @@ async function transfer(sender: number, receiver: number, direct: boolean, level
 describe("loops", () => {
   let c: number[] = [], l: number[] = [];
   beforeAll(async () => {
-    ({ c, l } = await session(14));
+    ({ c, l } = await session(15));
   });
 
   test("send_batch -> recv_batch moves multi-block files (buffered)", async () => {
@@ -790,6 +790,48 @@ describe("loops", () => {
 
   test("send_batch -> recv_batch moves multi-block files (zstd level 1, listener to connector)", async () => {
     await transfer(l[2], c[2], true, 1, "zstd");
+  });
+
+  test("-C: a file that does not compress is offered to zstd only now and then, and compression resumes when it does", async () => {
+    const N = 24, text = Buffer.from("escp compresses this line quite well, block after block.\n");
+    const files = {
+      random: randomBytes(2 * N * BLOCK),
+      mixed: Buffer.concat([randomBytes(N * BLOCK), Buffer.alloc(N * BLOCK).map((_, i) => text[i % text.length])]),
+    };
+    const tab = new FdTable(8);
+    const sends = Object.entries(files).map(([name, data], i) => {
+      fs.writeFileSync(path.join(tmp, `z-${name}`), data);
+      const sfd = L.escp_open_read(cstr(path.join(tmp, `z-${name}`)), 0, new Int32Array(1));
+      const work = new DataView(new ArrayBuffer(32 * 2 * N));
+      for (let b = 0; b < 2 * N; b++) {
+        work.setBigUint64(b * 32, BigInt(i), true);
+        work.setBigUint64(b * 32 + 8, BigInt(b * BLOCK), true);
+        work.setUint32(b * 32 + 16, BLOCK, true);
+        work.setInt32(b * 32 + 20, sfd, true);
+      }
+      tab.publish(i, data.length, fs.openSync(path.join(tmp, `z-${name}-dst`), "w+"), 0);
+      return { name, sfd, r: call("sendBatch", c[14], new Uint8Array(work.buffer), 2 * N, BLOCK, 1, i === 1) };
+    });
+    receiveAll(l[14], tab, () => { throw new Error("both files were published"); }, 1);
+    const sent: Record<string, ReturnType<typeof counters>> = {};
+    for (const s of sends) {
+      const r = await s.r;
+      expect(r.rc).toBe(2 * N);
+      sent[s.name] = counters(r.ctr);
+      L.escp_close(s.sfd);
+    }
+    for (const [i, [name, data]] of Object.entries(files).entries()) {
+      fs.closeSync(tab.fd(i));
+      expect(fs.readFileSync(path.join(tmp, `z-${name}-dst`)).equals(data)).toBe(true);
+    }
+    // 48 random blocks: the first 4 and every 16th after them are tried, the other 42 are not
+    expect(sent.random.zstdSkipped).toBe(42);
+    expect(sent.random.compressed).toBe(2 * N * BLOCK);
+    // 24 random, then 24 of text: tried 1-4 and 20, skipped 5-19 and 21-35 (so 25-35 go
+    // as they are), the probe at 36 shrinks, and 37-48 are compressed again: 13 blocks of
+    // text in less than one block's room
+    expect(sent.mixed.zstdSkipped).toBe(30);
+    expect(sent.mixed.compressed).toBeLessThan((N + 11 + 1) * BLOCK);
   });
 
   // Blocks over 256 KiB are read ahead and written behind on each direction's helper

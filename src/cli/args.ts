@@ -315,7 +315,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { short: "b", long: "blocksize", arg: "size", group: "transfer", apply: value("blockSize", parseBlockSize),
     help: "bytes per read, record and write: 4K to 64M in multiples of 4K, with an optional K, M or G (default 1M)" },
   { short: "C", long: "compress", group: "transfer", apply: flag("compress", true),
-    help: "compress blocks with zstd (blocks that do not shrink travel as they are)" },
+    help: "compress blocks with zstd (blocks that do not shrink travel as they are; in a file that keeps not shrinking only every 16th block is tried)" },
   { long: "zstd-level", arg: "level", group: "transfer", apply: value("zstdLevel", parseZstdLevel),
     help: "zstd level for -C, 1 (fastest, default) to 19" },
   { long: "port", arg: "first[-last]", group: "transfer", apply: value("ports", parsePorts),
