@@ -12,7 +12,7 @@
  *
  * Workloads: one large file file->file (page cache warmed by reading it once),
  * N files of 4 KiB in 100 directories with -r, one 1-byte file (latency).
- * Each repetition runs every tool once, in a rotated order, so that noise
+ * Each repetition runs every tool once, in its own order (repOrder), so that noise
  * from other users of the machine falls on all of them alike; figures are
  * medians over repetitions. Every escp copy is compared byte for byte with
  * its source (cmp / diff -r): a wrong copy is a failure, printed and
@@ -24,7 +24,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { startSshd, makeFile, makeSparseFile, sameFile, pseudoRandom, freePort, ESCP_BIN, type Sshd } from "../test/harness.ts";
-import { measure, remoteWrapper, median, max, min, machineInfo, loadavg, type Measured, type Context } from "./lib.ts";
+import { measure, remoteWrapper, median, max, min, machineInfo, loadavg, repOrder, type Measured, type Context } from "./lib.ts";
 import { cryptoMarkdown, CRYPTO_BEGIN, CRYPTO_END, type CryptoRow } from "./crypto.ts";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -457,13 +457,9 @@ async function main(): Promise<void> {
     log(`rep ${rep + 1}/${reps} (load ${loadavg()})`);
     if (ONLY.has("iperf") && rep < REPS) await runIperf(iperf.seconds, iperf);
     const todo = series.filter((s) => rep < (s.workload === "latency" ? LAT_REPS : REPS));
-    // Each workload's tools rotate by one place per rep, so that no tool always runs first
-    // in its workload, right after the heaviest runs of the one before (rotating the whole
-    // list did not: the first 1-byte copy of every rep followed the 10k-file tar, ~60 ms slower).
     for (const w of new Set(todo.map((s) => s.workload))) {
       const group = todo.filter((s) => s.workload === w);
-      const k = rep % group.length;
-      for (const s of [...group.slice(k), ...group.slice(0, k)]) await runOnce(s, `[${rep + 1}]`);
+      for (const i of repOrder(group.length, rep)) await runOnce(group[i], `[${rep + 1}]`);
     }
     if (ONLY.has("startup")) await runStartup(startup);
     if (ONLY.has("latency")) await runShellRc(shellRc);
