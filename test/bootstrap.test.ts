@@ -8,6 +8,7 @@
  */
 import { describe, test, expect, beforeAll, afterAll, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
+import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { startSshd, runEscp, run, runTmp, makeFile, sameFile, buildTag, plantBuilds, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
@@ -124,6 +125,21 @@ describe("the remote command", () => {
     r = sh(uploadCommand("raw", undefined, payload.length + 1), { HOME: t }, payload);
     expect(r.stderr.toString()).toMatch(/size mismatch/);
   });
+
+  test("the upload takes the executable compressed in pieces: concatenated zstd frames or gzip members", () => {
+    const t = fs.mkdtempSync(path.join(runTmp(), "pieces-"));
+    const payload = Buffer.concat([Buffer.from("#!/bin/sh\necho hi\n"), randomBytes(3 << 20)]);
+    const sha = new Bun.CryptoHasher("sha256").update(payload).digest("hex");
+    const pieces = [payload.subarray(0, 1 << 20), payload.subarray(1 << 20, 2 << 20), payload.subarray(2 << 20)];
+    const dest = path.join(t, ".cache/escp", CACHE_TAG, "escp");
+    for (const [method, squeeze] of [["zstd", (b: Buffer) => Bun.zstdCompressSync(b)], ["gzip", (b: Buffer) => Bun.gzipSync(new Uint8Array(b))]] as const) {
+      fs.rmSync(dest, { force: true });
+      const r = sh(uploadCommand(method, sha, payload.length), { HOME: t }, Buffer.concat(pieces.map((p) => squeeze(p))));
+      expect(r.stderr.toString()).toBe("");
+      expect(r.status).toBe(0);
+      expect(fs.readFileSync(dest).equals(payload)).toBe(true);
+    }
+  });
 });
 
 describe.skipIf(!ROOT)("bootstrap over ssh", () => {
@@ -155,7 +171,7 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     // One line; the compression is whatever the host can undo (zstd, gzip or none).
     const said = `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${TAG}/escp`;
     expect(r.stderr.startsWith(said)).toBe(true);
-    expect(r.stderr.slice(said.length)).toMatch(/^ \(sending \d+ MB(, zstd|, gzip)?\)\n$/);
+    expect(r.stderr.slice(said.length)).toMatch(/^ \(\d+ MB(, sent compressed with (zstd|gzip))?\)\n$/);
     expect(r.code).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     const st = fs.statSync(cached());

@@ -111,25 +111,38 @@ function incompatible(info: RemoteInfo): string | undefined {
 }
 
 interface Payload {
-  data: Uint8Array;
+  /** The pieces in order, each compressed on its own (see preparePayload). */
+  pieces: Promise<Uint8Array>[];
   method: Method;
   sha256: string | undefined;
   size: number;
 }
 
-/** The executable, compressed with what the remote can undo (zstd, else gzip, else as it is). */
+/** Bytes of the executable per independently compressed piece. */
+const PIECE = 8 << 20;
+
+/**
+ * The executable, compressed with what the remote can undo (zstd, else gzip, else as it
+ * is), as 8 MiB pieces compressed each on its own and all at once on the thread pool:
+ * `zstd -d` and `gzip -d` read concatenated frames (members) as one stream, so the upload
+ * sends the first piece while the others are being compressed, on every core. zstd -3 of
+ * 119 MB: 0.64 s as one frame, 0.36 s as pieces on 2 cores, for the same 54 MB.
+ */
 async function preparePayload(exe: string, tools: Set<string>): Promise<Payload> {
   const raw = await Bun.file(exe).bytes();
   const sha256 = tools.has("sha256sum") ? new Bun.CryptoHasher("sha256").update(raw).digest("hex") : undefined;
-  // zstd -3: ~110 MB → ~50 MB in ~1.4 s on one core; gzip -6: ~55 MB in ~2.5 s.
-  if (tools.has("zstd")) return { data: await Bun.zstdCompress(raw, { level: 3 }), method: "zstd", sha256, size: raw.length };
-  if (tools.has("gzip")) {
-    // node:zlib is loaded only when a copy is sent (≈ 8 ms of every start otherwise).
-    const zlib = require("node:zlib") as typeof import("node:zlib");
-    const data = await new Promise<Uint8Array>((res, rej) => zlib.gzip(raw, { level: 6 }, (e, b) => (e ? rej(e) : res(b))));
-    return { data, method: "gzip", sha256, size: raw.length };
-  }
-  return { data: raw, method: "raw", sha256, size: raw.length };
+  const slices: Uint8Array[] = [];
+  for (let off = 0; off < raw.length; off += PIECE) slices.push(raw.subarray(off, off + PIECE));
+  const method: Method = tools.has("zstd") ? "zstd" : tools.has("gzip") ? "gzip" : "raw";
+  // node:zlib is loaded only when a copy is sent (≈ 8 ms of every start otherwise).
+  const zlib = method === "gzip" ? (require("node:zlib") as typeof import("node:zlib")) : undefined;
+  const pieces = slices.map((slice) =>
+    method === "zstd" ? Bun.zstdCompress(slice, { level: 3 })
+      : zlib ? new Promise<Uint8Array>((res, rej) => zlib.gzip(slice, { level: 6 }, (e, b) => (e ? rej(e) : res(b))))
+      : Promise.resolve(slice));
+  // An upload that stops early leaves the rest unawaited: their failures are not news.
+  for (const p of pieces) p.catch(() => {});
+  return { pieces, method, sha256, size: raw.length };
 }
 
 /** A ReadableStream fed by hand. */
@@ -286,25 +299,35 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     }
     const payload = await preparePayload(exe, info.tools);
     if (!o.quiet) {
-      const mb = (payload.data.length / 1e6).toFixed(0);
+      const mb = (payload.size / 1e6).toFixed(0);
       process.stderr.write(
         `escp: ${where} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/${CACHE_PATH}` +
-          ` (sending ${mb} MB${payload.method === "raw" ? "" : `, ${payload.method}`})\n`,
+          ` (${mb} MB${payload.method === "raw" ? "" : `, sent compressed with ${payload.method}`})\n`,
       );
     }
     const up = (upload = run(uploadCommand(payload.method, payload.sha256, payload.size)));
     const upErr = collect(up.stderr);
     void collect(up.stdout);
-    try {
-      const CHUNK = 4 << 20;
-      for (let off = 0; off < payload.data.length; off += CHUNK) {
-        up.stdin.write(payload.data.subarray(off, off + CHUNK));
-        await up.stdin.flush();
+    for (const piece of payload.pieces) {
+      let data: Uint8Array;
+      try {
+        data = await piece;
+      } catch (e) {
+        up.kill();
+        await up.exited;
+        upload = undefined;
+        return `cannot install escp on ${where}: compressing it with ${payload.method} failed: ${(e as Error).message}`;
       }
-      await up.stdin.end();
-    } catch {
-      // The remote side went away; its status and stderr say why.
+      try {
+        up.stdin.write(data);
+        await up.stdin.flush();
+      } catch {
+        break; // the remote side went away; its status and stderr say why
+      }
     }
+    try {
+      await up.stdin.end();
+    } catch {}
     const code = await up.exited;
     upload = undefined;
     if (code !== 0) {
