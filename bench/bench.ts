@@ -69,6 +69,8 @@ interface Data {
   scaleBig?: string; // smaller large file for the memory-scaling check
   scaleSmall?: string;
   scaleSmallFiles?: number;
+  scaleMany?: string; // 10× the small workload's files, for the other end of the memory-scaling check
+  scaleManyFiles?: number;
   sparseSmall?: string; // 1 GiB sparse, SPARSE_DATA bytes of data
   sparseBig?: string; // 100 GiB sparse, same data
 }
@@ -143,6 +145,10 @@ async function prepareData(): Promise<Data> {
     d.scaleSmall = path.join(src, `small-${d.scaleSmallFiles}`);
     await makeBig(d.scaleBig, 256 * MiB);
     await makeTree(d.scaleSmall, d.scaleSmallFiles, "bench-small-scale");
+    d.scaleManyFiles = NFILES * 10;
+    d.scaleMany = path.join(src, `small-${d.scaleManyFiles}`);
+    log(`  making ${d.scaleMany} (${d.scaleManyFiles} files)`);
+    await makeTree(d.scaleMany, d.scaleManyFiles, "bench-many");
     d.sparseSmall = path.join(src, "sparse-1GiB.bin");
     d.sparseBig = path.join(src, "sparse-100GiB.bin");
     await makeSparse(d.sparseSmall, GiB);
@@ -440,6 +446,8 @@ async function main(): Promise<void> {
     warm(data.scaleSmall);
     add("scale", [escp("escp (256 MiB file)", [])], data.scaleBig, 256 * MiB, 1);
     add("scale", [escp(`escp -r (${data.scaleSmallFiles} files)`, ["-r"])], data.scaleSmall, data.scaleSmallFiles! * SMALL_SIZE, data.scaleSmallFiles!);
+    warm(data.scaleMany!);
+    add("scale", [escp(`escp -r (${data.scaleManyFiles} files)`, ["-r"])], data.scaleMany!, data.scaleManyFiles! * SMALL_SIZE, data.scaleManyFiles!);
     add("scale", [escp("escp --sparse (1 GiB sparse)", ["--sparse"])], data.sparseSmall!, SPARSE_DATA, 1);
     add("scale", [escp("escp --sparse (100 GiB sparse)", ["--sparse"])], data.sparseBig!, SPARSE_DATA, 1);
   }
@@ -593,17 +601,19 @@ function report(r: ReportInput): string {
     targets.push({ name: "peak RSS, remote side, -t 4 -b 1M ≤ 256 MiB", measured: `${f0(rr)} MiB (max over large and small runs)`, ratio: rr / 256, need: 1, le: true });
   }
   const scaleBig = r.series.find((x) => x.workload === "scale" && x.tool.name.startsWith("escp (256"));
-  const scaleSmall = r.series.find((x) => x.workload === "scale" && x.tool.name.startsWith("escp -r"));
+  const [scaleSmall, scaleMany] = r.series.filter((x) => x.workload === "scale" && x.tool.name.startsWith("escp -r"));
   const bigS = get("large", "escp"), smallS = get("small", "escp -r");
   if (scaleBig && bigS) {
     const a = summarize(scaleBig), b = summarize(bigS);
     const g = Math.max(b.rssLocal / a.rssLocal, b.rssRemote / a.rssRemote);
     targets.push({ name: `RSS flat (±10 %) from 256 MiB to ${sizeLabel} file (target range: 1 GiB to 100 GiB sparse)`, measured: `local ${f0(a.rssLocal)}→${f0(b.rssLocal)}, remote ${f0(a.rssRemote)}→${f0(b.rssRemote)} MiB`, ratio: g, need: 1.1, le: true });
   }
-  if (scaleSmall && smallS) {
-    const a = summarize(scaleSmall), b = summarize(smallS);
+  // Files: from the fewest to each larger count measured, so that the widest step is judged too.
+  for (const many of [smallS, scaleMany]) {
+    if (!scaleSmall || !many) continue;
+    const a = summarize(scaleSmall), b = summarize(many);
     const g = Math.max(b.rssLocal / a.rssLocal, b.rssRemote / a.rssRemote);
-    targets.push({ name: `RSS flat (±10 %) from ${scaleSmall.files} to ${NFILES} files (target range: 1,000 to 1,000,000)`, measured: `local ${f0(a.rssLocal)}→${f0(b.rssLocal)}, remote ${f0(a.rssRemote)}→${f0(b.rssRemote)} MiB`, ratio: g, need: 1.1, le: true });
+    targets.push({ name: `RSS flat (±10 %) from ${scaleSmall.files} to ${many.files} files (target range: 1,000 to 1,000,000)`, measured: `local ${f0(a.rssLocal)}→${f0(b.rssLocal)}, remote ${f0(a.rssRemote)}→${f0(b.rssRemote)} MiB`, ratio: g, need: 1.1, le: true });
   }
   const sp1 = r.series.find((x) => x.tool.name === "escp --sparse (1 GiB sparse)");
   const sp100 = r.series.find((x) => x.tool.name === "escp --sparse (100 GiB sparse)");
@@ -724,7 +734,8 @@ function report(r: ReportInput): string {
     L.push(`| --- | ---: | ---: | ---: |`);
     const rows: [string, Series | undefined][] = [
       [sc2[0]!.tool.name, sc2[0]], [`escp (${sizeLabel} file)`, bigS], [sc2[1]?.tool.name ?? "", sc2[1]], [`escp -r (${NFILES} files)`, smallS],
-      ...sc2.slice(2).map((x) => [x.tool.name, x] as [string, Series]),
+      [scaleMany?.tool.name ?? "", scaleMany],
+      ...sc2.filter((x) => x !== sc2[0] && x !== sc2[1] && x !== scaleMany).map((x) => [x.tool.name, x] as [string, Series]),
     ];
     for (const [n, x] of rows) {
       if (!x) continue;
@@ -732,7 +743,7 @@ function report(r: ReportInput): string {
       L.push(`| ${n} | ${f2(m.wall)} | ${f0(m.rssLocal)} | ${f0(m.rssRemote)} |`);
     }
     L.push("");
-    L.push(`The issue asks for flat memory from 1,000 to 1,000,000 files and from 1 GiB to 100 GiB sparse. The sparse pair is checked over the full range (with --sparse only the 64 MiB of data travels); for files this run checks the 10× step that fits its time budget.`);
+    L.push(`The issue asks for flat memory from 1,000 to 1,000,000 files and from 1 GiB to 100 GiB sparse. The sparse pair is checked over the full range (with --sparse only the 64 MiB of data travels); for files this run checks 1,000 to 100,000 (two 10× steps), what fits its time budget.`);
     L.push("");
   }
 
