@@ -4,6 +4,9 @@
  * functions run a few µs per file, so on a 2-core host that compile time
  * outweighs what FTL code saves until a session has moved hundreds of
  * thousands of files. They stay in the DFG tier instead (docs/performance.md).
+ * An async function that awaits is compiled as a body function of its own, which
+ * noFTL on the async function does not reach: a hot loop in one belongs in a
+ * synchronous function it calls (walk.ts readChunk, emitEntries).
  *
  * @example
  * dfgOnly(Receiver.prototype, decodeFiles);

@@ -178,10 +178,9 @@ async function readEntries(dir: DirReader, abs: string, skip = -1): Promise<{ en
 }
 
 /**
- * readEntries' loop, synchronous so that noFTL reaches it: JavaScriptCore compiles an
- * async function's body as a function of its own, which noFTL on the async function
- * does not cover, and the FTL compiles of the walk's loops left ~9 MiB more resident
- * after 300,000 files (docs/performance.md § 3 item 3). False at the directory's end.
+ * readEntries' loop, synchronous so that noFTL reaches it (see jit.ts): the FTL
+ * compiles of the walk's loops were part of what grew the sender's resident set with
+ * the file count (docs/performance.md § 3 item 3). False at the directory's end.
  */
 function readChunk(dir: DirReader, abs: string, skip: number, entries: Entry[], stats: Promise<void>[]): boolean {
   while (entries.length < LIST_CHUNK) {
