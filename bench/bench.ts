@@ -316,13 +316,19 @@ interface Iperf {
 }
 
 async function runIperf(secs: number, it: Iperf): Promise<void> {
-  const port = await freePort();
-  const server = spawn("iperf3", ["-s", "-1", "-B", "127.0.0.1", "-p", String(port)], { stdio: "ignore" });
+  let server: ReturnType<typeof spawn> | undefined;
   try {
     let out = "";
-    for (let attempt = 0; attempt < 20; attempt++) {
+    // A server that never answers (its port taken between freePort and its bind) is
+    // replaced by one on another port: a benchmark run lost its iperf3 figure to that.
+    for (let attempt = 0; attempt < 30; attempt++) {
+      if (attempt % 10 === 0) {
+        server?.kill();
+        server = spawn("iperf3", ["-s", "-1", "-B", "127.0.0.1", "-p", String(await freePort())], { stdio: "ignore" });
+      }
+      const port = (server!.spawnargs.at(-1))!;
       await new Promise((r) => setTimeout(r, 150));
-      const r = spawnSync("iperf3", ["-c", "127.0.0.1", "-p", String(port), "-t", String(secs), "-J"], { encoding: "utf8", timeout: (secs + 30) * 1000 });
+      const r = spawnSync("iperf3", ["-c", "127.0.0.1", "-p", port, "-t", String(secs), "-J"], { encoding: "utf8", timeout: (secs + 30) * 1000 });
       out = r.stdout;
       if (r.status === 0) break;
       if (!/Connection refused|unable to connect/i.test(out + r.stderr)) break;
@@ -336,7 +342,7 @@ async function runIperf(secs: number, it: Iperf): Promise<void> {
     failures.push(`iperf3: ${(e as Error).message}`);
     log(`  iperf3 failed: ${(e as Error).message}`);
   } finally {
-    server.kill();
+    server?.kill();
   }
 }
 
