@@ -178,14 +178,18 @@ static int send_sealed(escp_conn *c, const uint8_t *rec, size_t len) {
 #define ZMISS_MAX 4
 #define ZPROBE 16
 
-static int compress_worth(escp_conn *c, uint64_t file_id) {
+/* Whether to offer this block of file_id to zstd; a block not offered is counted. */
+static int compress_worth(escp_conn *c, uint64_t file_id, escp_counters *ctr) {
   if (c->z_file != file_id) {
     c->z_file = file_id;
     c->z_misses = 0;
     c->z_skipped = 0;
   }
   if (c->z_misses < ZMISS_MAX) return 1;
-  if (++c->z_skipped < ZPROBE) return 0;
+  if (++c->z_skipped < ZPROBE) {
+    ctr->zstd_skipped++;
+    return 0;
+  }
   c->z_skipped = 0;
   return 1;
 }
@@ -246,9 +250,7 @@ static int send_items(escp_conn *c, const escp_work *items, uint32_t n, escp_don
 
     uint8_t *body = pay - ESCP_DATA_PREFIX;
     uint32_t plen = len, flags = 0;
-    if (level != 0 && len > 64 && !compress_worth(c, it->file_id)) {
-      ctr->zstd_skipped++;
-    } else if (level != 0 && len > 64) {
+    if (level != 0 && len > 64 && compress_worth(c, it->file_id, ctr)) {
       uint8_t *zp = c->tx_zbuf + ESCP_ALIGN;
       size_t zs = escp__zcompress(&c->cctx, &c->cctx_level, level, pay, len, zp, c->tx_zcap);
       compress_outcome(c, zs, len);
