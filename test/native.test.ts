@@ -679,6 +679,10 @@ class FdTable {
   fd(id: number): number {
     return this.v.getInt32((id & (this.cap - 1)) * 40 + 16, true);
   }
+  /** Sets the fd of a published slot, as a worker that created the file would. */
+  storeFd(id: number, fd: number) {
+    Atomics.store(new Int32Array(this.buf.buffer), ((id & (this.cap - 1)) * 40 + 16) / 4, fd);
+  }
 }
 
 /** Receives until END with a lazily published table; returns done entries and state-2 count. */
@@ -802,15 +806,9 @@ describe("loops", () => {
     const sends = Object.entries(files).map(([name, data], i) => {
       fs.writeFileSync(path.join(tmp, `z-${name}`), data);
       const sfd = L.escp_open_read(cstr(path.join(tmp, `z-${name}`)), 0, new Int32Array(1));
-      const work = new DataView(new ArrayBuffer(32 * 2 * N));
-      for (let b = 0; b < 2 * N; b++) {
-        work.setBigUint64(b * 32, BigInt(i), true);
-        work.setBigUint64(b * 32 + 8, BigInt(b * BLOCK), true);
-        work.setUint32(b * 32 + 16, BLOCK, true);
-        work.setInt32(b * 32 + 20, sfd, true);
-      }
+      const { items, n } = fileWork(i, sfd, data.length);
       tab.publish(i, data.length, fs.openSync(path.join(tmp, `z-${name}-dst`), "w+"), 0);
-      return { name, sfd, r: call("sendBatch", c[14], new Uint8Array(work.buffer), 2 * N, BLOCK, 1, i === 1) };
+      return { name, sfd, r: call("sendBatch", c[14], items, n, BLOCK, 1, i === 1) };
     });
     receiveAll(l[14], tab, () => { throw new Error("both files were published"); }, 1);
     const sent: Record<string, ReturnType<typeof counters>> = {};
@@ -885,16 +883,22 @@ describe("loops", () => {
   function sendFile(conn: number, id: number, name: string, size: number) {
     const data = makeSource(name, size, false);
     const sfd = L.escp_open_read(cstr(path.join(tmp, name)), 0, new Int32Array(1));
+    const { items, n } = fileWork(id, sfd, size);
+    const sent = call("sendBatch", conn, items, n, BLOCK, 0, true);
+    return { data, n, sent, close: () => L.escp_close(sfd) };
+  }
+
+  /** escp_work items for the BLOCK-sized blocks of file `id` (size bytes, open as fd). */
+  function fileWork(id: number, fd: number, size: number): { items: Uint8Array; n: number } {
     const n = Math.ceil(size / BLOCK);
     const work = new DataView(new ArrayBuffer(32 * n));
     for (let i = 0; i < n; i++) {
       work.setBigUint64(i * 32, BigInt(id), true);
       work.setBigUint64(i * 32 + 8, BigInt(i * BLOCK), true);
       work.setUint32(i * 32 + 16, Math.min(BLOCK, size - i * BLOCK), true);
-      work.setInt32(i * 32 + 20, sfd, true);
+      work.setInt32(i * 32 + 20, fd, true);
     }
-    const sent = call("sendBatch", conn, new Uint8Array(work.buffer), n, BLOCK, 0, true);
-    return { data, n, sent, close: () => L.escp_close(sfd) };
+    return { items: new Uint8Array(work.buffer), n };
   }
 
   test("recv_batch creates a file published for creation on its first block, past a planted link", async () => {
@@ -939,13 +943,8 @@ describe("loops", () => {
   });
 
   test("a stream holding a block of a file another stream is still creating sleeps until it is created", async () => {
-    const data = makeSource("wait-src", BLOCK, false);
-    const sfd = L.escp_open_read(cstr(path.join(tmp, "wait-src")), 0, new Int32Array(1));
-    const w = new DataView(new ArrayBuffer(32));
-    w.setBigUint64(0, 6n, true);
-    w.setUint32(16, BLOCK, true);
-    w.setInt32(20, sfd, true);
-    expect((await call("sendBatch", c[13], new Uint8Array(w.buffer), 1, BLOCK, 0, true)).rc).toBe(1);
+    const s = sendFile(c[13], 6, "wait-src", BLOCK);
+    expect((await s.sent).rc).toBe(1);
     const tab = new FdTable(8);
     tab.publish(6, BLOCK, -0x7fffffff /* ESCP_FD_CREATING: as if another stream were at it */, 0);
     const receiver = call("recvAll", l[13], ptr(tab.buf), tab.cap, BLOCK);
@@ -954,12 +953,12 @@ describe("loops", () => {
     const cpu = process.cpuUsage(cpu0);
     // the "other stream" is done: its fd in the slot (the bounded sleep notices it)
     const dfd = fs.openSync(path.join(tmp, "wait-dst"), "w+");
-    Atomics.store(new Int32Array(tab.buf.buffer), ((6 & (tab.cap - 1)) * 40 + 16) / 4, dfd);
+    tab.storeFd(6, dfd);
     expect((await receiver).statuses).toEqual([0]);
     expect((cpu.user + cpu.system) / 1000).toBeLessThan(60); // ms: it slept, not spun, while it waited
-    expect(fs.readFileSync(path.join(tmp, "wait-dst")).equals(data)).toBe(true);
+    expect(fs.readFileSync(path.join(tmp, "wait-dst")).equals(s.data)).toBe(true);
     fs.closeSync(dfd);
-    L.escp_close(sfd);
+    s.close();
   });
 
   test("recv_batch: a file that cannot be created reports the cause on every block and writes nothing", async () => {
