@@ -317,6 +317,7 @@ interface Iperf {
 
 async function runIperf(secs: number, it: Iperf): Promise<void> {
   let server: ReturnType<typeof spawn> | undefined;
+  let port = 0;
   try {
     let out = "";
     // A server that never answers (its port taken between freePort and its bind) is
@@ -324,11 +325,11 @@ async function runIperf(secs: number, it: Iperf): Promise<void> {
     for (let attempt = 0; attempt < 30; attempt++) {
       if (attempt % 10 === 0) {
         server?.kill();
-        server = spawn("iperf3", ["-s", "-1", "-B", "127.0.0.1", "-p", String(await freePort())], { stdio: "ignore" });
+        port = await freePort();
+        server = spawn("iperf3", ["-s", "-1", "-B", "127.0.0.1", "-p", String(port)], { stdio: "ignore" });
       }
-      const port = (server!.spawnargs.at(-1))!;
       await new Promise((r) => setTimeout(r, 150));
-      const r = spawnSync("iperf3", ["-c", "127.0.0.1", "-p", port, "-t", String(secs), "-J"], { encoding: "utf8", timeout: (secs + 30) * 1000 });
+      const r = spawnSync("iperf3", ["-c", "127.0.0.1", "-p", String(port), "-t", String(secs), "-J"], { encoding: "utf8", timeout: (secs + 30) * 1000 });
       out = r.stdout;
       if (r.status === 0) break;
       if (!/Connection refused|unable to connect/i.test(out + r.stderr)) break;

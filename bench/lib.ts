@@ -224,8 +224,8 @@ export function loadavg(): string {
  * whole list had put the first 1-byte copy of every rep right after the 10k-file tar,
  * ~60 ms slower), and each tool follows another one in each rep, as far as there are
  * such steps (n = 15: 8; n = 4: 2, and then the third rep repeats the first's neighbours,
- * not its start): rotating by one place
- * kept every tool's predecessor, so the first tool (the default escp, the targets' row)
+ * not its start): rotating by one place kept every tool's predecessor, so the first
+ * tool (the default escp, the targets' row)
  * followed `cp` in every rep but the first (2.08 / 2.03 s there, against 1.66 / 1.82 s
  * for the same settings as `escp -t 4` in the same reps).
  */
