@@ -19,7 +19,7 @@ die() { log "error: $*"; exit 1; }
 #   strace: a test checks which thread creates the receiver's files
 #   e2fsprogs: a test makes a small ext4 filesystem (mkfs.ext4) to fill
 APT_PACKAGES=(
-  build-essential libssl-dev libzstd-dev libxxhash-dev libgcrypt20
+  build-essential libssl-dev libzstd-dev libxxhash-dev libgcrypt20 openssl
   openssh-server openssh-client
   rsync iperf3 xxhash
   procps iproute2 util-linux time strace e2fsprogs

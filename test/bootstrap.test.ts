@@ -126,6 +126,39 @@ describe("the remote command", () => {
     expect(r.stderr.toString()).toMatch(/size mismatch/);
   });
 
+  test("the upload checks the digest with openssl or sha256sum, whichever works", () => {
+    const t = fs.mkdtempSync(path.join(runTmp(), "hashers-"));
+    const payload = new TextEncoder().encode("#!/bin/sh\necho hi\n");
+    const sha = new Bun.CryptoHasher("sha256").update(payload).digest("hex");
+    const dest = path.join(t, ".cache/escp", CACHE_TAG, "escp");
+    // A PATH of exactly these tools (each found where this host keeps it), plus `extra` scripts.
+    const tools = (name: string, have: string[], extra: Record<string, string> = {}) => {
+      const bin = path.join(t, name);
+      fs.mkdirSync(bin);
+      for (const tool of have) {
+        const where = spawnSync("/bin/sh", ["-c", `command -v ${tool}`], { encoding: "utf8" }).stdout.trim();
+        expect(where).not.toBe(""); // scripts/setup.sh installs each
+        fs.symlinkSync(where, path.join(bin, tool));
+      }
+      for (const [tool, script] of Object.entries(extra)) fake(bin, tool, script);
+      return bin;
+    };
+    const base = ["sh", "mkdir", "cat", "chmod", "mv", "rm"];
+    const cases = [
+      { why: "openssl alone", PATH: tools("openssl-only", [...base, "openssl"]) },
+      { why: "an openssl that fails, then sha256sum", PATH: tools("broken-openssl", [...base, "sha256sum"], { openssl: "exit 1" }) },
+    ];
+    for (const { why, PATH } of cases) {
+      fs.rmSync(dest, { force: true });
+      let r = sh(uploadCommand("raw", "0".repeat(64), payload.length), { HOME: t, PATH }, payload);
+      expect({ why, err: r.stderr.toString() }).toEqual({ why, err: expect.stringMatching(/^digest mismatch: sha256 [0-9a-f]{64}, expected 0{64}\n$/) });
+      expect(fs.existsSync(dest)).toBe(false);
+      r = sh(uploadCommand("raw", sha, payload.length), { HOME: t, PATH }, payload);
+      expect({ why, status: r.status, err: r.stderr.toString() }).toEqual({ why, status: 0, err: "" });
+      expect(fs.readFileSync(dest)).toEqual(Buffer.from(payload));
+    }
+  });
+
   test("the upload takes the executable compressed in pieces: concatenated zstd frames or gzip members", () => {
     const t = fs.mkdtempSync(path.join(runTmp(), "pieces-"));
     const payload = Buffer.concat([Buffer.from("#!/bin/sh\necho hi\n"), randomBytes(3 << 20)]);

@@ -1,14 +1,14 @@
 /**
  * Self-bootstrap (DESIGN §9): when the remote host has no escp that speaks
  * our protocol, escp copies its own executable there and runs it. Nothing
- * but a POSIX sh, mkdir, cat/zstd/gzip, sha256sum and mv is needed remotely.
+ * but a POSIX sh, mkdir, cat/zstd/gzip, openssl/sha256sum and mv is needed remotely.
  *
  * The common case costs one ssh connection: the remote command is a small sh
  * snippet (launchCommand) that execs, in order,
  *   1. ~/.cache/escp/VERSION-BUILD/escp, a copy an earlier bootstrap of this very build left there;
  *   2. `escp` from PATH, if `escp --version` names our protocol;
  * and otherwise prints one line, BOOTSTRAP_MARKER plus what it saw (OS,
- * machine, zstd/gzip/sha256sum), and exits. No control frame starts with
+ * machine, zstd/gzip/sha256sum/openssl), and exits. No control frame starts with
  * that text (frames start with a 0 byte), so `bootstrapping` can tell the
  * two apart before the control channel sees anything. On the marker it
  * uploads this executable over a second ssh connection (compressed if the
@@ -44,7 +44,7 @@ export function launchCommand(args: string): string {
     `if [ -x "$c" ]; then exec "$c" ${args}; fi; ` +
     `if command -v escp >/dev/null 2>&1 && escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
     `then exec escp ${args}; fi; ` +
-    `t=; for p in zstd gzip sha256sum; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
+    `t=; for p in zstd gzip sha256sum openssl; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
     `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"`;
   return shSnippet(script);
 }
@@ -52,9 +52,12 @@ export function launchCommand(args: string): string {
 /** The remote command that stores stdin (compressed by `method`) as the cached escp. */
 export function uploadCommand(method: Method, sha256: string | undefined, size: number): string {
   const decompress = method === "zstd" ? "zstd -dcq" : method === "gzip" ? "gzip -dc" : "cat";
-  // Without sha256sum the size is checked; zstd and gzip check their own frames too.
+  // Without a SHA-256 tool the size is checked; zstd and gzip check their own frames too.
+  // openssl first: it uses the CPU's SHA instructions, coreutils' sha256sum (9.1) does not
+  // (119 MB: 0.1 against 0.58 s here, a quarter of a first copy's upload).
   const check = sha256
-    ? `s=$(sha256sum "$t") || exit 1; s=\${s%% *}; ` +
+    ? `s=; if command -v openssl >/dev/null 2>&1; then s=$(openssl dgst -sha256 <"$t" 2>/dev/null) && s=\${s##* } || s=; fi; ` +
+      `if [ -z "$s" ]; then s=$(sha256sum "$t") || exit 1; s=\${s%% *}; fi; ` +
       `if [ "$s" != ${sha256} ]; then echo "digest mismatch: sha256 $s, expected ${sha256}" >&2; exit 1; fi; `
     : `n=$(wc -c <"$t") || exit 1; ` +
       `if [ $n -ne ${size} ]; then echo "size mismatch: $n bytes, expected ${size}" >&2; exit 1; fi; `;
@@ -130,7 +133,7 @@ const PIECE = 8 << 20;
  */
 async function preparePayload(exe: string, tools: Set<string>): Promise<Payload> {
   const raw = await Bun.file(exe).bytes();
-  const sha256 = tools.has("sha256sum") ? new Bun.CryptoHasher("sha256").update(raw).digest("hex") : undefined;
+  const sha256 = tools.has("sha256sum") || tools.has("openssl") ? new Bun.CryptoHasher("sha256").update(raw).digest("hex") : undefined;
   const slices: Uint8Array[] = [];
   for (let off = 0; off < raw.length; off += PIECE) slices.push(raw.subarray(off, off + PIECE));
   const method: Method = tools.has("zstd") ? "zstd" : tools.has("gzip") ? "gzip" : "raw";
