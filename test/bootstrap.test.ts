@@ -39,6 +39,17 @@ function sh(cmd: string, env: Record<string, string> = {}, input?: Uint8Array) {
   return spawnSync("/bin/sh", ["-c", cmd], { env: { PATH: "/usr/bin:/bin", ...env }, input, encoding: "buffer" });
 }
 
+/**
+ * The launch command run as when the client has hung up after its marker: the parent
+ * of its `sh -c` (sshd's session, which bash's -c execs into it) is gone, so it stops
+ * waiting for an upload.
+ */
+function launchOrphaned(cmd: string, env: Record<string, string> = {}) {
+  // The parent is a subshell that exits once the command has started, and is reaped at once
+  // (a zombie would still answer kill -0; one gone before the command starts makes its PPID 1).
+  return spawnSync("/bin/sh", ["-c", '(eval "exec $1" & sleep 0.2)', "sh", cmd], { env: { PATH: "/usr/bin:/bin", ...env }, encoding: "buffer" });
+}
+
 /** Making the throwaway account needs root (as in CI and the dev VM). */
 const ROOT = process.getuid?.() === 0;
 
@@ -85,7 +96,7 @@ describe("the remote command", () => {
     const cmd = launchCommand("--server");
     const bin = path.join(t, "bin");
     // Nothing installed: the marker, with what the host has.
-    let r = sh(cmd, { HOME: t });
+    let r = launchOrphaned(cmd, { HOME: t });
     const info = parseMarker(r.stdout.toString());
     expect(info).toBeDefined();
     expect(info!.os).toBe("Linux");
@@ -93,7 +104,7 @@ describe("the remote command", () => {
     expect(info!.tools.has("sha256sum")).toBe(true);
     // An escp of another protocol on PATH is not used.
     fake(bin, "escp", `[ "$1" = --version ] && echo "escp 9.9 (protocol ${PROTO_VERSION + 1})" && exit 0; echo WRONG`);
-    r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
+    r = launchOrphaned(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
     expect(r.stdout.toString()).toStartWith(BOOTSTRAP_MARKER);
     // One of ours is.
     fake(bin, "escp", `[ "$1" = --version ] && echo "escp 0.0.9 (protocol ${PROTO_VERSION})" && exit 0; echo "path escp $*"`);
@@ -103,6 +114,27 @@ describe("the remote command", () => {
     fake(path.join(t, ".cache/escp", CACHE_TAG), "escp", `echo "cached escp $*"`);
     r = sh(cmd, { HOME: t, PATH: `${bin}:/usr/bin:/bin` });
     expect(r.stdout.toString()).toBe("cached escp --server\n");
+  });
+
+  test("after the marker the snippet waits for the copy and starts it, the client's first bytes unread", async () => {
+    const t = fs.mkdtempSync(path.join(runTmp(), "wait-"));
+    const p = Bun.spawn(["/bin/sh", "-c", launchCommand("--server")], { env: { PATH: "/usr/bin:/bin", HOME: t }, stdin: "pipe", stdout: "pipe" });
+    p.stdin.write("hello\n");
+    await p.stdin.flush();
+    const it = p.stdout[Symbol.asyncIterator]();
+    let text = "";
+    while (!text.includes("\n")) text += Buffer.from((await it.next()).value!).toString();
+    expect(parseMarker(text)).toBeDefined();
+    await Bun.sleep(600); // a few of its rounds of waiting
+    // The upload's rename, as it would be: the waiting snippet execs the copy.
+    const dir = path.join(t, ".cache/escp", CACHE_TAG);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, ".escp.tmp.1"), `#!/bin/sh\necho "cached escp $*"; exec cat\n`, { mode: 0o755 });
+    fs.renameSync(path.join(dir, ".escp.tmp.1"), path.join(dir, "escp"));
+    p.stdin.end();
+    for (let r = await it.next(); !r.done; r = await it.next()) text += Buffer.from(r.value).toString();
+    expect(await p.exited).toBe(0);
+    expect(text.slice(text.indexOf("\n") + 1)).toBe("cached escp --server\nhello\n");
   });
 
   test("the upload checks the digest before the copy takes its name", () => {
@@ -183,6 +215,16 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(`escp: escp is not installed on ${SSH_HOST}: install it or drop --no-bootstrap\n`);
     expect(fs.existsSync(cached())).toBe(false);
+    // The remote command, which waited for an upload after its marker, saw the session end
+    // (its login shell, /bin/sh, waits for it rather than exec it) and is gone too, well
+    // before the grace it gives an upload to begin.
+    let left = "";
+    for (let i = 0; i < 30; i++) {
+      left = spawnSync("pgrep", ["-a", "-u", USER, "-f", BOOTSTRAP_MARKER], { encoding: "utf8" }).stdout;
+      if (!left) break;
+      await Bun.sleep(100);
+    }
+    expect(left).toBe("");
   });
 
   test("escp run from source refuses to bootstrap and says what to do", async () => {
@@ -196,11 +238,14 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(fs.existsSync(cached())).toBe(false);
   });
 
-  test("the first transfer installs escp in ~/.cache/escp/VERSION and says so once", async () => {
+  test("the first transfer installs escp in ~/.cache/escp/VERSION and says so once, over two ssh connections", async () => {
     const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
     await makeFile(path.join(src, "f"), 3 << 20, { seed: 2 });
     const dst = userDir("dst");
-    const r = await runEscp([path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    // ssh through a wrapper that counts its runs: the probe that waits, and the upload.
+    const log = path.join(src, "ssh.log"), ssh = path.join(src, "ssh");
+    fs.writeFileSync(ssh, `#!/bin/sh\necho run >>${log}\nexec ssh "$@"\n`, { mode: 0o755 });
+    const r = await runEscp(["-S", ssh, path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
     // One line; the compression is whatever the host can undo (zstd, gzip or none).
     const said = `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${TAG}/escp`;
     expect(r.stderr.startsWith(said)).toBe(true);
@@ -212,6 +257,7 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(st.uid).toBe(uid);
     expect(await sameFile(ESCP_BIN, cached())).toBe(true);
     expect(leftovers()).toEqual([]);
+    expect(fs.readFileSync(log, "utf8")).toBe("run\nrun\n");
   });
 
   test("the next transfer reuses it: no upload, no message", async () => {
@@ -234,6 +280,24 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(p.stderr).toBe("");
     expect(p.code).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(back, "f"))).toBe(true);
+  });
+
+  test("a remote command that cannot wait for the upload (no working ps) is run again: three connections, same result", async () => {
+    fs.rmSync(path.join(home, ".cache"), { recursive: true, force: true });
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1 << 20, { seed: 6 });
+    const dst = userDir("dst");
+    // ssh through a wrapper that counts its runs and puts a failing ps first on the remote PATH.
+    const bin = path.join(src, "bin"), log = path.join(src, "ssh.log"), ssh = path.join(src, "ssh");
+    fs.mkdirSync(bin);
+    fs.chmodSync(src, 0o755);
+    fs.writeFileSync(path.join(bin, "ps"), "#!/bin/sh\nexit 1\n", { mode: 0o755 });
+    fs.writeFileSync(ssh, `#!/bin/bash\necho run >>${log}\nargs=("$@")\nlast=\${args[-1]}\nunset 'args[-1]'\nexec ssh "\${args[@]}" "PATH=${bin}:\\$PATH; export PATH; $last"\n`, { mode: 0o755 });
+    const r = await runEscp(["-q", "-S", ssh, path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(await sameFile(ESCP_BIN, cached())).toBe(true);
+    expect(fs.readFileSync(log, "utf8")).toBe("run\nrun\nrun\n");
   });
 
   test("two concurrent first transfers both succeed and leave one intact copy", async () => {

@@ -8,15 +8,17 @@
  *   1. ~/.cache/escp/VERSION-BUILD/escp, a copy an earlier bootstrap of this very build left there;
  *   2. `escp` from PATH, if `escp --version` names our protocol;
  * and otherwise prints one line, BOOTSTRAP_MARKER plus what it saw (OS,
- * machine, zstd/gzip/sha256sum/openssl), and exits. No control frame starts with
- * that text (frames start with a 0 byte), so `bootstrapping` can tell the
+ * machine, zstd/gzip/sha256sum/openssl), and waits. No control frame starts
+ * with that text (frames start with a 0 byte), so `bootstrapping` can tell the
  * two apart before the control channel sees anything. On the marker it
  * uploads this executable over a second ssh connection (compressed if the
  * remote can decompress; written to a temporary name, sha256 checked,
  * chmod 755, renamed into place, so concurrent first transfers each write
- * their own temporary file and the rename is atomic), then runs the snippet
- * again (third connection), replaying what the client already wrote (its
- * `hello`). The client never notices, except for one line on stderr.
+ * their own temporary file and the rename is atomic), and the waiting snippet
+ * execs the copy as soon as it is in place, with the client's first bytes (its
+ * `hello`) still unread on its stdin. If the snippet stopped waiting first, it
+ * is run again (a third connection) and what the client wrote is replayed.
+ * The client never notices, except for one line on stderr.
  *
  *   const p = bootstrapping(o, "host", (cmd) => Bun.spawn(["ssh", "host", cmd], ...));
  *   // p behaves like the ssh child of `escp --server`
@@ -37,15 +39,38 @@ const CACHE_DIR_SH = `"$HOME/${CACHE_DIR}"`;
 /** Runs one command line on the remote host (the user's ssh, or the built-in one). */
 export type RemoteRunner = (command: string) => ServerProcess;
 
-/** The remote command that starts the escp found there with `args`, or prints the marker. */
+/** An upload's temporary file in the cache directory, before its process id. */
+const UPLOAD_TMP = ".escp.tmp.";
+
+/** Seconds the snippet waits after the marker for an upload to begin (see launchCommand). */
+const UPLOAD_GRACE_S = 10;
+
+/**
+ * The remote command that starts the escp found there with `args`, or prints the
+ * marker and then waits for an upload (over another connection) to install one, and
+ * starts that: the client's first bytes (its `hello`) are still unread on stdin, so a
+ * first copy needs two ssh connections, not three (one password prompt less, and
+ * ≈ 0.3 s). It waits while an upload's temporary file is there, and for
+ * UPLOAD_GRACE_S before one appears; it gives up as soon as the ssh session is
+ * gone, i.e. when the client hung up because it will not upload.
+ */
 export function launchCommand(args: string): string {
   const script =
-    `c=${CACHE_DIR_SH}/escp; ` +
+    `d=${CACHE_DIR_SH}; c="$d/escp"; ` +
     `if [ -x "$c" ]; then exec "$c" ${args}; fi; ` +
     `if command -v escp >/dev/null 2>&1 && escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
     `then exec escp ${args}; fi; ` +
     `t=; for p in zstd gzip sha256sum openssl; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
-    `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"`;
+    `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"; ` +
+    // The session is over when our parent or its parent (sshd's session processes, or the
+    // login shell that did not exec us and sshd) has exited: gone, or a zombie not yet reaped.
+    `g=$(ps -o ppid= -p $PPID 2>/dev/null); g=\${g##* }; ` +
+    `n=0; while [ ! -x "$c" ]; do ` +
+    `[ "$(ps -o stat= -p "$PPID,$g" 2>/dev/null | grep -cv "^ *Z")" = 2 ] || exit 0; ` +
+    `if [ $n -ge ${UPLOAD_GRACE_S * 5} ]; then u=; for f in "$d"/${UPLOAD_TMP}*; do [ -e "$f" ] && u=1; done; [ -n "$u" ] || exit 0; fi; ` +
+    // Fractional sleep is not POSIX; where it fails, a whole second.
+    `sleep 0.2 2>/dev/null || sleep 1; n=$((n + 1)); done; ` +
+    `exec "$c" ${args}`;
   return shSnippet(script);
 }
 
@@ -64,7 +89,7 @@ export function uploadCommand(method: Method, sha256: string | undefined, size: 
   const script =
     `umask 022; d=${CACHE_DIR_SH}; mkdir -p "$d" || exit 1; ` +
     // $$ is unique among live processes on the host: concurrent uploads never share a file.
-    `t="$d/.escp.tmp.$$"; trap "rm -f \\"$t\\"" 0; ` +
+    `t="$d/${UPLOAD_TMP}$$"; trap "rm -f \\"$t\\"" 0; ` +
     `${decompress} >"$t" || exit 1; ` +
     check +
     `chmod 755 "$t" && mv -f "$t" "$d/escp" || exit 1`;
@@ -98,7 +123,10 @@ export interface RemoteInfo {
 
 export function parseMarker(text: string): RemoteInfo | undefined {
   const m = MARKER_LINE.exec(text);
-  if (!m) return undefined;
+  return m ? markerInfo(m) : undefined;
+}
+
+function markerInfo(m: RegExpExecArray): RemoteInfo {
   return { os: m[1], machine: m[2], tools: new Set(m[3].trim().split(/\s+/).filter(Boolean)) };
 }
 
@@ -176,19 +204,21 @@ function lastLines(text: string, n = 3): string {
   return text.trim().split("\n").slice(-n).join("; ").trim();
 }
 
-/** How the remote's first output reads: escp talking, the marker, or something else. */
-type Head = { kind: "escp" | "other"; bytes: Buffer; done: boolean } | { kind: "marker"; info: RemoteInfo };
+/** How the remote's first output reads: escp talking, the marker (and what came after it), or something else. */
+type Head = { kind: "escp" | "other"; bytes: Buffer; done: boolean } | { kind: "marker"; info: RemoteInfo; rest: Buffer };
 
-async function readHead(it: AsyncIterator<Uint8Array>): Promise<Head> {
-  let buf = Buffer.alloc(0);
+/** Reads until the output so far (starting with `buf`) says which Head it is. */
+async function readHead(it: AsyncIterator<Uint8Array>, buf: Buffer = Buffer.alloc(0)): Promise<Head> {
   for (;;) {
+    if (buf.length) {
+      if (buf[0] === 0) return { kind: "escp", bytes: buf, done: false };
+      if (buf.includes(0) || buf.length > 65536) return { kind: "other", bytes: buf, done: false };
+      const m = MARKER_LINE.exec(buf.toString("latin1")); // latin1: one char a byte, so m.index is an offset
+      if (m) return { kind: "marker", info: markerInfo(m), rest: buf.subarray(m.index + m[0].length) };
+    }
     const r = await it.next().catch(() => ({ done: true as const, value: undefined }));
     if (r.done) return { kind: "other", bytes: buf, done: true };
     buf = Buffer.concat([buf, r.value]);
-    if (buf[0] === 0) return { kind: "escp", bytes: buf, done: false };
-    if (buf.includes(0) || buf.length > 65536) return { kind: "other", bytes: buf, done: false };
-    const info = parseMarker(buf.toString("latin1"));
-    if (info) return { kind: "marker", info };
   }
 }
 
@@ -249,45 +279,55 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     setExit(code);
   };
 
+  /** Where a remote command's output goes: its stderr to ours as it comes, its stdout read by readHead. */
+  const follow = (p: ServerProcess) => ({
+    errDone: (async () => {
+      for await (const c of p.stderr as any as AsyncIterable<Uint8Array>) err.push(c);
+    })().catch(() => {}),
+    it: (p.stdout as any as AsyncIterable<Uint8Array>)[Symbol.asyncIterator](),
+  });
+
   void (async () => {
-    for (let attempt = 0; ; attempt++) {
-      const p = live!;
-      const errDone = (async () => {
-        for await (const c of p.stderr as any as AsyncIterable<Uint8Array>) err.push(c);
-      })().catch(() => {});
-      const it = (p.stdout as any as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
-      const head = await readHead(it);
-      if (head.kind !== "marker") {
-        // escp runs there (or something printed text: the control channel will say what).
-        decided = true;
-        written.length = 0;
-        if (head.bytes.length) out.push(head.bytes);
-        if (!head.done) {
-          try {
-            for (let r = await it.next(); !r.done; r = await it.next()) out.push(r.value);
-          } catch {}
-        }
-        out.close();
-        await errDone;
-        err.close();
-        setExit(await p.exited);
-        return;
-      }
-      live = undefined;
+    let p = live!;
+    let { errDone, it } = follow(p);
+    const ended = async () => {
+      p.kill();
       const code = await p.exited;
       await errDone;
-      if (killed) return fail("interrupted", code);
-      if (attempt > 0) {
-        return fail(`escp was copied to ${where} (~/${CACHE_PATH}) but did not start there`, code);
+      return code;
+    };
+    let head = await readHead(it);
+    if (head.kind === "marker") {
+      // The snippet now waits for a copy to appear, our first bytes unread on its stdin.
+      const why = killed ? "interrupted" : await install(head.info);
+      if (why || killed) return fail(why ?? "interrupted", await ended());
+      head = await readHead(it, head.rest);
+      if (head.kind === "other" && head.done && !head.bytes.length) {
+        // It stopped waiting before the copy was in place: start it again, with what we wrote.
+        await ended();
+        if (killed) return fail("interrupted", 1);
+        p = live = run(command);
+        ({ errDone, it } = follow(p));
+        for (const b of written) p.stdin.write(b);
+        p.stdin.flush();
+        if (inputEnded) p.stdin.end();
+        head = await readHead(it);
       }
-      const why = await install(head.info);
-      if (why) return fail(why, code);
-      if (killed) return fail("interrupted", code);
-      live = run(command);
-      for (const b of written) live.stdin.write(b);
-      live.stdin.flush();
-      if (inputEnded) live.stdin.end();
+      if (head.kind === "marker") return fail(`escp was copied to ${where} (~/${CACHE_PATH}) but did not start there`, await ended());
     }
+    // escp runs there (or something printed text: the control channel will say what).
+    decided = true;
+    written.length = 0;
+    if (head.bytes.length) out.push(head.bytes);
+    if (!head.done) {
+      try {
+        for (let r = await it.next(); !r.done; r = await it.next()) out.push(r.value);
+      } catch {}
+    }
+    out.close();
+    await errDone;
+    err.close();
+    setExit(await p.exited);
   })().catch((e) => fail(`${where}: ${(e as Error).message}`, 1));
 
   /** Copies this executable into the remote's cache; returns why it could not. */
