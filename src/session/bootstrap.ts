@@ -61,10 +61,11 @@ export function launchCommand(args: string): string {
     `if command -v escp >/dev/null 2>&1 && escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
     `then exec escp ${args}; fi; ` +
     `t=; for p in zstd gzip sha256sum openssl; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
-    `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"; ` +
     // The session is over when our parent or its parent (sshd's session processes, or the
     // login shell that did not exec us and sshd) has exited: gone, or a zombie not yet reaped.
+    // Asked before the marker: once it is out, the client may hang up at once.
     `g=$(ps -o ppid= -p $PPID 2>/dev/null); g=\${g##* }; ` +
+    `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"; ` +
     `n=0; while [ ! -x "$c" ]; do ` +
     `[ "$(ps -o stat= -p "$PPID,$g" 2>/dev/null | grep -cv "^ *Z")" = 2 ] || exit 0; ` +
     `if [ $n -ge ${UPLOAD_GRACE_S * 5} ]; then u=; for f in "$d"/${UPLOAD_TMP}*; do [ -e "$f" ] && u=1; done; [ -n "$u" ] || exit 0; fi; ` +
@@ -299,8 +300,8 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     let head = await readHead(it);
     if (head.kind === "marker") {
       // The snippet now waits for a copy to appear, our first bytes unread on its stdin.
-      const why = killed ? "interrupted" : await install(head.info);
-      if (why || killed) return fail(why ?? "interrupted", await ended());
+      const why = killed ? "interrupted" : ((await install(head.info)) ?? (killed ? "interrupted" : undefined));
+      if (why) return fail(why, await ended());
       head = await readHead(it, head.rest);
       if (head.kind === "other" && head.done && !head.bytes.length) {
         // It stopped waiting before the copy was in place: start it again, with what we wrote.
