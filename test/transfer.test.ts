@@ -128,6 +128,21 @@ describe("relay", () => {
     expect(await sameFile(path.join(src, "tree", "sub", "b"), path.join(dst, "tree", "sub", "b"))).toBe(true);
   });
 
+  test("an empty TMPDIR spools in the system's temporary directory, not in the working directory", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), cwd = tmpdir("cwd");
+    await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 24 });
+    // A working directory nothing can be written into, root included.
+    const m = await run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", cwd]);
+    expect(m.code).toBe(0);
+    try {
+      const r = await runEscp([`${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: "" }, cwd });
+      expect([r.code, r.stderr]).toEqual([0, ""]);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    } finally {
+      await run(["umount", "-l", cwd]);
+    }
+  });
+
   test("when this host's spool is full, the message says where it is and how to avoid it", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), spool = tmpdir("spool");
     await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 23 });

@@ -18,7 +18,7 @@ import { transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
 
 export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
-  const spool = fs.mkdtempSync(path.join(process.env.TMPDIR ?? tmpDir(), "escp-relay-"));
+  const spool = fs.mkdtempSync(path.join(tmpDir(), "escp-relay-"));
   try {
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
