@@ -17,6 +17,17 @@ beforeAll(async () => {
   await startSshd();
 });
 
+/** Runs `fn` with a tmpfs (mount options `opts`) on `dir`, unmounted after. */
+async function withTmpfs(dir: string, opts: string, fn: () => Promise<void>): Promise<void> {
+  const m = await run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", dir]);
+  expect(m.code).toBe(0);
+  try {
+    await fn();
+  } finally {
+    await run(["umount", "-l", dir]);
+  }
+}
+
 function listNames(dir: string): string[] {
   return fs.readdirSync(dir).sort();
 }
@@ -132,32 +143,24 @@ describe("relay", () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), cwd = tmpdir("cwd");
     await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 24 });
     // A working directory nothing can be written into, root included.
-    const m = await run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", cwd]);
-    expect(m.code).toBe(0);
-    try {
+    await withTmpfs(cwd, "ro,size=1m", async () => {
       const r = await runEscp([`${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: "" }, cwd });
       expect([r.code, r.stderr]).toEqual([0, ""]);
       expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
-    } finally {
-      await run(["umount", "-l", cwd]);
-    }
+    });
   });
 
   test("when this host's spool is full, the message says where it is and how to avoid it", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), spool = tmpdir("spool");
     await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 23 });
-    const m = await run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", spool]);
-    expect(m.code).toBe(0);
-    try {
+    await withTmpfs(spool, "size=1m", async () => {
       const r = await runEscp([`${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: spool } });
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/: No space left on device\n/);
       expect(r.stderr).toContain(`escp: warning: a copy between two remote hosts passes through ${spool} on this host, which is full: ` +
         `point TMPDIR elsewhere, or use -R to send straight from ${SSH_HOST} to ${SSH_HOST}\n`);
       expect(fs.readdirSync(dst)).toEqual([]);
-    } finally {
-      await run(["umount", "-l", spool]);
-    }
+    });
   });
 });
 
