@@ -294,8 +294,9 @@ async function runOnce(s: Series, label: string, warmUp = false): Promise<void> 
   spawnSync("sync", ["-f", DST]);
   const env: Record<string, string> = s.tool.escp ? { ESCP_REMOTE: WRAPPER } : {};
   const m = await measure(ctx, s.tool.cmd(s.src, DST), env, s.workload === "large" ? 900_000 : 300_000);
+  const line = `  ${label} ${s.workload.padEnd(7)} ${s.tool.name.padEnd(24)} ${m.wall.toFixed(2).padStart(7)} s`;
   if (warmUp) {
-    log(`  ${label} ${s.workload.padEnd(7)} ${s.tool.name.padEnd(24)} ${m.wall.toFixed(2).padStart(7)} s  (warm-up, not counted)`);
+    log(`${line}  (warm-up, not counted)`);
     return;
   }
   if (!m.ok) m.error = `exit status ${m.code}: ${m.stderr.trim().split("\n").slice(-3).join(" | ")}`;
@@ -308,7 +309,7 @@ async function runOnce(s: Series, label: string, warmUp = false): Promise<void> 
   s.runs.push(m);
   const rate = s.bytes >= MiB ? `${(s.bytes / 1e6 / m.wall).toFixed(0)} MB/s` : s.files > 1 ? `${(s.files / m.wall).toFixed(0)} files/s` : "";
   log(
-    `  ${label} ${s.workload.padEnd(7)} ${s.tool.name.padEnd(24)} ${m.wall.toFixed(2).padStart(7)} s ${rate.padStart(12)}` +
+    `${line} ${rate.padStart(12)}` +
       `  cpu ${(m.user + m.sys).toFixed(2)}+${(m.remoteCpu ?? NaN).toFixed(2)} s  rss ${m.rssMiB.toFixed(0)}/${m.remoteEscp ? m.remoteEscp.rssMiB.toFixed(0) : "-"} MiB` +
       `  bg ${(m.otherCores ?? 0).toFixed(2)} cores${m.error ? "  FAIL" : ""}`,
   );
