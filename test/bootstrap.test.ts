@@ -47,7 +47,17 @@ function sh(cmd: string, env: Record<string, string> = {}, input?: Uint8Array) {
 function launchOrphaned(cmd: string, env: Record<string, string> = {}) {
   // The parent is a subshell that exits once the command has started, and is reaped at once
   // (a zombie would still answer kill -0; one gone before the command starts makes its PPID 1).
-  return spawnSync("/bin/sh", ["-c", '(eval "exec $1" & sleep 0.2)', "sh", cmd], { env: { PATH: "/usr/bin:/bin", ...env }, encoding: "buffer" });
+  return sh(`(exec ${cmd} & sleep 0.2)`, env);
+}
+
+/**
+ * An ssh program for -S that counts its runs and runs the remote command after `prefix`
+ * (shell text), as the real ssh with the harness config.
+ */
+function countingSsh(dir: string, prefix = ""): { ssh: string; runs: () => number } {
+  const log = path.join(dir, "ssh.log"), ssh = path.join(dir, "ssh");
+  fs.writeFileSync(ssh, `#!/bin/bash\necho run >>${log}\nargs=("$@")\nlast=\${args[-1]}\nunset 'args[-1]'\nexec ssh "\${args[@]}" "${prefix}$last"\n`, { mode: 0o755 });
+  return { ssh, runs: () => fs.readFileSync(log, "utf8").split("\n").length - 1 };
 }
 
 /** Making the throwaway account needs root (as in CI and the dev VM). */
@@ -242,9 +252,8 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
     await makeFile(path.join(src, "f"), 3 << 20, { seed: 2 });
     const dst = userDir("dst");
-    // ssh through a wrapper that counts its runs: the probe that waits, and the upload.
-    const log = path.join(src, "ssh.log"), ssh = path.join(src, "ssh");
-    fs.writeFileSync(ssh, `#!/bin/sh\necho run >>${log}\nexec ssh "$@"\n`, { mode: 0o755 });
+    // The probe that waits, and the upload.
+    const { ssh, runs } = countingSsh(src);
     const r = await runEscp(["-S", ssh, path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
     // One line; the compression is whatever the host can undo (zstd, gzip or none).
     const said = `escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/.cache/escp/${TAG}/escp`;
@@ -257,7 +266,7 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(st.uid).toBe(uid);
     expect(await sameFile(ESCP_BIN, cached())).toBe(true);
     expect(leftovers()).toEqual([]);
-    expect(fs.readFileSync(log, "utf8")).toBe("run\nrun\n");
+    expect(runs()).toBe(2);
   });
 
   test("the next transfer reuses it: no upload, no message", async () => {
@@ -287,17 +296,17 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
     await makeFile(path.join(src, "f"), 1 << 20, { seed: 6 });
     const dst = userDir("dst");
-    // ssh through a wrapper that counts its runs and puts a failing ps first on the remote PATH.
-    const bin = path.join(src, "bin"), log = path.join(src, "ssh.log"), ssh = path.join(src, "ssh");
+    // A failing ps first on the remote PATH.
+    const bin = path.join(src, "bin");
     fs.mkdirSync(bin);
     fs.chmodSync(src, 0o755);
     fs.writeFileSync(path.join(bin, "ps"), "#!/bin/sh\nexit 1\n", { mode: 0o755 });
-    fs.writeFileSync(ssh, `#!/bin/bash\necho run >>${log}\nargs=("$@")\nlast=\${args[-1]}\nunset 'args[-1]'\nexec ssh "\${args[@]}" "PATH=${bin}:\\$PATH; export PATH; $last"\n`, { mode: 0o755 });
+    const { ssh, runs } = countingSsh(src, `PATH=${bin}:\\$PATH; export PATH; `);
     const r = await runEscp(["-q", "-S", ssh, path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
     expect([r.code, r.stderr]).toEqual([0, ""]);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     expect(await sameFile(ESCP_BIN, cached())).toBe(true);
-    expect(fs.readFileSync(log, "utf8")).toBe("run\nrun\nrun\n");
+    expect(runs()).toBe(3);
   });
 
   test("two concurrent first transfers both succeed and leave one intact copy", async () => {
