@@ -2,7 +2,8 @@
  * One-core throughput of the per-byte primitives escp's data plane can use:
  * AES-128-GCM seal and open (OpenSSL libcrypto as linked into escp's native
  * library, the system libcrypto with a reused context, Bun's node:crypto,
- * libgcrypt), XXH3-128 and zstd level 1, at 64 KiB, 256 KiB, 1 MiB, 4 MiB.
+ * libgcrypt, intel-ipsec-mb's VAES/AVX-512 code), XXH3-128 and zstd level 1,
+ * at 64 KiB, 256 KiB, 1 MiB, 4 MiB.
  *
  *   bun bench/crypto.ts            # prints the table, updates bench/RESULTS.md
  *   bun bench/crypto.ts --quick    # shorter trials
@@ -110,7 +111,7 @@ function escpImpl(): Impl {
   const k = ptr(KEY), n = ptr(NONCE), a = ptr(AAD);
   return {
     name: `libescp's choice here, ${String(e.escp_gcm_backend())} (escp_gcm_seal/open)`,
-    note: "what the data plane uses (ffi/gcm.c measures both and keeps the faster); one-shot: new context + key schedule per call (the data plane keeps one per direction)",
+    note: "what the data plane uses (ffi/gcm.c measures the ones this CPU can run and keeps the fastest); one-shot: new context + key schedule per call (the data plane keeps one per direction)",
     seal(buf, tag) {
       if (e.escp_gcm_seal(k, n, a, AAD.length, ptr(buf), buf.length, ptr(tag)) !== 0) throw new Error("escp_gcm_seal failed");
     },
@@ -259,6 +260,51 @@ function gcryptImpl(): Impl | string {
   };
 }
 
+/**
+ * intel-ipsec-mb's VAES/AVX-512 AES-128-GCM from the system's libIPSec_MB.so.1 (the
+ * library libescp links statically), key schedule and hash keys made once, as
+ * ffi/gcm.c does. Its CPU check is ffi/gcm.c's; here a CPU without it is skipped.
+ */
+function ipsecMbImpl(): Impl | string {
+  const flags = /^flags\s*:(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
+  const need = ["avx512f", "avx512bw", "avx512vl", "vaes", "vpclmulqdq"].filter((f) => !new RegExp(`\\b${f}\\b`).test(flags));
+  if (need.length) return `intel-ipsec-mb's VAES/AVX-512 code: this CPU lacks ${need.join(", ")}`;
+  let lib;
+  try {
+    const gcm = { args: [P, P, P, P, u64, P, P, u64, P, u64], returns: V } as const;
+    lib = dlopen("libIPSec_MB.so.1", {
+      imb_get_version_str: { args: [], returns: cstring },
+      aes_keyexp_128_enc_avx512: { args: [P, P], returns: V },
+      aes_gcm_precomp_128_vaes_avx512: { args: [P], returns: V },
+      aes_gcm_enc_128_vaes_avx512: gcm,
+      aes_gcm_dec_128_vaes_avx512: gcm,
+    }).symbols;
+  } catch (e) {
+    return `libIPSec_MB.so.1 not loadable (apt-get install libipsec-mb1): ${(e as Error).message}`;
+  }
+  const M = lib;
+  // struct gcm_key_data (1008 bytes, loaded 64 bytes at a time) and gcm_context_data (88)
+  const keyData = new Uint8Array(1008 + 64);
+  const kd = ptr(keyData, (64 - (ptr(keyData) % 64)) % 64);
+  const ctx = new Uint8Array(128), want = new Uint8Array(16);
+  M.aes_keyexp_128_enc_avx512(ptr(KEY), kd);
+  M.aes_gcm_precomp_128_vaes_avx512(kd);
+  return {
+    name: `intel-ipsec-mb ${String(M.imb_get_version_str())} VAES/AVX-512 (system libIPSec_MB.so.1, key data reused)`,
+    note: "aes_gcm_enc/dec_128_vaes_avx512 in place, what ffi/gcm.c calls",
+    seal(buf, tag) {
+      M.aes_gcm_enc_128_vaes_avx512(kd, ptr(ctx), ptr(buf), ptr(buf), buf.length, ptr(NONCE), ptr(AAD), AAD.length, ptr(tag), 16);
+    },
+    open(buf, tag) {
+      M.aes_gcm_dec_128_vaes_avx512(kd, ptr(ctx), ptr(buf), ptr(buf), buf.length, ptr(NONCE), ptr(AAD), AAD.length, ptr(want), 16);
+      if (!equal(want, tag)) throw new Error("intel-ipsec-mb open: tag mismatch");
+    },
+    close() {
+      keyData.fill(0); // also keeps it alive while kd points into it
+    },
+  };
+}
+
 /** Checks an implementation against node:crypto's output and that open() rejects a flipped bit. */
 function verify(impl: Impl, size: number): void {
   const plain = new Uint8Array(randomBytes(size));
@@ -312,7 +358,7 @@ export function runCrypto(opts: { quick?: boolean; log?: (s: string) => void } =
   const rows: CryptoRow[] = [];
   const skipped: string[] = [];
   const impls: Impl[] = [escpImpl()];
-  for (const mk of [opensslReusedImpl, gcryptImpl]) {
+  for (const mk of [opensslReusedImpl, gcryptImpl, ipsecMbImpl]) {
     const r = mk();
     if (typeof r === "string") skipped.push(r);
     else impls.push(r);

@@ -4,7 +4,7 @@
  *
  * One header, one concern per source file:
  *   crypto.c    records, HKDF-SHA256, XXH3-128 digests, errors
- *   gcm.c       AES-128-GCM: OpenSSL or the system's libgcrypt, whichever is faster here
+ *   gcm.c       AES-128-GCM: OpenSSL, intel-ipsec-mb or the system's libgcrypt, the fastest here
  *   io.c        aligned buffers, O_DIRECT opens with fallback, path-safe opens
  *   net.c       listen/accept/connect, preamble + HELLO handshake, tuning
  *   loops.c     fused per-stream send and receive loops (one call, many blocks)
@@ -81,8 +81,8 @@ int escp_protect_secrets(void);
 void *escp_digest_new(void);
 void escp_digest_update(void *state, const void *buf, uint64_t len);
 void escp_digest_final(void *state, uint8_t out[16]); /* frees state */
-/* Which AES-128-GCM implementation this process uses, e.g. "libgcrypt 1.10.1" or
- * "OpenSSL 3.0.19" (measured once per process; ESCP_GCM=openssl|libgcrypt forces one). */
+/* Which AES-128-GCM implementation this process uses, e.g. "ipsec-mb 1.3.0", "libgcrypt 1.10.1"
+ * or "OpenSSL 3.0.19" (measured once per process; ESCP_GCM=openssl|ipsec-mb|libgcrypt forces one). */
 const char *escp_gcm_backend(void);
 /* Starts that measurement on a thread of its own and returns at once. */
 void escp_gcm_prepare(void);

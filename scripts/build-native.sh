@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds build/libescp.so: the native half of escp (ffi/*.c).
 #
-# libcrypto, libzstd and libxxhash are linked statically and hidden
-# (--exclude-libs,ALL + a version script), so the library needs only glibc and
-# exports nothing but escp_*.  Needs: build-essential libssl-dev libzstd-dev
-# libxxhash-dev (Debian 12).
+# libcrypto, intel-ipsec-mb, libzstd and libxxhash are linked statically and
+# hidden (--exclude-libs,ALL + a version script), so the library needs only glibc
+# and exports nothing but escp_*.  Needs: build-essential libssl-dev
+# libipsec-mb-dev libzstd-dev libxxhash-dev (Debian 12).
 #
 # Usage: scripts/build-native.sh [output.so]     (env: CC, CFLAGS_EXTRA)
 set -euo pipefail
@@ -16,14 +16,14 @@ multiarch="$($cc -print-multiarch 2>/dev/null || true)"
 libdir="/usr/lib/${multiarch:-x86_64-linux-gnu}"
 
 missing=()
-for a in libcrypto.a libzstd.a libxxhash.a; do
+for a in libcrypto.a libIPSec_MB.a libzstd.a libxxhash.a; do
   [[ -f "$libdir/$a" ]] || missing+=("$a")
 done
-for h in openssl/evp.h zstd.h xxhash.h; do
+for h in openssl/evp.h intel-ipsec-mb.h zstd.h xxhash.h; do
   [[ -f "/usr/include/$h" ]] || missing+=("$h")
 done
 if ((${#missing[@]})); then
-  echo "build-native: missing ${missing[*]}: apt-get install build-essential libssl-dev libzstd-dev libxxhash-dev" >&2
+  echo "build-native: missing ${missing[*]}: apt-get install build-essential libssl-dev libipsec-mb-dev libzstd-dev libxxhash-dev" >&2
   exit 1
 fi
 
@@ -46,7 +46,7 @@ $cc -std=gnu11 -O2 -fPIC -shared -g0 \
   -Iffi \
   ffi/*.c \
   -o "$tmp/libescp.so" \
-  "$libdir/libcrypto.a" "$libdir/libzstd.a" "$libdir/libxxhash.a" \
+  "$libdir/libcrypto.a" "$libdir/libIPSec_MB.a" "$libdir/libzstd.a" "$libdir/libxxhash.a" \
   -Wl,--exclude-libs,ALL -Wl,--version-script="$tmp/exports.map" \
   -Wl,--gc-sections -Wl,--no-undefined -Wl,-z,relro,-z,now -Wl,-z,noexecstack \
   -Wl,-Bsymbolic \

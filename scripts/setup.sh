@@ -11,7 +11,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ── Debian packages ────────────────────────────────────────────────────────
-#   build-essential libssl-dev libzstd-dev libxxhash-dev: the native library
+#   build-essential libssl-dev libipsec-mb-dev libzstd-dev libxxhash-dev: the
+#     native library (libipsec-mb-dev: the VAES/AVX-512 AES-GCM, linked in)
 #   libgcrypt20: the faster AES-GCM the native library loads when a host has it
 #   openssh-server openssh-client: the real ssh transport the tests use
 #   rsync iperf3 xxhash: baselines and checks for benchmarks
@@ -19,7 +20,7 @@ die() { log "error: $*"; exit 1; }
 #   strace: a test checks which thread creates the receiver's files
 #   e2fsprogs: a test makes a small ext4 filesystem (mkfs.ext4) to fill
 APT_PACKAGES=(
-  build-essential libssl-dev libzstd-dev libxxhash-dev libgcrypt20 openssl
+  build-essential libssl-dev libipsec-mb-dev libzstd-dev libxxhash-dev libgcrypt20 openssl
   openssh-server openssh-client
   rsync iperf3 xxhash
   procps iproute2 util-linux time strace e2fsprogs

@@ -58,6 +58,21 @@ export function plantBuilds(root: string, daysAgo: Record<string, number>, uid?:
     fs.utimesSync(d, t, t);
   }
 }
+// ─────────────────────────── AES-128-GCM backends ───────────────────────────
+
+/** ESCP_GCM's values and the names ffi/gcm.c reports for them (the -v log's `aes=`). */
+export const GCM_NAME: Record<string, string> = { openssl: "OpenSSL", libgcrypt: "libgcrypt", "ipsec-mb": "ipsec-mb" };
+
+/**
+ * The ESCP_GCM values this host can run: OpenSSL and libgcrypt everywhere setup.sh has
+ * run, intel-ipsec-mb where the CPU has what its VAES/AVX-512 code needs (ffi/gcm.c).
+ */
+export function gcmBackendsHere(): string[] {
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim().split(/\s+/));
+  const imb = ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "vaes", "vpclmulqdq", "gfni", "sha_ni", "avx2", "bmi2"];
+  return ["openssl", "libgcrypt", ...(imb.every((f) => flags.has(f)) ? ["ipsec-mb"] : [])];
+}
+
 /** Absolute path of the binary under test (ESCP_BIN overrides dist/escp). */
 export const ESCP_BIN = path.resolve(process.env.ESCP_BIN ?? path.join(REPO_ROOT, "dist", "escp"));
 /** ssh_config alias that logs in with the authorized throwaway key. */

@@ -16,7 +16,7 @@ out=build/fuzz
 mkdir -p "$out"
 multiarch="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
 libdir="/usr/lib/${multiarch:-x86_64-linux-gnu}"
-libs=("$libdir/libcrypto.a" "$libdir/libzstd.a" "$libdir/libxxhash.a")
+libs=("$libdir/libcrypto.a" "$libdir/libIPSec_MB.a" "$libdir/libzstd.a" "$libdir/libxxhash.a")
 for l in "${libs[@]}"; do
   [[ -f $l ]] || { echo "fuzz/build: missing $l: apt-get install libssl-dev libzstd-dev libxxhash-dev" >&2; exit 1; }
 done

@@ -143,11 +143,13 @@ export function manPage(): string {
     ".IR \\%~/.config/escp/escp.yaml .",
     ".TP",
     ".B ESCP_GCM",
-    ".B openssl",
+    ".BR openssl ,",
+    ".B ipsec-mb",
     "or",
     ".BR libgcrypt :",
-    "the AES\\-128\\-GCM implementation to use, instead of the faster of the two on this host",
-    "(measured at start; libgcrypt only where the system has libgcrypt.so.20).",
+    "the AES\\-128\\-GCM implementation to use, instead of the fastest on this host",
+    "(measured at start; ipsec-mb only on CPUs with VAES and AVX\\-512,",
+    "libgcrypt only where the system has libgcrypt.so.20).",
     ".SH EXIT STATUS",
   );
   for (const [code, meaning] of EXIT_STATUS) r.push(".TP", `.B ${code}`, roffText(meaning));
