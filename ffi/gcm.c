@@ -81,7 +81,10 @@ static int gcrypt_load(void) {
 
 /* Exported by libIPSec_MB 1.3 but not declared in its header.  Called directly rather
  * than through an IMB_MGR, whose table would link in every algorithm for every CPU
- * generation (12 MB): these pull in one 0.45 MB object. */
+ * generation (12 MB): these pull in one 0.45 MB object.  Each call stores 0 in the
+ * library's global imb_errno (set otherwise only for NULL arguments, which
+ * gcm_seal_with and gcm_open_with refuse first), so the streams' threads racing on
+ * that store all write the same value. */
 void aes_gcm_precomp_128_vaes_avx512(struct gcm_key_data *key_data);
 void aes_gcm_enc_128_vaes_avx512(const struct gcm_key_data *key_data, struct gcm_context_data *ctx, uint8_t *out,
                                  const uint8_t *in, uint64_t len, const uint8_t *iv, const uint8_t *aad,
