@@ -13,6 +13,7 @@ import {
   streamNative, ptr, nativeError, Rec, E, DONE_SIZE, LOOP_OPTS_SIZE, MAX_CTRL_BODY, type Pointer, type StreamNative,
 } from "../native.ts";
 import type { WorkerInit, ToWorker, FromWorker } from "./messages.ts";
+import { Collector } from "../heap.ts";
 
 declare const self: Worker;
 
@@ -23,6 +24,19 @@ let cancel: Int32Array;
 let counters: BigUint64Array;
 
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => self.postMessage(m, transfer ?? []);
+
+/**
+ * A full collection of this worker's heap every 4,096 blocks (heap.ts). Each batch
+ * leaves garbage here (the message, the done entries' buffer, detached once
+ * transferred, a record's copy), and JavaScriptCore let each worker's heap grow
+ * over the first ~100k files, a few MiB of resident set per worker, five workers
+ * an end (100k 4 KiB files, local / remote peak: 83-86 / 79-80 MiB without,
+ * 80 / 74 with; 1k files: 73 / 67 either way). Every 1,024 blocks saves a little
+ * more for 10-15 % more CPU at 300k files; every 4,096 costs nothing measurable.
+ */
+const gc = new Collector(4096);
+/** A stream-0 record counts as this many blocks (a FILES record stands for up to 256 files). */
+const RECORD_WEIGHT = 16;
 
 function setup(m: WorkerInit): void {
   init = m;
@@ -75,6 +89,7 @@ async function sendLoop(): Promise<void> {
         break;
       }
       post({ kind: "done", stream: init.stream, entries: done }, [done.buffer as ArrayBuffer]);
+      gc.tick(n);
     } else if (m.kind === "finish") {
       const r = lib.escp_send_record(init.conn as Pointer, Rec.END, 0, null, 0);
       if (r < 0) fail(r);
@@ -102,6 +117,7 @@ async function receiveLoop(): Promise<void> {
     if (n > 0) {
       const copy = done.slice(0, n * DONE_SIZE);
       post({ kind: "done", stream: init.stream, entries: copy }, [copy.buffer]);
+      gc.tick(n);
     }
     if (state[0] === 1) return post({ kind: "ended", stream: init.stream });
     if (state[0] === 2) {
@@ -121,6 +137,7 @@ async function controlLoop(): Promise<void> {
     if (n < 0) return fail(n);
     const type = meta[0];
     post({ kind: "record", stream: 0, type, flags: meta[1], body: body.slice(0, n) });
+    gc.tick(RECORD_WEIGHT);
     if (type === Rec.END) return;
     await Promise.resolve();
   }
