@@ -357,6 +357,27 @@ describe("io", () => {
     fs.closeSync(dirfd);
   });
 
+  test("a large source is read through the page cache when samples across all of it are cached, not when only its first half is", () => {
+    // Above 64 MiB, ffi/io.c samples 16 windows instead of counting every cached page.
+    const file = path.join(tmp, "large-cached"), size = 80 << 20, isD = new Int32Array(1);
+    fs.writeFileSync(file, Buffer.alloc(size, 3));
+    const directNow = () => {
+      const fd = L.escp_open_read(cstr(file), 1, isD);
+      expect(fd).toBeGreaterThanOrEqual(0);
+      L.escp_close(fd);
+      return isD[0];
+    };
+    fs.readFileSync(file);
+    expect(directNow()).toBe(0);
+    uncache(file);
+    expect(directNow()).toBe(1);
+    const fd = fs.openSync(file, "r");
+    fs.readSync(fd, Buffer.alloc(size / 2), 0, size / 2, 0);
+    fs.closeSync(fd);
+    expect(directNow()).toBe(1);
+    fs.rmSync(file);
+  });
+
   test("reserving on tmpfs checks the free space but allocates nothing ahead", () => {
     // fallocate on tmpfs clears every page first: 0.5 s for 2 GiB while the other streams wait
     const dir = fs.mkdtempSync("/dev/shm/escp-native-reserve-");
