@@ -69,8 +69,11 @@ describe("short options", () => {
     expect([r.options.ipv4, r.options.ipv6]).toEqual([false, true]);
   });
 
-  test("-T, -O and -s are accepted for scp compatibility", () => {
+  test("-T, -O, -s and -X sftp_option are accepted for scp compatibility", () => {
     expect(copy(["-TOs", "a", "h:"]).explicit.size).toBe(0);
+    const r = copy(["-X", "nrequests=8", "-Xbuffer=65536", "a", "h:"]);
+    expect(r.explicit.size).toBe(0);
+    expect(r.sources).toEqual([{ kind: "local", path: "a" }]);
   });
 
   test("an unknown option is a usage error naming it", () => {

@@ -279,6 +279,8 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "accepted for scp compatibility and ignored: escp does not use SFTP" },
   { short: "T", group: "scp", apply: ignore,
     help: "accepted for scp compatibility and ignored: escp always checks the names a remote sends" },
+  { short: "X", arg: "sftp_option", repeatable: true, group: "scp", apply: ignore,
+    help: "accepted for scp compatibility and ignored: SFTP tuning, and escp does not use SFTP" },
 
   // ssh
   { short: "4", group: "ssh", apply: addressFamily(true), help: "use IPv4 addresses only" },
