@@ -73,3 +73,30 @@ test("a start marks its build's directory used, at most once an hour", () => {
   expect(Math.abs(fs.statSync(a).mtimeMs - now)).toBeLessThan(1000);
   expect(fs.statSync(b).mtimeMs).toBe(before);
 });
+
+test("two starts pruning the same cache at once both finish, and between them remove exactly what one would", async () => {
+  // Each old build holds many files, so that the two recursive removals overlap.
+  const old = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`0.0.${i}`, 90 - i]));
+  const root = cacheWith({ ...old, "0.1.0-a": 1, "0.1.0-b": 2, "0.1.0-new": 0 });
+  for (const name of Object.keys(old)) {
+    for (let d = 0; d < 20; d++) {
+      fs.mkdirSync(path.join(root, name, `d${d}`));
+      for (let f = 0; f < 50; f++) fs.writeFileSync(path.join(root, name, `d${d}`, `f${f}`), "x");
+    }
+    const t = Date.now() / 1000 - old[name]! * 86400; // filling it made it look used now
+    fs.utimesSync(path.join(root, name), t, t);
+  }
+  const at = Date.now() + 500;
+  const script = `import { pruneOtherBuilds } from ${JSON.stringify(path.resolve(import.meta.dir, "../src/cache.ts"))};
+    while (Date.now() < ${at});
+    console.log(JSON.stringify(pruneOtherBuilds(${JSON.stringify(root)}, "0.1.0-new", ${uid})));`;
+  const runs = [0, 1].map(() => Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe" }));
+  const outs = await Promise.all(runs.map(async (p) => ({ code: await p.exited, out: await new Response(p.stdout).text(), err: await new Response(p.stderr).text() })));
+  for (const o of outs) {
+    expect(o.err).toBe("");
+    expect(o.code).toBe(0);
+  }
+  expect(fs.readdirSync(root).sort()).toEqual(["0.1.0-a", "0.1.0-b", "0.1.0-new"]);
+  const removed = outs.flatMap((o) => JSON.parse(o.out) as string[]);
+  expect(new Set(removed)).toEqual(new Set(Object.keys(old)));
+});
