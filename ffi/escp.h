@@ -202,8 +202,9 @@ escp_conn *escp_connect(const char *host, int port, const uint8_t master[32], co
  * a negative code with every connection in out[] closed (given ones too) and the error set. */
 int escp_connect_streams(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],
                          uint32_t from, uint32_t nstreams, int timeout_ms, uint64_t *out);
-/* Asks for sndbuf/rcvbuf bytes (0 = leave), pacing in bytes/s (0 = none), TCP keepalive so
- * that a vanished peer is noticed in about keepalive_s seconds; reports what was granted. */
+/* Asks for sndbuf/rcvbuf bytes (0 = leave), pacing in bytes/s (0 = none: SO_MAX_PACING_RATE,
+ * and every send on c then waits until the rate has paid for it), TCP keepalive so that a
+ * vanished peer is noticed in about keepalive_s seconds; reports what was granted. */
 int escp_conn_tune(escp_conn *c, int32_t sndbuf, int32_t rcvbuf, uint64_t pacing_bps, int32_t keepalive_s,
                    int32_t granted[2]);
 int escp_conn_fd(escp_conn *c);

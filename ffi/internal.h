@@ -82,6 +82,8 @@ struct escp_conn {
 
   /* ---- send half ---- */
   escp_dir tx;
+  uint64_t tx_pace_bps;   /* -l's share for this stream (escp_conn_tune); 0 = no limit */
+  int64_t tx_pace_ns;     /* CLOCK_MONOTONIC time the bytes sent so far have paid for */
   uint8_t *tx_ctl;        /* scratch for escp_send_record (malloc) */
   size_t tx_ctl_cap;
   uint8_t *tx_buf;        /* aligned: ESCP_ALIGN + block + ESCP_ALIGN (blocks read inline) */

@@ -400,6 +400,21 @@ describe("-l (bandwidth limit)", () => {
     expect(seconds).toBeGreaterThan(3.5);
     expect(seconds).toBeLessThan(9);
   });
+
+  test("a file smaller than the streams' first TCP windows still moves no faster than the limit", async () => {
+    // The kernel lets each stream's first window through unpaced (on loopback ten 64 KiB
+    // segments): with SO_MAX_PACING_RATE alone 4 MiB at 1 MB/s over 4 streams took ≈ 2.9 s.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 32 });
+    const r = await runEscp(["--json", "-l", "8000", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { timeoutMs: 60_000 });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    const summary = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    expect(summary.streams).toBe(4);
+    expect(summary.seconds).toBeGreaterThan((4 * BLOCK) / 1e6);
+    expect(summary.seconds).toBeLessThan(7);
+  });
 });
 
 describe("how many data streams", () => {
