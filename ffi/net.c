@@ -25,10 +25,14 @@
 #define PENDING_MAX 256
 #define PENDING_SILENCE_MS 3000
 
-static int64_t now_ms(void) {
+static int64_t now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
-  return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int64_t now_ms(void) {
+  return now_ns() / 1000000;
 }
 
 static int set_nonblock(int fd, int on) {
@@ -124,12 +128,6 @@ static void set_nodelay(int fd) {
 
 void escp__push(escp_conn *c) {
   set_nodelay(c->fd);
-}
-
-static int64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
 /* -l in user space as well as SO_MAX_PACING_RATE: the kernel lets a stream's first
