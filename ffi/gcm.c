@@ -265,7 +265,7 @@ static void choose_once(void) {
   g_usable = usable != 0;
   if (forced >= 0 && (usable & (1 << forced))) g_use = (enum backend)forced;
   else if (usable & (usable - 1)) g_use = fastest(usable);
-  else g_use = usable == 1 << B_IMB ? B_IMB : usable == 1 << B_GCRYPT ? B_GCRYPT : B_OPENSSL;
+  else if (usable) g_use = (enum backend)__builtin_ctz((unsigned)usable);
   if (g_use == B_GCRYPT) snprintf(g_backend, sizeof g_backend, "libgcrypt %s", G.version);
   else if (g_use == B_IMB) snprintf(g_backend, sizeof g_backend, "ipsec-mb %s", IMB_VERSION_STR);
   else snprintf(g_backend, sizeof g_backend, "OpenSSL %s", OpenSSL_version(OPENSSL_VERSION_STRING));
