@@ -19,6 +19,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { ipsecMbLacks } from "../test/harness.ts";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "..");
@@ -263,12 +264,11 @@ function gcryptImpl(): Impl | string {
 /**
  * intel-ipsec-mb's VAES/AVX-512 AES-128-GCM from the system's libIPSec_MB.so.1 (the
  * library libescp links statically), key schedule and hash keys made once, as
- * ffi/gcm.c does. Its CPU check is ffi/gcm.c's; here a CPU without it is skipped.
+ * ffi/gcm.c does, on the CPUs ffi/gcm.c offers it on.
  */
 function ipsecMbImpl(): Impl | string {
-  const flags = /^flags\s*:(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
-  const need = ["avx512f", "avx512bw", "avx512vl", "vaes", "vpclmulqdq"].filter((f) => !new RegExp(`\\b${f}\\b`).test(flags));
-  if (need.length) return `intel-ipsec-mb's VAES/AVX-512 code: this CPU lacks ${need.join(", ")}`;
+  const lacks = ipsecMbLacks();
+  if (lacks.length) return `intel-ipsec-mb's VAES/AVX-512 code: this CPU lacks ${lacks.join(", ")}`;
   let lib;
   try {
     const gcm = { args: [P, P, P, P, u64, P, P, u64, P, u64], returns: V } as const;

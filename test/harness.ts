@@ -68,9 +68,14 @@ export const GCM_NAME: Record<string, string> = { openssl: "OpenSSL", libgcrypt:
  * run, intel-ipsec-mb where the CPU has what its VAES/AVX-512 code needs (ffi/gcm.c).
  */
 export function gcmBackendsHere(): string[] {
+  return ["openssl", "libgcrypt", ...(ipsecMbLacks().length ? [] : ["ipsec-mb"])];
+}
+
+/** The CPU flags (/proc/cpuinfo) that ffi/gcm.c asks for before it offers intel-ipsec-mb, and this CPU lacks. */
+export function ipsecMbLacks(): string[] {
   const flags = new Set(/^flags\s*:(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim().split(/\s+/));
   const imb = ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "vaes", "vpclmulqdq", "gfni", "sha_ni", "avx2", "bmi2"];
-  return ["openssl", "libgcrypt", ...(imb.every((f) => flags.has(f)) ? ["ipsec-mb"] : [])];
+  return imb.filter((f) => !flags.has(f));
 }
 
 /** Absolute path of the binary under test (ESCP_BIN overrides dist/escp). */
