@@ -6,7 +6,9 @@
 # and exports nothing but escp_*.  Needs: build-essential libssl-dev
 # libipsec-mb-dev libzstd-dev libxxhash-dev (Debian 12).
 #
-# Usage: scripts/build-native.sh [output.so]     (env: CC, CFLAGS_EXTRA)
+# Usage: scripts/build-native.sh [output.so]     (env: CC, CFLAGS_EXTRA, KEEP_SYMBOLS)
+#
+# KEEP_SYMBOLS=1 leaves the symbol table in (for perf; bench/profile.ts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +54,7 @@ $cc -std=gnu11 -O2 -fPIC -shared -g0 \
   -Wl,-Bsymbolic \
   -lpthread -ldl -lm
 
-strip --strip-unneeded "$tmp/libescp.so"
+[[ -n "${KEEP_SYMBOLS:-}" ]] || strip --strip-unneeded "$tmp/libescp.so"
 mv -f "$tmp/libescp.so" "$out"
 
 # Only glibc may remain among the dependencies.
