@@ -19,7 +19,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { ipsecMbLacks } from "../test/harness.ts";
+import { gcmBackendsHere } from "../test/harness.ts";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "..");
@@ -267,8 +267,7 @@ function gcryptImpl(): Impl | string {
  * ffi/gcm.c does, on the CPUs ffi/gcm.c offers it on.
  */
 function ipsecMbImpl(): Impl | string {
-  const lacks = ipsecMbLacks();
-  if (lacks.length) return `intel-ipsec-mb's VAES/AVX-512 code: this CPU lacks ${lacks.join(", ")}`;
+  if (!gcmBackendsHere().includes("ipsec-mb")) return "intel-ipsec-mb's VAES/AVX-512 code: libescp does not offer it on this CPU";
   let lib;
   try {
     const gcm = { args: [P, P, P, P, u64, P, P, u64, P, u64], returns: V } as const;

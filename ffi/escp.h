@@ -86,6 +86,9 @@ void escp_digest_final(void *state, uint8_t out[16]); /* frees state */
 const char *escp_gcm_backend(void);
 /* Starts that measurement on a thread of its own and returns at once. */
 void escp_gcm_prepare(void);
+/* The ESCP_GCM values this host can run, space-separated (e.g. "openssl ipsec-mb libgcrypt"):
+ * the one list of what each implementation needs of the CPU and the system. */
+const char *escp_gcm_offered(void);
 /* One-shot AES-128-GCM in place, for tests and benchmarks: nonce 12 bytes, tag 16 bytes. */
 int escp_gcm_seal(const uint8_t key[16], const uint8_t nonce[12], const uint8_t *aad, uint32_t aad_len,
                   uint8_t *buf, uint32_t len, uint8_t tag[16]);

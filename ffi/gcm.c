@@ -51,7 +51,7 @@ static struct {
 } G;
 
 /* 1.9 brought the VAES/VPCLMUL code; older ones are not worth measuring. */
-static int gcrypt_load(void) {
+static int gcrypt_try_load(void) {
   void *h = dlopen("libgcrypt.so.20", RTLD_NOW | RTLD_LOCAL);
   if (!h) return 0;
 #define SYM(f, name) (*(void **)&G.f = dlsym(h, name))
@@ -75,6 +75,16 @@ static int gcrypt_load(void) {
     G.control(GCRYCTL_INITIALIZATION_FINISHED, 0);
   }
   return 1; /* never dlclose'd: handles may live until exit */
+}
+
+static int g_gcrypt_ok;
+static pthread_once_t g_gcrypt_once = PTHREAD_ONCE_INIT;
+static void gcrypt_load_once(void) { g_gcrypt_ok = gcrypt_try_load(); }
+
+/* Once a process: G's pointers are read by every stream while another thread may ask. */
+static int gcrypt_load(void) {
+  pthread_once(&g_gcrypt_once, gcrypt_load_once);
+  return g_gcrypt_ok;
 }
 
 /* ---- intel-ipsec-mb, VAES/AVX-512 only ------------------------------------ */
@@ -293,6 +303,22 @@ ESCP_API void escp_gcm_prepare(void) {
 ESCP_API const char *escp_gcm_backend(void) {
   pthread_once(&g_once, choose_once);
   return g_backend;
+}
+
+static char g_offered[64];
+static pthread_once_t g_offered_once = PTHREAD_ONCE_INIT;
+
+static void list_offered(void) {
+  pthread_once(&g_once, choose_once); /* g_evp_gcm */
+  int usable[B_COUNT] = {[B_OPENSSL] = g_evp_gcm != NULL, [B_IMB] = imb_cpu_ok(), [B_GCRYPT] = gcrypt_load()};
+  for (int b = 0; b < B_COUNT; b++)
+    if (usable[b]) snprintf(g_offered + strlen(g_offered), sizeof g_offered - strlen(g_offered), "%s%s",
+                            g_offered[0] ? " " : "", BACKEND_ENV[b]);
+}
+
+ESCP_API const char *escp_gcm_offered(void) {
+  pthread_once(&g_offered_once, list_offered);
+  return g_offered;
 }
 
 escp_gcm *escp__gcm_new(const uint8_t key[16], int encrypt) {

@@ -22,6 +22,7 @@
  *   next one starts (set ESCP_KEEP_TMP=1 to keep them for a post-mortem);
  * - scripts/test.sh also runs `bun test --no-orphans`.
  */
+import { dlopen, FFIType } from "bun:ffi";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -63,19 +64,13 @@ export function plantBuilds(root: string, daysAgo: Record<string, number>, uid?:
 /** ESCP_GCM's values and the names ffi/gcm.c reports for them (the -v log's `aes=`). */
 export const GCM_NAME: Record<string, string> = { openssl: "OpenSSL", libgcrypt: "libgcrypt", "ipsec-mb": "ipsec-mb" };
 
-/**
- * The ESCP_GCM values this host can run: OpenSSL and libgcrypt everywhere setup.sh has
- * run, intel-ipsec-mb where the CPU has what its VAES/AVX-512 code needs (ffi/gcm.c).
- */
+/** The ESCP_GCM values this host can run, as the library under test decides them (ffi/gcm.c `escp_gcm_offered`). */
 export function gcmBackendsHere(): string[] {
-  return ["openssl", "libgcrypt", ...(ipsecMbLacks().length ? [] : ["ipsec-mb"])];
-}
-
-/** The CPU flags (/proc/cpuinfo) that ffi/gcm.c asks for before it offers intel-ipsec-mb, and this CPU lacks. */
-export function ipsecMbLacks(): string[] {
-  const flags = new Set(/^flags\s*:(.*)$/m.exec(fs.readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim().split(/\s+/));
-  const imb = ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "vaes", "vpclmulqdq", "gfni", "sha_ni", "avx2", "bmi2"];
-  return imb.filter((f) => !flags.has(f));
+  // Left loaded: the statically linked OpenSSL inside would run its exit handlers at dlclose.
+  const { symbols } = dlopen(process.env.ESCP_LIB ?? path.join(REPO_ROOT, "build", "libescp.so"), {
+    escp_gcm_offered: { args: [], returns: FFIType.cstring },
+  });
+  return String(symbols.escp_gcm_offered()).split(" ").filter(Boolean);
 }
 
 /** Absolute path of the binary under test (ESCP_BIN overrides dist/escp). */

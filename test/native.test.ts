@@ -285,6 +285,19 @@ describe("crypto", () => {
     }
   });
 
+
+  test("the implementations the library offers are exactly those a forced ESCP_GCM takes effect for", () => {
+    const offered = gcmBackendsHere();
+    // setup.sh installs OpenSSL and libgcrypt everywhere; intel-ipsec-mb depends on the CPU.
+    expect(offered).toContain("openssl");
+    expect(offered).toContain("libgcrypt");
+    const probe = `const { symbols } = require("bun:ffi").dlopen(${JSON.stringify(LIB)}, { escp_gcm_backend: { args: [], returns: "cstring" } }); console.log(String(symbols.escp_gcm_backend()));`;
+    for (const which of Object.keys(GCM_NAME)) {
+      const r = spawnSync(process.execPath, ["-e", probe], { env: { ...process.env, ESCP_GCM: which }, encoding: "utf8" });
+      expect(r.status).toBe(0);
+      expect([which, r.stdout.startsWith(`${GCM_NAME[which]} `)]).toEqual([which, offered.includes(which)]);
+    }
+  });
   test("XXH3-128 of '' and 'abc' match xxhsum -H2 vectors; streaming equals one-shot", () => {
     expect(xxh(new Uint8Array(0))).toBe("99aa06d3014798d86001c324468d497f");
     expect(xxh(Buffer.from("abc"))).toBe("06b05ab6733a618578af5f94892f3950");
