@@ -12,7 +12,7 @@ import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { startSshd, runEscp, run, runTmp, makeFile, sameFile, buildTag, plantBuilds, ESCP_BIN, REPO_ROOT, SSH_HOST, type Sshd } from "./harness.ts";
-import { launchCommand, uploadCommand, parseMarker, BOOTSTRAP_MARKER } from "../src/session/bootstrap.ts";
+import { launchCommand, uploadCommand, findMarker, BOOTSTRAP_MARKER } from "../src/session/bootstrap.ts";
 import { VERSION, CACHE_TAG } from "../src/version.ts";
 import { PROTO_VERSION } from "../src/native.ts";
 
@@ -107,8 +107,10 @@ describe("the remote command", () => {
     const bin = path.join(t, "bin");
     // Nothing installed: the marker, with what the host has.
     let r = launchOrphaned(cmd, { HOME: t });
-    const info = parseMarker(r.stdout.toString());
+    const out = r.stdout.toString();
+    const info = findMarker(out)?.info;
     expect(info).toBeDefined();
+    expect(findMarker(out)!.end).toBe(out.indexOf("\n") + 1); // what follows the line is the client's
     expect(info!.os).toBe("Linux");
     expect(info!.machine).toBe(spawnSync("uname", ["-m"], { encoding: "utf8" }).stdout.trim());
     expect(info!.tools.has("sha256sum")).toBe(true);
@@ -134,7 +136,7 @@ describe("the remote command", () => {
     const it = p.stdout[Symbol.asyncIterator]();
     let text = "";
     while (!text.includes("\n")) text += Buffer.from((await it.next()).value!).toString();
-    expect(parseMarker(text)).toBeDefined();
+    expect(findMarker(text)).toBeDefined();
     await Bun.sleep(600); // a few of its rounds of waiting
     // The upload's rename, as it would be: the waiting snippet execs the copy.
     const dir = path.join(t, ".cache/escp", CACHE_TAG);

@@ -122,13 +122,11 @@ export interface RemoteInfo {
   tools: Set<string>;
 }
 
-export function parseMarker(text: string): RemoteInfo | undefined {
+/** The snippet's marker line in `text`: what it says, and the offset just past it. */
+export function findMarker(text: string): { info: RemoteInfo; end: number } | undefined {
   const m = MARKER_LINE.exec(text);
-  return m ? markerInfo(m) : undefined;
-}
-
-function markerInfo(m: RegExpExecArray): RemoteInfo {
-  return { os: m[1], machine: m[2], tools: new Set(m[3].trim().split(/\s+/).filter(Boolean)) };
+  if (!m) return undefined;
+  return { info: { os: m[1], machine: m[2], tools: new Set(m[3].trim().split(/\s+/).filter(Boolean)) }, end: m.index + m[0].length };
 }
 
 const MACHINES: Record<string, string> = { x86_64: "x64", amd64: "x64", aarch64: "arm64", arm64: "arm64" };
@@ -214,8 +212,8 @@ async function readHead(it: AsyncIterator<Uint8Array>, buf: Buffer = Buffer.allo
     if (buf.length) {
       if (buf[0] === 0) return { kind: "escp", bytes: buf, done: false };
       if (buf.includes(0) || buf.length > 65536) return { kind: "other", bytes: buf, done: false };
-      const m = MARKER_LINE.exec(buf.toString("latin1")); // latin1: one char a byte, so m.index is an offset
-      if (m) return { kind: "marker", info: markerInfo(m), rest: buf.subarray(m.index + m[0].length) };
+      const marker = findMarker(buf.toString("latin1")); // latin1: one char a byte, so `end` is a byte offset
+      if (marker) return { kind: "marker", info: marker.info, rest: buf.subarray(marker.end) };
     }
     const r = await it.next().catch(() => ({ done: true as const, value: undefined }));
     if (r.done) return { kind: "other", bytes: buf, done: true };
