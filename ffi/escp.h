@@ -136,6 +136,8 @@ int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel);
 int escp_fstat(int fd, int64_t out[7]);
 /* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
 int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
+/* faccessat(W_OK, AT_EACCESS) of one name in dirfd ("." for dirfd itself): 0 or -errno. */
+int escp_may_write(int dirfd, const char *name);
 /* futimens with nanoseconds; fchmod */
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
 int escp_fchmod(int fd, uint32_t mode);

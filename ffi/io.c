@@ -378,6 +378,15 @@ ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
   return 0;
 }
 
+/* Whether this process may write `name` in dirfd ("." for dirfd itself), as open(O_WRONLY)
+ * would decide it (effective ids, ACLs, read-only mounts): 0 or -errno. For the receiver,
+ * which replaces a file by renaming over it, so that a file scp could not write is not
+ * replaced either. */
+ESCP_API int escp_may_write(int dirfd, const char *name) {
+  if (!one_name(name) && !(name && strcmp(name, ".") == 0)) return -EINVAL;
+  return faccessat(dirfd, name, W_OK, AT_EACCESS) == 0 ? 0 : -errno;
+}
+
 static struct timespec ns_to_ts(int64_t ns) {
   struct timespec t;
   t.tv_sec = ns / 1000000000LL;

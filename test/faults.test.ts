@@ -255,6 +255,61 @@ describe("sources that misbehave", () => {
   });
 });
 
+// root may write anything: these local copies run as nobody, as a user's own would.
+describe("the destination's permissions, for a user who is not root", () => {
+  test("a read-only file of several blocks, not a multiple of 4 KiB, arrives whole and read-only, with and without -p", async () => {
+    // Its unaligned last block is written through a second descriptor (O_DIRECT), which a 0444 file would refuse.
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 3 * MiB - 5, { seed: 71, mode: 0o444 });
+      for (const [args, name] of [[[], "plain"], [["-p"], "kept"]] as const) {
+        const r = await escp([...args, a, path.join(dst, name)]);
+        expect(r.stderr).toBe("");
+        expect(r.code).toBe(0);
+        expect(await sameFile(a, path.join(dst, name))).toBe(true);
+        expect(fs.statSync(path.join(dst, name)).mode & 0o7777).toBe(0o444);
+      }
+    });
+  });
+
+  test("an existing file the user may not write is not replaced (read-only, or another user's), as scp is refused", async () => {
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 1000, { seed: 72 });
+      const readOnly = path.join(dst, "ro"), othersFile = path.join(dst, "roots");
+      fs.writeFileSync(readOnly, "old\n", { mode: 0o444 });
+      fs.chownSync(readOnly, 65534, 65534);
+      fs.writeFileSync(othersFile, "old\n", { mode: 0o644 }); // root's, in a directory nobody may write
+      for (const target of [readOnly, othersFile]) {
+        const r = await escp([a, target]);
+        expect(r.stderr).toBe(`escp: ${target}: Permission denied\n`);
+        expect(r.code).toBe(1);
+        expect(fs.readFileSync(target, "utf8")).toBe("old\n");
+      }
+      expect(fs.readdirSync(dst).sort()).toEqual(["ro", "roots"]); // no temporary file left
+    });
+  });
+
+  test("a writable file in a read-only directory is refused naming --inplace, which then rewrites it", async () => {
+    // scp writes into the file; escp replaces it by a rename, which the directory must allow.
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 2 * MiB + 3, { seed: 73 });
+      const dir = path.join(dst, "d"), target = path.join(dir, "f");
+      fs.mkdirSync(dir);
+      fs.writeFileSync(target, "old\n", { mode: 0o666 });
+      fs.chownSync(dir, 65534, 65534);
+      fs.chownSync(target, 65534, 65534);
+      fs.chmodSync(dir, 0o555);
+      const r = await escp([a, target]);
+      expect(r.stderr).toMatch(new RegExp(`^escp: ${target}: Permission denied: its directory is not writable .*--inplace.*\\n$`));
+      expect(r.code).toBe(1);
+      expect(fs.readFileSync(target, "utf8")).toBe("old\n");
+      const again = await escp(["--inplace", a, target]);
+      expect(again.code).toBe(0);
+      expect(await sameFile(a, target)).toBe(true);
+      expect(fs.readdirSync(dir)).toEqual(["f"]);
+    });
+  });
+});
+
 describe("the receiving disk", () => {
   test("disk full names the file and ENOSPC; files that fit are intact, no partial file stays", async () => {
     const src = tmpdir("src");

@@ -71,6 +71,7 @@ interface Kept {
 const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
+const DOT = cstr(".");
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
 
 export class Receiver {
@@ -193,10 +194,16 @@ export class Receiver {
     if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
       return this.skip(e, rel);
     }
+    if (existing?.kind === "file" && !inplace) {
+      const refused = this.mayReplace(dfd, nameC);
+      if (refused) return this.reject(e, rel, refused);
+    }
     const mode = this.finalMode(e, existing);
     // Created with its final mode when the umask makes it exactly that (the usual 0644,
     // 0755), so that commit needs no fchmod; never group or world writable unverified.
-    const createMode = mode & 0o755 || 0o600;
+    // Writable by its owner until commit whatever its mode: the O_DIRECT path reopens
+    // the file to write an unaligned last block, and a 0444 file would refuse that.
+    const createMode = (mode & 0o755 || 0o600) | 0o200;
     const commitMode = (createMode & ~this.umask) === mode ? MODE_KEEP : mode;
     const direct = this.opts.direct && !this.opts.resume && e.size >= DIRECT_MIN_N;
     // A file with data is created by the stream worker that receives its first block
@@ -317,6 +324,20 @@ export class Receiver {
   }
 
   /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
+  /**
+   * Why an existing file at the target must not be replaced, or undefined. The
+   * rename that replaces it needs only the directory, but scp writes into the file
+   * and is refused where the user may not write it (chmod a-w, another user's
+   * file): so is this. When only the directory is read-only, --inplace would do.
+   */
+  private mayReplace(dfd: number, nameC: Buffer): string | undefined {
+    const file = this.lib.escp_may_write(dfd, nameC);
+    if (file < 0) return codeText(file);
+    const dir = this.lib.escp_may_write(dfd, DOT);
+    if (dir < 0) return `${codeText(dir)}: its directory is not writable (escp renames a new file over the old; --inplace writes into the old one)`;
+    return undefined;
+  }
+
   private finalMode(e: FileEntry, existing: Existing | undefined): number {
     if (this.opts.preserve) return e.mode & 0o7777;
     if (existing?.kind === "file") return existing.mode;
