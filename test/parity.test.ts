@@ -1321,6 +1321,18 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     expectSame(ref, esc);
   });
 
+  test("pull: backslash escapes in a remote path are taken out (host:'my\\ file' is \"my file\")", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/my file`, "spaced\n");
+        write(`${s.src}/tab\there`, "tabbed\n");
+      },
+      (s) => steps(s, [[`${H}:${s.src}/my\\ file`, `${s.dst}/`], [`${H}:${s.src}/tab\\\there`, `${s.dst}/`]]),
+    );
+    expect(refAsExpected(ref, [0, 0])).toBe(true);
+    expectSame(ref, esc);
+  });
+
   test("pull: `-r host:dir/.` into an existing directory copies the contents of dir", async () => {
     const [ref, esc] = await both(
       (s) => {

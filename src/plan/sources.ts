@@ -1,7 +1,7 @@
 /**
- * Source operands on the sending side: `~` and globs are expanded there, as a
- * remote shell expands them for scp (`escp 'host:logs/*.gz' .`), and a
- * pattern that matches nothing is an error naming it.
+ * Source operands on the sending side: `~`, globs and backslash escapes are
+ * expanded there, as scp's remote glob expands them (`escp 'host:logs/*.gz' .`),
+ * and a pattern that matches nothing is an error naming it.
  */
 import fs from "node:fs";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
@@ -21,7 +21,7 @@ export function expandSources(operands: string[]): Sources {
   for (const given of operands) {
     const op = expandHome(given);
     if (!GLOB.test(op)) {
-      out.paths.push(op);
+      out.paths.push(unescaped(op));
       continue;
     }
     const base = path.isAbsolute(op) ? "/" : ".";
@@ -34,6 +34,20 @@ export function expandSources(operands: string[]): Sources {
     else out.missing.push({ path: op, message: "No such file or directory" });
   }
   return out;
+}
+
+/**
+ * A path without a pattern, its backslash escapes taken out as scp's remote glob
+ * takes them out (`host:my\ file` is "my file"); a file whose name really has the
+ * backslashes, and no file without them, is still found as written.
+ *
+ * @example
+ * unescaped("logs/a\\ b.txt"); // "logs/a b.txt"
+ */
+function unescaped(op: string): string {
+  if (!op.includes("\\")) return op;
+  const plain = op.replace(/\\(.)/gs, "$1");
+  return fs.existsSync(fsPath(op)) && !fs.existsSync(fsPath(plain)) ? op : plain;
 }
 
 /**
