@@ -1333,6 +1333,37 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     expectSame(ref, esc);
   });
 
+  test("pull: -r host:dir new/ makes new when it does not exist (a trailing slash names a directory to be)", async () => {
+    const [ref, esc] = await both(
+      (s) => nestedTree(`${s.src}/d`),
+      (s) => s.run(["-r", `${H}:${s.src}/d`, `${s.dst}/new/`]),
+    );
+    expect(refAsExpected(ref, [0])).toBe(true);
+    expectSame(ref, esc);
+  });
+
+  test("push: -r dir host:new/ makes new when it does not exist (as scp -O; scp in SFTP mode fails)", async () => {
+    const [ref, esc] = await both(
+      (s) => nestedTree(`${s.src}/d`),
+      (s) => s.run(["-r", `${s.src}/d`, `${H}:${s.dst}/new/`]),
+      "scp-O",
+    );
+    expect(refAsExpected(ref, [0])).toBe(true);
+    expectSame(ref, esc);
+  });
+
+  test("a file to new/ that does not exist still fails naming new/, with or without -r (push, pull)", async () => {
+    const [ref, esc] = await both(
+      (s) => write(`${s.src}/f`, "f\n"),
+      (s) => steps(s, [[`${H}:${s.src}/f`, `${s.dst}/new/`], ["-r", `${s.src}/f`, `${H}:${s.dst}/new2/`]]),
+    );
+    expect(refAsExpected(ref, [1, 1])).toBe(true);
+    expectSame(ref, esc);
+    const said = results(esc).map((r) => r.stderr);
+    expect(said[0]).toContain(`${esc.side.dst}/new/: No such file or directory`);
+    expect(said[1]).toContain(`${esc.side.dst}/new2/: No such file or directory`);
+  });
+
   test("pull: `-r host:dir/.` into an existing directory copies the contents of dir", async () => {
     const [ref, esc] = await both(
       (s) => {

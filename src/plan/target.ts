@@ -31,6 +31,12 @@ export interface Target {
   place(entryPath: string, merge?: boolean): string;
   /** Human-readable destination of a relative path, for messages. */
   show(rel: string): string;
+  /**
+   * The target as given when it ends in "/" and does not exist yet: a directory
+   * sent with -r is made under that name (as scp and cp -r do), anything else is
+   * refused naming it.
+   */
+  newDir?: string;
 }
 
 export class PathError extends Error {}
@@ -81,11 +87,13 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
     root = target;
   } else if (o.multipleSources) {
     throw new TargetError(`${target}: ${st ? "Not a directory" : "No such file or directory"} (several sources need an existing directory as destination)`);
-  } else if (target.endsWith("/")) {
-    throw new TargetError(`${target}: No such file or directory`);
+  } else if (st && target.endsWith("/")) {
+    throw new TargetError(`${target}: Not a directory`);
   } else {
-    root = path.dirname(target);
-    rename = path.basename(target);
+    const bare = target.replace(/\/+$/, "");
+    if (!bare) throw new TargetError(`${target}: No such file or directory`);
+    root = path.dirname(bare);
+    rename = path.basename(bare);
   }
   let rootFd: number;
   try {
@@ -109,6 +117,7 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
     show(rel) {
       return rel ? prefix + rel : path.join(root, rel);
     },
+    newDir: !st && target.endsWith("/") ? target : undefined,
   };
   dfgOnly(t);
   return t;

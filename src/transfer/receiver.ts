@@ -180,6 +180,7 @@ export class Receiver {
       throw err;
     }
     if (e.kind === "dir") return this.makeDir(e, rel);
+    if (this.target.newDir && !e.path.includes("/")) return this.reject(e, rel, "No such file or directory", this.target.newDir);
     const slash = rel.lastIndexOf("/");
     const dir = slash < 0 ? "" : rel.slice(0, slash), name = rel.slice(slash + 1);
     const dfd = this.dirs.get(dir);
