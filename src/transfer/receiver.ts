@@ -192,6 +192,7 @@ export class Receiver {
     const nameC = cstr(name), tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
     const existing = this.freshDirs.has(dir) ? undefined : statAt(dfd, nameC);
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
+    if (existing?.kind === "dir") return this.reject(e, rel, "Is a directory"); // before any data, not at the rename
     if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
       return this.skip(e, rel);
     }
@@ -316,6 +317,7 @@ export class Receiver {
       return;
     }
     const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
+    if (r === -EEXIST) return this.reject(e, rel, "exists and is not a directory");
     if (r < 0) return this.reject(e, rel, openFailure(r));
     if (r === 0) {
       if (this.freshDirs.size >= 4096) this.freshDirs.clear(); // bounded: a lookup more is all it costs
@@ -324,7 +326,6 @@ export class Receiver {
     if (this.opts.preserve) this.madeDirs.push({ rel, entry: e });
   }
 
-  /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
   /**
    * Why an existing file at the target must not be replaced, or undefined. The
    * rename that replaces it needs only the directory, but scp writes into the file
@@ -339,6 +340,7 @@ export class Receiver {
     return undefined;
   }
 
+  /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
   private finalMode(e: FileEntry, existing: Existing | undefined): number {
     if (this.opts.preserve) return e.mode & 0o7777;
     if (existing?.kind === "file") return existing.mode;
@@ -570,7 +572,7 @@ function fstatSize(fd: number): number {
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
-const EXDEV = 18;
+const EXDEV = 18, EEXIST = 17;
 
 /** Why a path under the destination could not be opened or made, in the user's terms. */
 function openFailure(code: number): string {
