@@ -130,7 +130,7 @@ describe("long options", () => {
     expect(r.options).toMatchObject({
       resume: true, verify: true, sparse: true, inplace: true, json: true, tunnel: true, compress: true,
       relay3: true, forwardAgent: true, batchMode: true, remoteEscp: "/opt/escp", log: "/tmp/l",
-      keepaliveS: 0, zstdLevel: 19, cipher: "aes128-gcm@openssh.com", identity: "id", sshConfig: "cfg",
+      keepaliveS: 0, zstdLevel: 19, cipher: "aes128-gcm@openssh.com", identities: ["id"], sshConfig: "cfg",
       jump: "gw", sshProgram: "myssh", limitKbps: 8000,
     });
   });
@@ -271,8 +271,25 @@ describe("sshArgs", () => {
     const a = sshArgs(o, { host: "h" });
     expect(a).toContain("-6");
     expect(a).not.toContain("-4");
-    expect(a.join(" ")).toContain("-A -c aes -i id -F cfg -J gw -o A=1 -o B=2 -oBatchMode=yes -v -v -q");
+    expect(a.join(" ")).toContain("-A -c aes -i id -F cfg -J gw -oBatchMode=yes -o A=1 -o B=2 -v -v -q");
     expect(a.slice(-4)).toEqual(["-p", "2222", "--", "h"]);
+  });
+
+  test("every -i reaches ssh in order, and -B comes before -o so that it wins (ssh keeps the first value)", () => {
+    const a = sshArgs(copy(["-i", "k1", "-B", "-o", "BatchMode=no", "-i", "k2", "a", "h:"]).options, { host: "h" }).join(" ");
+    expect(a).toContain("-i k1 -i k2");
+    expect(a).toContain("-oBatchMode=yes -o BatchMode=no");
+  });
+
+  test("a second -J is refused naming the comma form, as ssh refuses scp's second -J", () => {
+    expect(() => copy(["-J", "a", "-J", "b", "x", "h:"])).toThrow(/-J may be given once: chain jump hosts with commas \(-J a,b\)/);
+    expect(copy(["-J", "a,b", "x", "h:"]).options.jump).toBe("a,b");
+  });
+
+  test("scp's -D sftp_server_path and -2 are accepted and ignored", () => {
+    const o = copy(["-2", "-D", "/usr/lib/openssh/sftp-server", "-r", "x", "h:"]).options;
+    expect(o.recursive).toBe(true);
+    expect(copy(["-2Dx", "y", "h:"]).sources).toEqual([{ kind: "local", path: "y" }]); // -D took "x"
   });
 
   test("a port in the operand wins over -P", () => {

@@ -104,7 +104,7 @@ Host *
   });
 
   test("the command line wins: operand user and port, then -P, -o, -i, -B", () => {
-    const o = opts({ sshConfig: cfg, sshPort: 23, identity: "~/k", sshOptions: ["User=bob", "Port 24", "StrictHostKeyChecking=accept-new"] });
+    const o = opts({ sshConfig: cfg, sshPort: 23, identities: ["~/k"], sshOptions: ["User=bob", "Port 24", "StrictHostKeyChecking=accept-new"] });
     let s = resolveSettings(o, { host: "escp-test" }, env);
     expect(s).toMatchObject({ port: 23, user: "bob", strict: "accept-new" });
     expect(s.identityFiles.map((f) => f.path)).toEqual([`${home}/k`, `${home}/id_a`]);

@@ -370,14 +370,17 @@ describe.concurrent("operands and directions", () => {
       (s) =>
         steps(s, [
           ["-i", sshd.identity, `${s.src}/a`, `${SSH_HOST_NOKEY}:${s.dst}/i`], // only -i makes this alias log in
+          // every -i is offered, not only the last
+          ["-i", sshd.identity, "-i", path.join(path.dirname(sshd.identity), "id_unauthorized"), `${s.src}/a`, `${SSH_HOST_NOKEY}:${s.dst}/ii`],
           ["-v", "-J", H, `${s.src}/a`, `${H}:${s.dst}/j`],
           ["-4", "-c", "aes256-ctr", "-o", "Compression=yes", "-q", `${s.src}/a`, `${H}:${s.dst}/c`],
           ["-c", "no-such-cipher", `${s.src}/a`, `${H}:${s.dst}/bad`],
         ]),
     );
     expectSame(ref, esc);
-    expect(esc.out[1]!.stderr).toContain("debug1:");
-    expect(esc.out[3]!.stderr).toContain("no-such-cipher");
+    expect(esc.out.map((r) => r.code)).toEqual([0, 0, 0, 0, 1]);
+    expect(esc.out[2]!.stderr).toContain("debug1:");
+    expect(esc.out[4]!.stderr).toContain("no-such-cipher");
   });
 
   test("remote to remote (relayed through this host): a file and -r", async () => {

@@ -22,7 +22,8 @@ export interface Options {
   threads: number;
   blockSize: number;
   sshPort?: number;
-  identity?: string;
+  /** -i, in order: ssh tries each (scp passes every one). */
+  identities: string[];
   sshConfig?: string;
   sshOptions: string[];
   jump?: string;
@@ -138,6 +139,7 @@ export function defaultOptions(): Options {
     ipv6: false,
     forwardAgent: false,
     batchMode: false,
+    identities: [],
     relay3: false,
     viaSource: false,
     resume: false,
@@ -164,7 +166,7 @@ function integer(min: number, max: number, what = "a number"): (s: string) => nu
 
 export const parseThreads = integer(1, 64);
 export const parseZstdLevel = integer(1, 19);
-/** Seconds between ssh keepalives; 0 turns them off. */
+/** Seconds between ssh keepalives; 0 leaves them to ssh_config. */
 export const parseKeepalive = integer(0, 86400);
 const parseSshPort = integer(1, 65535, "a port");
 // scp's own bounds for -l.
@@ -277,6 +279,10 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "copy directories recursively" },
   { short: "s", group: "scp", apply: ignore,
     help: "accepted for scp compatibility and ignored: escp does not use SFTP" },
+  { short: "D", arg: "sftp_server_path", group: "scp", apply: ignore,
+    help: "accepted for scp compatibility and ignored: escp does not use SFTP" },
+  { short: "2", group: "scp", apply: ignore,
+    help: "accepted for scp compatibility and ignored: ssh speaks only protocol 2" },
   { short: "T", group: "scp", apply: ignore,
     help: "accepted for scp compatibility and ignored: escp always checks the names a remote sends" },
   { short: "X", arg: "sftp_option", repeatable: true, group: "scp", apply: ignore,
@@ -292,10 +298,20 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "cipher for the ssh connection (the data streams always use AES-128-GCM)" },
   { short: "F", arg: "ssh_config", complete: "file", group: "ssh", apply: value("sshConfig", text),
     help: "per-user configuration file for ssh" },
-  { short: "i", arg: "identity_file", complete: "file", group: "ssh", apply: value("identity", text),
-    help: "private key file for ssh public key authentication" },
-  { short: "J", arg: "destination", group: "ssh", apply: value("jump", text),
-    help: "connect through this jump host (ssh -J)" },
+  { short: "i", arg: "identity_file", complete: "file", repeatable: true, group: "ssh",
+    apply: (st, v) => {
+      st.options.identities.push(v);
+      st.explicit.add("identities");
+    },
+    help: "private key file for ssh public key authentication; may be repeated" },
+  { short: "J", arg: "destination", group: "ssh",
+    apply: (st, v, name) => {
+      // ssh permits one -J (its comma-separated list chains hosts); scp passes every -J and ssh then refuses.
+      if (st.options.jump !== undefined) throw new UsageError(`escp: ${name} may be given once: chain jump hosts with commas (-J a,b)`);
+      st.options.jump = v;
+      st.explicit.add("jump");
+    },
+    help: "connect through this jump host (ssh -J; hosts separated by commas are chained)" },
   { short: "o", arg: "ssh_option", repeatable: true, group: "ssh",
     apply: (st, v) => {
       st.options.sshOptions.push(v);
@@ -309,7 +325,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { long: "ssh", arg: "kind", choices: SSH_KINDS, group: "ssh", apply: value("ssh", oneOf(SSH_KINDS)),
     help: "system runs the ssh program (default; honours ~/.ssh/config and the agent), builtin uses escp's own client" },
   { long: "keepalive", arg: "seconds", group: "ssh", apply: value("keepaliveS", parseKeepalive),
-    help: "seconds between keepalive probes on the ssh connection (default 30, 0 turns them off)" },
+    help: "seconds between keepalive probes on the ssh connection (default 30); given to ssh as -o ServerAliveInterval, so it overrides ssh_config's, and 0 leaves the choice to ssh_config" },
 
   // escp transfer
   { short: "t", long: "threads", arg: "threads", group: "transfer", apply: value("threads", parseThreads),
@@ -496,11 +512,12 @@ export function sshArgs(o: Options, target: { user?: string; host: string; port?
   if (o.ipv6) a.push("-6");
   if (o.forwardAgent) a.push("-A");
   if (o.cipher !== undefined) a.push("-c", o.cipher);
-  if (o.identity !== undefined) a.push("-i", o.identity);
+  for (const id of o.identities) a.push("-i", id);
   if (o.sshConfig !== undefined) a.push("-F", o.sshConfig);
   if (o.jump !== undefined) a.push("-J", o.jump);
-  for (const opt of o.sshOptions) a.push("-o", opt);
+  // Before the user's -o, as scp puts it: -B wins over -o BatchMode=no.
   if (o.batchMode) a.push("-oBatchMode=yes");
+  for (const opt of o.sshOptions) a.push("-o", opt);
   for (let i = 0; i < o.verbose; i++) a.push("-v");
   if (o.quiet) a.push("-q");
   // Last, so the user's -A or -o settings win over these defaults.

@@ -226,7 +226,7 @@ export function resolveSettings(o: Options, target: Remote, env: Environment = l
           : c === "r" ? user : c === "u" ? env.localUser : c === "l" ? os.hostname() : String(process.getuid?.() ?? ""));
 
   const identityFiles: SshSettings["identityFiles"] = [];
-  if (o.identity !== undefined) identityFiles.push({ path: expand(o.identity), explicit: true });
+  for (const id of o.identities) identityFiles.push({ path: expand(id), explicit: true });
   for (const l of all) if (l.key === "identityfile") for (const a of l.args) if (a !== "none") identityFiles.push({ path: expand(a), explicit: true });
   if (identityFiles.length === 0) {
     for (const n of ["id_ed25519", "id_ecdsa", "id_rsa"]) identityFiles.push({ path: path.join(env.home, ".ssh", n), explicit: false });
