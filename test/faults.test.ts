@@ -366,6 +366,26 @@ describe("the control connection", () => {
     expect(r.stderr).toMatch(/escp-test: .*(exited|status 1)/);
   });
 
+  test("an ssh program (-S) that cannot be run is named with why, in one line", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 10, { seed: 67 });
+    const notExecutable = path.join(src, "not-a-program");
+    fs.writeFileSync(notExecutable, "", { mode: 0o644 });
+    for (const [program, why] of [["/nonexistent/ssh", "No such file or directory"], [notExecutable, "Permission denied"]]) {
+      const r = await runEscp(["-S", program, path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+      expect(r.stderr).toBe(`escp: ${program}: cannot run the ssh program: ${why} (-S names it)\n`);
+      expect(r.code).toBe(1);
+    }
+  });
+
+  test("an ssh program that ends without a word is not blamed on the remote escp", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 10, { seed: 68 });
+    const r = await runEscp(["-S", "/bin/false", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    expect(r.stderr).toBe(`escp: ${SSH_HOST}: the connection ended (ssh exited with status 1) before the remote escp answered\n`);
+    expect(r.code).toBe(1);
+  });
+
   test("the ssh connection dropping mid-transfer fails the transfer", async () => {
     const t = await pushUnderWay(66);
     const { file, dst } = t;

@@ -15,6 +15,7 @@ import type * as BuiltinSsh from "./builtin-ssh.ts";
 import { bootstrapping } from "./bootstrap.ts";
 import { encodeFrame } from "./control.ts";
 import { BUILTIN_SSH_URL } from "../entrypoints.ts";
+import { errnoText } from "../plan/walk.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
 export type Plan =
@@ -48,9 +49,18 @@ export function startRemote(o: Options, host: Remote, mode: string): ServerProce
   const ssh = o.sshProgram ?? "ssh";
   // Every command this session runs on the host (the server, a bootstrap upload) goes through here.
   const run = (command: string): ServerProcess =>
-    useBuiltinSsh(o) ? builtinSsh().startBuiltinSsh(o, host, command) : Bun.spawn([ssh, ...sshArgs(o, host), command], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    useBuiltinSsh(o) ? builtinSsh().startBuiltinSsh(o, host, command) : spawnSsh(ssh, [...sshArgs(o, host), command]);
   const started = remote !== undefined ? run(`${shellQuote(remote)} ${mode}`) : bootstrapping(o, host.host, run, mode);
   return withKeepalive(started, o.keepaliveS);
+}
+
+/** Runs the ssh program (ssh, or -S's); one that cannot be run at all is named, with why. */
+export function spawnSsh(ssh: string, args: string[]) {
+  try {
+    return Bun.spawn([ssh, ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  } catch (e) {
+    throw new Error(`${ssh}: cannot run the ssh program: ${errnoText(e)}${ssh === "ssh" ? "" : " (-S names it)"}`);
+  }
 }
 
 /** The built-in client when asked for (--ssh builtin) or when there is no ssh program. */
@@ -162,5 +172,7 @@ export async function connectionFailure(
     return `${where}: escp is not installed there (${last.trim()}); name it with --remote-escp PATH`;
   }
   if (code === 255) return `${where}: ssh failed${last ? `: ${last}` : ""}`;
-  return `${where}: the remote escp exited (status ${code}) before the transfer started${last ? `: ${last}` : ""}`;
+  // Without a word from either, ssh itself (or -S's program) may be what ended.
+  if (!last) return `${where}: the connection ended (ssh exited with status ${code}) before the remote escp answered`;
+  return `${where}: the remote escp exited (status ${code}) before the transfer started: ${last}`;
 }

@@ -26,7 +26,7 @@
 import { sshArgs, type Options } from "../cli/args.ts";
 import { native, cstr, ptr, nativeError, E } from "../native.ts";
 import type { SessionKeys } from "./connect.ts";
-import { useBuiltinSsh, type Remote } from "./remote.ts";
+import { spawnSsh, useBuiltinSsh, type Remote } from "./remote.ts";
 
 /** Connect timeout for the first stream when a fallback is possible: a dropped SYN must not cost long. */
 export const FALLBACK_CONNECT_MS = 3000;
@@ -147,10 +147,6 @@ async function openTunnel(o: Options, host: Remote, server: [string, number]): P
     if (attempt < 3 && /already in use|cannot listen|local forwarding/i.test(errText)) continue;
     throw new Error(`cannot open an ssh tunnel to ${host.host} for the data streams: ${stderr() || `ssh exited with status ${code}`}`);
   }
-}
-
-function spawnSsh(ssh: string, args: string[]) {
-  return Bun.spawn([ssh, ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
 }
 
 /** True once the remote printed READY; false if ssh ended first. Keeps draining afterwards. */
