@@ -69,8 +69,8 @@ async function copy(o: Options, sources: Operand[], target: Operand, until?: Pro
   if (tty || o.json || o.viaSource) process.stdout.on("error", () => report.outputClosed());
   const stop = new AbortController();
   const interrupt = () => stop.abort();
-  process.on("SIGINT", interrupt);
-  process.on("SIGTERM", interrupt);
+  // A hang-up too: a closed terminal or login must not leave a pull's temporary file behind.
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, interrupt);
   void until?.then(interrupt);
   const r = await transfer(o, sources, target, report, stop.signal);
   const code = Report.exitStatus(r);

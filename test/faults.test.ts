@@ -207,6 +207,19 @@ describe("killed processes", () => {
     await receiversExit(receivers, 5_000);
     expect(fs.readdirSync(dst)).toEqual([]);
   });
+
+  test("a hang-up (SIGHUP: the terminal or login closed) of a pull stops it as Ctrl-C does, removing the local temporary file", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 128 * MiB, { seed: 57 });
+    const t = spawnEscp(["-l", "200000", `${SSH_HOST}:${path.join(src, "f")}`, `${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const senders = serverPids();
+    t.p.kill("SIGHUP");
+    expect(await t.p.exited).toBe(130);
+    expect(await t.stderr).toBe("escp: interrupted\n");
+    await receiversExit(senders, 5_000);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
 });
 
 describe("broken streams", () => {

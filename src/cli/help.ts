@@ -14,7 +14,7 @@ export const EXIT_STATUS: readonly [number, string][] = [
   [0, "every file arrived and its digest matched the source's"],
   [1, "a file failed, or a remote or connection error stopped the copy; the failed files are named on stderr"],
   [2, "the command line or a config file is wrong"],
-  [130, "interrupted (SIGINT)"],
+  [130, "interrupted (SIGINT, SIGTERM or SIGHUP)"],
 ];
 
 const WIDTH = 80;
