@@ -193,9 +193,10 @@ int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_t *port_o
  * HELLO that verifies under the stream's key with seq 0) is wrong, or that stays
  * silent for 3 s, is closed and counted in *dropped.  Each accepted connection gets a
  * HELLO back.  out[i] is the conn for stream i.  Gives up after timeout_ms:
- * ESCP_E_TIMEOUT.  Closes nothing on success; the listening fd stays open. */
+ * ESCP_E_TIMEOUT, or when watch_fd (the control connection; -1: none) reaches its end:
+ * ESCP_E_CANCEL.  Closes nothing on success; the listening fd stays open. */
 int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_t sid[16], uint32_t nstreams,
-                        escp_conn **out, int timeout_ms, int32_t *dropped);
+                        escp_conn **out, int timeout_ms, int32_t *dropped, int watch_fd);
 /* Connects to host:port (numeric or name, v4/v6), sends the preamble and a HELLO for
  * `stream`, waits for the listener's HELLO.  NULL on failure with *err set. */
 escp_conn *escp_connect(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],

@@ -420,7 +420,7 @@ static escp_conn *finish_handshake(pending *pd, const uint8_t master[32], const 
 }
 
 ESCP_API int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_t sid[16], uint32_t nstreams,
-                                 escp_conn **out, int timeout_ms, int32_t *dropped) {
+                                 escp_conn **out, int timeout_ms, int32_t *dropped, int watch_fd) {
   if (!out || nstreams == 0 || nstreams > 65536) return escp__err(-EINVAL, "accept: %u streams", nstreams);
   int rc = escp__crypto_init();
   if (rc) return rc;
@@ -430,7 +430,7 @@ ESCP_API int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_
   if (!(lfl & O_NONBLOCK)) fcntl(lfd, F_SETFL, lfl | O_NONBLOCK);
 
   pending *pd = calloc(PENDING_MAX, sizeof *pd);
-  struct pollfd *pfd = calloc(PENDING_MAX + 1, sizeof *pfd);
+  struct pollfd *pfd = calloc(PENDING_MAX + 2, sizeof *pfd); /* listener, pending, watch_fd */
   if (!pd || !pfd) {
     free(pd);
     free(pfd);
@@ -478,13 +478,23 @@ ESCP_API int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_
       pfd[i + 1].events = POLLIN;
       pfd[i + 1].revents = 0;
     }
-    int pr = poll(pfd, (nfds_t)np + 1, (int)wait);
+    /* Only its end is watched (a pipe's POLLHUP, a socket's POLLRDHUP): data on it is
+     * the caller's to read later. */
+    pfd[np + 1].fd = watch_fd;
+    pfd[np + 1].events = POLLRDHUP;
+    pfd[np + 1].revents = 0;
+    int pr = poll(pfd, (nfds_t)np + 2, (int)wait);
     if (pr < 0) {
       if (errno == EINTR) continue;
       rc = escp__errno("accept: poll");
       break;
     }
     if (pr == 0) continue;
+    if (pfd[np + 1].revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) {
+      rc = escp__err(ESCP_E_CANCEL, "accept: %u of %u streams connected when the control connection closed", nacc,
+                     nstreams);
+      break;
+    }
     /* pending sockets first (indexes shift as they leave; walk from the top) */
     int nbefore = np;
     for (int i = nbefore - 1; i >= 0 && rc == 0; i--) {

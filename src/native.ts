@@ -89,7 +89,7 @@ const symbols = {
   escp_pread: { args: [i32, P, u64, i64], returns: i64 },
   escp_hash_range: { args: [i32, i64, u64, P], returns: i32 },
   escp_listen: { args: [cstring, i32, i32, P], returns: i32 },
-  escp_accept_streams: { args: [i32, P, P, u32, P, i32, P], returns: i32 },
+  escp_accept_streams: { args: [i32, P, P, u32, P, i32, P, i32], returns: i32 },
   escp_connect: { args: [cstring, i32, P, P, u32, u32, i32, P], returns: P },
   escp_connect_streams: { args: [cstring, i32, P, P, u32, u32, i32, P], returns: i32 },
   escp_conn_tune: { args: [P, i32, i32, u64, i32, P], returns: i32 },

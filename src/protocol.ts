@@ -65,12 +65,15 @@ export type ControlMessage =
       sources?: string[]; // pull: the source paths on the server
       multipleSources?: boolean; // push: several operands, so the target must be a directory
       ports: [number, number];
+      /** The client takes pings from the server too, every keepaliveS once the streams are up. */
+      pings?: boolean;
     }
   /** `streams`: the data streams the session has, ≤ hello's (a sender that pulls knows its files). */
-  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number; streams: number }
+  /** `pings`: the server will ping from the moment its streams are up (hello asked it to). */
+  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number; streams: number; pings?: boolean }
   | { type: "error"; message: string; version?: number }
   | { type: "report"; summary: TransferSummary }
-  /** Client → server every --keepalive seconds: a silent client for 3 intervals is gone. */
+  /** Every --keepalive seconds, client → server, and server → client when hello asked: a peer silent for 3 intervals is gone. */
   | { type: "ping" }
   /** escp -R → `escp --origin` on the source host: the copy to run there, as its command line. */
   | { type: "copy"; argv: string[] }

@@ -176,6 +176,27 @@ describe("the remote end exits", () => {
     expect(await stderr).toMatch(/no word from the connecting escp for 6 s/);
   });
 
+  test("when the local escp is killed before the data streams connect: at once, not after the accept timeout", async () => {
+    // The streams go to a listener that takes them and says nothing: the server waits in accept.
+    const holder = net.createServer(() => {});
+    await new Promise<void>((r) => holder.listen(0, "127.0.0.1", r));
+    const held = new Promise<void>((r) => holder.once("connection", () => r()));
+    try {
+      const src = tmpdir("src"), dst = tmpdir("dst");
+      await makeFile(path.join(src, "f"), MiB, { seed: 10 });
+      const t = spawnEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { ESCP_DATA_VIA: `127.0.0.1:${(holder.address() as net.AddressInfo).port}` });
+      await held;
+      const [server] = servers();
+      expect(server).toBeDefined();
+      t.p.kill("SIGKILL");
+      const took = await waitFor(() => !alive(server), 20_000, "the remote escp to exit");
+      expect(took).toBeLessThan(5); // the accept timeout is 30 s
+      expect(fs.readdirSync(dst)).toEqual([]);
+    } finally {
+      holder.close();
+    }
+  });
+
   test("when the local escp exits after a fatal error on the remote", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 8 * MiB, { seed: 9 });
@@ -207,6 +228,30 @@ describe("the remote end exits", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^escp: escp-test: .*nonexistent/);
     await waitFor(() => servers().length === 0, 5_000, "the remote escp to exit");
+  });
+});
+
+describe("the local end gives up", () => {
+  test("on a pull whose remote escp stops answering (SIGSTOP): after three keepalive intervals, nothing left", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 96 * MiB, { seed: 11 });
+    const t = spawnEscp(["--keepalive", "2", "-l", "64000", `${SSH_HOST}:${path.join(src, "f")}`, `${dst}/`]);
+    await waitForEscp(t, () => size(path.join(dst, ".f.escp-part")) > 4 * MiB, 60_000, "data to arrive");
+    const [server] = servers();
+    expect(server).toBeDefined();
+    process.kill(server, "SIGSTOP"); // its kernel still answers on every connection: only the pings stop
+    try {
+      const t0 = performance.now();
+      expect(await t.p.exited).toBe(1);
+      const took = (performance.now() - t0) / 1000;
+      expect(took).toBeGreaterThan(3.5); // 3 intervals of 2 s, less up to one since the last ping
+      expect(took).toBeLessThan(12);
+      expect(await t.stderr).toBe(`escp: ${SSH_HOST}: no word from the remote escp for 6 s (stopped, or its host hung?): giving up\n`);
+      expect(fs.readdirSync(dst)).toEqual([]);
+    } finally {
+      process.kill(server, "SIGCONT");
+    }
+    await waitFor(() => !alive(server), 10_000, "the continued remote escp to exit");
   });
 });
 

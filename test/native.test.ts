@@ -50,7 +50,7 @@ const SYMS = {
   escp_symlinkat_beneath: { args: ["i32", "ptr", "ptr"], returns: "i32" },
   escp_hash_range: { args: ["i32", "i64", "u64", "ptr"], returns: "i32" },
   escp_listen: { args: ["ptr", "i32", "i32", "ptr"], returns: "i32" },
-  escp_accept_streams: { args: ["i32", "ptr", "ptr", "u32", "ptr", "i32", "ptr"], returns: "i32" },
+  escp_accept_streams: { args: ["i32", "ptr", "ptr", "u32", "ptr", "i32", "ptr", "i32"], returns: "i32" },
   escp_connect: { args: ["ptr", "i32", "ptr", "ptr", "u32", "u32", "i32", "ptr"], returns: "ptr" },
   escp_conn_tune: { args: ["ptr", "i32", "i32", "u64", "i32", "ptr"], returns: "i32" },
   escp_conn_fd: { args: ["ptr"], returns: "i32" },
@@ -122,7 +122,7 @@ const L = dlopen(${JSON.stringify(LIB)}, ${JSON.stringify(SYMS)}).symbols;
 const OPS = {
   accept(lfd, master, sid, n, timeout) {
     const out = new BigUint64Array(n), dropped = new Int32Array(1);
-    const rc = L.escp_accept_streams(lfd, master, sid, n, out, timeout, dropped);
+    const rc = L.escp_accept_streams(lfd, master, sid, n, out, timeout, dropped, -1);
     const b = new Uint8Array(512); const len = L.escp_last_error(b, 512);
     return { rc, conns: Array.from(out, Number), dropped: dropped[0],
              detail: new TextDecoder().decode(b.subarray(0, Math.min(len, 511))) };

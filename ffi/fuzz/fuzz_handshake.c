@@ -140,7 +140,7 @@ static void fuzz_listener(reader *r, uint32_t nstreams) {
   if (pthread_create(&k.th, NULL, connector_main, &k) != 0) abort();
   escp_conn *out[4] = {0};
   int32_t dropped = 0;
-  int rc = escp_accept_streams(lfd, FUZZ_MASTER, FUZZ_SID, nstreams, out, 5000, &dropped);
+  int rc = escp_accept_streams(lfd, FUZZ_MASTER, FUZZ_SID, nstreams, out, 5000, &dropped, -1);
   pthread_join(k.th, NULL);
   char why[512];
   escp_last_error(why, sizeof why);

@@ -7,7 +7,7 @@
  */
 import type { Options } from "../cli/args.ts";
 import type { Operand } from "../cli/operands.ts";
-import { ControlChannel } from "./control.ts";
+import { ControlChannel, watchSilence } from "./control.ts";
 import { relay } from "./relay.ts";
 import { fromSource } from "./origin.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
@@ -128,6 +128,7 @@ export async function transfer(
     target: plan.dir === "pull" ? undefined : plan.target,
     sources: plan.dir === "pull" ? plan.sources : undefined,
     multipleSources: several,
+    pings: true,
   });
   let pool: StreamPool | undefined;
   let side: Side | undefined;
@@ -167,7 +168,17 @@ export async function transfer(
     // Progress reads the workers' shared counters; it never touches the data path.
     const progress = report.poll(PROGRESS_MS, () => ({ ...pool!.totals(), seconds: (performance.now() - started) / 1000 }));
     // The server's verdict may arrive while we still work (a fatal error on its side).
-    const serverEnd = ch.receive();
+    // Meanwhile it pings; a server that stops (SIGSTOP, a hung host) would otherwise
+    // leave a pull waiting forever on streams whose kernel still answers.
+    let silent: (e: Error) => void = () => {};
+    const silence = watchSilence(o.keepaliveS, () => {
+      pool?.abort();
+      silent(new Error(`${where}: no word from the remote escp for ${3 * o.keepaliveS} s (stopped, or its host hung?): giving up`));
+    }, ready.pings === true);
+    const serverEnd = Promise.race([
+      nextWord(ch, silence),
+      new Promise<never>((_, reject) => (silent = reject)),
+    ]).finally(() => silence.stop());
     // The server's fileWindow bounds what we send it at once; ours went to it in hello.
     const forSide = { ...session, fileWindow: ready.fileWindow };
     side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, forSide, o.blockSize, report);
@@ -185,7 +196,10 @@ export async function transfer(
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
-      throw new Error(remote?.type === "error" ? rootCause(`${where}: ${remote.message}`, err.message) : err.message);
+      if (remote?.type === "error") throw new Error(rootCause(`${where}: ${remote.message}`, err.message));
+      // It went without a word on the channel: what it said on stderr reaches the user first.
+      if (remote === null) await Promise.race([stderrTail.done, Bun.sleep(STDERR_GRACE_MS)]);
+      throw err;
     }
     remote = await serverEnd;
     if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));
@@ -214,6 +228,15 @@ export async function transfer(
   } finally {
     dropSpares();
     signal?.removeEventListener("abort", interrupt);
+  }
+}
+
+/** The server's next message that is not a ping; each one, ping or not, is a sign of life. */
+async function nextWord(ch: ControlChannel, silence: ReturnType<typeof watchSilence>): Promise<ControlMessage | null> {
+  for (;;) {
+    const m = await ch.receive();
+    silence.heard(m);
+    if (m?.type !== "ping") return m;
   }
 }
 

@@ -46,12 +46,16 @@ export function listen(bindAddr: string, range: [number, number], host: () => st
   return { fd, port: port[0] };
 }
 
-/** Accepts the session's 1 + dataStreams connections; anything else that knocks is dropped. */
-export function acceptStreams(l: Listener, keys: SessionKeys, dataStreams: number, timeoutMs: number): number[] {
+/**
+ * Accepts the session's 1 + dataStreams connections; anything else that knocks is dropped.
+ * Gives up when `controlFd` (the control connection, this server's stdin) ends: a client
+ * killed before its streams connected must not leave us listening until the timeout.
+ */
+export function acceptStreams(l: Listener, keys: SessionKeys, dataStreams: number, timeoutMs: number, controlFd = -1): number[] {
   const n = dataStreams + 1;
   const out = new BigUint64Array(n);
   const dropped = new Int32Array(1);
-  const r = native().escp_accept_streams(l.fd, ptr(keys.master), ptr(keys.sid), n, ptr(out), timeoutMs, ptr(dropped));
+  const r = native().escp_accept_streams(l.fd, ptr(keys.master), ptr(keys.sid), n, ptr(out), timeoutMs, ptr(dropped), controlFd);
   native().escp_close(l.fd);
   if (dropped[0] > 0) log.warn("dropped connections to the data port that were not this session's", { port: l.port, dropped: dropped[0] });
   if (r < 0) throw new Error(`waiting for the data connections on port ${l.port}: ${nativeError(r)}`);

@@ -96,3 +96,40 @@ export class ControlChannel {
     );
   }
 }
+
+/**
+ * Keepalive on the control channel: each end that pings sends `{"type":"ping"}`
+ * every `keepaliveS` seconds (the client from its hello on, remote.ts
+ * withKeepalive; the server once its streams are up, if the hello asked), and
+ * the other end gives it up after three silent intervals. A watch arms on the
+ * first ping, so a peer that never pings (an older escp) is waited for as
+ * before, or at once when the peer said it will ping (`armed`). Time during which our own event loop was blocked (a long FFI call
+ * such as accepting the streams) does not count as silence: we were not
+ * listening.
+ *
+ * @example
+ * const silence = watchSilence(30, () => giveUp("no word for 90 s"));
+ * for (;;) { const m = await ch.receive(); silence.heard(m); if (!m) break; }
+ * silence.stop();
+ */
+export function watchSilence(keepaliveS: number, giveUp: () => void, armed = false): { heard(m: ControlMessage | null): void; stop(): void } {
+  if (!(keepaliveS > 0)) return { heard() {}, stop() {} };
+  const limitMs = 3 * keepaliveS * 1000;
+  const tickMs = Math.min(1000, keepaliveS * 500);
+  let last = performance.now();
+  let lastTick = last;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now - lastTick > 2 * tickMs + 250) last = now; // we were blocked, not the peer silent
+    lastTick = now;
+    if (armed && now - last > limitMs) giveUp();
+  }, tickMs);
+  (timer as any).unref?.();
+  return {
+    heard(m) {
+      last = performance.now();
+      if ((m as { type?: string } | null)?.type === "ping") armed = true;
+    },
+    stop: () => clearInterval(timer),
+  };
+}

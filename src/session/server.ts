@@ -6,7 +6,7 @@
  * exits, so no receiver is ever left behind.
  */
 import { hostName } from "../system.ts";
-import { ControlChannel } from "./control.ts";
+import { ControlChannel, watchSilence } from "./control.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
@@ -17,6 +17,9 @@ import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
 import { log } from "../log.ts";
 import type { ControlMessage } from "../protocol.ts";
+
+/** The control channel arrives on stdin (ssh's, or the local client's pipe). */
+const STDIN_FD = 0;
 
 export async function runServer(): Promise<number> {
   // A FileSink, not process.stdout: making that stream costs ≈ 3 ms, and the first
@@ -53,6 +56,7 @@ async function serve(ch: ControlChannel): Promise<number> {
   const report = new Report({ quiet: true, json: false }, false);
   let pool: StreamPool | undefined;
   let side: Side | undefined;
+  let pinging: ReturnType<typeof setInterval> | undefined;
   // The ssh session is our lifeline: when it goes, so do we (and our temporary files).
   let finished = false;
   /** Ends this process now, removing temporary files (unless --resume keeps them). */
@@ -84,19 +88,28 @@ async function serve(ch: ControlChannel): Promise<number> {
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port, streams });
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(), streams });
+    // Not with --resume or --verify: their whole-file hashing runs on this thread, and a
+    // large file would hold the pings back long enough for the client to give up on us.
+    const pings = !!hello.pings && hello.options.keepaliveS > 0 && !hello.options.resume && !hello.options.verify;
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(), streams, pings });
     // Our workers boot while `ready` travels and the streams connect (spare.ts); before
     // it, creating them would hold `ready` back (a few ms each on this thread).
     prestartStreamWorkers(streams);
     if (hello.serverRole === "sender") prestartWalker(sources.paths, { recursive: hello.options.recursive });
     const keys = { sid: Buffer.from(hello.sid, "hex"), master: Buffer.from(hello.key, "hex") };
-    const conns = acceptStreams(l, keys, streams, 30_000);
+    const conns = acceptStreams(l, keys, streams, 30_000, STDIN_FD);
     keys.master.fill(0);
     log.info("streams accepted", { streams: conns.length - 1, port: l.port, aes: gcmBackend(), lib: nativeSource() });
     const capped = tuneStreams(conns, hello.options.limitBps, hello.options.keepaliveS, hello.options.sockbuf);
     if (capped) report.warning(`${hostName()}: ${capped}`);
     const started = performance.now();
     pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
+    // A client that takes pings gives up on us after three silent intervals (control.ts):
+    // that is how a pull learns its sender was stopped, which the data streams never tell.
+    if (pings) {
+      pinging = setInterval(() => ch.send({ type: "ping" }), hello.options.keepaliveS * 1000);
+      (pinging as any).unref?.();
+    }
     for (const s of sources.missing) report.failed(s.path, s.message);
     side = makeSide(target ? { role: "receiver", target } : { role: "sender", sources: sources.paths }, pool, hello.options, hello.blockSize, report);
     await side.run();
@@ -110,6 +123,7 @@ async function serve(ch: ControlChannel): Promise<number> {
     pool?.abort();
     ch.send({ type: "error", message: (e as Error).message } satisfies ControlMessage);
   }
+  clearInterval(pinging);
   await lifeline;
   return 0;
 }
@@ -118,35 +132,4 @@ async function serve(ch: ControlChannel): Promise<number> {
 function sshServerAddress(): string | undefined {
   const parts = (process.env.SSH_CONNECTION ?? "").split(" ");
   return parts.length === 4 ? parts[2] : undefined;
-}
-
-/**
- * Keepalive on the control channel (remote.ts withKeepalive): a client that
- * pings every `keepaliveS` seconds is given up after three silent intervals.
- * It arms on the first ping, so a client that never pings is waited for as
- * before. Time during which our own event loop was blocked (a long FFI call
- * such as accepting the streams) does not count as silence: we were not
- * listening.
- */
-function watchSilence(keepaliveS: number, giveUp: () => void): { heard(m: ControlMessage | null): void; stop(): void } {
-  if (!(keepaliveS > 0)) return { heard() {}, stop() {} };
-  const limitMs = 3 * keepaliveS * 1000;
-  const tickMs = Math.min(1000, keepaliveS * 500);
-  let armed = false;
-  let last = performance.now();
-  let lastTick = last;
-  const timer = setInterval(() => {
-    const now = performance.now();
-    if (now - lastTick > 2 * tickMs + 250) last = now; // we were blocked, not the client silent
-    lastTick = now;
-    if (armed && now - last > limitMs) giveUp();
-  }, tickMs);
-  (timer as any).unref?.();
-  return {
-    heard(m) {
-      last = performance.now();
-      if ((m as { type?: string } | null)?.type === "ping") armed = true;
-    },
-    stop: () => clearInterval(timer),
-  };
 }
