@@ -163,7 +163,7 @@ describe("killed processes", () => {
     for (const pid of serverPids()) process.kill(pid, "SIGKILL");
     const code = await t.p.exited;
     expect(code).toBe(1);
-    expect(await t.stderr).toMatch(/escp: /);
+    expect(await t.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: the remote escp or its ssh connection went away mid-transfer \\(`));
     expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
   });
 
@@ -407,7 +407,7 @@ describe("the control connection", () => {
     const receivers = serverPids();
     process.kill(ssh[0], "SIGKILL");
     expect(await t.p.exited).toBe(1);
-    expect(await t.stderr).toMatch(/escp: /);
+    expect(await t.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: the remote escp or its ssh connection went away mid-transfer \\(`));
     await receiversExit(receivers, 10_000);
     expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
   });

@@ -197,8 +197,12 @@ export async function transfer(
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
       if (remote?.type === "error") throw new Error(rootCause(`${where}: ${remote.message}`, err.message));
-      // It went without a word on the channel: what it said on stderr reaches the user first.
-      if (remote === null) await Promise.race([stderrTail.done, Bun.sleep(STDERR_GRACE_MS)]);
+      if (remote === null) {
+        // It went without a word on the channel (killed, or its ssh was): what it said on
+        // stderr reaches the user first, and ours says what happened before how it showed.
+        await Promise.race([Promise.all([stderrTail.done, child.exited]), Bun.sleep(STDERR_GRACE_MS)]);
+        throw new Error(`${where}: the remote escp or its ssh connection went away mid-transfer (${err.message})`);
+      }
       throw err;
     }
     remote = await serverEnd;
