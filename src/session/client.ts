@@ -132,6 +132,7 @@ export async function transfer(
   });
   let pool: StreamPool | undefined;
   let side: Side | undefined;
+  let stopWatching = () => {};
   let interrupted = false;
   let wake: () => void = () => {};
   const aborted = new Promise<never>((_, reject) => (wake = () => reject(new Error("interrupted"))));
@@ -175,10 +176,12 @@ export async function transfer(
       pool?.abort();
       silent(new Error(`${where}: no word from the remote escp for ${3 * o.keepaliveS} s (stopped, or its host hung?): giving up`));
     }, ready.pings === true);
+    stopWatching = silence.stop;
     const serverEnd = Promise.race([
       nextWord(ch, silence),
       new Promise<never>((_, reject) => (silent = reject)),
     ]).finally(() => silence.stop());
+    serverEnd.catch(() => {}); // taken where it is awaited; a session that failed otherwise may never await it
     // The server's fileWindow bounds what we send it at once; ours went to it in hello.
     const forSide = { ...session, fileWindow: ready.fileWindow };
     side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, forSide, o.blockSize, report);
@@ -230,6 +233,7 @@ export async function transfer(
     const error = /^stream \d+: /.test(message) ? `${where}: ${message}` : message;
     return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error };
   } finally {
+    stopWatching();
     dropSpares();
     signal?.removeEventListener("abort", interrupt);
   }

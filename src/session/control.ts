@@ -103,9 +103,9 @@ export class ControlChannel {
  * withKeepalive; the server once its streams are up, if the hello asked), and
  * the other end gives it up after three silent intervals. A watch arms on the
  * first ping, so a peer that never pings (an older escp) is waited for as
- * before, or at once when the peer said it will ping (`armed`). Time during which our own event loop was blocked (a long FFI call
- * such as accepting the streams) does not count as silence: we were not
- * listening.
+ * before, or at once when the peer said it will ping (`armed`). Time during
+ * which our own event loop was blocked (a long FFI call such as accepting the
+ * streams) does not count as silence: we were not listening.
  *
  * @example
  * const silence = watchSilence(30, () => giveUp("no word for 90 s"));
