@@ -18,7 +18,9 @@ import { transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
 
 export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
-  const spool = fs.mkdtempSync(path.join(tmpDir(), "escp-relay-"));
+  pruneSpools(tmpDir());
+  // Named for this process, so that a later relay can tell it was left by a kill -9.
+  const spool = fs.mkdtempSync(path.join(tmpDir(), `${SPOOL_PREFIX}${process.pid}-`));
   try {
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
@@ -34,5 +36,42 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
     return { ...pushed, failures: report.failures };
   } finally {
     fs.rmSync(spool, { recursive: true, force: true });
+  }
+}
+
+const SPOOL_PREFIX = "escp-relay-";
+
+/**
+ * Removes this user's spools whose relay was killed (kill -9 leaves its
+ * `finally` unrun): `escp-relay-PID-XXXXXX` where no process PID lives. A
+ * spool of a relay still running is kept (and one whose PID was reused, until
+ * that process ends).
+ */
+export function pruneSpools(dir: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  const uid = process.getuid?.();
+  for (const name of names) {
+    const m = SPOOL_NAME.exec(name);
+    if (!m || alive(Number(m[1]))) continue;
+    const spool = path.join(dir, name);
+    try {
+      if (fs.lstatSync(spool).uid === uid) fs.rmSync(spool, { recursive: true, force: true });
+    } catch {} // gone meanwhile, or not ours to remove: the next relay tries again
+  }
+}
+
+const SPOOL_NAME = new RegExp(`^${SPOOL_PREFIX}(\\d+)-`);
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"; // someone else's
   }
 }
