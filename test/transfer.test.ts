@@ -139,6 +139,18 @@ describe("relay", () => {
     expect(await sameFile(path.join(src, "tree", "sub", "b"), path.join(dst, "tree", "sub", "b"))).toBe(true);
   });
 
+  test("a spool left by a relay killed with SIGKILL is removed by the next relay; a running relay's is not", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), tmp = tmpdir("spools");
+    await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 28 });
+    const gone = Bun.spawnSync(["true"]).pid; // a process that has ended: its pid names a dead relay
+    const stale = path.join(tmp, `escp-relay-${gone}-AbCdEf`), live = path.join(tmp, `escp-relay-${process.pid}-GhIjKl`);
+    for (const d of [stale, live]) await makeFile(path.join(d, ".big.escp-part"), BLOCK, { seed: 29 });
+    const r = await runEscp([`${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: tmp } });
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(fs.readdirSync(tmp)).toEqual([path.basename(live)]); // its own spool went too, as always
+  });
+
   test("an empty TMPDIR spools in the system's temporary directory, not in the working directory", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), cwd = tmpdir("cwd");
     await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 24 });
@@ -268,6 +280,26 @@ describe("-R: the source host copies straight to the target", () => {
     expect(fs.readdirSync(dst)).toEqual([]);
     for (let i = 0; i < 100 && Bun.spawnSync(["pgrep", "-f", wrapper]).exitCode === 0; i++) await Bun.sleep(50);
     expect(Bun.spawnSync(["pgrep", "-f", wrapper]).stdout.toString()).toBe("");
+  });
+
+  test("the source host's escp killed mid-copy is said to have gone mid-copy, not to have failed to start", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "big"), 24 * BLOCK, { seed: 30 });
+    const { env } = await sourceHost();
+    const t = Bun.spawn([ESCP_BIN, "-F", (await startSshd()).configPath, "-R", "-l", "4000", `${SSH_HOST}:${src}/big`, `${SSH_HOST}:${dst}/`], {
+      env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe",
+    });
+    const stderr = new Response(t.stderr).text();
+    const part = path.join(dst, ".big.escp-part");
+    for (let i = 0; i < 300 && !fs.existsSync(part); i++) await Bun.sleep(50);
+    expect(fs.existsSync(part)).toBe(true);
+    const origin = Bun.spawnSync(["pgrep", "-f", "--", `^${ESCP_BIN} --origin`]).stdout.toString().trim().split("\n").filter(Boolean);
+    expect(origin.length).toBe(1);
+    process.kill(Number(origin[0]), "SIGKILL");
+    expect(await t.exited).toBe(1);
+    expect(await stderr).toMatch(new RegExp(`escp: ${SSH_HOST}: the escp running the copy there \\(-R\\) or its ssh connection went away mid-copy \\(status \\d+\\)\\n$`));
+    for (let i = 0; i < 100 && fs.readdirSync(dst).length > 0; i++) await Bun.sleep(50);
+    expect(fs.readdirSync(dst)).toEqual([]);
   });
 });
 

@@ -45,14 +45,19 @@ export async function fromSource(
   const stderrTail = forwardStderr(child.stderr, o);
   let summary: TransferSummary | undefined;
   let failedThere = false; // its session failed as a whole (it printed why)
+  let answered = false; // it started the copy (its first event came)
   const stdoutDone = (async () => {
     const lines = (child.stdout as any as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
     if (o.json) {
-      for (let r = await lines.next(); !r.done; r = await lines.next()) process.stdout.write(r.value);
+      for (let r = await lines.next(); !r.done; r = await lines.next()) {
+        answered = true;
+        process.stdout.write(r.value);
+      }
       return;
     }
     let text = "";
     for (let r = await lines.next(); !r.done; r = await lines.next()) {
+      answered = true;
       text += Buffer.from(r.value).toString("utf8");
       const complete = text.lastIndexOf("\n") + 1;
       for (const line of text.slice(0, complete).split("\n")) {
@@ -80,6 +85,8 @@ export async function fromSource(
       return { summary, failures: report.failures.length ? report.failures : [{ path: formatOperand(host), message: `the copy on ${where} failed` }] };
     }
     if (code === EXIT.usage) return { failures: report.failures, error: `${where}: escp there refused the copy's command line`, usage: true };
+    // Mid-copy, the escp there or an ssh hop was killed: not a start-up failure.
+    if (answered) return { failures: report.failures, error: `${where}: the escp running the copy there (-R) or its ssh connection went away mid-copy (status ${code})` };
     return { failures: report.failures, error: await connectionFailure(where, child, stderrTail) };
   } finally {
     signal?.removeEventListener("abort", stop);
