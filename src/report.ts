@@ -176,6 +176,10 @@ export class Report implements Events {
   private ended = false;
   private role: "sender" | "receiver" = "sender";
   private stdoutClosed = false;
+  /** Sessions so far: file ids are a session's own (a relay or several hosts run more than one). */
+  private sessions = 0;
+  /** How a path is shown: a relay shows the source host's path, not its spool's. */
+  private shownAs = (p: string) => p;
 
   constructor(
     private readonly opts: ReportOptions,
@@ -185,6 +189,7 @@ export class Report implements Events {
   }
 
   session(info: SessionInfo): void {
+    this.sessions++;
     this.role = info.direction === "pull" ? "receiver" : "sender";
     log.info("session start", { ...info, role: this.role });
     this.emit({ event: "session", time: now(), version: VERSION, role: this.role, ...info });
@@ -222,20 +227,32 @@ export class Report implements Events {
     }
   }
 
+  /**
+   * Shows every path `f` maps until the returned function is called: the
+   * relay's pull names files by where they come from, not by its spool.
+   */
+  showPathsAs(f: (p: string) => string): () => void {
+    this.shownAs = f;
+    return () => (this.shownAs = (p) => p);
+  }
+
   started(path: string, size: number): void {
+    path = this.shownAs(path);
     this.tally.started(path, size);
     // Per file: the event (and its time stamp) only when someone takes it.
     if (this.listened) this.emit({ event: "file_start", time: now(), path, size });
   }
 
   finished(path: string, size: number): void {
+    path = this.shownAs(path);
     this.tally.finished(path, size);
     if (this.listened) this.emit({ event: "file_done", time: now(), path, size });
   }
 
   /** `shown`: the user saw it already (escp -R: on the source host's stderr, passed on). */
   failed(subject: string, cause: string, id?: bigint, shown = false): void {
-    const key = id === undefined ? `p:${subject}:${cause}` : `i:${id}`;
+    subject = this.shownAs(subject);
+    const key = id === undefined ? `p:${subject}:${cause}` : `i:${this.sessions}:${id}`;
     if (this.seen.has(key)) return;
     this.seen.add(key);
     this.tally.failed(subject);

@@ -11,6 +11,7 @@ import { ESCP_BIN, SSH_HOST, run, runEscp, startSshd, tmpdir, makeFile, sameFile
 import { renderLines, Tally, TtyProgress, formatBytes, formatEta } from "../src/progress.ts";
 import { Report, summaryLines, failedLine, type TransferEvent, type SummaryEvent } from "../src/report.ts";
 import { formatLine } from "../src/log.ts";
+import { fromSource } from "../src/session/relay.ts";
 
 const MiB = 1 << 20;
 
@@ -376,5 +377,27 @@ describe("rendering", () => {
     r.merge([{ path: "dst/x", message: "Permission denied", id: "4" }]);
     expect(r.failures).toEqual([{ path: "dst/x", message: "Permission denied", id: "4" }]);
     expect(events.map((e) => e.event)).toEqual(["file_failed"]);
+  });
+
+  test("file ids are a session's own: the same id failing in the next session (a relay's push) is told too", () => {
+    const r = new Report({ quiet: true, json: false }, false);
+    const session = { host: "h", direction: "pull" as const, streams: 1, blockSize: 1 << 20, port: 1232 };
+    r.session(session);
+    r.failed("spool/a", "file changed while being read", 1n);
+    r.session({ ...session, direction: "push" });
+    r.failed("dst/b", "No space left on device", 1n);
+    expect(r.failures.map((f) => f.path)).toEqual(["spool/a", "dst/b"]);
+  });
+
+  test("a relay's pull names files where they come from, not by its spool", () => {
+    const spool = "/tmp/escp-relay-7-AbCdEf";
+    const r = new Report({ quiet: true, json: false }, false);
+    const sources = [{ kind: "remote", host: "src", path: "data/tree" }, { kind: "remote", host: "src", path: "logs/*.gz" }] as const;
+    const restore = r.showPathsAs((p) => fromSource(p, spool, [...sources]));
+    r.failed(`${spool}/tree/sub/x`, "file changed while being read", 1n);
+    r.failed(`${spool}/a.gz`, "file changed while being read", 2n);
+    restore();
+    r.failed("dst/y", "Permission denied", 3n);
+    expect(r.failures.map((f) => f.path)).toEqual(["src:data/tree/sub/x", "src:logs/a.gz", "dst/y"]);
   });
 });

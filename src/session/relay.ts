@@ -12,7 +12,7 @@ import { tmpDir } from "../system.ts";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
 import type { Options } from "../cli/args.ts";
-import type { Operand, RemoteOperand } from "../cli/operands.ts";
+import { formatOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
 import type { Report } from "../report.ts";
 import { transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
@@ -22,7 +22,8 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   // Named for this process, so that a later relay can tell it was left by a kill -9.
   const spool = fs.mkdtempSync(path.join(tmpDir(), `${SPOOL_PREFIX}${process.pid}-`));
   try {
-    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal);
+    const shownAsSource = report.showPathsAs((p) => fromSource(p, spool, sources as RemoteOperand[]));
+    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal).finally(shownAsSource);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
     if ([pulled.error ?? "", ...pulled.failures.map((f) => f.message)].some((m) => /No space left on device|Disk quota exceeded/.test(m))) {
       const from = (sources.find((s) => s.kind === "remote") as RemoteOperand).host, to = (target as RemoteOperand).host;
@@ -40,6 +41,25 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
 }
 
 const SPOOL_PREFIX = "escp-relay-";
+
+/**
+ * Where a file the pull put in the spool came from, for messages: `host:dir/name`
+ * beside the source operand whose last name it starts with, or matches as a glob (a
+ * `dir/.`'s contents sit in dir). Anything else is as given.
+ *
+ * @example
+ * fromSource("/tmp/escp-relay-9-x/tree/a", "/tmp/escp-relay-9-x", [{ kind: "remote", host: "h", path: "src/tree" }]);
+ * // "h:src/tree/a"
+ */
+export function fromSource(p: string, spool: string, sources: RemoteOperand[]): string {
+  if (!p.startsWith(`${spool}/`)) return p;
+  const rel = p.slice(spool.length + 1);
+  const top = rel.split("/", 1)[0];
+  const src = sources.find((s) => path.basename(s.path) === top) ?? sources.find((s) => new Bun.Glob(path.basename(s.path)).match(top)) ?? sources[0];
+  if (!src) return p;
+  const dir = path.dirname(src.path);
+  return formatOperand({ ...src, path: dir === "." ? rel : `${dir}/${rel}` });
+}
 
 /**
  * Removes this user's spools whose relay was killed (kill -9 leaves its
