@@ -433,6 +433,25 @@ describe("-l (bandwidth limit)", () => {
     expect(seconds).toBeLessThan(9);
   });
 
+  test("a tree's files are committed as they arrive, not a batch's worth at a time", async () => {
+    // 40,000 Kbit/s = 5 MB/s, 1.25 on each of 4 streams: a batch of 8 MiB would hold its files
+    // (and their commit at the receiver) for 6.7 s; half a second's worth arrives in under 3.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let i = 0; i < 40; i++) await makeFile(path.join(src, "t", `f${i}`), 900 * 1024, { seed: 600 + i });
+    const t0 = performance.now();
+    const p = Bun.spawn([ESCP_BIN, "-F", (await startSshd()).configPath, "-r", "-l", "40000", path.join(src, "t"), `${SSH_HOST}:${dst}/`], {
+      env: { ...process.env, ESCP_REMOTE: ESCP_BIN }, stdout: "ignore", stderr: "pipe",
+    });
+    const stderr = new Response(p.stderr).text();
+    const arrived = () => (fs.existsSync(path.join(dst, "t")) ? fs.readdirSync(path.join(dst, "t")).filter((n) => !n.startsWith(".")).length : 0);
+    while (arrived() === 0 && performance.now() - t0 < 20_000) await Bun.sleep(50);
+    const first = (performance.now() - t0) / 1000;
+    expect(await p.exited).toBe(0);
+    expect(await stderr).toBe("");
+    expect(first).toBeLessThan(3);
+    expect(arrived()).toBe(40);
+  });
+
   test("a file smaller than the streams' first TCP windows still moves no faster than the limit", async () => {
     // The kernel lets each stream's first window through unpaced (on loopback ten 64 KiB
     // segments): with SO_MAX_PACING_RATE alone 4 MiB at 1 MB/s over 4 streams took ≈ 2.9 s.

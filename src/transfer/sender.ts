@@ -19,7 +19,7 @@ import { dfgOnly } from "../jit.ts";
 import { Collector } from "../heap.ts";
 
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
-export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow"> & { blockSize: number };
+export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow" | "limitBps"> & { blockSize: number };
 
 const ENXIO = 6;
 
@@ -27,6 +27,8 @@ const ENXIO = 6;
 export const WINDOW = 512;
 const BATCH_ITEMS = 64;
 const BATCH_BYTES = 8 << 20;
+/** With -l, a batch takes at most about this long on its stream (its blocks' DONEs wait for its end). */
+const PACED_BATCH_S = 0.5;
 const ANNOUNCE_BATCH = 256;
 const ANNOUNCE_BYTES = 16 << 20;
 
@@ -236,9 +238,21 @@ export class Sender {
    * quarter of the limit; and the end of every large file waited on one).
    */
   private batchBytes(): number {
-    if (this.cursors.length !== 1 || this.pool.dataStreams === 1) return BATCH_BYTES;
+    const full = this.fullBatch();
+    if (this.cursors.length !== 1 || this.pool.dataStreams === 1) return full;
     const rest = Number(this.cursors[0].size - this.cursors[0].next);
-    return rest > this.pool.dataStreams * BATCH_BYTES ? BATCH_BYTES : this.opts.blockSize;
+    return rest > this.pool.dataStreams * full ? full : this.opts.blockSize;
+  }
+
+  /**
+   * BATCH_BYTES, or under -l what a stream sends in PACED_BATCH_S: a batch reports its
+   * blocks when it ends, so 8 MiB at 1.25 MB/s held every file in it (and its commit at
+   * the receiver) for 6 s, work a kill then lost.
+   */
+  private fullBatch(): number {
+    if (!(this.opts.limitBps > 0)) return BATCH_BYTES;
+    const paced = Math.floor((this.opts.limitBps / this.pool.dataStreams) * PACED_BATCH_S);
+    return Math.min(BATCH_BYTES, Math.max(this.opts.blockSize, paced));
   }
 
   /**
