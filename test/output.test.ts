@@ -11,7 +11,7 @@ import { ESCP_BIN, SSH_HOST, run, runEscp, startSshd, tmpdir, makeFile, sameFile
 import { renderLines, Tally, TtyProgress, formatBytes, formatEta } from "../src/progress.ts";
 import { Report, summaryLines, failedLine, type TransferEvent, type SummaryEvent } from "../src/report.ts";
 import { formatLine } from "../src/log.ts";
-import { fromSource } from "../src/session/relay.ts";
+import { spoolSource } from "../src/session/relay.ts";
 
 const MiB = 1 << 20;
 
@@ -393,7 +393,7 @@ describe("rendering", () => {
     const spool = "/tmp/escp-relay-7-AbCdEf";
     const r = new Report({ quiet: true, json: false }, false);
     const sources = [{ kind: "remote", host: "src", path: "data/tree" }, { kind: "remote", host: "src", path: "logs/*.gz" }] as const;
-    const restore = r.showPathsAs((p) => fromSource(p, spool, [...sources]));
+    const restore = r.showPathsAs((p) => spoolSource(p, spool, [...sources]));
     r.failed(`${spool}/tree/sub/x`, "file changed while being read", 1n);
     r.failed(`${spool}/a.gz`, "file changed while being read", 2n);
     restore();

@@ -22,7 +22,7 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   // Named for this process, so that a later relay can tell it was left by a kill -9.
   const spool = fs.mkdtempSync(path.join(tmpDir(), `${SPOOL_PREFIX}${process.pid}-`));
   try {
-    const shownAsSource = report.showPathsAs((p) => fromSource(p, spool, sources as RemoteOperand[]));
+    const shownAsSource = report.showPathsAs((p) => spoolSource(p, spool, sources as RemoteOperand[]));
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal).finally(shownAsSource);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
     if ([pulled.error ?? "", ...pulled.failures.map((f) => f.message)].some((m) => /No space left on device|Disk quota exceeded/.test(m))) {
@@ -42,20 +42,28 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
 
 const SPOOL_PREFIX = "escp-relay-";
 
+function globMatches(pattern: string, name: string): boolean {
+  try {
+    return new Bun.Glob(pattern).match(name);
+  } catch {
+    return false; // not a pattern Bun can read: it matched nothing on the remote either
+  }
+}
+
 /**
  * Where a file the pull put in the spool came from, for messages: `host:dir/name`
  * beside the source operand whose last name it starts with, or matches as a glob (a
  * `dir/.`'s contents sit in dir). Anything else is as given.
  *
  * @example
- * fromSource("/tmp/escp-relay-9-x/tree/a", "/tmp/escp-relay-9-x", [{ kind: "remote", host: "h", path: "src/tree" }]);
+ * spoolSource("/tmp/escp-relay-9-x/tree/a", "/tmp/escp-relay-9-x", [{ kind: "remote", host: "h", path: "src/tree" }]);
  * // "h:src/tree/a"
  */
-export function fromSource(p: string, spool: string, sources: RemoteOperand[]): string {
+export function spoolSource(p: string, spool: string, sources: RemoteOperand[]): string {
   if (!p.startsWith(`${spool}/`)) return p;
   const rel = p.slice(spool.length + 1);
   const top = rel.split("/", 1)[0];
-  const src = sources.find((s) => path.basename(s.path) === top) ?? sources.find((s) => new Bun.Glob(path.basename(s.path)).match(top)) ?? sources[0];
+  const src = sources.find((s) => path.basename(s.path) === top) ?? sources.find((s) => globMatches(path.basename(s.path), top)) ?? sources[0];
   if (!src) return p;
   const dir = path.dirname(src.path);
   return formatOperand({ ...src, path: dir === "." ? rel : `${dir}/${rel}` });
