@@ -262,6 +262,13 @@ static enum backend fastest(int usable) {
   return pick;
 }
 
+/* The backends this host can run, a bit each; libgcrypt only when asked to look for it
+ * (loading it is the test). Needs g_evp_gcm fetched. */
+static int usable_backends(int with_gcrypt) {
+  return (g_evp_gcm ? 1 << B_OPENSSL : 0) | (imb_cpu_ok() ? 1 << B_IMB : 0) |
+         (with_gcrypt && gcrypt_load() ? 1 << B_GCRYPT : 0);
+}
+
 static void choose_once(void) {
   if (escp__crypto_init()) return;
   g_evp_gcm = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
@@ -270,8 +277,7 @@ static void choose_once(void) {
   for (int b = 0; b < B_COUNT; b++)
     if (force && strcmp(force, BACKEND_ENV[b]) == 0) forced = b;
   /* Loaded only when it may be used: forcing another keeps the process free of it. */
-  int usable = (g_evp_gcm ? 1 << B_OPENSSL : 0) | (imb_cpu_ok() ? 1 << B_IMB : 0) |
-               ((forced < 0 || forced == B_GCRYPT) && gcrypt_load() ? 1 << B_GCRYPT : 0);
+  int usable = usable_backends(forced < 0 || forced == B_GCRYPT);
   g_usable = usable != 0;
   if (forced >= 0 && (usable & (1 << forced))) g_use = (enum backend)forced;
   else if (usable & (usable - 1)) g_use = fastest(usable);
@@ -310,9 +316,9 @@ static pthread_once_t g_offered_once = PTHREAD_ONCE_INIT;
 
 static void list_offered(void) {
   pthread_once(&g_once, choose_once); /* g_evp_gcm */
-  int usable[B_COUNT] = {[B_OPENSSL] = g_evp_gcm != NULL, [B_IMB] = imb_cpu_ok(), [B_GCRYPT] = gcrypt_load()};
+  int usable = usable_backends(1);
   for (int b = 0; b < B_COUNT; b++)
-    if (usable[b]) snprintf(g_offered + strlen(g_offered), sizeof g_offered - strlen(g_offered), "%s%s",
+    if (usable & (1 << b)) snprintf(g_offered + strlen(g_offered), sizeof g_offered - strlen(g_offered), "%s%s",
                             g_offered[0] ? " " : "", BACKEND_ENV[b]);
 }
 
