@@ -233,6 +233,14 @@ function value<K extends keyof Options>(key: K, parse: (s: string) => Options[K]
   };
 }
 
+/** A repeatable option whose values all go on, in order. */
+function append(key: "identities" | "sshOptions"): Apply {
+  return (st, v) => {
+    st.options[key].push(v);
+    st.explicit.add(key);
+  };
+}
+
 const text = (s: string) => s;
 const ignore: Apply = () => {};
 
@@ -298,11 +306,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "cipher for the ssh connection (the data streams always use AES-128-GCM)" },
   { short: "F", arg: "ssh_config", complete: "file", group: "ssh", apply: value("sshConfig", text),
     help: "per-user configuration file for ssh" },
-  { short: "i", arg: "identity_file", complete: "file", repeatable: true, group: "ssh",
-    apply: (st, v) => {
-      st.options.identities.push(v);
-      st.explicit.add("identities");
-    },
+  { short: "i", arg: "identity_file", complete: "file", repeatable: true, group: "ssh", apply: append("identities"),
     help: "private key file for ssh public key authentication; may be repeated" },
   { short: "J", arg: "destination", group: "ssh",
     apply: (st, v, name) => {
@@ -312,11 +316,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
       st.explicit.add("jump");
     },
     help: "connect through this jump host (ssh -J; hosts separated by commas are chained)" },
-  { short: "o", arg: "ssh_option", repeatable: true, group: "ssh",
-    apply: (st, v) => {
-      st.options.sshOptions.push(v);
-      st.explicit.add("sshOptions");
-    },
+  { short: "o", arg: "ssh_option", repeatable: true, group: "ssh", apply: append("sshOptions"),
     help: "pass an option to ssh in ssh_config format, such as -o Compression=no; may be repeated" },
   { short: "P", arg: "port", group: "ssh", apply: value("sshPort", parseSshPort),
     help: "port of the remote ssh server" },
