@@ -254,6 +254,18 @@ describe("sources that misbehave", () => {
     expect(fs.existsSync(path.join(dst, "growing"))).toBe(false);
   });
 
+  test("pull: a remote file that grows while it is read is named by its remote path", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "growing");
+    await makeFile(file, 256 * MiB, { seed: 59 });
+    const t = spawnEscp(["-t", "1", `${SSH_HOST}:${file}`, `${dst}/`]);
+    await waitFor(() => size(path.join(dst, ".growing.escp-part")) > 0, 60_000, "data to arrive");
+    fs.appendFileSync(file, Buffer.alloc(MiB, 1));
+    expect(await t.p.exited).toBe(1);
+    expect(await t.stderr).toContain(`escp: ${file}: file changed while being read`);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("an unreadable source is named, the others are still copied, exit status 1", async () => {
     // root reads anything: this local copy runs as nobody so the permission bites.
     await asNobody(async ({ src, dst, escp }) => {

@@ -380,12 +380,18 @@ export class Receiver {
     this.claim(f);
     this.pool.unpublish(f.entry.id);
     let digest: Uint8Array;
-    const shown = this.target.show(f.rel);
+    let shown = this.target.show(f.rel);
     if (!f.tmp && !f.special) {
       f.digest.discard(); // a rejected entry: already reported
       return;
     }
-    let cause = f.error ?? (f.verdict.status !== 0 ? f.verdict.message || codeText(f.verdict.status) : undefined);
+    let cause = f.error;
+    if (!cause && f.verdict.status !== 0) {
+      // The sender failed it (it changed while being read): named as the sender named it.
+      const [source, why] = f.verdict.message.includes("\0") ? f.verdict.message.split("\0", 2) : [shown, f.verdict.message];
+      shown = source;
+      cause = why || codeText(f.verdict.status);
+    }
     const covered = f.processed + (f.kept && !cause ? this.restoreKept(f) : 0n);
     digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.

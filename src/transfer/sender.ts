@@ -297,7 +297,8 @@ export class Sender {
     }
     this.lib.escp_close(f.fd);
     const digest = f.digest.final();
-    const verdict: FileVerdict = { id: f.id, status: f.error ? E.CHANGED : 0, bytes: f.sent, digest, message: f.error ?? "" };
+    // "source\0cause", as RESULT's "destination\0cause": a pull's receiver names the file where it went wrong.
+    const verdict: FileVerdict = { id: f.id, status: f.error ? E.CHANGED : 0, bytes: f.sent, digest, message: f.error ? `${f.path}\0${f.error}` : "" };
     f.ourDigest = digest;
     this.dones.add(verdict);
     if (f.early) this.result(f.early);
