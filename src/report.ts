@@ -180,6 +180,9 @@ export class Report implements Events {
   private sessions = 0;
   /** How a path is shown: a relay shows the source host's path, not its spool's. */
   private shownAs = (p: string) => p;
+  /** Failed paths printed on stderr, and how many failures under each were not (failed). */
+  private readonly printed = new Set<string>();
+  private readonly unprinted = new Map<string, number>();
 
   constructor(
     private readonly opts: ReportOptions,
@@ -259,7 +262,24 @@ export class Report implements Events {
     this.failures.push({ path: subject, message: cause, id: id?.toString() });
     log.warn(`file failed: ${cause}`, { file: id, path: subject });
     this.emit({ event: "file_failed", time: now(), path: subject, message: cause, id: id?.toString() });
-    if (this.print && !shown) this.stderr(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
+    if (!this.print || shown) return;
+    // A directory that could not be made fails everything in it: one line says so, as
+    // scp's does, not one per file; close() gives the count, --json has each.
+    const above = this.failedAbove(subject);
+    if (above !== undefined) {
+      this.unprinted.set(above, (this.unprinted.get(above) ?? 0) + 1);
+      return;
+    }
+    this.printed.add(subject);
+    this.stderr(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
+  }
+
+  /** The printed failure that `p` lies under, if any. */
+  private failedAbove(p: string): string | undefined {
+    for (let i = p.lastIndexOf("/"); i > 0; i = p.lastIndexOf("/", i - 1)) {
+      if (this.printed.has(p.slice(0, i))) return p.slice(0, i);
+    }
+    return undefined;
   }
 
   warning(message: string): void {
@@ -312,6 +332,8 @@ export class Report implements Events {
     for (const t of this.timers) clearInterval(t);
     this.timers.length = 0;
     this.display?.clear();
+    for (const [dir, n] of this.unprinted) this.stderr(`escp: ${dir}: ${n} ${n === 1 ? "entry" : "entries"} under it not copied either\n`);
+    this.unprinted.clear();
   }
 
   /** Erases the progress display before a message on stderr; the next sample redraws it. */

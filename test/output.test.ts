@@ -143,6 +143,22 @@ describe("not a terminal", () => {
     expect(r.stdout).toBe("");
     expect(r.stderr).toBe(`escp: ${path.join(src, "nope")}: No such file or directory\n`);
   });
+
+  test("a directory that cannot be made is one line, with a count of what it held; --json lists each", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (const f of ["sub/f1", "sub/f2", "sub/deep/g1"]) await makeFile(path.join(src, "tree", f), 100);
+    await makeFile(path.join(src, "tree", "ok"), 100);
+    fs.mkdirSync(path.join(dst, "tree"));
+    fs.writeFileSync(path.join(dst, "tree", "sub"), "a file where the directory goes\n");
+    const sub = path.join(dst, "tree", "sub");
+    const r = await runEscp(["-r", path.join(src, "tree"), dst + "/"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`escp: ${sub}: exists and is not a directory\nescp: ${sub}: 4 entries under it not copied either\n`);
+    expect(fs.readFileSync(path.join(dst, "tree", "ok")).length).toBe(100);
+    const j = await runEscp(["--json", "-r", path.join(src, "tree"), dst + "/"]);
+    const failed = j.stdout.trim().split("\n").map((l) => JSON.parse(l)).filter((e) => e.event === "file_failed").map((e) => e.path);
+    expect(failed.sort()).toEqual([sub, `${sub}/deep`, `${sub}/deep/g1`, `${sub}/f1`, `${sub}/f2`]);
+  });
 });
 
 describe("--json", () => {
