@@ -12,7 +12,7 @@ import { describe, test, expect, beforeAll, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, tmpdir, makeFile, sameFile, portAccepts, descendants, ESCP_BIN, SSH_HOST, type Sshd } from "./harness.ts";
+import { startSshd, runEscp, tmpdir, makeFile, makeSparseFile, sameFile, portAccepts, descendants, ESCP_BIN, SSH_HOST, type Sshd } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 setDefaultTimeout(120_000);
@@ -232,10 +232,11 @@ describe("the remote end exits", () => {
 });
 
 describe("the local end gives up", () => {
-  test("on a pull whose remote escp stops answering (SIGSTOP): after three keepalive intervals, nothing left", async () => {
+  // --verify too: the receiver (this end) reads the file back, the remote's thread stays free to ping.
+  test.each([["a pull", []], ["a --verify pull", ["--verify"]]])("on %s whose remote escp stops answering (SIGSTOP): after three keepalive intervals, nothing left", async (_, extra) => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 96 * MiB, { seed: 11 });
-    const t = spawnEscp(["--keepalive", "2", "-l", "64000", `${SSH_HOST}:${path.join(src, "f")}`, `${dst}/`]);
+    const t = spawnEscp([...(extra as string[]), "--keepalive", "2", "-l", "64000", `${SSH_HOST}:${path.join(src, "f")}`, `${dst}/`]);
     await waitForEscp(t, () => size(path.join(dst, ".f.escp-part")) > 4 * MiB, 60_000, "data to arrive");
     const [server] = servers();
     expect(server).toBeDefined();
@@ -253,6 +254,27 @@ describe("the local end gives up", () => {
     }
     await waitFor(() => !alive(server), 10_000, "the continued remote escp to exit");
   });
+});
+
+describe("long whole-file work is not silence", () => {
+  // --resume hashes what each end holds of an 8 GiB file (holes: no disk, still
+  // seconds of hashing) on its main thread; the other end, hearing no ping for
+  // three 1 s intervals, gave up on a healthy session.
+  test.each([["pull"], ["push"]])("a --resume %s of an 8 GiB file completes with --keepalive 1", async (direction) => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const size = 8 * 1024 * MiB;
+    const file = path.join(src, "big");
+    await makeSparseFile(file, size, { seed: 12, extents: [[size - MiB, MiB]] });
+    const part = path.join(dst, ".big.escp-part");
+    fs.writeFileSync(part, "");
+    fs.truncateSync(part, size - MiB); // what a killed run left: holes too
+    const [from, to] = direction === "pull" ? [`${SSH_HOST}:${file}`, `${dst}/`] : [file, `${SSH_HOST}:${dst}/`];
+    const r = await runEscp(["--keepalive", "1", "--resume", from, to], { timeoutMs: 120_000 });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.readdirSync(dst)).toEqual(["big"]);
+    expect(await sameFile(file, path.join(dst, "big"))).toBe(true);
+  }, 150_000);
 });
 
 describe("ports", () => {

@@ -108,6 +108,21 @@ describe("push", () => {
     expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
   });
 
+  test("--sparse --verify: the read-back skips the holes the sender skipped (push and pull)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const size = 64 * BLOCK + 123;
+    await makeSparseFile(path.join(src, "s"), size, { seed: 45, extents: [[3 * BLOCK + 10, BLOCK], [size - 5000, 5000]] });
+    for (const [from, to] of [[path.join(src, "s"), `${SSH_HOST}:${dst}/pushed`], [`${SSH_HOST}:${path.join(src, "s")}`, `${dst}/pulled`]]) {
+      const r = await runEscp(["--sparse", "--verify", from, to]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+    }
+    for (const name of ["pushed", "pulled"]) {
+      expect(fs.statSync(path.join(dst, name)).blocks * 512).toBeLessThan(8 * BLOCK);
+      expect(await sameFile(path.join(src, "s"), path.join(dst, name))).toBe(true);
+    }
+  });
+
   test("a device as the target is written into, never replaced (escp f host:/dev/null)", async () => {
     const src = tmpdir("src");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 44 });

@@ -88,9 +88,7 @@ async function serve(ch: ControlChannel): Promise<number> {
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port, streams });
-    // Not with --resume or --verify: their whole-file hashing runs on this thread, and a
-    // large file would hold the pings back long enough for the client to give up on us.
-    const pings = !!hello.pings && hello.options.keepaliveS > 0 && !hello.options.resume && !hello.options.verify;
+    const pings = !!hello.pings && hello.options.keepaliveS > 0;
     ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(), streams, pings });
     // Our workers boot while `ready` travels and the streams connect (spare.ts); before
     // it, creating them would hold `ready` back (a few ms each on this thread).

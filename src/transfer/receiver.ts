@@ -26,6 +26,8 @@ import { log } from "../log.ts";
 import { dfgOnly } from "../jit.ts";
 import { encodeName, nameBytes, prefixOfBytes } from "../names.ts";
 import { Collector } from "../heap.ts";
+import { slice } from "./slices.ts";
+import { nextDataBlock } from "./holes.ts";
 
 /** preserve, direct, verify, resume (skip identical files, continue partial ones, keep them on failure), sparse, inplace. */
 export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace"> & { blockSize: number };
@@ -57,6 +59,13 @@ interface RecvFile {
   kept?: Kept;
   /** The target is a device or FIFO, written in place (no temporary name). */
   special?: boolean;
+}
+
+/** What check() found: why the file fails (if it does), its digest, and the bytes its blocks cover. */
+interface Checked {
+  cause: string | undefined;
+  digest: Uint8Array;
+  covered: bigint;
 }
 
 /** Blocks held before the transfer (a partial file, or a complete target of the same size). */
@@ -95,6 +104,10 @@ export class Receiver {
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
   private readonly freshDirs = new Set<string>();
   private readonly oneBlock: bigint;
+  /** Whole-file work (--resume's offers and kept blocks, --verify's read-back), one file at a time, in slices. */
+  private slow: Promise<void> = Promise.resolve();
+  /** cleanup() ran: slow work stops and touches nothing. */
+  private closed = false;
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -126,6 +139,7 @@ export class Receiver {
 
   /** Removes temporary files of unfinished transfers (on a fatal error or interrupt); --resume keeps them. */
   cleanup(): void {
+    this.closed = true;
     for (const f of this.files.values()) {
       this.claim(f); // no worker creates it after this
       this.pool.unpublish(f.entry.id);
@@ -241,7 +255,8 @@ export class Receiver {
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
     const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode };
     this.start(f);
-    if (this.opts.resume) this.offer(f, existing?.kind === "file" && existing.size === e.size);
+    // The sender sends none of this file's blocks before our offer's last RESUME.
+    if (this.opts.resume) this.later(() => this.offer(f, existing?.kind === "file" && existing.size === e.size));
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
   }
 
@@ -286,7 +301,7 @@ export class Receiver {
    * --resume: tells the sender the digests of the blocks we hold, from the partial
    * file (its whole blocks), or else from a complete target of the same size.
    */
-  private offer(f: RecvFile, targetSameSize: boolean): void {
+  private async offer(f: RecvFile, targetSameSize: boolean): Promise<void> {
     const bs = BigInt(this.opts.blockSize);
     const partSize = BigInt(fstatSize(f.fd));
     const fromTarget = partSize === 0n && targetSameSize;
@@ -296,13 +311,15 @@ export class Receiver {
     if (n > 0) {
       const rd = this.openIn(f, fromTarget ? f.name : f.tmp, O_RDONLY, 0);
       const h = hashes;
-      for (let i = 0; i < n && rd >= 0; i++) {
+      for (let i = 0; i < n && rd >= 0 && !this.closed; i++) {
         const off = BigInt(i) * bs;
         const len = held - off < bs ? held - off : bs;
         if (this.lib.escp_hash_range(rd, off, len, ptr(h.subarray(i * 16))) < 0) h.fill(0, i * 16, i * 16 + 16);
+        await slice();
       }
       if (rd >= 0) this.lib.escp_close(rd);
     }
+    if (this.closed) return;
     f.kept = { hashes, n, fromTarget, received: new Uint8Array(Number((f.entry.size + bs - 1n) / bs)) };
     for (let first = 0; first < n || first === 0; first += RESUME_CHUNK) {
       const chunk = hashes.subarray(first * 16, Math.min(n, first + RESUME_CHUNK) * 16);
@@ -376,15 +393,14 @@ export class Receiver {
 
   private maybeFinish(f: RecvFile): void {
     if (!f.verdict || f.processed < f.verdict.bytes) return;
-    this.files.delete(f.entry.id);
     this.claim(f);
     this.pool.unpublish(f.entry.id);
-    let digest: Uint8Array;
-    let shown = this.target.show(f.rel);
     if (!f.tmp && !f.special) {
+      this.files.delete(f.entry.id);
       f.digest.discard(); // a rejected entry: already reported
       return;
     }
+    let shown = this.target.show(f.rel);
     let cause = f.error;
     if (!cause && f.verdict.status !== 0) {
       // The sender failed it (it changed while being read): named as the sender named it.
@@ -392,17 +408,44 @@ export class Receiver {
       shown = source;
       cause = why || codeText(f.verdict.status);
     }
-    const covered = f.processed + (f.kept && !cause ? this.restoreKept(f) : 0n);
-    digest = f.digest.final();
+    const verify = this.opts.verify && !f.special;
+    if (!(f.kept && !cause) && !verify) return this.settle(f, shown, this.check(f, cause, f.processed));
+    this.later(async () => {
+      const covered = f.processed + (f.kept && !cause ? await this.restoreKept(f) : 0n);
+      if (this.closed) return;
+      const checked = this.check(f, cause, covered);
+      if (!checked.cause && verify) checked.cause = await this.reread(f, f.verdict!.digest);
+      if (this.closed) return;
+      this.settle(f, shown, checked);
+      this.results.flush();
+    });
+  }
+
+  /** Runs whole-file work after the work queued before it; its failure ends the session. */
+  private later(work: () => Promise<void>): void {
+    this.slow = this.slow.then(work).catch((e) => this.die(e as Error));
+  }
+
+  /**
+   * The digest of what f holds, and why f fails, if it does: the cause it came
+   * with, a short file, or a digest that differs from the sender's.
+   */
+  private check(f: RecvFile, cause: string | undefined, covered: bigint): Checked {
+    const digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
-    const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict.bytes : covered === f.entry.size;
+    const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict!.bytes : covered === f.entry.size;
     if (!cause && (this.opts.sparse || this.opts.inplace) && !f.special) cause = this.sized(f);
-    if (!cause && (!whole || !sameDigest(digest, f.verdict.digest))) {
+    if (!cause && (!whole || !sameDigest(digest, f.verdict!.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
     // Blocks arrived, so the file exists; a file nobody created cannot pass the checks above.
     if (!cause && f.fd < 0) cause = "internal error: a verified file was never created";
-    if (!cause && this.opts.verify && !f.special) cause = this.reread(f, f.verdict.digest);
+    return { cause, digest, covered };
+  }
+
+  /** Renames a file that passed over its target, or drops it; tells the report and the sender. */
+  private settle(f: RecvFile, shown: string, { cause, digest, covered }: Checked): void {
+    this.files.delete(f.entry.id);
     if (cause || f.special) {
       if (f.fd >= 0) this.lib.escp_close(f.fd);
     } else {
@@ -427,14 +470,15 @@ export class Receiver {
    * join the file's; if they live in the old target they are copied into the
    * temporary file. Returns the bytes they cover.
    */
-  private restoreKept(f: RecvFile): bigint {
+  private async restoreKept(f: RecvFile): Promise<bigint> {
     const k = f.kept!;
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
     const src = k.fromTarget ? this.openIn(f, f.name, O_RDONLY, 0) : -1;
     const buf = k.fromTarget ? Buffer.alloc(this.opts.blockSize) : undefined;
-    for (let i = 0; i < k.n; i++) {
+    for (let i = 0; i < k.n && !this.closed; i++) {
       if (k.received[i]) continue;
+      await slice();
       const off = BigInt(i) * bs;
       const len = Number(f.entry.size - off < bs ? f.entry.size - off : bs);
       if (buf) {
@@ -451,19 +495,22 @@ export class Receiver {
     return bytes;
   }
 
-  /** --verify: hash the file again from disk, block by block, and compare with the sender's digest. */
-  private reread(f: RecvFile, expected: Uint8Array): string | undefined {
+  /** --verify: hash the file again from disk, block by block (--sparse: the blocks that came), and compare with the sender's digest. */
+  private async reread(f: RecvFile, expected: Uint8Array): Promise<string | undefined> {
     const fd = this.openIn(f, f.tmp, O_RDONLY, 1);
     if (fd < 0) return `verify: ${nativeError(fd)}`;
     const d = new FileDigest();
     const h = new Uint8Array(16);
     const bs = BigInt(this.opts.blockSize);
     try {
-      for (let off = 0n; off < f.entry.size; off += bs) {
+      const sparse = this.opts.sparse && !this.opts.resume;
+      for (let off = 0n; off < f.entry.size && !this.closed; off += bs) {
+        if (sparse && (off = nextDataBlock(fd, off, bs, f.entry.size)) >= f.entry.size) break;
         const len = f.entry.size - off < bs ? f.entry.size - off : bs;
         const r = this.lib.escp_hash_range(fd, off, len, ptr(h));
         if (r < 0) return `verify: ${nativeError(r)}`;
         d.add(off, Number(len), h);
+        await slice();
       }
     } finally {
       this.lib.escp_close(fd);

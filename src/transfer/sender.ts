@@ -17,11 +17,12 @@ import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
 import { dfgOnly } from "../jit.ts";
 import { Collector } from "../heap.ts";
+import { slice } from "./slices.ts";
+import { nextDataBlock } from "./holes.ts";
 
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
 export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow" | "limitBps"> & { blockSize: number };
 
-const ENXIO = 6;
 
 /** Files announced but not yet judged by the receiver, at most; bounds open fds and memory. */
 export const WINDOW = 512;
@@ -63,6 +64,8 @@ export class Sender {
   private windowWaiter: (() => void) | undefined;
   private peerEnded: (() => void) | undefined;
   private fatal: Error | undefined;
+  /** --resume offers, answered one at a time (offer). */
+  private offers: Promise<void> = Promise.resolve();
   private readonly lib = native();
   /** Each file in flight is an open descriptor here and at the receiver: both ends' limits bound it. */
   private readonly window: number;
@@ -263,12 +266,7 @@ export class Sender {
   private skipTarget(f: SendFile, len: number): bigint {
     const bs = BigInt(this.opts.blockSize);
     if (f.have?.[Number(f.next / bs)]) return f.next + BigInt(len);
-    if (this.opts.sparse && !this.opts.resume) {
-      const data = BigInt(this.lib.escp_seek_data(f.fd, f.next));
-      if (data === -BigInt(ENXIO)) return f.size; // nothing but a hole is left
-      if (data >= f.next + bs) return (data / bs) * bs;
-    }
-    return f.next;
+    return this.opts.sparse && !this.opts.resume ? nextDataBlock(f.fd, f.next, bs, f.size) : f.next;
   }
 
   private blocksDone(blocks: BlockDone[]): void {
@@ -307,7 +305,8 @@ export class Sender {
   private record(type: number, body: Uint8Array): void {
     try {
       if (type === Rec.RESULT) for (const v of decodeVerdicts(body)) this.result(v);
-      else if (type === Rec.RESUME) this.offer(body);
+      // One offer at a time, in order: hashing our side of one is whole-file work, in slices.
+      else if (type === Rec.RESUME) this.offers = this.offers.then(() => this.offer(body)).catch((e) => this.die(e as Error));
       else if (type === Rec.END) this.peerEnded?.();
       else if (type === Rec.ERROR) this.die(new Error(new TextDecoder().decode(body)));
       else this.die(new Error(`receiver sent an unexpected record type ${type} on stream 0`));
@@ -364,7 +363,7 @@ export class Sender {
    * --resume: the receiver lists digests of blocks it holds; ours are computed
    * from the source (local reads only), and matching blocks are never sent.
    */
-  private offer(body: Uint8Array): void {
+  private async offer(body: Uint8Array): Promise<void> {
     const r = decodeResume(body);
     const f = this.inflight.get(r.id);
     if (!f || !f.awaitingOffer) throw new ProtocolError(`RESUME for file id ${r.id}, which awaits none`);
@@ -374,7 +373,7 @@ export class Sender {
     const ours = new Uint8Array(16);
     for (let i = 0; i < r.hashes.length / 16; i++) {
       const idx = r.first + i;
-      if (idx >= blocks) break;
+      if (idx >= blocks || this.fatal) break;
       const off = BigInt(idx) * bs;
       const len = f.size - off < bs ? f.size - off : bs;
       if (this.lib.escp_hash_range(f.fd, off, len, ptr(ours)) < 0) continue; // unreadable now: just send it
@@ -384,8 +383,9 @@ export class Sender {
         f.digest.add(off, Number(len), theirs);
         this.stats.skippedBytes += Number(len);
       }
+      await slice();
     }
-    if (!r.last) return;
+    if (!r.last || this.fatal) return;
     f.awaitingOffer = false;
     if (f.size === 0n) this.readFinished(f);
     else this.cursors.push(f);
