@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { SSH_HOST, SSH_HOST_NOKEY, freePort, pseudoRandom, ssh, tmpdir, type RunResult, type Sshd } from "./harness.ts";
+import { SSH_HOST, SSH_HOST_NOKEY, freePort, pseudoRandom, runEscp, ssh, tmpdir, type RunResult, type Sshd } from "./harness.ts";
 import { both, digest, mkdir, setup, show, snap, write, type Outcome, type Side, type SnapOptions } from "./parity-helpers.ts";
 
 const H = SSH_HOST;
@@ -1098,25 +1098,6 @@ describe.concurrent("intended differences from scp 9.2", () => {
     expect(fs.statSync(`${esc.side.dst}/a`).mtimeMs).toBe(T_FILE_M * 1000 + 789);
   });
 
-  test("an existing symlink at the destination is replaced by the file (scp writes through it)", async () => {
-    // escp writes a temporary file and renames it over the name (atomic, as rsync does).
-    const [ref, esc] = await both(
-      (s) => {
-        write(`${s.src}/a`, "new\n");
-        write(`${s.dst}/target`, "old target\n");
-        fs.symlinkSync("target", `${s.dst}/link`);
-      },
-      (s) => s.run([`${s.src}/a`, `${H}:${s.dst}/link`]),
-    );
-    expect(ref.out.code).toBe(0);
-    expect(fs.lstatSync(`${ref.side.dst}/link`).isSymbolicLink()).toBe(true);
-    expect(fs.readFileSync(`${ref.side.dst}/target`, "utf8")).toBe("new\n");
-    expect(esc.out.code).toBe(0);
-    expect(fs.lstatSync(`${esc.side.dst}/link`).isFile()).toBe(true);
-    expect(fs.readFileSync(`${esc.side.dst}/link`, "utf8")).toBe("new\n");
-    expect(fs.readFileSync(`${esc.side.dst}/target`, "utf8")).toBe("old target\n");
-  });
-
   test("-r: an existing symlink at the destination that leads outside it is not followed (scp writes through it)", async () => {
     // The receiver never writes outside the destination it was given (DESIGN §5).
     const outside: string[] = [];
@@ -1191,6 +1172,48 @@ describe.concurrent("intended differences from scp 9.2", () => {
 
 /** Differences this suite found and the lead fixed: plain tests now, kept beside their repros. */
 describe.concurrent("differences found by this suite, now fixed", () => {
+  test("a destination named as a symlink is written through, the link kept (push, pull, local; a dangling one makes its target)", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/a`, "new\n");
+        for (const d of ["push", "pull", "local"]) {
+          write(`${s.dst}/${d}-target`, "old target\n");
+          fs.symlinkSync(`${d}-target`, `${s.dst}/${d}-link`);
+        }
+        fs.symlinkSync("made", `${s.dst}/dangling`);
+      },
+      (s) =>
+        steps(s, [
+          [`${s.src}/a`, `${H}:${s.dst}/push-link`],
+          [`${H}:${s.src}/a`, `${s.dst}/pull-link`],
+          [`${s.src}/a`, `${s.dst}/local-link`],
+          [`${s.src}/a`, `${H}:${s.dst}/dangling`],
+        ]),
+    );
+    for (const side of [ref, esc]) {
+      expect(side.out.map((r) => r.code)).toEqual([0, 0, 0, 0]);
+      for (const d of ["push", "pull", "local"]) {
+        expect(fs.readlinkSync(`${side.side.dst}/${d}-link`)).toBe(`${d}-target`);
+        expect(fs.readFileSync(`${side.side.dst}/${d}-target`, "utf8")).toBe("new\n");
+      }
+      expect(fs.readlinkSync(`${side.side.dst}/dangling`)).toBe("made");
+      expect(fs.readFileSync(`${side.side.dst}/made`, "utf8")).toBe("new\n");
+    }
+  });
+
+  test("a destination that leads to a pipe or socket (/dev/stdout) is refused, the link left as it was", async () => {
+    // A link of our own like /dev/stdout's: a wrong escp replaces it, not the system's.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/a`, "a\n");
+    fs.symlinkSync("/proc/self/fd/1", `${dst}/stdout`);
+    for (const to of [`${dst}/stdout`, `${H}:${dst}/stdout`]) {
+      const r = await runEscp([`${src}/a`, to]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`${dst}/stdout: Illegal seek (it leads to `);
+      expect(fs.readlinkSync(`${dst}/stdout`)).toBe("/proc/self/fd/1");
+    }
+  });
+
   test("pull: a glob that is also the name of an existing file still matches the others", async () => {
     // scp always expands the pattern: 'star*' matches both "star*" and "starX".
     const [ref, esc] = await both(

@@ -17,7 +17,7 @@ import { homeDir } from "../system.ts";
 import path from "path-browserify";
 import { errnoText } from "./walk.ts";
 import { dfgOnly } from "../jit.ts";
-import { fsPath, nameBytes } from "../names.ts";
+import { decodeName, fsPath, nameBytes } from "../names.ts";
 
 export interface Target {
   /** The directory every entry is written beneath (absolute, for messages). */
@@ -73,6 +73,38 @@ export function expandHome(p: string, home?: string): string {
   return p;
 }
 
+/** Links followed before giving up, as the kernel's path walk does (MAXSYMLINKS). */
+const MAX_LINKS = 40;
+
+/**
+ * A destination file the user named that is a symbolic link is written through,
+ * as scp and cp do: the file at the end of the links is replaced (by rename, in its
+ * own directory) and the links stay; a link that leads nowhere names the file to
+ * make. Where a link ends in something with no name (`/dev/stdout` on a pipe:
+ * /proc/self/fd/1 → "pipe:[…]") there is no file to write at offsets.
+ *
+ * @example
+ * throughLinks("/home/u/.bashrc"); // "/home/u/dotfiles/bashrc" when it links there
+ */
+export function throughLinks(named: string): string {
+  let p = named;
+  for (let hops = 0; hops < MAX_LINKS; hops++) {
+    let to: string;
+    try {
+      to = decodeName(fs.readlinkSync(fsPath(p), { encoding: "buffer" }));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "EINVAL" || code === "ENOENT") return p; // not a link, or nothing there yet
+      throw new TargetError(`${p}: ${errnoText(e)}`);
+    }
+    if (!to.startsWith("/") && p.startsWith("/proc/") && /^[a-z_]+:\[/.test(to)) {
+      throw new TargetError(`${named}: Illegal seek (it leads to ${to}, which escp cannot write at offsets: name a file)`);
+    }
+    p = to.startsWith("/") ? to : path.join(path.dirname(p), to);
+  }
+  throw new TargetError(`${named}: Too many levels of symbolic links`);
+}
+
 export function resolveTarget(dest: string, o: { multipleSources: boolean; home?: string }): Target {
   const target = expandHome(dest, o.home);
   let st: fs.Stats | undefined;
@@ -90,7 +122,7 @@ export function resolveTarget(dest: string, o: { multipleSources: boolean; home?
   } else if (st && target.endsWith("/")) {
     throw new TargetError(`${target}: Not a directory`);
   } else {
-    const bare = target.replace(/\/+$/, "");
+    const bare = throughLinks(target.replace(/\/+$/, ""));
     if (!bare) throw new TargetError(`${target}: No such file or directory`);
     root = path.dirname(bare);
     rename = path.basename(bare);

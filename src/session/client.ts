@@ -90,6 +90,8 @@ export async function transfer(
   if (typeof plan === "string") return { failures: [], error: plan, usage: true };
   log.open({ role: plan.dir === "pull" ? "receiver" : "sender", verbose: o.verbose, file: o.log });
   const where = plan.dir === "local" ? "localhost" : plan.host.host;
+  // What the other end says is prefixed with its host; a local copy's other end is this host.
+  const said = (m: string) => (plan.dir === "local" ? m : `${where}: ${m}`);
   // A local receiver checks its destination before anything is started remotely.
   let localTarget;
   if (plan.dir === "pull") {
@@ -148,7 +150,7 @@ export async function transfer(
   try {
     const ready = await Promise.race([ch.receive(), aborted]);
     if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
-    if (ready.type === "error") throw new Error(`${where}: ${ready.message}`);
+    if (ready.type === "error") throw new Error(said(ready.message));
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
     log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
     const streams = ready.streams;
@@ -193,13 +195,13 @@ export async function transfer(
       // The server gave up (its disk, its stream): stop ours and say why it did.
       pool.abort();
       side?.cleanup();
-      throw new Error(`${where}: ${first.m.message}`);
+      throw new Error(said(first.m.message));
     }
     const err = await workError;
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
-      if (remote?.type === "error") throw new Error(rootCause(`${where}: ${remote.message}`, err.message));
+      if (remote?.type === "error") throw new Error(rootCause(said(remote.message), err.message));
       if (remote === null) {
         // It went without a word on the channel (killed, or its ssh was): what it said on
         // stderr reaches the user first, and ours says what happened before how it showed.
@@ -210,7 +212,7 @@ export async function transfer(
     }
     remote = await serverEnd;
     if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));
-    if (remote.type === "error") throw new Error(`${where}: ${remote.message}`);
+    if (remote.type === "error") throw new Error(said(remote.message));
     if (remote.type === "report") report.merge(remote.summary.failures as any);
     ch.send({ type: "bye" });
     clearInterval(progress);
