@@ -10,11 +10,14 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <linux/limits.h>
 #include <unistd.h>
 
 #ifndef SYS_openat2
@@ -436,8 +439,41 @@ static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char
  * tmp over name inside dirfd (or, ESCP_COMMIT_UNNAMED, the link that names it). Both
  * names are single components. fd is closed whatever happens; the first failing
  * step is the one reported. */
+/* Extended attributes a new file takes from the one it replaces.  Not security.capability
+ * (a write clears it: new content must not inherit a privilege) nor the integrity hashes. */
+static int inherited_xattr(const char *key) {
+  return strncmp(key, "user.", 5) == 0 || strncmp(key, "trusted.", 8) == 0 ||
+         strncmp(key, "system.posix_acl_", 17) == 0 || strcmp(key, "security.selinux") == 0;
+}
+
+/* ESCP_COMMIT_REPLACES: owner and group first (chown clears setuid bits, which the fchmod
+ * after it restores), then the attributes; what this process may not set stays ours,
+ * as a file it made.  The old file is reached through /proc/self/fd, never following a
+ * link at name (the l* calls). */
+static void take_identity(int fd, int dirfd, const char *name) {
+  struct stat old, cur;
+  if (fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(old.st_mode) || fstat(fd, &cur) != 0) return;
+  if ((old.st_uid != cur.st_uid || old.st_gid != cur.st_gid) && fchown(fd, old.st_uid, old.st_gid) != 0)
+    (void)fchown(fd, (uid_t)-1, old.st_gid); /* not root: a group we are in */
+  char path[PATH_MAX];
+  if (snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name) >= (int)sizeof path) return;
+  ssize_t n = llistxattr(path, NULL, 0);
+  if (n <= 0) return;
+  char *keys = malloc((size_t)n), *val = malloc(XATTR_SIZE_MAX);
+  if (keys && val && (n = llistxattr(path, keys, (size_t)n)) > 0) {
+    for (char *k = keys; k < keys + n; k += strlen(k) + 1) {
+      if (!inherited_xattr(k)) continue;
+      ssize_t v = lgetxattr(path, k, val, XATTR_SIZE_MAX);
+      if (v >= 0) (void)fsetxattr(fd, k, val, (size_t)v, 0);
+    }
+  }
+  free(keys);
+  free(val);
+}
+
 ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                               int dirfd, const char *tmp, const char *name) {
+  if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) take_identity(fd, dirfd, name);
   int rc = mode == ESCP_MODE_KEEP || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
   if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);

@@ -19,11 +19,12 @@ die() { log "error: $*"; exit 1; }
 #   procps iproute2 util-linux time: ps/pgrep, ss, setpriv/taskset, /usr/bin/time
 #   strace: a test checks which thread creates the receiver's files
 #   e2fsprogs: a test makes a small ext4 filesystem (mkfs.ext4) to fill
+#   attr: setfattr/getfattr, for a test that a replaced file keeps its attributes
 APT_PACKAGES=(
   build-essential libssl-dev libipsec-mb-dev libzstd-dev libxxhash-dev libgcrypt20 openssl
   openssh-server openssh-client
   rsync iperf3 xxhash
-  procps iproute2 util-linux time strace e2fsprogs
+  procps iproute2 util-linux time strace e2fsprogs attr
 )
 
 missing=()

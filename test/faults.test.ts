@@ -333,6 +333,21 @@ describe("the destination's permissions, for a user who is not root", () => {
       expect(fs.readdirSync(dir)).toEqual(["f"]);
     });
   });
+
+  test("a setuid file of the user's own loses its setuid bits when replaced, as a write clears them", async () => {
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 1000, { seed: 74 });
+      const target = path.join(dst, "tool");
+      fs.writeFileSync(target, "old\n");
+      fs.chownSync(target, 65534, 65534);
+      fs.chmodSync(target, 0o6755);
+      const r = await escp([a, target]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(await sameFile(a, target)).toBe(true);
+      expect(fs.statSync(target).mode & 0o7777).toBe(0o755);
+    });
+  });
 });
 
 describe("the receiving disk", () => {

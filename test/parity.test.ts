@@ -1201,6 +1201,30 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     }
   });
 
+  test("a replaced file keeps its owner, group and extended attributes, as scp's write into it does (push, pull)", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.src}/a`, "new\n");
+        for (const d of ["push", "pull"]) {
+          write(`${s.dst}/${d}`, "old\n");
+          fs.chownSync(`${s.dst}/${d}`, 65534, 65534);
+          spawnSync("setfattr", ["-n", "user.origin", "-v", "kept", `${s.dst}/${d}`]);
+        }
+      },
+      (s) => steps(s, [[`${s.src}/a`, `${H}:${s.dst}/push`], [`${H}:${s.src}/a`, `${s.dst}/pull`]]),
+    );
+    for (const side of [ref, esc]) {
+      expect(side.out.map((r) => r.code)).toEqual([0, 0]);
+      for (const d of ["push", "pull"]) {
+        const st = fs.statSync(`${side.side.dst}/${d}`);
+        expect([st.uid, st.gid]).toEqual([65534, 65534]);
+        expect(fs.readFileSync(`${side.side.dst}/${d}`, "utf8")).toBe("new\n");
+        const attr = spawnSync("getfattr", ["--only-values", "-n", "user.origin", `${side.side.dst}/${d}`]);
+        expect(String(attr.stdout)).toBe("kept");
+      }
+    }
+  });
+
   test("a destination that leads to a pipe or socket (/dev/stdout) is refused, the link left as it was", async () => {
     // A link of our own like /dev/stdout's: a wrong escp replaces it, not the system's.
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -11,7 +11,7 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -59,6 +59,8 @@ interface RecvFile {
   kept?: Kept;
   /** The target is a device or FIFO, written in place (no temporary name). */
   special?: boolean;
+  /** A regular file is at the target name: commit gives ours its owner, group and attributes. */
+  replaces?: boolean;
 }
 
 /** What check() found: why the file fails (if it does), its digest, and the bytes its blocks cover. */
@@ -100,6 +102,8 @@ export class Receiver {
   private readonly lib = native();
   private readonly results: VerdictBatch;
   private readonly umask = process.umask();
+  /** Root keeps setuid bits when it writes a file (CAP_FSETID); anyone else's writes clear them. */
+  private readonly privileged = process.geteuid?.() === 0;
   private readonly dirs: DirHandles;
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
   private readonly freshDirs = new Set<string>();
@@ -215,6 +219,7 @@ export class Receiver {
       if (refused) return this.reject(e, rel, refused);
     }
     const mode = this.finalMode(e, existing);
+    const replaces = existing?.kind === "file" && !inplace;
     // Created with its final mode when the umask makes it exactly that (the usual 0644,
     // 0755), so that commit needs no fchmod; never group or world writable unverified.
     // Writable by its owner until commit whatever its mode: the O_DIRECT path reopens
@@ -228,7 +233,7 @@ export class Receiver {
     // block at all, an empty file gets none, and --inplace opens the target: those are
     // created here.
     if (!this.opts.resume && !this.opts.sparse && !inplace && e.size > 0n && this.dirs.pin(dir)) {
-      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode });
+      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode, replaces });
       // A file of one block has no partial copy worth keeping for --resume: it is written
       // unnamed where the filesystem allows, so that it needs no temporary name in the
       // directory (one directory update less per file) and a killed run leaves nothing.
@@ -253,7 +258,7 @@ export class Receiver {
       return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode, replaces };
     this.start(f);
     // The sender sends none of this file's blocks before our offer's last RESUME.
     if (this.opts.resume) this.later(() => this.offer(f, existing?.kind === "file" && existing.size === e.size));
@@ -360,7 +365,7 @@ export class Receiver {
   /** Without -p, a new file gets the source's mode less the umask, and an existing one keeps its mode (as scp does). */
   private finalMode(e: FileEntry, existing: Existing | undefined): number {
     if (this.opts.preserve) return e.mode & 0o7777;
-    if (existing?.kind === "file") return existing.mode;
+    if (existing?.kind === "file") return this.privileged ? existing.mode : withoutSetId(existing.mode);
     return e.mode & 0o777 & ~this.umask;
   }
 
@@ -530,7 +535,7 @@ export class Receiver {
       this.lib.escp_close(f.fd);
       return openFailure(dfd);
     }
-    const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0);
+    const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0) | (f.replaces ? COMMIT_REPLACES : 0);
     const r = this.lib.escp_commit_file(f.fd, f.mode, flags, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!);
     return r < 0 ? nativeError(r) : undefined;
   }
@@ -620,6 +625,14 @@ function statAt(dfd: number, name: Buffer): Existing | undefined {
   return { kind, size: out[0], mtimeNs: out[1], mode: Number(out[2]) };
 }
 
+/**
+ * What a write by anyone but root leaves of a file's mode, as the kernel clears it when
+ * scp writes into the file: no setuid, and no setgid where the group may execute.
+ */
+function withoutSetId(mode: number): number {
+  return mode & ~0o4000 & ~(mode & 0o010 ? 0o2000 : 0);
+}
+
 function fstatSize(fd: number): number {
   const out = new BigInt64Array(7);
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
@@ -644,4 +657,4 @@ function decompress(body: Uint8Array): Uint8Array {
   return out.subarray(0, n);
 }
 
-dfgOnly(Receiver.prototype, statAt, partBase);
+dfgOnly(Receiver.prototype, statAt, partBase, withoutSetId);
