@@ -138,6 +138,9 @@ int escp_fstat(int fd, int64_t out[7]);
 int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
 /* faccessat(W_OK, AT_EACCESS) of one name in dirfd ("." for dirfd itself): 0 or -errno. */
 int escp_may_write(int dirfd, const char *name);
+/* -EPERM when dirfd is sticky and name is another user's file in another user's directory
+ * (no rename over it, not even by a user who may write it), else 0; 0 for root. */
+int escp_sticky_denies(int dirfd, const char *name);
 /* futimens with nanoseconds; fchmod */
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
 int escp_fchmod(int fd, uint32_t mode);

@@ -390,6 +390,17 @@ ESCP_API int escp_may_write(int dirfd, const char *name) {
   return faccessat(dirfd, name, W_OK, AT_EACCESS) == 0 ? 0 : -errno;
 }
 
+/* Whether a sticky dirfd (/tmp's bit) keeps this process from replacing name, another
+ * user's file in another user's directory: -EPERM (the rename over it would fail, after
+ * all its data had come), else 0.  Root may (CAP_FOWNER). */
+ESCP_API int escp_sticky_denies(int dirfd, const char *name) {
+  struct stat d, f;
+  uid_t me = geteuid();
+  if (!one_name(name) || me == 0 || fstat(dirfd, &d) != 0 || !(d.st_mode & S_ISVTX) || d.st_uid == me) return 0;
+  if (fstatat(dirfd, name, &f, AT_SYMLINK_NOFOLLOW) != 0) return 0;
+  return f.st_uid == me ? 0 : -EPERM;
+}
+
 static struct timespec ns_to_ts(int64_t ns) {
   struct timespec t;
   t.tv_sec = ns / 1000000000LL;
@@ -474,7 +485,10 @@ static void take_identity(int fd, int dirfd, const char *name) {
 ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                               int dirfd, const char *tmp, const char *name) {
   if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) take_identity(fd, dirfd, name);
-  int rc = mode == ESCP_MODE_KEEP || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
+  /* A file it already has (--inplace into another user's file, which only its owner may chmod). */
+  struct stat st;
+  int same = mode != ESCP_MODE_KEEP && fstat(fd, &st) == 0 && (st.st_mode & 07777) == mode;
+  int rc = mode == ESCP_MODE_KEEP || same || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
   if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);

@@ -334,6 +334,28 @@ describe("the destination's permissions, for a user who is not root", () => {
     });
   });
 
+  test("another user's writable file in a sticky directory is refused naming --inplace, which then rewrites it", async () => {
+    // The rename over it would fail (sticky bit) after all its data had come.
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 2 * MiB + 3, { seed: 75 });
+      const dir = path.join(dst, "shared"), target = path.join(dir, "f");
+      fs.mkdirSync(dir);
+      fs.chmodSync(dir, 0o1777);
+      fs.writeFileSync(target, "old\n");
+      fs.chmodSync(target, 0o666);
+      const r = await escp([a, target]);
+      expect(r.stderr).toMatch(new RegExp(`^escp: ${target}: Operation not permitted: its directory is sticky .*--inplace.*\\n$`));
+      expect(r.code).toBe(1);
+      expect(fs.readFileSync(target, "utf8")).toBe("old\n");
+      expect(fs.readdirSync(dir)).toEqual(["f"]);
+      const again = await escp(["--inplace", a, target]);
+      expect(again.stderr).toBe("");
+      expect(again.code).toBe(0);
+      expect(await sameFile(a, target)).toBe(true);
+      expect(fs.statSync(target).uid).toBe(0);
+    });
+  });
+
   test("a setuid file of the user's own loses its setuid bits when replaced, as a write clears them", async () => {
     await asNobody(async ({ src, dst, escp }) => {
       const a = await makeFile(path.join(src, "a"), 1000, { seed: 74 });

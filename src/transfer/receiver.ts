@@ -359,6 +359,8 @@ export class Receiver {
     if (file < 0) return codeText(file);
     const dir = this.lib.escp_may_write(dfd, DOT);
     if (dir < 0) return `${codeText(dir)}: its directory is not writable (escp renames a new file over the old; --inplace writes into the old one)`;
+    const sticky = this.lib.escp_sticky_denies(dfd, nameC);
+    if (sticky < 0) return `${codeText(sticky)}: its directory is sticky and the file another user's (escp renames a new file over the old; --inplace writes into the old one)`;
     return undefined;
   }
 
