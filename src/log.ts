@@ -40,7 +40,20 @@ export interface LogSettings {
   file?: string;
 }
 
-/** Where -v writes without --log. */
+const APPEND = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND;
+
+/**
+ * Opens a log at a name in /tmp for appending only if it is this user's: never
+ * through a symlink someone planted there, never into another user's file.
+ */
+function openOwn(path: string): number {
+  const fd = fs.openSync(path, APPEND | fs.constants.O_NOFOLLOW, 0o600);
+  if (fs.fstatSync(fd).uid === process.geteuid?.()) return fd;
+  fs.closeSync(fd);
+  throw Object.assign(new Error(`${path} belongs to another user`), { code: "EPERM" });
+}
+
+/** Where -v writes without --log (another user's file there: the same name with ".UID" added). */
 export function defaultLogPath(role: Role): string {
   return `/tmp/escp.log.${role}`;
 }
@@ -62,11 +75,17 @@ export class Logger {
     this.max = max;
     if (!path) return undefined;
     try {
-      // Never follow a symlink someone planted at the shared /tmp name.
-      const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND | (s.file ? 0 : fs.constants.O_NOFOLLOW);
-      this.fd = fs.openSync(path, flags, 0o600);
+      this.fd = s.file ? fs.openSync(path, APPEND, 0o600) : openOwn(path);
       this.path = path;
     } catch (e) {
+      // The shared /tmp name is another user's: this user's own name beside it.
+      const own = s.file ? undefined : `${path}.${process.geteuid?.()}`;
+      try {
+        if (!own) throw e;
+        this.fd = openOwn(own);
+        this.path = own;
+        return own;
+      } catch {}
       this.max = -1;
       process.stderr.write(`escp: warning: cannot write the log ${path}: ${(e as Error).message}\n`);
       return undefined;

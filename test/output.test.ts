@@ -7,7 +7,7 @@
 import { test, expect, describe } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { ESCP_BIN, SSH_HOST, run, runEscp, startSshd, tmpdir, makeFile, sameFile } from "./harness.ts";
+import { ESCP_BIN, SSH_HOST, asNobody, run, runEscp, startSshd, tmpdir, makeFile, sameFile } from "./harness.ts";
 import { renderLines, Tally, TtyProgress, formatBytes, formatEta } from "../src/progress.ts";
 import { Report, summaryLines, failedLine, type TransferEvent, type SummaryEvent } from "../src/report.ts";
 import { formatLine } from "../src/log.ts";
@@ -283,6 +283,20 @@ describe("logs", () => {
     expect(sender).toContain("session start");
     expect(receiver).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z INFO  receiver\[\d+\] hello /m);
     expect(receiver).toContain("session end files=1");
+  });
+
+  test("-v by a user for whom the /tmp log names are another user's writes NAME.UID, without a warning", async () => {
+    for (const f of ["/tmp/escp.log.sender", "/tmp/escp.log.receiver"]) if (!fs.existsSync(f)) fs.writeFileSync(f, "", { mode: 0o600 });
+    for (const f of ["/tmp/escp.log.sender.65534", "/tmp/escp.log.receiver.65534"]) fs.rmSync(f, { force: true });
+    await asNobody(async ({ src, dst, escp }) => {
+      await makeFile(path.join(src, "v.bin"), 1000, { seed: 42 });
+      const r = await escp(["-v", path.join(src, "v.bin"), dst + "/"]);
+      expect(r.stdout + r.stderr).toBe("");
+      expect(r.code).toBe(0);
+    });
+    expect(fs.statSync("/tmp/escp.log.sender").uid).toBe(0);
+    expect(fs.readFileSync("/tmp/escp.log.sender.65534", "utf8")).toContain("session start");
+    expect(fs.readFileSync("/tmp/escp.log.receiver.65534", "utf8")).toContain("session end files=1");
   });
 
   test("log lines: ISO time, level, role and pid, stream and file ids first", () => {

@@ -355,7 +355,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
       st.options.verbose++;
       st.explicit.add("verbose");
     },
-    help: "verbose: log to /tmp/escp.log.sender and /tmp/escp.log.receiver (or --log) and make ssh verbose; repeat for more" },
+    help: "verbose: log to /tmp/escp.log.sender and /tmp/escp.log.receiver (.UID added where those are another user's; or --log) and make ssh verbose; repeat for more" },
   { long: "json", group: "output", apply: flag("json", true),
     help: "print newline-delimited JSON events and a final summary instead of the progress meter" },
   { long: "log", arg: "file", complete: "file", group: "output", apply: value("log", text),
