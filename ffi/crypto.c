@@ -58,6 +58,7 @@ ESCP_API const char *escp_strerror(int code) {
   case ESCP_E_RANGE: return "data outside the announced file size";
   case ESCP_E_CANCEL: return "cancelled";
   case ESCP_E_VERSION: return "peer speaks another protocol version";
+  case ESCP_E_BUSY: return "another escp is copying to this file now (its temporary file is locked)";
   default: break;
   }
   if (code >= 0) return "success";

@@ -59,6 +59,7 @@ enum escp_err {
   ESCP_E_RANGE = -10009,    /* DATA outside the announced file size */
   ESCP_E_CANCEL = -10010,   /* *cancel became non-zero */
   ESCP_E_VERSION = -10011,  /* preamble speaks another protocol version */
+  ESCP_E_BUSY = -10012,     /* the temporary file is locked: another escp writes this target */
 };
 
 const char *escp_strerror(int code);
@@ -120,13 +121,21 @@ int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
 /* Creates the temporary file `name` (one component) in dirfd for writing: with mode
  * (less the umask; 0 means 0600), O_EXCL|O_NOFOLLOW, so a link planted there is never
  * followed; a stale file of that name (a killed run's) is removed and the create
- * retried once.  O_DIRECT is tried when direct.  Returns fd or -errno. */
+ * retried once.  O_DIRECT is tried when direct.  The file is locked (flock) until its
+ * commit's rename or its writer's end: one that is locked already is another escp's,
+ * writing the same target now, and is left alone (ESCP_E_BUSY).  Returns fd or -errno. */
 int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct);
 /* Creates an unnamed file in dirfd for writing (O_TMPFILE), as escp_create_part does a
  * named one; escp_commit_file with ESCP_COMMIT_UNNAMED names it.  -EOPNOTSUPP where the
  * filesystem or kernel has no O_TMPFILE or the file could not be named later (no
  * /proc/self/fd): create a named one instead.  Else fd or -errno. */
 int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct);
+/* Locks a temporary file opened otherwise (--resume opens an existing one) as
+ * escp_create_part does: 0, or ESCP_E_BUSY while another escp holds it. */
+int escp_lock_part(int fd);
+/* Removes a stale temporary file `name` (one component) in dirfd, or whatever is planted
+ * there: 0 (also when nothing is there), or ESCP_E_BUSY while another escp holds it. */
+int escp_clear_stale_part(int dirfd, const char *name);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);
 int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);

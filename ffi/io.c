@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/magic.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -250,6 +251,39 @@ static int one_name(const char *name) {
   return name && *name && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
 }
 
+/* Temporary names are fixed (`.NAME.escp-part`: the next run, or --resume, finds a
+ * killed run's), so two escp copying to one target at once meet there.  Each holds an
+ * exclusive flock on its temporary file from creation to rename; the lock dies with
+ * its process however it ends.  A file found locked is another escp's, at work: it
+ * is neither removed nor renamed (ESCP_E_BUSY); one found unlocked is stale.  Where
+ * the filesystem has no locks (ENOLCK, EOPNOTSUPP), files go unlocked, as before. */
+ESCP_API int escp_lock_part(int fd) {
+  if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
+  return errno == EWOULDBLOCK ? ESCP_E_BUSY : 0;
+}
+
+/* Whether the open fd is what `name` in dirfd is now. */
+static int is_named(int fd, int dirfd, const char *name) {
+  struct stat a, b;
+  return fstat(fd, &a) == 0 && fstatat(dirfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
+}
+
+/* Removes a stale temporary file at name (or whatever was planted there, never
+ * opening anything but a regular file): 0, or ESCP_E_BUSY while another escp writes it. */
+ESCP_API int escp_clear_stale_part(int dirfd, const char *name) {
+  if (!one_name(name)) return -EINVAL;
+  struct stat st;
+  int fd = fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)
+               ? openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+               : -1;
+  if (fd < 0) return unlinkat(dirfd, name, 0), 0; /* a link, a FIFO, or unreadable to us */
+  int rc = escp_lock_part(fd);
+  if (!rc && is_named(fd, dirfd, name)) unlinkat(dirfd, name, 0);
+  close(fd);
+  return rc;
+}
+
 ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct) {
   if (is_direct) *is_direct = 0;
   if (!one_name(name)) return -EINVAL;
@@ -257,10 +291,13 @@ ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t 
   const mode_t m = mode ? (mode_t)(mode & 07777) : 0600;
   int fd = openat(dirfd, name, flags, m);
   if (fd < 0 && errno == EEXIST) {
-    unlinkat(dirfd, name, 0);
+    int busy = escp_clear_stale_part(dirfd, name);
+    if (busy) return busy;
     fd = openat(dirfd, name, flags, m);
   }
   if (fd < 0) return -errno;
+  int busy = escp_lock_part(fd); /* only if another escp locked it in the instant since */
+  if (busy) return close(fd), busy;
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
 }
@@ -283,6 +320,7 @@ ESCP_API int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *
     int e = errno;
     return e == EOPNOTSUPP || e == EISDIR || e == EINVAL ? -EOPNOTSUPP : -e;
   }
+  (void)escp_lock_part(fd); /* nobody else can reach it before it is linked */
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
 }
@@ -421,6 +459,20 @@ ESCP_API int escp_fchmod(int fd, uint32_t mode) {
   return fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod fd %d", fd);
 }
 
+/* The last steps of a commit: close fd (where NFS and quotas report late write errors),
+ * then rename tmp (if any) over name, but only while tmp is still this file: the lock
+ * is held, through a duplicate of fd, until the rename is done.  On failure `linked`
+ * (a link the commit made) is removed. */
+static int close_and_rename(int fd, int rc, int dirfd, const char *tmp, const char *name, const char *linked) {
+  int held = tmp ? dup(fd) : -1;
+  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp ? tmp : name);
+  if (!rc && tmp && held >= 0 && !is_named(held, dirfd, tmp)) rc = escp__err(ESCP_E_BUSY, "%s is another escp's now", tmp);
+  if (!rc && tmp && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
+  if (rc && linked) unlinkat(dirfd, linked, 0);
+  if (held >= 0) close(held);
+  return rc;
+}
+
 /* commit of an unnamed file (ESCP_COMMIT_UNNAMED): it is linked before the close, as
  * closing it would free it. Straight under name when nothing is there; else under tmp
  * (a stale one, or a link planted there, is removed, never followed) and renamed over
@@ -433,23 +485,14 @@ static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char
     if (rc == -EEXIST) {
       at = tmp;
       rc = link_fd(fd, dirfd, tmp);
-      if (rc == -EEXIST && unlinkat(dirfd, tmp, 0) == 0) rc = link_fd(fd, dirfd, tmp);
+      if (rc == -EEXIST && !(rc = escp_clear_stale_part(dirfd, tmp))) rc = link_fd(fd, dirfd, tmp);
     }
     if (rc) escp__err(rc, "link %s: %s", at, escp_strerror(rc));
     else linked = at;
   }
-  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", name);
-  if (!rc && linked == tmp && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
-  if (rc && linked) unlinkat(dirfd, linked, 0);
-  return rc;
+  return close_and_rename(fd, rc, dirfd, linked == tmp ? tmp : NULL, name, linked);
 }
 
-/* The receiver's last steps for a verified file, fused so that the main thread
- * makes one call per file: mode (and, with ESCP_COMMIT_TIMES, the times) on the open
- * file, close (where NFS and quotas report late write errors), then the rename of
- * tmp over name inside dirfd (or, ESCP_COMMIT_UNNAMED, the link that names it). Both
- * names are single components. fd is closed whatever happens; the first failing
- * step is the one reported. */
 /* Extended attributes a new file takes from the one it replaces.  Not security.capability
  * (a write clears it: new content must not inherit a privilege) nor the integrity hashes. */
 static int inherited_xattr(const char *key) {
@@ -482,6 +525,12 @@ static void take_identity(int fd, int dirfd, const char *name) {
   free(val);
 }
 
+/* The receiver's last steps for a verified file, fused so that the main thread
+ * makes one call per file: mode (and, with ESCP_COMMIT_TIMES, the times) on the open
+ * file, close (where NFS and quotas report late write errors), then the rename of
+ * tmp over name inside dirfd (or, ESCP_COMMIT_UNNAMED, the link that names it). Both
+ * names are single components. fd is closed whatever happens; the first failing
+ * step is the one reported. */
 ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                               int dirfd, const char *tmp, const char *name) {
   if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) take_identity(fd, dirfd, name);
@@ -492,9 +541,7 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
   if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);
-  if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp);
-  if (!rc && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
-  return rc;
+  return close_and_rename(fd, rc, dirfd, tmp, name, NULL);
 }
 
 ESCP_API int escp_ftruncate(int fd, int64_t size) {

@@ -241,6 +241,27 @@ describe("broken streams", () => {
   });
 });
 
+describe("two copies to one target at once", () => {
+  test("the one that comes second is refused (the temporary file is locked); the first's success means its file", async () => {
+    // Temporary names are fixed: the second used to replace the first's temporary file,
+    // and the first's rename then put the second's half-written file in place.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const a = await makeFile(path.join(src, "a"), 64 * MiB, { seed: 76 });
+    const b = await makeFile(path.join(src, "b"), 64 * MiB, { seed: 77 });
+    const target = path.join(dst, "t");
+    fs.copyFileSync(a, target);
+    const first = spawnEscp(["-l", "200000", b, `${SSH_HOST}:${target}`]);
+    await waitFor(() => size(path.join(dst, ".t.escp-part")) > 0, 30_000, "the first copy's data");
+    const second = spawnEscp([a, `${SSH_HOST}:${target}`]);
+    expect(await second.p.exited).toBe(1);
+    expect(await second.stderr).toBe(`escp: ${target}: another escp is copying to this file now (its temporary file is locked)\n`);
+    expect(await first.p.exited).toBe(0);
+    expect(await first.stderr).toBe("");
+    expect(await sameFile(b, target)).toBe(true);
+    expect(fs.readdirSync(dst)).toEqual(["t"]);
+  });
+});
+
 describe("sources that misbehave", () => {
   test("a file that grows while it is read is reported, not silently truncated", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -123,6 +123,19 @@ describe("push", () => {
     }
   });
 
+  test("--sparse --resume over a target with other times keeps its holes (kept blocks are not copied into them)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const size = 64 * BLOCK;
+    await makeSparseFile(path.join(src, "s"), size, { seed: 46, extents: [[5 * BLOCK, BLOCK], [size - 100, 100]] });
+    expect((await runEscp(["--sparse", path.join(src, "s"), `${SSH_HOST}:${dst}/`])).code).toBe(0);
+    fs.utimesSync(path.join(src, "s"), new Date(), new Date(1_600_000_000_000)); // not skipped: its blocks are compared
+    const r = await runEscp(["--sparse", "--resume", "--json", path.join(src, "s"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesSkipped).toBe(size);
+    expect(fs.statSync(path.join(dst, "s")).blocks * 512).toBeLessThan(8 * BLOCK);
+    expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
+  });
+
   test("a device as the target is written into, never replaced (escp f host:/dev/null)", async () => {
     const src = tmpdir("src");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 44 });
@@ -681,6 +694,17 @@ describe("temporary files", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     expect(listNames(dst)).toEqual(["f"]);
   });
+
+  test("--resume that finds the target complete removes the partial file a killed run left beside it", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 16 });
+    expect((await runEscp(["-p", path.join(src, "f"), `${SSH_HOST}:${dst}/`])).code).toBe(0); // same size and mtime to the ns
+    fs.writeFileSync(path.join(dst, ".f.escp-part"), Buffer.alloc(BLOCK + 5, 7));
+    const r = await runEscp(["--resume", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(listNames(dst)).toEqual(["f"]);
+  });
 });
 
 describe("--inplace", () => {
@@ -735,6 +759,7 @@ describe("--inplace", () => {
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     expect(listNames(dst)).toEqual(["f"]);
   });
+
 });
 
 describe("the other end's messages", () => {

@@ -212,6 +212,8 @@ export class Receiver {
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
     if (existing?.kind === "dir") return this.reject(e, rel, "Is a directory"); // before any data, not at the rename
     if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
+      // A partial file a killed run left beside it has nothing left to give.
+      if (!inplace) this.lib.escp_clear_stale_part(dfd, tmpC);
       return this.skip(e, rel);
     }
     if (existing?.kind === "file" && !inplace) {
@@ -256,6 +258,12 @@ export class Receiver {
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
+    }
+    // Another escp resuming into the same partial file would mix the two copies.
+    const busy = this.opts.resume ? this.lib.escp_lock_part(fd) : 0;
+    if (busy < 0) {
+      this.lib.escp_close(fd);
+      return this.reject(e, rel, codeText(busy));
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
     const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode, replaces };
@@ -454,12 +462,12 @@ export class Receiver {
   private settle(f: RecvFile, shown: string, { cause, digest, covered }: Checked): void {
     this.files.delete(f.entry.id);
     if (cause || f.special) {
+      if (cause) this.dropPart(f); // while the file is open, and so locked: our own temporary name
       if (f.fd >= 0) this.lib.escp_close(f.fd);
     } else {
       cause = this.commit(f);
     }
     if (cause) {
-      this.dropPart(f);
       this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
     } else {
@@ -488,7 +496,8 @@ export class Receiver {
       await slice();
       const off = BigInt(i) * bs;
       const len = Number(f.entry.size - off < bs ? f.entry.size - off : bs);
-      if (buf) {
+      // --sparse: a hole of the old target stays one (the file's size is set below).
+      if (buf && !(this.opts.sparse && src >= 0 && nextDataBlock(src, off, bs, f.entry.size) > off)) {
         if (src < 0 || Number(this.lib.escp_pread(src, ptr(buf), len, off)) !== len) break;
         fs.writeSync(f.fd, buf, 0, len, Number(off));
       }
@@ -539,7 +548,10 @@ export class Receiver {
     }
     const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0) | (f.replaces ? COMMIT_REPLACES : 0);
     const r = this.lib.escp_commit_file(f.fd, f.mode, flags, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!);
-    return r < 0 ? nativeError(r) : undefined;
+    if (r >= 0) return undefined;
+    // A failed rename leaves our temporary file, unless another escp took the name over since.
+    if (r !== E.BUSY) this.dropPart(f);
+    return nativeError(r);
   }
 
   /** Opens `name` in f's directory (a negative errno if it cannot be). */
