@@ -461,6 +461,16 @@ describe("the control connection", () => {
     }
   });
 
+  test("a remote escp killed before it answers is not reported as an ssh failure", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
+    await makeFile(path.join(src, "f"), 10, { seed: 69 });
+    const killed = path.join(bin, "killed.sh");
+    fs.writeFileSync(killed, "#!/bin/bash\nkill -KILL $$\n", { mode: 0o755 }); // as a SIGKILLed escp: no word, ssh exits 255
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: killed } });
+    expect(r.stderr).toBe(`escp: ${SSH_HOST}: the connection ended (ssh exited with status 255: the remote escp was killed, or the connection was lost) before the remote escp answered\n`);
+    expect(r.code).toBe(1);
+  });
+
   test("an ssh program that ends without a word is not blamed on the remote escp", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 10, { seed: 68 });

@@ -211,7 +211,7 @@ export async function transfer(
       throw err;
     }
     remote = await serverEnd;
-    if (!remote) throw new Error(await connectionFailure(where, child, stderrTail));
+    if (!remote) throw new Error(await connectionFailure(where, child, stderrTail, "before the remote escp reported the end of the transfer"));
     if (remote.type === "error") throw new Error(said(remote.message));
     if (remote.type === "report") report.merge(remote.summary.failures as any);
     ch.send({ type: "bye" });

@@ -163,6 +163,7 @@ export async function connectionFailure(
   where: string,
   child: { exited: Promise<number>; failure?: string },
   tail: { text: string; done: Promise<void> },
+  when = "before the remote escp answered",
 ): Promise<string> {
   const code = await child.exited;
   await tail.done;
@@ -171,8 +172,10 @@ export async function connectionFailure(
   if (/command not found|No such file or directory|not found/.test(last) && /escp/.test(last)) {
     return `${where}: escp is not installed there (${last.trim()}); name it with --remote-escp PATH`;
   }
-  if (code === 255) return `${where}: ssh failed${last ? `: ${last}` : ""}`;
-  // Without a word from either, ssh itself (or -S's program) may be what ended.
-  if (!last) return `${where}: the connection ended (ssh exited with status ${code}) before the remote escp answered`;
-  return `${where}: the remote escp exited (status ${code}) before the transfer started: ${last}`;
+  if (code === 255 && last) return `${where}: ssh failed: ${last}`;
+  // Without a word from either, ssh itself (or -S's program) may be what ended; 255 is
+  // also how ssh tells that the remote escp was killed.
+  const why = code === 255 ? "255: the remote escp was killed, or the connection was lost" : code;
+  if (!last) return `${where}: the connection ended (ssh exited with status ${why}) ${when}`;
+  return `${where}: the remote escp exited (status ${code}) ${when}: ${last}`;
 }
