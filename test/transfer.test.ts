@@ -136,6 +136,17 @@ describe("push", () => {
     expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
   });
 
+  test("a file the receiver refuses when it is announced is not sent (an existing directory at its name)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 256 * BLOCK, { seed: 17 });
+    fs.mkdirSync(path.join(dst, "f"));
+    const r = await runEscp(["-l", "400000", "--json", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`escp: ${dst}/f: Is a directory\n`);
+    // What the streams had taken on before the refusal came back still goes (about a second of it).
+    expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesNetwork).toBeLessThan(128 * BLOCK);
+  });
+
   test("a device as the target is written into, never replaced (escp f host:/dev/null)", async () => {
     const src = tmpdir("src");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 44 });

@@ -220,6 +220,13 @@ export class Receiver {
       const refused = this.mayReplace(dfd, nameC);
       if (refused) return this.reject(e, rel, refused);
     }
+    // Another escp writing this target now holds its temporary file locked: a file of
+    // several blocks is refused before its data travels, not at its end (--resume locks
+    // the one it opens below; a one-block file costs no more than this check).
+    if (!inplace && !this.opts.resume && !this.freshDirs.has(dir) && e.size > this.oneBlock) {
+      const busy = this.lib.escp_clear_stale_part(dfd, tmpC);
+      if (busy < 0) return this.reject(e, rel, codeText(busy));
+    }
     const mode = this.finalMode(e, existing);
     const replaces = existing?.kind === "file" && !inplace;
     // Created with its final mode when the umask makes it exactly that (the usual 0644,

@@ -261,9 +261,11 @@ export class Sender {
   /**
    * Where f's cursor may jump to without sending: past a block the receiver
    * already has (--resume), or past holes (--sparse: the receiver's file keeps
-   * them, as its size is set at the end). f.next when the block must travel.
+   * them, as its size is set at the end), or to the end of a file the receiver
+   * refused. f.next when the block must travel.
    */
   private skipTarget(f: SendFile, len: number): bigint {
+    if (f.early) return f.size; // the receiver refused the file: the rest of it would go nowhere
     const bs = BigInt(this.opts.blockSize);
     if (f.have?.[Number(f.next / bs)]) return f.next + BigInt(len);
     return this.opts.sparse && !this.opts.resume ? nextDataBlock(f.fd, f.next, bs, f.size) : f.next;
