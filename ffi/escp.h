@@ -145,10 +145,13 @@ int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel);
 int escp_fstat(int fd, int64_t out[7]);
 /* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
 int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
-/* faccessat(W_OK, AT_EACCESS) of one name in dirfd ("." for dirfd itself): 0 or -errno. */
+/* faccessat(W_OK, AT_EACCESS) of one name in dirfd: 0 or -errno. */
 int escp_may_write(int dirfd, const char *name);
-/* -EPERM when dirfd is sticky and name is another user's file in another user's directory
- * (no rename over it, not even by a user who may write it), else 0; 0 for root. */
+/* Whether files may be renamed into dirfd: -errno (not writable), 1 (yes, but it is
+ * sticky and another user's: ask escp_sticky_denies per file), 0 (yes); 0 or 1 for root. */
+int escp_dir_replaceable(int dirfd);
+/* In a directory escp_dir_replaceable found sticky: -EPERM when name is another user's
+ * file (no rename over it, not even by a user who may write it), else 0. */
 int escp_sticky_denies(int dirfd, const char *name);
 /* futimens with nanoseconds; fchmod */
 int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);

@@ -320,7 +320,6 @@ ESCP_API int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *
     int e = errno;
     return e == EOPNOTSUPP || e == EISDIR || e == EINVAL ? -EOPNOTSUPP : -e;
   }
-  (void)escp_lock_part(fd); /* nobody else can reach it before it is linked */
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
 }
@@ -419,24 +418,38 @@ ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
   return 0;
 }
 
-/* Whether this process may write `name` in dirfd ("." for dirfd itself), as open(O_WRONLY)
- * would decide it (effective ids, ACLs, read-only mounts): 0 or -errno. For the receiver,
- * which replaces a file by renaming over it, so that a file scp could not write is not
+/* Whether this process may write `name` in dirfd, as open(O_WRONLY) would decide it
+ * (effective ids, ACLs, read-only mounts): 0 or -errno. For the receiver, which
+ * replaces a file by renaming over it, so that a file scp could not write is not
  * replaced either. */
 ESCP_API int escp_may_write(int dirfd, const char *name) {
-  if (!one_name(name) && !(name && strcmp(name, ".") == 0)) return -EINVAL;
+  if (!one_name(name)) return -EINVAL;
   return faccessat(dirfd, name, W_OK, AT_EACCESS) == 0 ? 0 : -errno;
 }
 
-/* Whether a sticky dirfd (/tmp's bit) keeps this process from replacing name, another
- * user's file in another user's directory: -EPERM (the rename over it would fail, after
- * all its data had come), else 0.  Root may (CAP_FOWNER). */
+/* Effective uid, asked once: a receiver asks per file. */
+static uid_t my_euid(void) {
+  static uid_t me = (uid_t)-1;
+  if (me == (uid_t)-1) me = geteuid();
+  return me;
+}
+
+/* Once per directory of the receiver: -errno when this process may not rename files
+ * into dirfd; 1 when it may but dirfd is sticky (/tmp's bit) and another user's, so
+ * that another user's file there cannot be renamed over (escp_sticky_denies, per
+ * file); else 0.  Root may (CAP_FOWNER). */
+ESCP_API int escp_dir_replaceable(int dirfd) {
+  struct stat d;
+  if (faccessat(dirfd, ".", W_OK, AT_EACCESS) != 0) return -errno;
+  return my_euid() != 0 && fstat(dirfd, &d) == 0 && (d.st_mode & S_ISVTX) && d.st_uid != my_euid();
+}
+
+/* In a directory escp_dir_replaceable found sticky: -EPERM when name is another user's
+ * file (the rename over it would fail after all its data had come), else 0. */
 ESCP_API int escp_sticky_denies(int dirfd, const char *name) {
-  struct stat d, f;
-  uid_t me = geteuid();
-  if (!one_name(name) || me == 0 || fstat(dirfd, &d) != 0 || !(d.st_mode & S_ISVTX) || d.st_uid == me) return 0;
-  if (fstatat(dirfd, name, &f, AT_SYMLINK_NOFOLLOW) != 0) return 0;
-  return f.st_uid == me ? 0 : -EPERM;
+  struct stat f;
+  if (!one_name(name) || fstatat(dirfd, name, &f, AT_SYMLINK_NOFOLLOW) != 0) return 0;
+  return f.st_uid == my_euid() ? 0 : -EPERM;
 }
 
 static struct timespec ns_to_ts(int64_t ns) {
@@ -484,6 +497,7 @@ static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char
     rc = link_fd(fd, dirfd, name);
     if (rc == -EEXIST) {
       at = tmp;
+      (void)escp_lock_part(fd); /* named now: another escp meeting it there must see it is ours */
       rc = link_fd(fd, dirfd, tmp);
       if (rc == -EEXIST && !(rc = escp_clear_stale_part(dirfd, tmp))) rc = link_fd(fd, dirfd, tmp);
     }
@@ -505,9 +519,10 @@ static int inherited_xattr(const char *key) {
  * as a file it made.  The old file is reached through /proc/self/fd, never following a
  * link at name (the l* calls). */
 static void take_identity(int fd, int dirfd, const char *name) {
-  struct stat old, cur;
-  if (fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(old.st_mode) || fstat(fd, &cur) != 0) return;
-  if ((old.st_uid != cur.st_uid || old.st_gid != cur.st_gid) && fchown(fd, old.st_uid, old.st_gid) != 0)
+  struct stat old;
+  if (fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(old.st_mode)) return;
+  /* Ours was made with our ids (or the group of a setgid directory, which then is old's too). */
+  if ((old.st_uid != my_euid() || old.st_gid != getegid()) && fchown(fd, old.st_uid, old.st_gid) != 0)
     (void)fchown(fd, (uid_t)-1, old.st_gid); /* not root: a group we are in */
   char path[PATH_MAX];
   if (snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name) >= (int)sizeof path) return;

@@ -81,6 +81,7 @@ const symbols = {
   escp_fstat: { args: [i32, P], returns: i32 },
   escp_fstatat: { args: [i32, cstring, P], returns: i32 },
   escp_may_write: { args: [i32, cstring], returns: i32 },
+  escp_dir_replaceable: { args: [i32], returns: i32 },
   escp_sticky_denies: { args: [i32, cstring], returns: i32 },
   escp_futimens: { args: [i32, i64, i64], returns: i32 },
   escp_fchmod: { args: [i32, u32], returns: i32 },

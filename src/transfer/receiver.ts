@@ -82,7 +82,6 @@ interface Kept {
 const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
-const DOT = cstr(".");
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
 
 export class Receiver {
@@ -105,6 +104,8 @@ export class Receiver {
   /** Root keeps setuid bits when it writes a file (CAP_FSETID); anyone else's writes clear them. */
   private readonly privileged = process.geteuid?.() === 0;
   private readonly dirs: DirHandles;
+  /** escp_dir_replaceable of each directory where a file was replaced, asked once. */
+  private readonly dirRights = new Map<string, number>();
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
   private readonly freshDirs = new Set<string>();
   private readonly oneBlock: bigint;
@@ -136,6 +137,8 @@ export class Receiver {
     // The data streams end with their END records, or not at all if the session dies first.
     await Promise.race([this.pool.allEnded(), this.dead]);
     if (this.fatal) throw this.fatal;
+    for (const f of this.files.values()) f.digest.discard(); // refused ones, their blocks dropped
+    this.files.clear();
     this.finishDirs();
     this.dirs.close();
     this.pool.sendControl(Rec.END, null);
@@ -167,7 +170,9 @@ export class Receiver {
           this.maybeFinish(f);
         }
       } else if (type === Rec.END) {
-        if (this.files.size) throw new ProtocolError(`sender ended the session with ${this.files.size} file(s) unfinished`);
+        // A refused file's last blocks may still be on their way (the data streams end after them).
+        const unfinished = [...this.files.values()].filter((f) => f.tmp || f.special).length;
+        if (unfinished) throw new ProtocolError(`sender ended the session with ${unfinished} file(s) unfinished`);
         this.senderEnded = true;
         this.ended();
       } else if (type === Rec.ERROR) {
@@ -217,7 +222,7 @@ export class Receiver {
       return this.skip(e, rel);
     }
     if (existing?.kind === "file" && !inplace) {
-      const refused = this.mayReplace(dfd, nameC);
+      const refused = this.mayReplace(dir, dfd, nameC);
       if (refused) return this.reject(e, rel, refused);
     }
     // Another escp writing this target now holds its temporary file locked: a file of
@@ -369,12 +374,13 @@ export class Receiver {
    * and is refused where the user may not write it (chmod a-w, another user's
    * file): so is this. When only the directory is read-only, --inplace would do.
    */
-  private mayReplace(dfd: number, nameC: Buffer): string | undefined {
+  private mayReplace(dir: string, dfd: number, nameC: Buffer): string | undefined {
     const file = this.lib.escp_may_write(dfd, nameC);
     if (file < 0) return codeText(file);
-    const dir = this.lib.escp_may_write(dfd, DOT);
-    if (dir < 0) return `${codeText(dir)}: its directory is not writable (escp renames a new file over the old; --inplace writes into the old one)`;
-    const sticky = this.lib.escp_sticky_denies(dfd, nameC);
+    let rights = this.dirRights.get(dir);
+    if (rights === undefined) this.dirRights.set(dir, (rights = this.lib.escp_dir_replaceable(dfd)));
+    if (rights < 0) return `${codeText(rights)}: its directory is not writable (escp renames a new file over the old; --inplace writes into the old one)`;
+    const sticky = rights === 1 ? this.lib.escp_sticky_denies(dfd, nameC) : 0;
     if (sticky < 0) return `${codeText(sticky)}: its directory is sticky and the file another user's (escp renames a new file over the old; --inplace writes into the old one)`;
     return undefined;
   }
