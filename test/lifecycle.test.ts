@@ -256,6 +256,26 @@ describe("the local end gives up", () => {
   });
 });
 
+describe("the remote end, continued after the local one gave up on it", () => {
+  test("removes its temporary file and exits (its next ping meets a closed pipe)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 256 * MiB, { seed: 13 });
+    const t = spawnEscp(["--keepalive", "1", "-l", "200000", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    await waitForEscp(t, () => size(path.join(dst, ".f.escp-part")) > 0, 60_000, "data to arrive");
+    const [server] = servers();
+    expect(server).toBeDefined();
+    process.kill(server, "SIGSTOP");
+    try {
+      expect(await t.p.exited).toBe(1);
+      expect(await t.stderr).toContain("no word from the remote escp");
+    } finally {
+      process.kill(server, "SIGCONT");
+    }
+    await waitFor(() => !alive(server), 10_000, "the continued remote escp to exit");
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+});
+
 describe("long whole-file work is not silence", () => {
   // --resume hashes what each end holds of an 8 GiB file (holes: no disk, still
   // seconds of hashing) on its main thread; the other end, hearing no ping for

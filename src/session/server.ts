@@ -25,17 +25,26 @@ export async function runServer(): Promise<number> {
   // A FileSink, not process.stdout: making that stream costs ≈ 3 ms, and the first
   // frame written (`ready`) would wait for it.
   const out = Bun.stdout.writer();
-  try {
-    return await serve(new ControlChannel(Bun.stdin.stream(), (b) => {
+  // A write into a pipe whose reader went (the connecting escp gave up on us while we
+  // were stopped, then our ping) fails with EPIPE: that is the lifeline's end too.
+  let gone: () => void = () => process.exit(1);
+  const write = (b: Uint8Array) => {
+    try {
       out.write(b);
-      out.flush();
-    }, "the connecting escp"));
+      Promise.resolve(out.flush()).catch(() => gone());
+    } catch {
+      gone();
+    }
+  };
+  try {
+    return await serve(new ControlChannel(Bun.stdin.stream(), write, "the connecting escp"), (f) => (gone = f));
   } finally {
-    await out.flush(); // the last frame (an error, the report) reaches the pipe before we exit
+    await Promise.resolve(out.flush()).catch(() => {}); // the last frame (an error, the report) reaches the pipe before we exit
   }
 }
 
-async function serve(ch: ControlChannel): Promise<number> {
+/** `onGone` takes what to do when the control channel's far end is found gone. */
+async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promise<number> {
   // Every copy has stream 0 and at least one data stream: their workers boot (~12 ms)
   // while hello is read and answered, not after the streams have connected.
   prestartStreamWorkers(1);
@@ -66,6 +75,7 @@ async function serve(ch: ControlChannel): Promise<number> {
     side?.cleanup();
     process.exit(1);
   };
+  onGone(() => giveUp());
   // The client kills its local --server child with SIGTERM; a hang-up comes with a lost terminal.
   for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(sig, () => giveUp());
   const lifeline = (async () => {
