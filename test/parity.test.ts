@@ -1201,6 +1201,18 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     }
   });
 
+  test("a FIFO as the destination is refused at once, nobody reading it (push, pull): nothing blocks in open", async () => {
+    // scp (SFTP) fails it with Illegal seek too, after waiting for a reader; a pull used to hang deaf to signals.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/a`, "a\n");
+    expect(spawnSync("mkfifo", [`${dst}/fifo`]).status).toBe(0);
+    for (const [from, to] of [[`${src}/a`, `${H}:${dst}/fifo`], [`${H}:${src}/a`, `${dst}/fifo`]]) {
+      const r = await runEscp([from, to], { timeoutMs: 20_000 });
+      expect(r.stderr).toBe(`escp: ${dst}/fifo: Illegal seek (a FIFO: escp writes files at offsets; name a file)\n`);
+      expect(r.code).toBe(1);
+    }
+  });
+
   test("a replaced file keeps its owner, group and extended attributes, as scp's write into it does (push, pull)", async () => {
     const [ref, esc] = await both(
       (s) => {

@@ -215,6 +215,9 @@ export class Receiver {
     const nameC = cstr(name), tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
     const existing = this.freshDirs.has(dir) ? undefined : statAt(dfd, nameC);
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
+    // Blocks are written at their offsets, which a FIFO cannot take; and opening one with
+    // no reader would block this thread, deaf to signals, until one came.
+    if (existing?.kind === "fifo") return this.reject(e, rel, "Illegal seek (a FIFO: escp writes files at offsets; name a file)");
     if (existing?.kind === "dir") return this.reject(e, rel, "Is a directory"); // before any data, not at the rename
     if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
       // A partial file a killed run left beside it has nothing left to give.
@@ -635,20 +638,20 @@ export function partBase(name: string): string {
 
 /** What is at `name` in a directory now (never followed), as far as the receiver's choices go. */
 interface Existing {
-  kind: "file" | "dir" | "link" | "special";
+  kind: "file" | "dir" | "link" | "fifo" | "special";
   size: bigint;
   mtimeNs: bigint;
   mode: number;
 }
 
-const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o120000n;
+const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o120000n, S_IFIFO = 0o010000n;
 
 /** Nothing, or nothing that can be seen (ENOENT, EACCES...), is undefined. */
 function statAt(dfd: number, name: Buffer): Existing | undefined {
   const out = new BigInt64Array(7);
   if (native().escp_fstatat(dfd, name, ptr(out)) < 0) return undefined;
   const t = out[6];
-  const kind = t === S_IFREG ? "file" : t === S_IFDIR ? "dir" : t === S_IFLNK ? "link" : "special";
+  const kind = t === S_IFREG ? "file" : t === S_IFDIR ? "dir" : t === S_IFLNK ? "link" : t === S_IFIFO ? "fifo" : "special";
   return { kind, size: out[0], mtimeNs: out[1], mode: Number(out[2]) };
 }
 
