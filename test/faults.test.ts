@@ -393,6 +393,47 @@ describe("the destination's permissions, for a user who is not root", () => {
   });
 });
 
+describe("few file descriptors (ulimit -n)", () => {
+  /** escp under `ulimit -n n`; with `remote`, the remote escp too. */
+  const limited = (n: number, args: string[], remote = false) => {
+    const dir = tmpdir("bin"), wrapper = path.join(dir, "limited.sh");
+    fs.writeFileSync(wrapper, `#!/bin/bash\nulimit -n ${n} && exec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    return run(["bash", "-c", `ulimit -n ${n} && exec "$0" "$@"`, ESCP_BIN, "-F", cfg, ...args], {
+      env: { ESCP_REMOTE: remote ? wrapper : ESCP_BIN },
+    });
+  };
+
+  test("too few for any copy: one line that says so, on either end, nothing copied", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 1000, { seed: 78 });
+    const here = await limited(32, [path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(here.stderr).toBe("escp: too few file descriptors: ulimit -n is 32, and a copy needs 40 or more\n");
+    expect(here.code).toBe(1);
+    const dir = tmpdir("bin"), wrapper = path.join(dir, "remote.sh");
+    fs.writeFileSync(wrapper, `#!/bin/bash\nulimit -n 32 && exec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    const remote = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: wrapper } });
+    expect(remote.stderr).toBe(`escp: ${SSH_HOST}: too few file descriptors: ulimit -n is 32, and a copy needs 40 or more\n`);
+    expect(remote.code).toBe(1);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
+  test("-t 8 under ulimit -n 48 on both ends: fewer streams, every file of a 2,000-file tree arrives (push, pull)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let d = 0; d < 40; d++) for (let f = 0; f < 50; f++) fs.mkdirSync(path.join(src, "t", `d${d}`), { recursive: true }), fs.writeFileSync(path.join(src, "t", `d${d}`, `f${f}`), `${d}/${f}\n`);
+    const push = await limited(48, ["-t", "8", "-r", path.join(src, "t"), `${SSH_HOST}:${dst}/push`], true);
+    expect(push.stderr).toBe("");
+    expect(push.code).toBe(0);
+    const pull = await limited(48, ["-t", "8", "-r", `${SSH_HOST}:${path.join(src, "t")}`, path.join(dst, "pull")], true);
+    expect(pull.stderr).toBe("");
+    expect(pull.code).toBe(0);
+    for (const side of ["push", "pull"]) {
+      expect(fs.readdirSync(path.join(dst, side)).length).toBe(40);
+      expect(fs.readFileSync(path.join(dst, side, "d39", "f49"), "utf8")).toBe("39/49\n");
+      expect(fs.readdirSync(path.join(dst, side, "d17")).length).toBe(50);
+    }
+  });
+});
+
 describe("the receiving disk", () => {
   test("disk full names the file and ENOSPC; files that fit are intact, no partial file stays", async () => {
     const src = tmpdir("src");

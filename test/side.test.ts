@@ -5,12 +5,19 @@
  * cannot lift this end's bound.
  */
 import { test, expect } from "bun:test";
-import { fileWindow, sharedWindow } from "../src/transfer/side.ts";
+import { fileWindow, sharedWindow, streamsAllowed, openFilesLimit } from "../src/transfer/side.ts";
 
 test("the sender keeps the smaller window; nonsense from the other end is ignored", () => {
-  const own = fileWindow();
-  expect(own).toBeGreaterThanOrEqual(16);
-  expect(sharedWindow(16)).toBe(16);
-  expect(sharedWindow(own + 1000)).toBe(own);
-  for (const bad of [Number.NaN, 0, -5, 2.5, "20", null, undefined, Infinity]) expect(sharedWindow(bad)).toBe(own);
+  const own = fileWindow(4);
+  expect(own).toBeGreaterThanOrEqual(8);
+  expect(sharedWindow(own, 8)).toBe(8);
+  expect(sharedWindow(own, own + 1000)).toBe(own);
+  for (const bad of [Number.NaN, 0, -5, 2.5, "20", null, undefined, Infinity]) expect(sharedWindow(own, bad)).toBe(own);
+});
+
+test("more streams leave fewer descriptors for files; never more streams than the descriptors allow", () => {
+  expect(fileWindow(64)).toBeLessThanOrEqual(fileWindow(1));
+  const allowed = streamsAllowed();
+  expect(allowed).toBeGreaterThanOrEqual(1);
+  expect(allowed).toBeLessThan(openFilesLimit() / 3);
 });

@@ -18,7 +18,7 @@ import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
-import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsAllowed, tooFewFiles, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
@@ -101,8 +101,12 @@ export async function transfer(
       return { failures: [], error: (e as Error).message };
     }
   }
+  const scarce = tooFewFiles();
+  if (scarce) return { failures: [], error: scarce };
   // As the sender we know what there is to move; pulling, the server tells us in `ready`.
-  const asked = plan.dir === "pull" ? o.threads : streamsFor(plan.sources, o.threads, o.blockSize);
+  // No more streams than our descriptors allow (and the server's, which may answer with fewer).
+  const threads = Math.min(o.threads, streamsAllowed());
+  const asked = plan.dir === "pull" ? threads : streamsFor(plan.sources, threads, o.blockSize);
   log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: asked, blockSize: o.blockSize });
   const child = startServer(o, plan);
   // Our workers boot, and the AES-GCM implementation is chosen (a few ms), while ssh logs in.
@@ -121,7 +125,7 @@ export async function transfer(
     recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,
     resume: o.resume, verify: o.verify, sparse: o.sparse, inplace: o.inplace,
     limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, sockbuf: o.sockbuf ?? 0,
-    verbose: o.verbose, log: o.log, fileWindow: fileWindow(),
+    verbose: o.verbose, log: o.log, fileWindow: fileWindow(asked),
   };
   ch.send({
     type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),

@@ -11,7 +11,7 @@ import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
-import { makeSide, summarize, fileWindow, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsAllowed, tooFewFiles, type Side } from "../transfer/side.ts";
 import { resolveTarget } from "../plan/target.ts";
 import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
@@ -94,12 +94,15 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
       ? resolveTarget(hello.target ?? "", { multipleSources: !!hello.multipleSources })
       : undefined;
     const sources = expandSources(hello.serverRole === "sender" ? hello.sources ?? [] : []);
-    const streams = target ? hello.streams : streamsFor(sources.paths, hello.streams, hello.blockSize);
+    const scarce = tooFewFiles();
+    if (scarce) throw new Error(scarce);
+    const threads = Math.min(hello.streams, streamsAllowed());
+    const streams = target ? threads : streamsFor(sources.paths, threads, hello.blockSize);
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port, streams });
     const pings = !!hello.pings && hello.options.keepaliveS > 0;
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(), streams, pings });
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(streams), streams, pings });
     // Our workers boot while `ready` travels and the streams connect (spare.ts); before
     // it, creating them would hold `ready` back (a few ms each on this thread).
     prestartStreamWorkers(streams);

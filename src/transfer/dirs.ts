@@ -27,6 +27,11 @@ import { fsPath } from "../names.ts";
 const { O_PATH, O_DIRECTORY } = fs.constants as Record<string, number>;
 const NO_ROOT = -1;
 
+/** How many directory handles to keep beside `window` files in flight: as many, up to 64. */
+export function dirHandles(window: number): number {
+  return Math.max(4, Math.min(64, window));
+}
+
 export class DirHandles {
   /** Least recently used first (a Map keeps insertion order). */
   private readonly fds = new Map<string, number>();

@@ -19,7 +19,7 @@ import {
 import { PathError, type Target } from "../plan/target.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
-import { DirHandles } from "./dirs.ts";
+import { DirHandles, dirHandles } from "./dirs.ts";
 import { TABLE_CAP, type StreamPool, type BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
@@ -30,7 +30,7 @@ import { slice } from "./slices.ts";
 import { nextDataBlock } from "./holes.ts";
 
 /** preserve, direct, verify, resume (skip identical files, continue partial ones, keep them on failure), sparse, inplace. */
-export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace"> & { blockSize: number };
+export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace" | "fileWindow"> & { blockSize: number };
 
 interface RecvFile {
   entry: FileEntry;
@@ -122,7 +122,7 @@ export class Receiver {
     private readonly events: Events,
   ) {
     this.results = new VerdictBatch(pool, Rec.RESULT);
-    this.dirs = new DirHandles(target.rootFd);
+    this.dirs = new DirHandles(target.rootFd, dirHandles(opts.fileWindow ?? 64));
     this.oneBlock = BigInt(opts.blockSize);
     pool.onRecord = (type, flags, body) => this.record(type, flags, body);
     pool.onDone = (blocks) => this.blocksDone(blocks);

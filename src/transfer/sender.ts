@@ -11,7 +11,7 @@ import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolErro
 import { walkBatches, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
-import { DirHandles } from "./dirs.ts";
+import { DirHandles, dirHandles } from "./dirs.ts";
 import type { StreamPool, BlockDone } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import { log } from "../log.ts";
@@ -70,7 +70,7 @@ export class Sender {
   /** Each file in flight is an open descriptor here and at the receiver: both ends' limits bound it. */
   private readonly window: number;
   /** Sources are opened relative to their directory: one path walk per directory, not per file. */
-  private readonly dirs = new DirHandles();
+  private readonly dirs: DirHandles;
   private readonly dones: VerdictBatch;
   private readonly gc = new Collector();
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
@@ -82,6 +82,8 @@ export class Sender {
   ) {
     this.dones = new VerdictBatch(pool, Rec.DONE);
     this.window = opts.fileWindow ?? WINDOW;
+    // Directory handles come out of the same descriptors as the files in flight.
+    this.dirs = new DirHandles(undefined, dirHandles(this.window));
     pool.onDone = (blocks) => this.blocksDone(blocks);
     // A worker finished a batch: feed it; announce early only if it would otherwise starve.
     pool.onIdle = () => this.pump(this.cursors.length === 0);

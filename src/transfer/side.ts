@@ -22,7 +22,7 @@ export type SideSpec = { role: "receiver"; target: Target } | { role: "sender"; 
 
 /** session.fileWindow is the other end's (see fileWindow); the sender keeps the smaller of both. */
 export function makeSide(spec: SideSpec, pool: StreamPool, session: SessionOptions, blockSize: number, events: Events): Side {
-  const opts = { ...session, blockSize, fileWindow: sharedWindow(session.fileWindow) };
+  const opts = { ...session, blockSize, fileWindow: sharedWindow(fileWindow(pool.dataStreams), session.fileWindow) };
   if (spec.role === "receiver") return new Receiver(pool, spec.target, opts, events);
   const sender = new Sender(pool, opts, events);
   return { run: () => sender.run(spec.sources), stats: sender.stats, cleanup: () => {} };
@@ -42,32 +42,54 @@ export function summarize(side: Side, pool: StreamPool, startedMs: number, failu
 }
 
 /**
- * How many files this process can hold open at once for a transfer: each file in
- * flight is an open descriptor on both ends, so half of `ulimit -n` less what the
- * runtime, sockets and directory handles take, between 16 and the sender's WINDOW. The sending end
- * uses the smaller of both ends' (SessionOptions.fileWindow).
+ * How many files this process can hold open at once for a transfer of `streams`
+ * data streams: each file in flight is an open descriptor on both ends, so half
+ * of `ulimit -n` less what the runtime and directory handles take and what each
+ * stream takes (its socket, its worker's), between 8 and the sender's WINDOW.
+ * The sending end uses the smaller of both ends' (SessionOptions.fileWindow).
  */
-export function fileWindow(): number {
-  // Read once: both the hello/ready message and makeSide ask for it.
-  return (ownWindow ??= Math.max(16, Math.min(WINDOW, Math.floor(openFilesLimit() / 2) - 64)));
+export function fileWindow(streams: number): number {
+  return Math.max(8, Math.min(WINDOW, Math.floor(openFilesLimit() / 2) - 64 - FDS_PER_STREAM * (streams + 1)));
 }
-let ownWindow: number | undefined;
+
+/** Descriptors a session takes whatever its streams (the runtime's, a few directories and files), and each stream's. */
+const BASE_FDS = 32, FDS_PER_STREAM = 4;
 
 /**
- * The smaller of this end's fileWindow and the other end's, when the other's
- * is a whole number of at least 1; anything else is ignored (NaN from a
- * hostile server would otherwise lift the bound on open files).
+ * The most data streams `ulimit -n` leaves room for: -t is the most a copy
+ * opens, and one that asks for more than the descriptors allow gets fewer
+ * instead of files failing with "Too many open files". 0: not even one.
+ */
+export function streamsAllowed(): number {
+  return Math.max(0, Math.floor((openFilesLimit() - BASE_FDS) / FDS_PER_STREAM) - 1);
+}
+
+/** Why this process cannot run a session at all under its `ulimit -n`, or undefined. */
+export function tooFewFiles(): string | undefined {
+  if (streamsAllowed() >= 1) return undefined;
+  return `too few file descriptors: ulimit -n is ${openFilesLimit()}, and a copy needs ${BASE_FDS + 2 * FDS_PER_STREAM} or more`;
+}
+
+/**
+ * The smaller of `ours` and the other end's window, when that is a whole number
+ * of at least 1; anything else is ignored (NaN from a hostile server would
+ * otherwise lift the bound on open files).
  *
  * @example
- * sharedWindow(64);       // 64 (when ours is larger)
- * sharedWindow(Number.NaN); // fileWindow()
+ * sharedWindow(512, 64);         // 64
+ * sharedWindow(512, Number.NaN); // 512
  */
-export function sharedWindow(theirs: unknown): number {
-  return Number.isInteger(theirs) && (theirs as number) >= 1 ? Math.min(fileWindow(), theirs as number) : fileWindow();
+export function sharedWindow(ours: number, theirs: unknown): number {
+  return Number.isInteger(theirs) && (theirs as number) >= 1 ? Math.min(ours, theirs as number) : ours;
 }
 
 /** The soft RLIMIT_NOFILE of this process (Bun raises it to the hard limit at start), or 1024. */
-function openFilesLimit(): number {
+export function openFilesLimit(): number {
+  return (limit ??= readLimit());
+}
+let limit: number | undefined;
+
+function readLimit(): number {
   try {
     const line = fs.readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
     const soft = line?.split(/\s{2,}/)[1];
