@@ -1201,6 +1201,17 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     }
   });
 
+  test("a /proc file (size 0, its content made when read) arrives with its content, as with scp (push, pull, local)", async () => {
+    const dst = tmpdir("dst");
+    const want = fs.readFileSync("/proc/version");
+    for (const [from, to] of [["/proc/version", `${H}:${dst}/push`], [`${H}:/proc/version`, `${dst}/pull`], ["/proc/version", `${dst}/local`]]) {
+      const r = await runEscp([from, to]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+    }
+    for (const name of ["push", "pull", "local"]) expect(fs.readFileSync(`${dst}/${name}`)).toEqual(want);
+  });
+
   test("a FIFO as the destination is refused at once, nobody reading it (push, pull): nothing blocks in open", async () => {
     // scp (SFTP) fails it with Illegal seek too, after waiting for a reader; a pull used to hang deaf to signals.
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -50,6 +50,8 @@ interface SendFile {
   ourDigest?: Uint8Array;
   /** A verdict that came before our DONE (the receiver refused the file): applied once DONE is out. */
   early?: FileVerdict;
+  /** Its size is what a read found, not what stat says (/proc's files say 0). */
+  madeUp?: boolean;
   /** --resume: blocks the receiver already has (index → 1); cursor waits until the offer is complete. */
   have?: Uint8Array;
   awaitingOffer: boolean;
@@ -152,14 +154,21 @@ export class Sender {
       this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
       return;
     }
+    const read = st[0] === 0n ? readSize(fd) : 0n;
+    if (read < 0n) {
+      this.lib.escp_close(fd);
+      this.stats.failures++;
+      this.events.failed(item.abs, `its size is 0, but it reads as more than ${MADE_UP_MAX >> 20} MiB: not copied`);
+      return;
+    }
     const entry: FileEntry = {
-      id: this.nextId++, path: item.rel, kind: "file", size: st[0], mode: Number(st[2]) & 0o7777,
+      id: this.nextId++, path: item.rel, kind: "file", size: read || st[0], mode: Number(st[2]) & 0o7777,
       mtimeNs: st[1], atimeNs: st[5], top: item.top,
     };
     const f: SendFile = {
       id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
       mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
-      awaitingOffer: this.opts.resume,
+      awaitingOffer: this.opts.resume, madeUp: read > 0n,
     };
     this.inflight.set(f.id, f);
     this.announce.push(entry);
@@ -293,7 +302,7 @@ export class Sender {
   private readFinished(f: SendFile): void {
     if (f.doneSent) return;
     f.doneSent = true;
-    if (!f.error) {
+    if (!f.error && !f.madeUp) {
       const st = fstat(f.fd);
       if (BigInt(st[0]) !== f.size || st[1] !== f.mtimeNs) f.error = "file changed while being read (size or modification time differs)";
     }
@@ -414,6 +423,25 @@ export class Sender {
   }
 }
 
+/** A file whose size is 0 is read this far, at most, to learn whether the kernel makes its content up. */
+const MADE_UP_MAX = 64 << 20;
+const MADE_UP_BUF = new Uint8Array(64 << 10);
+
+/**
+ * What a read of fd from its start finds, in bytes: for a file whose size is 0,
+ * as /proc's are although reading them gives their content. scp (SFTP) reads
+ * them to their end; sent as size 0 they arrived empty and "verified". -1 past
+ * MADE_UP_MAX.
+ */
+function readSize(fd: number): bigint {
+  let total = 0;
+  for (let n; (n = Number(native().escp_pread(fd, ptr(MADE_UP_BUF), MADE_UP_BUF.length, BigInt(total)))) > 0; ) {
+    total += n;
+    if (total > MADE_UP_MAX) return -1n;
+  }
+  return BigInt(total);
+}
+
 /** Scratch for the native calls of one file at a time on this thread (read before the next call). */
 const STAT = new BigInt64Array(7), IS_DIRECT = new Int32Array(1);
 
@@ -425,4 +453,4 @@ export function fstat(fd: number): BigInt64Array {
   return out;
 }
 
-dfgOnly(Sender.prototype, fstat);
+dfgOnly(Sender.prototype, fstat, readSize);
