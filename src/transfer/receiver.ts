@@ -83,6 +83,8 @@ const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
+/** Where replacing a file takes what its directory will not give. */
+const RENAME_HINT = "(escp renames a new file over the old; --inplace writes into the old one)";
 
 export class Receiver {
   private readonly files = new Map<bigint, RecvFile>();
@@ -382,9 +384,9 @@ export class Receiver {
     if (file < 0) return codeText(file);
     let rights = this.dirRights.get(dir);
     if (rights === undefined) this.dirRights.set(dir, (rights = this.lib.escp_dir_replaceable(dfd)));
-    if (rights < 0) return `${codeText(rights)}: its directory is not writable (escp renames a new file over the old; --inplace writes into the old one)`;
+    if (rights < 0) return `${codeText(rights)}: its directory is not writable ${RENAME_HINT}`;
     const sticky = rights === 1 ? this.lib.escp_sticky_denies(dfd, nameC) : 0;
-    if (sticky < 0) return `${codeText(sticky)}: its directory is sticky and the file another user's (escp renames a new file over the old; --inplace writes into the old one)`;
+    if (sticky < 0) return `${codeText(sticky)}: its directory is sticky and the file another user's ${RENAME_HINT}`;
     return undefined;
   }
 
