@@ -274,9 +274,8 @@ static int is_named(int fd, int dirfd, const char *name) {
 ESCP_API int escp_clear_stale_part(int dirfd, const char *name) {
   if (!one_name(name)) return -EINVAL;
   struct stat st;
-  int fd = fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)
-               ? openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-               : -1;
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return 0; /* nothing there */
+  int fd = S_ISREG(st.st_mode) ? openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
   if (fd < 0) return unlinkat(dirfd, name, 0), 0; /* a link, a FIFO, or unreadable to us */
   int rc = escp_lock_part(fd);
   if (!rc && is_named(fd, dirfd, name)) unlinkat(dirfd, name, 0);
