@@ -547,7 +547,13 @@ static void take_identity(int fd, int dirfd, const char *name) {
  * step is the one reported. */
 ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                               int dirfd, const char *tmp, const char *name) {
-  if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) take_identity(fd, dirfd, name);
+  /* An ACL taken from the old file sets mode bits too: the mode is set after it, and a file
+   * made with its final mode (ESCP_MODE_KEEP) gets that mode back. */
+  struct stat made;
+  if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) {
+    if (mode == ESCP_MODE_KEEP && fstat(fd, &made) == 0) mode = (uint32_t)(made.st_mode & 07777);
+    take_identity(fd, dirfd, name);
+  }
   /* A file it already has (--inplace into another user's file, which only its owner may chmod). */
   struct stat st;
   int same = mode != ESCP_MODE_KEEP && fstat(fd, &st) == 0 && (st.st_mode & 07777) == mode;

@@ -1201,6 +1201,45 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     }
   });
 
+  test("a destination link reached through a linked directory resolves from where the link really is", async () => {
+    const d = tmpdir("dst");
+    fs.mkdirSync(`${d}/real/y`, { recursive: true });
+    fs.mkdirSync(`${d}/top`);
+    write(`${d}/src`, "new\n");
+    write(`${d}/real/f`, "old\n");
+    write(`${d}/top/f`, "unrelated\n");
+    fs.symlinkSync("../real/y", `${d}/top/yl`);
+    fs.symlinkSync("../f", `${d}/real/y/l`); // top/yl/l is real/y/l, which is real/f
+    const r = await runEscp([`${d}/src`, `${d}/top/yl/l`]);
+    expect(r.code).toBe(0);
+    expect(fs.readFileSync(`${d}/real/f`, "utf8")).toBe("new\n");
+    expect(fs.readFileSync(`${d}/top/f`, "utf8")).toBe("unrelated\n");
+  });
+
+  test("--resume onto a destination refused when announced (a FIFO) fails at once instead of waiting for its offer", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/a`, "a\n");
+    expect(spawnSync("mkfifo", [`${dst}/fifo`]).status).toBe(0);
+    const r = await runEscp(["--resume", `${src}/a`, `${H}:${dst}/fifo`], { timeoutMs: 20_000 });
+    expect(r.stderr).toBe(`escp: ${dst}/fifo: Illegal seek (a FIFO: escp writes files at offsets; name a file)\n`);
+    expect(r.code).toBe(1);
+  });
+
+  test("-p onto a file with an ACL gives the source's mode, the ACL carried over", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/a`, "new\n");
+    fs.chmodSync(`${src}/a`, 0o755);
+    write(`${dst}/a`, "old\n");
+    fs.chmodSync(`${dst}/a`, 0o640);
+    // user::rw- user:1000:rw- group::r-- mask::rw- other::---
+    const acl = "0sAgAAAAEABgD/////AgAGAOgDAAAEAAQA/////xAABgD/////IAAAAP////8=";
+    expect(spawnSync("setfattr", ["-n", "system.posix_acl_access", "-v", acl, `${dst}/a`]).status).toBe(0);
+    const r = await runEscp(["-p", `${src}/a`, `${H}:${dst}/a`]);
+    expect(r.code).toBe(0);
+    expect(fs.statSync(`${dst}/a`).mode & 0o7777).toBe(0o755);
+    expect(String(spawnSync("getfattr", ["-n", "system.posix_acl_access", `${dst}/a`]).stdout)).toContain("system.posix_acl_access");
+  });
+
   test("a /proc file (size 0, its content made when read) arrives with its content, as with scp (push, pull, local)", async () => {
     const dst = tmpdir("dst");
     const want = fs.readFileSync("/proc/version");

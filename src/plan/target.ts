@@ -97,12 +97,25 @@ export function throughLinks(named: string): string {
       if (code === "EINVAL" || code === "ENOENT") return p; // not a link, or nothing there yet
       throw new TargetError(`${p}: ${errnoText(e)}`);
     }
-    if (!to.startsWith("/") && p.startsWith("/proc/") && /^[a-z_]+:\[/.test(to)) {
-      throw new TargetError(`${named}: Illegal seek (it leads to ${to}, which escp cannot write at offsets: name a file)`);
+    // /proc/PID/fd/N (/dev/stdout, /dev/fd/N) is an open file, not a name: a pipe, a deleted
+    // file, a descriptor of whichever process resolves it. There is no name to rename over.
+    // Relative ones resolve from where the link really is, not from the path as typed.
+    const dir = realDir(path.dirname(p));
+    if (/^\/proc\/[^/]+\/fd$/.test(dir)) {
+      throw new TargetError(`${named}: Illegal seek (it leads to an open file, ${to}, which escp cannot write at offsets: name a file)`);
     }
-    p = to.startsWith("/") ? to : path.join(path.dirname(p), to);
+    p = to.startsWith("/") ? to : path.join(dir, to);
   }
   throw new TargetError(`${named}: Too many levels of symbolic links`);
+}
+
+/** The directory `d` with every link in it resolved (d exists: a link in it was just read). */
+function realDir(d: string): string {
+  try {
+    return decodeName(fs.realpathSync(fsPath(d), { encoding: "buffer" }));
+  } catch (e) {
+    throw new TargetError(`${d}: ${errnoText(e)}`);
+  }
 }
 
 export function resolveTarget(dest: string, o: { multipleSources: boolean; home?: string }): Target {

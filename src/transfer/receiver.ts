@@ -79,7 +79,7 @@ interface Kept {
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW } = fs.constants;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
@@ -269,7 +269,7 @@ export class Receiver {
     const fd = inplace
       ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT, createMode, direct ? 1 : 0, ptr(isDirect))
       : this.opts.resume
-        ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW, 0o600, 0, ptr(isDirect))
+        ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0o600, 0, ptr(isDirect)) // a FIFO planted there: no wait for a reader
         : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {

@@ -348,6 +348,14 @@ export class Sender {
       this.windowWaiter?.();
       return;
     }
+    if (f.awaitingOffer && v.status < 0) {
+      // --resume: refused before its offer, which will now never come; nothing of it travels.
+      f.awaitingOffer = false;
+      f.early = v;
+      f.next = f.size;
+      this.readFinished(f);
+      return;
+    }
     if (!f.doneSent) {
       f.early = v; // its blocks are still in flight; the receiver drops them
       return;
