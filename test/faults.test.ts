@@ -262,6 +262,26 @@ describe("two copies to one target at once", () => {
   });
 });
 
+describe("a temporary file another escp holds", () => {
+  test("a one-block file onto it fails naming the target and why, not the temporary name; the target is kept", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const a = await makeFile(path.join(src, "a"), 1000, { seed: 79 });
+    fs.writeFileSync(path.join(dst, "t"), "old\n");
+    const part = path.join(dst, ".t.escp-part");
+    const holder = Bun.spawn(["flock", part, "sleep", "30"]); // as another escp's lock on it
+    try {
+      await waitFor(() => fs.existsSync(part), 5_000, "the lock");
+      await Bun.sleep(100);
+      const r = await runEscp([a, path.join(dst, "t")]);
+      expect(r.stderr).toBe(`escp: ${path.join(dst, "t")}: another escp is copying to this file now (its temporary file is locked)\n`);
+      expect(r.code).toBe(1);
+      expect(fs.readFileSync(path.join(dst, "t"), "utf8")).toBe("old\n");
+    } finally {
+      holder.kill();
+    }
+  });
+});
+
 describe("sources that misbehave", () => {
   test("a file that grows while it is read is reported, not silently truncated", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -569,7 +569,7 @@ export class Receiver {
     if (r >= 0) return undefined;
     // A failed rename leaves our temporary file, unless another escp took the name over since.
     if (r !== E.BUSY) this.dropPart(f);
-    return nativeError(r);
+    return r === E.BUSY ? codeText(r) : nativeError(r); // the cause, not our temporary name
   }
 
   /** Opens `name` in f's directory (a negative errno if it cannot be). */
