@@ -79,13 +79,14 @@ export class Logger {
       this.path = path;
     } catch (e) {
       // The shared /tmp name is another user's: this user's own name beside it.
-      const own = s.file ? undefined : `${path}.${process.geteuid?.()}`;
-      try {
-        if (!own) throw e;
-        this.fd = openOwn(own);
-        this.path = own;
-        return own;
-      } catch {}
+      if (!s.file) {
+        const own = `${path}.${process.geteuid?.()}`;
+        try {
+          this.fd = openOwn(own);
+          this.path = own;
+          return own;
+        } catch {}
+      }
       this.max = -1;
       process.stderr.write(`escp: warning: cannot write the log ${path}: ${(e as Error).message}\n`);
       return undefined;

@@ -23,7 +23,6 @@ import { nextDataBlock } from "./holes.ts";
 /** recursive, direct, resume (wait for the receiver's RESUME offer, send only what it lacks) and sparse (holes never travel). */
 export type SenderOptions = Pick<SessionOptions, "recursive" | "direct" | "resume" | "sparse" | "fileWindow" | "limitBps"> & { blockSize: number };
 
-
 /** Files announced but not yet judged by the receiver, at most; bounds open fds and memory. */
 export const WINDOW = 512;
 const BATCH_ITEMS = 64;
