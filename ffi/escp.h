@@ -60,6 +60,7 @@ enum escp_err {
   ESCP_E_CANCEL = -10010,   /* *cancel became non-zero */
   ESCP_E_VERSION = -10011,  /* preamble speaks another protocol version */
   ESCP_E_BUSY = -10012,     /* the temporary file is locked: another escp writes this target */
+  ESCP_E_NOTOURS = -10013,  /* --resume: the temporary file is another user's, or linked, and stays */
 };
 
 const char *escp_strerror(int code);
@@ -130,9 +131,10 @@ int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int
  * filesystem or kernel has no O_TMPFILE or the file could not be named later (no
  * /proc/self/fd): create a named one instead.  Else fd or -errno. */
 int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct);
-/* Locks a temporary file opened otherwise (--resume opens an existing one) as
- * escp_create_part does: 0, or ESCP_E_BUSY while another escp holds it. */
-int escp_lock_part(int fd);
+/* --resume: opens the temporary file `name` (one component) in dirfd to continue it,
+ * making it if missing, locked as escp_create_part locks.  One with other links or
+ * another owner is not continued but replaced by a new one.  fd or -errno / ESCP_E_*. */
+int escp_open_resume_part(int dirfd, const char *name);
 /* Removes a stale temporary file `name` (one component) in dirfd, or whatever is planted
  * there: 0 (also when nothing is there), or ESCP_E_BUSY while another escp holds it. */
 int escp_clear_stale_part(int dirfd, const char *name);

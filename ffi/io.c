@@ -257,7 +257,7 @@ static int one_name(const char *name) {
  * its process however it ends.  A file found locked is another escp's, at work: it
  * is neither removed nor renamed (ESCP_E_BUSY); one found unlocked is stale.  Where
  * the filesystem has no locks (ENOLCK, EOPNOTSUPP), files go unlocked, as before. */
-ESCP_API int escp_lock_part(int fd) {
+static int lock_part(int fd) {
   if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
   return errno == EWOULDBLOCK ? ESCP_E_BUSY : 0;
 }
@@ -277,7 +277,7 @@ ESCP_API int escp_clear_stale_part(int dirfd, const char *name) {
   if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return 0; /* nothing there */
   int fd = S_ISREG(st.st_mode) ? openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
   if (fd < 0) return unlinkat(dirfd, name, 0), 0; /* a link, a FIFO, or unreadable to us */
-  int rc = escp_lock_part(fd);
+  int rc = lock_part(fd);
   if (!rc && is_named(fd, dirfd, name)) unlinkat(dirfd, name, 0);
   close(fd);
   return rc;
@@ -295,10 +295,33 @@ ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t 
     fd = openat(dirfd, name, flags, m);
   }
   if (fd < 0) return -errno;
-  int busy = escp_lock_part(fd); /* only if another escp locked it in the instant since */
+  int busy = lock_part(fd); /* only if another escp locked it in the instant since */
   if (busy) return close(fd), busy;
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
+}
+
+/* --resume continues the temporary file a killed run left, so it is opened, not made
+ * anew.  Only a file this user made is continued: one with other links (a hard link
+ * planted at the name would carry the copy into the file it names) or another owner
+ * (who could change it after it is checked and renamed into place) is removed and a
+ * fresh one made.  Never follows a link; a FIFO opens without waiting (O_NONBLOCK) and
+ * is reported by the caller, who checks the type. */
+ESCP_API int escp_open_resume_part(int dirfd, const char *name) {
+  if (!one_name(name)) return -EINVAL;
+  int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return close(fd), -errno;
+  if (!S_ISREG(st.st_mode) || (st.st_nlink == 1 && st.st_uid == geteuid())) {
+    int busy = S_ISREG(st.st_mode) ? lock_part(fd) : 0; /* another escp resuming it now */
+    return busy ? (close(fd), busy) : fd;
+  }
+  int busy = lock_part(fd);
+  if (!busy && is_named(fd, dirfd, name) && unlinkat(dirfd, name, 0) != 0) busy = -errno;
+  close(fd);
+  if (busy == -EPERM || busy == -EACCES) return ESCP_E_NOTOURS;
+  return busy ? busy : escp_create_part(dirfd, name, 0, 0600, NULL);
 }
 
 /* Whether an unnamed file can be given a name by whoever runs us: AT_EMPTY_PATH needs
@@ -496,7 +519,7 @@ static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char
     rc = link_fd(fd, dirfd, name);
     if (rc == -EEXIST) {
       at = tmp;
-      (void)escp_lock_part(fd); /* named now: another escp meeting it there must see it is ours */
+      (void)lock_part(fd); /* named now: another escp meeting it there must see it is ours */
       rc = link_fd(fd, dirfd, tmp);
       if (rc == -EEXIST && !(rc = escp_clear_stale_part(dirfd, tmp))) rc = link_fd(fd, dirfd, tmp);
     }

@@ -72,8 +72,8 @@ const symbols = {
   escp_openat_read: { args: [i32, cstring, i64, P, P], returns: i32 },
   escp_openat_beneath: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
   escp_create_part: { args: [i32, cstring, i32, u32, P], returns: i32 },
-  escp_lock_part: { args: [i32], returns: i32 },
   escp_clear_stale_part: { args: [i32, cstring], returns: i32 },
+  escp_open_resume_part: { args: [i32, cstring], returns: i32 },
   escp_create_unnamed: { args: [i32, i32, u32, P], returns: i32 },
   escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },
   escp_renameat_beneath: { args: [i32, cstring, cstring], returns: i32 },
@@ -112,7 +112,7 @@ export type DirNative = ReturnType<typeof dlopen<typeof dirSymbols>>["symbols"];
 export const Rec = { HELLO: 1, FILES: 2, DATA: 3, DONE: 4, RESULT: 5, RESUME: 6, ERROR: 7, END: 8 } as const;
 export const E = {
   AUTH: -10001, SEQ: -10002, TRUNC: -10003, PROTO: -10004, NEEDFILE: -10005, DECOMP: -10006,
-  TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011, BUSY: -10012,
+  TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011, BUSY: -10012, NOTOURS: -10013,
 } as const;
 export const PROTO_VERSION = 1;
 export const ALIGN = 4096;

@@ -716,6 +716,34 @@ describe("temporary files", () => {
     expect(r.code).toBe(0);
     expect(listNames(dst)).toEqual(["f"]);
   });
+  test("--resume never writes through a hard link planted at the temporary name: the linked file is left as it was", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 3 * BLOCK + 77, { seed: 17 });
+    const victim = Buffer.concat([fs.readFileSync(path.join(src, "f")).subarray(0, BLOCK), Buffer.alloc(BLOCK, 0x33)]);
+    fs.writeFileSync(path.join(dst, "victim"), victim);
+    fs.linkSync(path.join(dst, "victim"), path.join(dst, ".f.escp-part"));
+    const r = await runEscp(["--resume", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.readFileSync(path.join(dst, "victim")).equals(victim)).toBe(true);
+    expect(fs.statSync(path.join(dst, "victim")).nlink).toBe(1);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(listNames(dst)).toEqual(["f", "victim"]);
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("--resume as root does not continue a partial file another user owns: it starts over, and the copy is root's", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 3 * BLOCK + 77, { seed: 18 });
+    const part = path.join(dst, ".f.escp-part");
+    fs.writeFileSync(part, fs.readFileSync(path.join(src, "f")).subarray(0, 2 * BLOCK));
+    fs.chownSync(part, 65534, 65534);
+    const r = await runEscp(["--resume", "--json", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesSkipped).toBe(0);
+    expect(fs.statSync(path.join(dst, "f")).uid).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(listNames(dst)).toEqual(["f"]);
+  });
 });
 
 describe("--inplace", () => {

@@ -79,7 +79,7 @@ interface Kept {
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+const { O_WRONLY, O_RDONLY, O_CREAT } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
@@ -269,18 +269,14 @@ export class Receiver {
     const fd = inplace
       ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT, createMode, direct ? 1 : 0, ptr(isDirect))
       : this.opts.resume
-        ? this.lib.escp_openat_beneath(dfd, tmpC, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0o600, 0, ptr(isDirect)) // a FIFO planted there: no wait for a reader
+        ? this.lib.escp_open_resume_part(dfd, tmpC)
         : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
+    const tmpShown = `${dir ? `${dir}/` : ""}${tmp}`;
+    if (fd === E.NOTOURS) return this.reject(e, rel, `${tmpShown} is another user's file, or has other links; remove it to resume`);
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
     if (this.opts.resume && !isRegular(fd)) {
       this.lib.escp_close(fd);
-      return this.reject(e, rel, `${dir ? `${dir}/` : ""}${tmp} is not a regular file; remove it to resume`);
-    }
-    // Another escp resuming into the same partial file would mix the two copies.
-    const busy = this.opts.resume ? this.lib.escp_lock_part(fd) : 0;
-    if (busy < 0) {
-      this.lib.escp_close(fd);
-      return this.reject(e, rel, codeText(busy));
+      return this.reject(e, rel, `${tmpShown} is not a regular file; remove it to resume`);
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
     const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode, replaces };
