@@ -731,6 +731,36 @@ describe("temporary files", () => {
     expect(listNames(dst)).toEqual(["f", "victim"]);
   });
 
+  test("--resume --verify over a complete, identical target leaves it as it is: same inode, links and holes, nothing sent", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeSparseFile(path.join(src, "f"), 6 * BLOCK, { seed: 19, extents: [[BLOCK, 1000], [4 * BLOCK, BLOCK + 5]] });
+    expect((await runEscp(["-p", "--sparse", path.join(src, "f"), `${SSH_HOST}:${dst}/`])).code).toBe(0);
+    fs.linkSync(path.join(dst, "f"), path.join(dst, "other-link"));
+    const before = fs.statSync(path.join(dst, "f"));
+    const r = await runEscp(["--resume", "--verify", "--json", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesSkipped).toBe(6 * BLOCK);
+    const after = fs.statSync(path.join(dst, "f"));
+    expect({ ino: after.ino, nlink: after.nlink, blocks: after.blocks, mtime: after.mtimeMs }).toEqual({ ino: before.ino, nlink: 2, blocks: before.blocks, mtime: before.mtimeMs });
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(listNames(dst)).toEqual(["f", "other-link"]);
+  });
+
+  test("--resume -p over identical content with another time sets the time on the target itself", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 2 * BLOCK + 9, { seed: 20 });
+    fs.utimesSync(path.join(src, "f"), 1_500_000_000, 1_600_000_000);
+    fs.copyFileSync(path.join(src, "f"), path.join(dst, "f"));
+    const ino = fs.statSync(path.join(dst, "f")).ino;
+    const r = await runEscp(["--resume", "-p", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.statSync(path.join(dst, "f")).ino).toBe(ino);
+    expect(fs.statSync(path.join(dst, "f")).mtimeMs).toBe(1_600_000_000_000);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(listNames(dst)).toEqual(["f"]);
+  });
+
   test.skipIf(process.getuid?.() !== 0)("--resume as root does not continue a partial file another user owns: it starts over, and the copy is root's", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 3 * BLOCK + 77, { seed: 18 });

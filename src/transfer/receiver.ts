@@ -76,6 +76,8 @@ interface Kept {
   n: number;
   /** Where the kept bytes are: the temporary file itself, or the old target (copied at the end). */
   fromTarget: boolean;
+  /** All of them were in the old target, which stays as the file (keepTarget). */
+  whole?: boolean;
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
@@ -443,7 +445,8 @@ export class Receiver {
       const covered = f.processed + (f.kept && !cause ? await this.restoreKept(f) : 0n);
       if (this.closed) return;
       const checked = this.check(f, cause, covered);
-      if (!checked.cause && verify) checked.cause = await this.reread(f, f.verdict!.digest);
+      // A target kept whole was hashed from disk block by block to be offered: nothing was written to read back.
+      if (!checked.cause && verify && !f.kept?.whole) checked.cause = await this.reread(f, f.verdict!.digest);
       if (this.closed) return;
       this.settle(f, shown, checked);
       this.results.flush();
@@ -463,7 +466,7 @@ export class Receiver {
     const digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
     const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict!.bytes : covered === f.entry.size;
-    if (!cause && (this.opts.sparse || this.opts.inplace) && !f.special) cause = this.sized(f);
+    if (!cause && (this.opts.sparse || this.opts.inplace) && !f.special && !f.kept?.whole) cause = this.sized(f);
     if (!cause && (!whole || !sameDigest(digest, f.verdict!.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
@@ -503,8 +506,10 @@ export class Receiver {
     const k = f.kept!;
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
-    const src = k.fromTarget ? this.openIn(f, f.name, O_RDONLY, 0) : -1;
-    const buf = k.fromTarget ? Buffer.alloc(this.opts.blockSize) : undefined;
+    k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
+    const copy = k.fromTarget && !k.whole;
+    const src = copy ? this.openIn(f, f.name, O_RDONLY, 0) : -1;
+    const buf = copy ? Buffer.alloc(this.opts.blockSize) : undefined;
     for (let i = 0; i < k.n && !this.closed; i++) {
       if (k.received[i]) continue;
       await slice();
@@ -521,8 +526,28 @@ export class Receiver {
     if (src >= 0) this.lib.escp_close(src);
     this.stats.skippedBytes += Number(bytes);
     // A partial file longer than the source (it changed) must not keep its tail.
-    this.lib.escp_ftruncate(f.fd, f.entry.size);
+    if (!k.whole) this.lib.escp_ftruncate(f.fd, f.entry.size);
     return bytes;
+  }
+
+  /**
+   * --resume found every block of the file in its target (same size, other time, or
+   * --verify, which hashes instead of trusting the time): the target stays, the same
+   * file with its links, holes, owner and mode, instead of a copy of it taking its
+   * name; only -p's mode and times are set. Our empty temporary file goes. Not where
+   * -p could not set them on another user's file (the copy, ours, takes them).
+   */
+  private keepTarget(f: RecvFile): boolean {
+    const fd = this.openIn(f, f.name, O_RDONLY, 0);
+    if (fd < 0) return false;
+    if (this.opts.preserve && !this.privileged && fs.fstatSync(fd).uid !== process.geteuid?.()) {
+      this.lib.escp_close(fd);
+      return false;
+    }
+    this.lib.escp_unlinkat_beneath(this.dirs.get(f.dir), f.tmpC!, 0); // ours, still locked through f.fd
+    this.lib.escp_close(f.fd);
+    Object.assign(f, { fd, tmp: f.name, tmpC: f.nameC, replaces: false, mode: this.opts.preserve ? f.mode : MODE_KEEP });
+    return true;
   }
 
   /** --verify: hash the file again from disk, block by block (--sparse: the blocks that came), and compare with the sender's digest. */
