@@ -145,6 +145,9 @@ int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
 int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel);
 /* fstat: out[0]=size out[1]=mtime_ns out[2]=mode (st_mode & 07777) out[3]=dev out[4]=ino out[5]=atime_ns out[6]=type bits */
 int escp_fstat(int fd, int64_t out[7]);
+/* 1 when fd's filesystem makes a file's content as it is read (procfs, sysfs, debugfs,
+ * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
+int escp_made_on_read(int fd);
 /* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
 int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
 /* faccessat(W_OK, AT_EACCESS) of one name in dirfd: 0 or -errno. */

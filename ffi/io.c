@@ -587,6 +587,18 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
   return close_and_rename(fd, rc, dirfd, tmp, name, NULL);
 }
 
+ESCP_API int escp_made_on_read(int fd) {
+  struct statfs fs;
+  if (fstatfs(fd, &fs) != 0) return 0;
+  switch ((unsigned long)fs.f_type) {
+  case PROC_SUPER_MAGIC: case SYSFS_MAGIC: case DEBUGFS_MAGIC: case TRACEFS_MAGIC: case SECURITYFS_MAGIC:
+  case 0x62656570 /* configfs */: case CGROUP_SUPER_MAGIC: case CGROUP2_SUPER_MAGIC:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
 ESCP_API int escp_ftruncate(int fd, int64_t size) {
   return ftruncate(fd, (off_t)size) == 0 ? 0 : escp__errno("ftruncate fd %d", fd);
 }

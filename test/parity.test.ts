@@ -1251,6 +1251,21 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     for (const name of ["push", "pull", "local"]) expect(fs.readFileSync(`${dst}/${name}`)).toEqual(want);
   });
 
+  test("/sys files (stat says 4096, a read gives a few bytes) arrive with what a read gives, as with scp; -r of a /sys directory too", async () => {
+    const dst = tmpdir("dst");
+    const file = "/sys/class/net/lo/mtu", dir = "/sys/class/net/lo/queues";
+    for (const [from, to] of [[file, `${H}:${dst}/push`], [`${H}:${file}`, `${dst}/pull`]]) {
+      const r = await runEscp([from, to]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+    }
+    for (const name of ["push", "pull"]) expect(fs.readFileSync(`${dst}/${name}`)).toEqual(fs.readFileSync(file));
+    const r = await runEscp(["-r", dir, `${H}:${dst}/tree`]);
+    expect(r.code).toBe(0);
+    const rx = fs.readdirSync(dir).find((n) => n.startsWith("rx-"))!;
+    expect(fs.readFileSync(`${dst}/tree/${rx}/rps_cpus`)).toEqual(fs.readFileSync(`${dir}/${rx}/rps_cpus`));
+  });
+
   test("a FIFO as the destination is refused at once, nobody reading it (push, pull): nothing blocks in open", async () => {
     // scp (SFTP) fails it with Illegal seek too, after waiting for a reader; a pull used to hang deaf to signals.
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -74,6 +74,8 @@ export class Sender {
   private readonly dirs: DirHandles;
   private readonly dones: VerdictBatch;
   private readonly gc = new Collector();
+  /** Per device: whether its filesystem makes files as they are read (escp_made_on_read). */
+  private readonly pseudoDevs = new Map<bigint, boolean>();
   readonly stats: TransferStats = { files: 0, bytes: 0, skippedBytes: 0, failures: 0 };
 
   constructor(
@@ -153,27 +155,36 @@ export class Sender {
       this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
       return;
     }
-    const read = st[0] === 0n ? readSize(fd) : 0n;
+    // A size of 0 may be a /proc file's, and a /sys file's 4096 is a page, not its length:
+    // such files are read to their end first and announced with what was there.
+    const pseudo = this.madeOnRead(st[3], fd);
+    const read = st[0] === 0n || pseudo ? readSize(fd) : 0n;
     if (read < 0n) {
       this.lib.escp_close(fd);
       this.stats.failures++;
-      this.events.failed(item.abs, `its size is 0, but it reads as more than ${MADE_UP_MAX >> 20} MiB: not copied`);
+      this.events.failed(item.abs, `its size is ${st[0]}, but it reads as more than ${MADE_UP_MAX >> 20} MiB: not copied`);
       return;
     }
     const entry: FileEntry = {
-      id: this.nextId++, path: item.rel, kind: "file", size: read || st[0], mode: Number(st[2]) & 0o7777,
+      id: this.nextId++, path: item.rel, kind: "file", size: pseudo ? read : read || st[0], mode: Number(st[2]) & 0o7777,
       mtimeNs: st[1], atimeNs: st[5], top: item.top,
     };
     const f: SendFile = {
       id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
       mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
-      awaitingOffer: this.opts.resume, madeUp: read > 0n,
+      awaitingOffer: this.opts.resume, madeUp: pseudo || read > 0n,
     };
     this.inflight.set(f.id, f);
     this.announce.push(entry);
     this.announcedBytes += Number(entry.size);
     this.events.started(item.abs, Number(entry.size));
     if (log.enabled("debug")) log.debug("file start", { file: entry.id, path: item.abs, size: entry.size });
+  }
+
+  private madeOnRead(dev: bigint, fd: number): boolean {
+    let pseudo = this.pseudoDevs.get(dev);
+    if (pseudo === undefined) this.pseudoDevs.set(dev, (pseudo = this.lib.escp_made_on_read(fd) === 1));
+    return pseudo;
   }
 
   /**
@@ -430,15 +441,16 @@ export class Sender {
   }
 }
 
-/** A file whose size is 0 is read this far, at most, to learn whether the kernel makes its content up. */
+/** A file whose size is 0 (or made as read) is read this far, at most, to learn how much the kernel makes up. */
 const MADE_UP_MAX = 64 << 20;
 const MADE_UP_BUF = new Uint8Array(64 << 10);
 
 /**
  * What a read of fd from its start finds, in bytes: for a file whose size is 0,
- * as /proc's are although reading them gives their content. scp (SFTP) reads
- * them to their end; sent as size 0 they arrived empty and "verified". -1 past
- * MADE_UP_MAX.
+ * as /proc's are although reading them gives their content, or one whose
+ * filesystem makes it as it is read (/sys: 4096). scp (SFTP) reads them to their
+ * end; sent as size 0 they arrived empty and "verified", /sys's failed as shorter
+ * than announced. -1 past MADE_UP_MAX.
  */
 function readSize(fd: number): bigint {
   let total = 0;
