@@ -256,6 +256,41 @@ describe("the local end gives up", () => {
   });
 });
 
+describe("the connection ends after the last file", () => {
+  // A remote escp whose connection dies right before its final report: every file is in
+  // place and verified, yet what only that report carries is lost, so the exit is 1.
+  test("before the remote's final report: exit 1 saying every file was verified (push, pull), files whole", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
+    await makeFile(path.join(src, "a"), 3 * MiB + 5, { seed: 31 });
+    await makeFile(path.join(src, "b"), 10, { seed: 32 });
+    const cut = path.join(bin, "cut-report.ts");
+    fs.writeFileSync(cut, `
+const child = Bun.spawn([${JSON.stringify(ESCP_BIN)}, ...process.argv.slice(2)], { stdin: "inherit", stdout: "pipe", stderr: "inherit" });
+let buf = Buffer.alloc(0);
+for await (const chunk of child.stdout) {
+  buf = Buffer.concat([buf, chunk]);
+  while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+    const n = 4 + buf.readUInt32BE(0);
+    if (JSON.parse(buf.subarray(4, n).toString()).type === "report") { child.kill("SIGKILL"); process.exit(255); }
+    process.stdout.write(buf.subarray(0, n));
+    buf = buf.subarray(n);
+  }
+}
+process.exit(await child.exited);
+`);
+    const remote = path.join(bin, "remote.sh");
+    fs.writeFileSync(remote, `#!/bin/sh\nexec '${process.execPath}' '${cut}' "$@"\n`, { mode: 0o755 });
+    fs.mkdirSync(path.join(dst, "pull"));
+    for (const [from, to] of [[[path.join(src, "a"), path.join(src, "b")], `${SSH_HOST}:${dst}/`], [[`${SSH_HOST}:${path.join(src, "a")}`, `${SSH_HOST}:${path.join(src, "b")}`], `${dst}/pull/`]] as const) {
+      const r = await runEscp([...from, to], { env: { ESCP_REMOTE: remote } });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`escp: ${SSH_HOST}: the connection ended (ssh exited with status 255: the remote escp was killed, or the connection was lost) after every file was copied and verified, before the remote escp's final report\n`);
+    }
+    for (const d of [dst, path.join(dst, "pull")]) for (const f of ["a", "b"]) expect(await sameFile(path.join(src, f), path.join(d, f))).toBe(true);
+    expect(fs.readdirSync(dst).sort()).toEqual(["a", "b", "pull"]);
+  });
+});
+
 describe("the remote end, continued after the local one gave up on it", () => {
   test("removes its temporary file and exits (its next ping meets a closed pipe)", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -215,7 +215,9 @@ export async function transfer(
       throw err;
     }
     remote = await serverEnd;
-    if (!remote) throw new Error(await connectionFailure(where, child, stderrTail, "before the remote escp reported the end of the transfer"));
+    // Every file is verified by now (side.run() ended well), but what only the report carries
+    // (a pull's unreadable sources, -p's directory times) is unknown: still a failure.
+    if (!remote) throw new Error(await connectionFailure(where, child, stderrTail, "after every file was copied and verified, before the remote escp's final report"));
     if (remote.type === "error") throw new Error(said(remote.message));
     if (remote.type === "report") report.merge(remote.summary.failures as any);
     ch.send({ type: "bye" });
