@@ -604,7 +604,7 @@ describe("session keys", () => {
     expect(await sameFile(path.join(c.src, "f"), path.join(c.dst, "f"))).toBe(true);
     const h = hellos(tap.capture);
     expect(h.length).toBe(1);
-    expect(samples).toBeGreaterThan(5);
+    expect(samples).toBeGreaterThanOrEqual(3); // it looked during the transfer (each look scans /proc: fewer on a loaded machine)
     expect(hits).toEqual([]);
     // -vv output (ssh's debug lines and escp's own), the --log file both ends wrote, and
     // the default -v logs if anything was written there meanwhile.
