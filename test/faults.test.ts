@@ -321,6 +321,23 @@ describe("sources that misbehave", () => {
   });
 });
 
+describe("a HOME this user may not read", () => {
+  test("(another user's, as after su without -) is warned about and the copy goes ahead, as scp's does", async () => {
+    await asNobody(async ({ src, dst }) => {
+      await makeFile(path.join(src, "a"), 1000, { seed: 4 });
+      const home = fs.mkdtempSync("/tmp/escp-home-"); // root's, 0700: nobody cannot look inside
+      try {
+        const r = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ESCP_BIN, path.join(src, "a"), `${dst}/`], { env: { HOME: home } });
+        expect(r.stderr).toBe(`escp: warning: cannot read ${home}/.config/escp/escp.yaml (permission denied): its settings are not used\n`);
+        expect(r.code).toBe(0);
+        expect(await sameFile(path.join(src, "a"), path.join(dst, "a"))).toBe(true);
+      } finally {
+        fs.rmSync(home, { recursive: true, force: true });
+      }
+    });
+  });
+});
+
 // root may write anything: these local copies run as nobody, as a user's own would.
 describe("the destination's permissions, for a user who is not root", () => {
   test("a read-only file of several blocks, not a multiple of 4 KiB, arrives whole and read-only, with and without -p", async () => {

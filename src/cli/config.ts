@@ -139,6 +139,12 @@ function readIfExists(path: string): string | undefined {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === "ENOENT" || code === "ENOTDIR") return undefined;
+    // Another user's HOME (su without -, a setuid wrapper): ssh reads its files from the
+    // passwd entry and copies; so does escp, saying what it could not read.
+    if (code === "EACCES") {
+      process.stderr.write(`escp: warning: cannot read ${path} (permission denied): its settings are not used\n`);
+      return undefined;
+    }
     throw new ConfigError(`escp: cannot read ${path}: ${(e as Error).message}`);
   }
 }
