@@ -1251,6 +1251,31 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     for (const name of ["push", "pull", "local"]) expect(fs.readFileSync(`${dst}/${name}`)).toEqual(want);
   });
 
+  test("two source files of one name: the first is copied, the second is named as not copied, exit 1 (push, pull)", async () => {
+    // scp lets the second overwrite the first and exits 0; a multi-block pair failed as "another escp is copying".
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/d1/f`, "first\n");
+    write(`${src}/d2/f`, "second\n");
+    fs.mkdirSync(`${dst}/push`);
+    fs.mkdirSync(`${dst}/pull`);
+    const push = await runEscp([`${src}/d1/f`, `${src}/d2/f`, `${H}:${dst}/push/`]);
+    const pull = await runEscp([`${H}:${src}/d*/f`, `${dst}/pull/`]);
+    for (const r of [push, pull]) {
+      expect(r.stderr).toBe(`escp: ${src}/d2/f: ${src}/d1/f has the same name and goes there first: not copied\n`);
+      expect(r.code).toBe(1);
+    }
+    for (const d of ["push", "pull"]) expect(fs.readFileSync(`${dst}/${d}/f`, "utf8")).toBe("first\n");
+  });
+
+  test("a source file given twice is copied once, with cp's warning, exit 0", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/f`, "once\n");
+    const r = await runEscp([`${src}/f`, `${src}/f`, `${H}:${dst}/`]);
+    expect(r.stderr).toBe(`escp: warning: ${src}/f: source file given more than once\n`);
+    expect(r.code).toBe(0);
+    expect(fs.readFileSync(`${dst}/f`, "utf8")).toBe("once\n");
+  });
+
   test("/sys files (stat says 4096, a read gives a few bytes) arrive with what a read gives, as with scp; -r of a /sys directory too", async () => {
     const dst = tmpdir("dst");
     const file = "/sys/class/net/lo/mtu", dir = "/sys/class/net/lo/queues";

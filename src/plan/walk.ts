@@ -47,6 +47,9 @@ export type Emit = (item: WalkItem) => Promise<void> | void;
 
 /** The walk itself, on the calling thread (the walker worker runs this; see walkInWorker). */
 export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Promise<void> {
+  // Two source files of one name would land on one destination file: the first goes, as
+  // cp and rsync have it (scp lets the last overwrite the first and says nothing).
+  const files = new Map<string, { src: string; dev: bigint; ino: bigint }>();
   for (const src of sources) {
     let st: fs.BigIntStats;
     try {
@@ -63,6 +66,16 @@ export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Pr
       }
       await walkDir(emit, src, name, [], path.basename(src.replace(/\/+$/, "")) === ".");
     } else if (st.isFile()) {
+      const first = files.get(name);
+      if (first?.dev === st.dev && first.ino === st.ino) {
+        await emit({ kind: "warning", abs: src, message: "source file given more than once" }); // as cp says
+        continue;
+      }
+      if (first) {
+        await emit({ kind: "error", abs: src, message: `${first.src} has the same name and goes there first: not copied` });
+        continue;
+      }
+      files.set(name, { src, dev: st.dev, ino: st.ino });
       await emit({ kind: "file", abs: src, rel: name, top: true });
     } else {
       await emit({ kind: "error", abs: src, message: "not a regular file" });
