@@ -45,11 +45,16 @@ ESCP_API void *escp_alloc_aligned(uint64_t size) {
 ESCP_API void escp_free_aligned(void *p) { free(p); }
 
 /* Adds O_DIRECT to an open fd.  fcntl checks that the filesystem supports it, and
- * unlike open(O_CREAT|O_EXCL|O_DIRECT) a refusal leaves no half-created file behind. */
+ * unlike open(O_CREAT|O_EXCL|O_DIRECT) a refusal leaves no half-created file behind.
+ * Not on FUSE: each request goes to a user-space filesystem anyway, so there is no
+ * page cache to spare, and some (fusefat) lose writes when a file's O_DIRECT blocks
+ * and its buffered unaligned tail arrive at once. */
 static int try_direct(int fd) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return 0;
   if (fl & O_DIRECT) return 1;
+  struct statfs fs;
+  if (fstatfs(fd, &fs) == 0 && fs.f_type == FUSE_SUPER_MAGIC) return 0;
   return fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
 }
 
@@ -446,7 +451,15 @@ ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
  * replaced either. */
 ESCP_API int escp_may_write(int dirfd, const char *name) {
   if (!one_name(name)) return -EINVAL;
-  return faccessat(dirfd, name, W_OK, AT_EACCESS) == 0 ? 0 : -errno;
+  if (faccessat(dirfd, name, W_OK, AT_EACCESS) != 0) {
+    int e = -errno;
+    return escp__err(e, "%s", e == -EPERM ? "Operation not permitted (the file is immutable: chattr -i)" : escp_strerror(e));
+  }
+  /* access(2) lets an append-only file be written; the rename over it would fail, after all the data. */
+  struct statx x;
+  if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_TYPE, &x) == 0 && (x.stx_attributes & STATX_ATTR_APPEND))
+    return escp__err(-EPERM, "Operation not permitted (the file is append-only: chattr -a)");
+  return 0;
 }
 
 /* Effective uid, asked once: a receiver asks per file. */
@@ -579,8 +592,12 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
   }
   /* A file it already has (--inplace into another user's file, which only its owner may chmod). */
   struct stat st;
-  int same = mode != ESCP_MODE_KEEP && fstat(fd, &st) == 0 && (st.st_mode & 07777) == mode;
+  int known = mode != ESCP_MODE_KEEP && fstat(fd, &st) == 0;
+  int same = known && (st.st_mode & 07777) == mode;
   int rc = mode == ESCP_MODE_KEEP || same || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
+  /* A filesystem that keeps no modes (FAT, exFAT; its FUSE drivers say ENOSYS) refuses
+   * even the owner: the file keeps what it has, as a new file there does. */
+  if (rc == -ENOSYS || rc == -EOPNOTSUPP || (rc == -EPERM && known && st.st_uid == geteuid())) rc = 0;
   if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);

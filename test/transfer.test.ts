@@ -147,6 +147,23 @@ describe("push", () => {
     expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesNetwork).toBeLessThan(128 * BLOCK);
   });
 
+  test.each([["append-only", "+a", "chattr -a"], ["immutable", "+i", "chattr -i"]])("an %s target is refused when announced, saying so, and is not sent", async (_, attr, fix) => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 256 * BLOCK, { seed: 21 });
+    fs.writeFileSync(path.join(dst, "f"), "kept\n");
+    expect(Bun.spawnSync(["chattr", attr, path.join(dst, "f")]).exitCode).toBe(0);
+    try {
+      const r = await runEscp(["-l", "400000", "--json", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+      expect(r.stderr).toBe(`escp: ${dst}/f: Operation not permitted (the file is ${_}: ${fix})\n`);
+      expect(r.code).toBe(1);
+      expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesNetwork).toBeLessThan(128 * BLOCK);
+      expect(fs.readFileSync(path.join(dst, "f"), "utf8")).toBe("kept\n");
+      expect(fs.readdirSync(dst)).toEqual(["f"]);
+    } finally {
+      Bun.spawnSync(["chattr", attr.replace("+", "-"), path.join(dst, "f")]);
+    }
+  });
+
   test("a device as the target is written into, never replaced (escp f host:/dev/null)", async () => {
     const src = tmpdir("src");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 44 });

@@ -379,7 +379,7 @@ export class Receiver {
    */
   private mayReplace(dir: string, dfd: number, nameC: Buffer): string | undefined {
     const file = this.lib.escp_may_write(dfd, nameC);
-    if (file < 0) return codeText(file);
+    if (file < 0) return nativeError(file);
     let rights = this.dirRights.get(dir);
     if (rights === undefined) this.dirRights.set(dir, (rights = this.lib.escp_dir_replaceable(dfd)));
     if (rights < 0) return `${codeText(rights)}: its directory is not writable ${RENAME_HINT}`;
@@ -553,7 +553,7 @@ export class Receiver {
   /** --verify: hash the file again from disk, block by block (--sparse: the blocks that came), and compare with the sender's digest. */
   private async reread(f: RecvFile, expected: Uint8Array): Promise<string | undefined> {
     const fd = this.openIn(f, f.tmp, O_RDONLY, 1);
-    if (fd < 0) return `verify: ${nativeError(fd)}`;
+    if (fd < 0) return `verify: ${causeOf(fd)}`;
     const d = new FileDigest();
     const h = new Uint8Array(16);
     const bs = BigInt(this.opts.blockSize);
@@ -563,7 +563,7 @@ export class Receiver {
         if (sparse && (off = nextDataBlock(fd, off, bs, f.entry.size)) >= f.entry.size) break;
         const len = f.entry.size - off < bs ? f.entry.size - off : bs;
         const r = this.lib.escp_hash_range(fd, off, len, ptr(h));
-        if (r < 0) return `verify: ${nativeError(r)}`;
+        if (r < 0) return `verify: ${causeOf(r)}`;
         d.add(off, Number(len), h);
         await slice();
       }
@@ -575,7 +575,7 @@ export class Receiver {
 
   private sized(f: RecvFile): string | undefined {
     const r = this.lib.escp_ftruncate(f.fd, f.entry.size);
-    return r < 0 ? nativeError(r) : undefined;
+    return r < 0 ? causeOf(r) : undefined;
   }
 
   /** Mode (and with -p times), close, rename over the target: one native call; closes f.fd. */
@@ -590,7 +590,7 @@ export class Receiver {
     if (r >= 0) return undefined;
     // A failed rename leaves our temporary file, unless another escp took the name over since.
     if (r !== E.BUSY) this.dropPart(f);
-    return r === E.BUSY ? codeText(r) : nativeError(r); // the cause, not our temporary name
+    return causeOf(r);
   }
 
   /** Opens `name` in f's directory (a negative errno if it cannot be). */
@@ -696,6 +696,16 @@ const EXDEV = 18, EEXIST = 17;
 /** Why a path under the destination could not be opened or made, in the user's terms. */
 function openFailure(code: number): string {
   return code === -EXDEV ? "a symbolic link on the way leads outside the destination: refused" : codeText(code);
+}
+
+/**
+ * What the user reads of a failed native call on a file: the cause alone. The call,
+ * our temporary name and descriptor numbers ("rename .f.escp-part to f", "hash fd 12")
+ * are no help there; they go to the log.
+ */
+function causeOf(code: number): string {
+  if (log.enabled("debug")) log.debug("native call failed", { detail: nativeError(code) });
+  return codeText(code);
 }
 
 function isRegular(fd: number): boolean {
