@@ -148,6 +148,9 @@ int escp_fstat(int fd, int64_t out[7]);
 /* 1 when fd's filesystem makes a file's content as it is read (procfs, sysfs, debugfs,
  * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
 int escp_made_on_read(int fd);
+/* 1 when names in dirfd are told apart without regard to case (FAT, exFAT, HFS+, a
+ * FUSE FAT driver, an ext4/f2fs directory with +F), so that "A" and "a" are one file. */
+int escp_dir_ignores_case(int dirfd);
 /* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
 int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
 /* faccessat(W_OK, AT_EACCESS) of one name in dirfd: 0 or -errno. */

@@ -13,6 +13,9 @@
 #include <string.h>
 #include <linux/magic.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -602,6 +605,51 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);
   return close_and_rename(fd, rc, dirfd, tmp, name, NULL);
+}
+
+/* Whether the FUSE filesystem holding fd is a FAT one (fusefat, fuse.exfat): its type
+ * in /proc/self/mountinfo, "fuse.SUBTYPE", on the line of fd's device.  exfat-fuse and
+ * ntfs-3g both say plain "fuseblk" and NTFS keeps case: such a mount is not known. */
+static int fuse_is_fat(int fd) {
+  struct stat st;
+  FILE *f = fstat(fd, &st) == 0 ? fopen("/proc/self/mountinfo", "re") : NULL;
+  if (!f) return 0;
+  char dev[32], line[4096];
+  snprintf(dev, sizeof dev, " %u:%u ", major(st.st_dev), minor(st.st_dev));
+  int fat = 0;
+  while (!fat && fgets(line, sizeof line, f)) {
+    const char *sep = strstr(line, " - ");
+    if (!sep || !strstr(line, dev) || strstr(line, dev) > sep) continue;
+    const char *type = sep + 3;
+    size_t n = strcspn(type, " ");
+    fat = n > 8 && strncmp(type, "fuse.", 5) == 0 && strncmp(type + n - 3, "fat", 3) == 0;
+  }
+  fclose(f);
+  return fat;
+}
+
+/* Whether this kernel can fold case in ext4 or f2fs directories at all (CONFIG_UNICODE). */
+static int kernel_folds(void) {
+  static int known = -1;
+  if (known < 0) known = access("/sys/fs/ext4/features/casefold", F_OK) == 0 || access("/sys/fs/f2fs/features/casefold", F_OK) == 0;
+  return known;
+}
+
+ESCP_API int escp_dir_ignores_case(int dirfd) {
+  struct statfs fs;
+  if (fstatfs(dirfd, &fs) != 0) return 0;
+  switch ((unsigned long)fs.f_type) {
+  case MSDOS_SUPER_MAGIC: case EXFAT_SUPER_MAGIC: case 0x482b /* hfsplus */: return 1;
+  case FUSE_SUPER_MAGIC: return fuse_is_fat(dirfd);
+  case EXT4_SUPER_MAGIC: case F2FS_SUPER_MAGIC: if (kernel_folds()) break; /* fall through */
+  default: return 0;
+  }
+  /* ext4 and f2fs fold case per directory (chattr +F); dirfd may be an O_PATH one. */
+  int d = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), flags = 0;
+  if (d < 0) return 0;
+  int folds = ioctl(d, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_CASEFOLD_FL);
+  close(d);
+  return folds;
 }
 
 ESCP_API int escp_made_on_read(int fd) {

@@ -80,6 +80,7 @@ const symbols = {
   escp_unlinkat_beneath: { args: [i32, cstring, i32], returns: i32 },
   escp_fstat: { args: [i32, P], returns: i32 },
   escp_made_on_read: { args: [i32], returns: i32 },
+  escp_dir_ignores_case: { args: [i32], returns: i32 },
   escp_fstatat: { args: [i32, cstring, P], returns: i32 },
   escp_may_write: { args: [i32, cstring], returns: i32 },
   escp_dir_replaceable: { args: [i32], returns: i32 },

@@ -3,7 +3,7 @@
  * dist/escp, over encrypted multi-stream TCP, arrive verified and only then
  * under their names.
  */
-import { describe, test, expect, beforeAll } from "bun:test";
+import { describe, test, expect, beforeAll, afterAll } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import { spawn } from "node:child_process";
@@ -909,5 +909,55 @@ describe("socket buffers (--sockbuf)", () => {
         expect(w).toContain("sysctl -w net.core.wmem_max=1073741824 net.core.rmem_max=1073741824");
       }
     });
+  });
+});
+
+// A FAT filesystem through FUSE (fusefat), as on a USB stick: names that differ only in
+// case are one file there, it keeps no modes, and it mishandled O_DIRECT writes.
+const fatReady = process.getuid?.() === 0 && fs.existsSync("/dev/fuse") && Bun.which("fusefat") !== null && Bun.which("mkfs.vfat") !== null;
+describe.skipIf(!fatReady)("into a FAT filesystem (fusefat)", () => {
+  let mnt = "";
+  beforeAll(() => {
+    const dir = tmpdir("fat");
+    mnt = path.join(dir, "mnt");
+    fs.mkdirSync(mnt);
+    fs.closeSync(fs.openSync(path.join(dir, "img"), "w"));
+    fs.truncateSync(path.join(dir, "img"), 96 * BLOCK);
+    expect(Bun.spawnSync(["mkfs.vfat", path.join(dir, "img")]).exitCode).toBe(0);
+    expect(Bun.spawnSync(["fusefat", "-o", "rw+", path.join(dir, "img"), mnt]).exitCode).toBe(0);
+  });
+  afterAll(() => {
+    if (mnt) Bun.spawnSync(["umount", mnt]);
+  });
+
+  test("names that differ only in case: the first is copied, the others named as not copied, exit 1", async () => {
+    const src = tmpdir("src");
+    fs.mkdirSync(path.join(src, "t"));
+    fs.writeFileSync(path.join(src, "t", "A"), "upper\n");
+    fs.writeFileSync(path.join(src, "t", "a"), "lower\n");
+    await makeFile(path.join(src, "t", "Big"), 3 * BLOCK, { seed: 22 });
+    await makeFile(path.join(src, "t", "BIG"), 3 * BLOCK, { seed: 23 });
+    const r = await runEscp(["-r", path.join(src, "t"), `${SSH_HOST}:${mnt}/case`]);
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split("\n").sort();
+    expect(lines.length).toBe(2);
+    for (const l of lines) expect(l).toMatch(new RegExp(`^escp: ${mnt}/case/(a|A|Big|BIG): this filesystem ignores case, and ${mnt}/case/(a|A|Big|BIG), copied before it, has the same name here: not copied$`));
+    // Whichever of each pair came first is there, whole, under its own name.
+    for (const pair of [["A", "a"], ["Big", "BIG"]]) {
+      const kept = pair.find((n) => !r.stderr.includes(`${mnt}/case/${n}:`))!;
+      expect(await sameFile(path.join(src, "t", kept), path.join(mnt, "case", kept))).toBe(true);
+    }
+    expect(fs.readdirSync(path.join(mnt, "case")).length).toBe(2);
+  });
+
+  test("files of several blocks with an unaligned end arrive whole, and -p --resume over them succeeds", async () => {
+    const src = tmpdir("src");
+    for (const [n, size] of [["f1", BLOCK + 1], ["f3", 3 * BLOCK - 5]] as const) await makeFile(path.join(src, n), size, { seed: size });
+    for (const args of [[], ["-p", "--resume"]]) {
+      const r = await runEscp([...args, path.join(src, "f1"), path.join(src, "f3"), `${SSH_HOST}:${mnt}/`]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      for (const n of ["f1", "f3"]) expect(await sameFile(path.join(src, n), path.join(mnt, n))).toBe(true);
+    }
   });
 });

@@ -110,6 +110,11 @@ export class Receiver {
   private readonly dirs: DirHandles;
   /** escp_dir_replaceable of each directory where a file was replaced, asked once. */
   private readonly dirRights = new Map<string, number>();
+  /**
+   * Per directory: null where names keep their case; where they do not (FAT, exFAT,
+   * escp_dir_ignores_case), the names given there so far by their folded form.
+   */
+  private readonly caseless = new Map<string, Map<string, string> | null>();
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
   private readonly freshDirs = new Set<string>();
   private readonly oneBlock: bigint;
@@ -212,6 +217,9 @@ export class Receiver {
     const dir = slash < 0 ? "" : rel.slice(0, slash), name = rel.slice(slash + 1);
     const dfd = this.dirs.get(dir);
     if (dfd < 0) return this.reject(e, rel, openFailure(dfd));
+    // "A" then "a", on FAT: the second would replace the first, or meet its temporary file.
+    const twin = this.caseTwin(dir, dfd, name);
+    if (twin) return this.reject(e, rel, `this filesystem ignores case, and ${twin}, copied before it, has the same name here: not copied`);
     // What is there now decides skipping (--resume), the mode of an overwritten file (no -p),
     // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
     // --inplace: the target itself is the file written ("renamed" onto itself at commit).
@@ -369,6 +377,19 @@ export class Receiver {
       this.freshDirs.add(rel);
     }
     if (this.opts.preserve) this.madeDirs.push({ rel, entry: e });
+  }
+
+  /** The name given before `name` in dir that this directory cannot tell from it, if any. */
+  private caseTwin(dir: string, dfd: number, name: string): string | undefined {
+    let names = this.caseless.get(dir);
+    if (names === undefined) {
+      if (this.caseless.size >= 4096) this.caseless.clear(); // bounded, as freshDirs
+      this.caseless.set(dir, (names = this.lib.escp_dir_ignores_case(dfd) === 1 ? new Map() : null));
+    }
+    if (!names) return undefined;
+    const folded = name.toLowerCase(), first = names.get(folded);
+    if (first === undefined) names.set(folded, name);
+    return first !== undefined && first !== name ? this.target.show(dir ? `${dir}/${first}` : first) : undefined;
   }
 
   /**
