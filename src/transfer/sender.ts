@@ -159,10 +159,10 @@ export class Sender {
     // such files are read to their end first and announced with what was there.
     const pseudo = this.madeOnRead(st[3], fd);
     const read = st[0] === 0n || pseudo ? readSize(fd) : 0n;
-    if (read < 0n) {
+    if (typeof read === "string") {
       this.lib.escp_close(fd);
       this.stats.failures++;
-      this.events.failed(item.abs, `its size is ${st[0]}, but it reads as more than ${MADE_UP_MAX >> 20} MiB: not copied`);
+      this.events.failed(item.abs, read);
       return;
     }
     const entry: FileEntry = {
@@ -450,15 +450,18 @@ const MADE_UP_BUF = new Uint8Array(64 << 10);
  * as /proc's are although reading them gives their content, or one whose
  * filesystem makes it as it is read (/sys: 4096). scp (SFTP) reads them to their
  * end; sent as size 0 they arrived empty and "verified", /sys's failed as shorter
- * than announced. -1 past MADE_UP_MAX.
+ * than announced. Why not, past MADE_UP_MAX or when the read fails (a write-only
+ * /sys file).
  */
-function readSize(fd: number): bigint {
+function readSize(fd: number): bigint | string {
   let total = 0;
-  for (let n; (n = Number(native().escp_pread(fd, ptr(MADE_UP_BUF), MADE_UP_BUF.length, BigInt(total)))) > 0; ) {
+  for (;;) {
+    const n = Number(native().escp_pread(fd, ptr(MADE_UP_BUF), MADE_UP_BUF.length, BigInt(total)));
+    if (n < 0) return codeText(n);
+    if (n === 0) return BigInt(total);
     total += n;
-    if (total > MADE_UP_MAX) return -1n;
+    if (total > MADE_UP_MAX) return `it reads as more than ${MADE_UP_MAX >> 20} MiB, though its size says ${fstat(fd)[0]}: not copied`;
   }
-  return BigInt(total);
 }
 
 /** Scratch for the native calls of one file at a time on this thread (read before the next call). */
