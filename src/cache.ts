@@ -23,8 +23,8 @@ export const KEEP_OTHERS = 2;
 /** A directory used more recently than this is never removed. */
 export const IN_USE_MS = 24 * 3600_000;
 const MARK_EVERY_MS = 3600_000;
-/** VERSION or VERSION-BUILD (0.1.0, 0.1.0-430312b91eb6, 0.1.0-dev). */
-const BUILD_DIR = /^\d+\.\d+\.\d+(?:-[\w.+]+)?$/;
+/** VERSION, VERSION-BUILD or VERSION-BUILD-MACHINE (0.1.0, 0.1.0-430312b91eb6, 0.1.0-dev-x86_64). */
+const BUILD_DIR = /^\d+\.\d+\.\d+(?:-[\w.+-]+)?$/;
 
 /** Records that the build owning `dir` ran now. Failure (a read-only home) only costs pruning accuracy. */
 export function markUsed(dir: string, now = Date.now()): void {

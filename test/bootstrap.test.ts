@@ -187,7 +187,7 @@ describe("the remote command", () => {
       for (const [tool, script] of Object.entries(extra)) fake(bin, tool, script);
       return bin;
     };
-    const base = ["sh", "mkdir", "cat", "chmod", "mv", "rm"];
+    const base = ["sh", "mkdir", "cat", "chmod", "mv", "rm", "uname"];
     const cases = [
       { why: "openssl alone", PATH: tools("openssl-only", [...base, "openssl"]) },
       { why: "an openssl that fails, then sha256sum", PATH: tools("broken-openssl", [...base, "sha256sum"], { openssl: "exit 1" }) },
@@ -325,6 +325,46 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(await sameFile(ESCP_BIN, cached())).toBe(true);
     expect(fs.statSync(cached()).mode & 0o777).toBe(0o755);
     expect(leftovers()).toEqual([]);
+  });
+
+  test("a cached copy cut short is installed again, not run", async () => {
+    // As a full disk or a damaged home leaves it: executable, and a SIGBUS when run.
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1 << 20, { seed: 7 });
+    const dst = userDir("dst");
+    expect((await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } })).code).toBe(0);
+    fs.truncateSync(cached(), 50 << 20);
+    const r = await runEscp([path.join(src, "f"), `${host()}:${dst}/g`], { env: { ESCP_REMOTE: undefined } });
+    expect(r.stderr).toStartWith(`escp: ${SSH_HOST} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one`);
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "g"))).toBe(true);
+    expect(await sameFile(ESCP_BIN, cached())).toBe(true);
+  });
+
+  test("a cache on a filesystem mounted noexec is named at once, with what to do, and not sent again", async () => {
+    fs.rmSync(path.join(home, ".cache"), { recursive: true, force: true });
+    const cache = path.join(home, ".cache");
+    fs.mkdirSync(cache);
+    expect(spawnSync("mount", ["-t", "tmpfs", "-o", "noexec,size=200m", "tmpfs", cache]).status).toBe(0);
+    try {
+      fs.chownSync(cache, uid, uid);
+      const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+      await makeFile(path.join(src, "f"), 1000, { seed: 8 });
+      const dst = userDir("dst");
+      const said = `escp: ${SSH_HOST}: ${cached()} cannot be run there (is its filesystem mounted noexec?): install escp on the PATH there, or name one with --remote-escp PATH\n`;
+      // The first run sends it and finds it cannot run it; the next says so at once.
+      const first = await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+      expect(first.stderr).toStartWith(said);
+      expect(first.code).toBe(1);
+      const t0 = performance.now();
+      const again = await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+      expect(again.stderr).toStartWith(said);
+      expect(again.code).toBe(1);
+      expect(performance.now() - t0).toBeLessThan(5000);
+      expect(fs.readdirSync(dst)).toEqual([]);
+    } finally {
+      spawnSync("umount", [cache]);
+    }
   });
 
   test("installing a new build removes old builds' copies from the host, keeping the two used last", async () => {

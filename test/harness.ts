@@ -38,11 +38,11 @@ import { VERSION } from "../src/version.ts";
 /** Absolute path of the repository root. */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 /**
- * The compiled executable's cache directory name under ~/.cache/escp (VERSION-BUILD,
- * the build id scripts/build.sh writes): where it bootstraps itself and keeps its library.
+ * The compiled executable's cache directory name under ~/.cache/escp (VERSION-BUILD-MACHINE,
+ * the build id scripts/build.sh writes, uname -m): where it bootstraps itself and keeps its library.
  */
 export function buildTag(): string {
-  return `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}`;
+  return `${VERSION}-${fs.readFileSync(path.join(REPO_ROOT, "build", "build-id"), "utf8").trim()}-${os.machine()}`;
 }
 
 /**

@@ -174,6 +174,17 @@ describe("push", () => {
     expect(fs.readdirSync("/dev").filter((n) => n.includes("escp-part"))).toEqual([]);
   });
 
+  test("a remote escp named with --remote-escp that is not there is named so, with -v too (ssh's debug lines are not quoted)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 10, { seed: 33 });
+    for (const extra of [[], ["-v"]]) {
+      const r = await runEscp([...extra, "--remote-escp", "/nonexistent/escp", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split("\n").at(-1)).toMatch(new RegExp(`^escp: ${SSH_HOST}: the escp named by --remote-escp or ESCP_REMOTE cannot be run there \\(.*/nonexistent/escp: (No such file or directory|not found)\\)$`));
+    }
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("a missing source is named on stderr and the exit status is 1", async () => {
     const dst = tmpdir("dst");
     const r = await runEscp(["/nonexistent/file", `${SSH_HOST}:${dst}/`]);

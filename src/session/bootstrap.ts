@@ -1,7 +1,7 @@
 /**
  * Self-bootstrap (DESIGN §9): when the remote host has no escp that speaks
  * our protocol, escp copies its own executable there and runs it. Nothing
- * but a POSIX sh, mkdir, cat/zstd/gzip, openssl/sha256sum and mv is needed remotely.
+ * but a POSIX sh, uname, mkdir, cat/zstd/gzip, openssl/sha256sum and mv is needed remotely.
  *
  * The common case costs one ssh connection: the remote command is a small sh
  * snippet (launchCommand) that execs, in order,
@@ -24,7 +24,8 @@
  *   // p behaves like the ssh child of `escp --server`
  */
 import type { Options } from "../cli/args.ts";
-import { VERSION, CACHE_DIR } from "../version.ts";
+import fs from "node:fs";
+import { VERSION, CACHE_DIR, CACHE_ROOT, CACHE_BUILD } from "../version.ts";
 import { PROTO_VERSION } from "../native.ts";
 import type { ServerProcess } from "./remote.ts";
 
@@ -32,9 +33,10 @@ import type { ServerProcess } from "./remote.ts";
 export const BOOTSTRAP_MARKER = "escp-bootstrap-needed";
 const MARKER_LINE = new RegExp(`${BOOTSTRAP_MARKER} (\\S+) (\\S+)((?: \\S+)*)\\r?\\n`);
 
-/** Where the copy lives on the remote, relative to $HOME (as users are told). */
+/** Where the copy lives on the remote, relative to $HOME (as users are told; its machine may name it otherwise). */
 export const CACHE_PATH = `${safePath(CACHE_DIR)}/escp`;
-const CACHE_DIR_SH = `"$HOME/${CACHE_DIR}"`;
+/** The remote's cache directory for this build, named for its own machine (version.ts CACHE_TAG). */
+const CACHE_DIR_SH = `"$HOME/${safePath(CACHE_ROOT)}/${safePath(CACHE_BUILD)}-$(uname -m)"`;
 
 /** Runs one command line on the remote host (the user's ssh, or the built-in one). */
 export type RemoteRunner = (command: string) => ServerProcess;
@@ -53,12 +55,21 @@ const UPLOAD_GRACE_S = 10;
  * ≈ 0.3 s). It waits while an upload's temporary file is there, and for
  * UPLOAD_GRACE_S before one appears; it gives up as soon as the ssh session is
  * gone, i.e. when the client hung up because it will not upload.
+ *
+ * A cached copy counts only at `size` bytes (this executable's, when known): one cut
+ * short (a full disk, a damaged home) or replaced is installed again, not run. One
+ * that is there but may not be run (a home mounted noexec) is said so at once.
  */
-export function launchCommand(args: string): string {
+export function launchCommand(args: string, size?: number): string {
+  const noexec = `echo "escp: $c cannot be run there (is its filesystem mounted noexec?): install escp on the PATH there, or name one with --remote-escp PATH" >&2; exit 126`;
   const script =
     `d=${CACHE_DIR_SH}; c="$d/escp"; ` +
-    `if [ -x "$c" ]; then exec "$c" ${args}; fi; ` +
-    `if command -v escp >/dev/null 2>&1 && escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
+    (size === undefined ? `ok() { [ -x "$c" ]; }; ` : `ok() { [ -x "$c" ] && [ "$(wc -c <"$c")" -eq ${size} ]; } 2>/dev/null; `) +
+    `if ok; then exec "$c" ${args}; fi; ` +
+    `if [ -f "$c" ] && [ ! -x "$c" ]; then ${noexec}; fi; ` +
+    // An escp on PATH that never answers (not ours) must not hold the session for ever.
+    `v=; if command -v timeout >/dev/null 2>&1; then v="timeout 10"; fi; ` +
+    `if command -v escp >/dev/null 2>&1 && $v escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
     `then exec escp ${args}; fi; ` +
     `t=; for p in zstd gzip sha256sum openssl; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
     // The session is over when our parent or its parent (sshd's session processes, or the
@@ -66,7 +77,8 @@ export function launchCommand(args: string): string {
     // Asked before the marker: once it is out, the client may hang up at once.
     `g=$(ps -o ppid= -p $PPID 2>/dev/null); g=\${g##* }; ` +
     `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"; ` +
-    `n=0; while [ ! -x "$c" ]; do ` +
+    `n=0; while ! ok; do ` +
+    `if [ -f "$c" ] && [ ! -x "$c" ]; then ${noexec}; fi; ` +
     `[ "$(ps -o stat= -p "$PPID,$g" 2>/dev/null | grep -cv "^ *Z")" = 2 ] || exit 0; ` +
     `if [ $n -ge ${UPLOAD_GRACE_S * 5} ]; then u=; for f in "$d"/${UPLOAD_TMP}*; do [ -e "$f" ] && u=1; done; [ -n "$u" ] || exit 0; fi; ` +
     // Fractional sleep is not POSIX; where it fails, a whole second.
@@ -89,6 +101,9 @@ export function uploadCommand(method: Method, sha256: string | undefined, size: 
       `if [ $n -ne ${size} ]; then echo "size mismatch: $n bytes, expected ${size}" >&2; exit 1; fi; `;
   const script =
     `umask 022; d=${CACHE_DIR_SH}; mkdir -p "$d" || exit 1; ` +
+    // A killed upload's temporary file, untouched for an hour, is nobody's now (by age, not by
+    // process id: a home shared over NFS holds other hosts' uploads too).
+    `find "$d" -maxdepth 1 -name "${UPLOAD_TMP}*" -mmin +60 -exec rm -f {} + 2>/dev/null; ` +
     // $$ is unique among live processes on the host: concurrent uploads never share a file.
     `t="$d/${UPLOAD_TMP}$$"; trap "rm -f \\"$t\\"" 0; ` +
     `${decompress} >"$t" || exit 1; ` +
@@ -229,7 +244,8 @@ async function readHead(it: AsyncIterator<Uint8Array>, buf: Buffer = Buffer.allo
  * in remote.ts reports it).
  */
 export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode = "--server"): ServerProcess & { failure?: string } {
-  const command = launchCommand(mode);
+  const exe = selfExecutable();
+  const command = launchCommand(mode, exe === undefined ? undefined : fs.statSync(exe).size);
   const written: Uint8Array[] = [];
   let decided = false; // the remote escp (or something that is not the marker) answered
   let inputEnded = false;
@@ -334,7 +350,6 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     if (!o.bootstrap) return `escp is not installed on ${where}: install it or drop --no-bootstrap`;
     const bad = incompatible(info);
     if (bad) return `escp is not installed on ${where} and this one cannot run there (${bad}): install escp there or name it with --remote-escp PATH`;
-    const exe = selfExecutable();
     if (!exe) {
       return `escp is not installed on ${where}, and this escp runs from source (bun src/main.ts), so it cannot copy itself there: ` +
         `use the built executable (bash scripts/build.sh makes dist/escp), install escp there, or name it with --remote-escp PATH`;

@@ -32,6 +32,8 @@ export interface ServerProcess {
   kill(): void;
   /** Set when the other end could not be started at all (e.g. bootstrap refused): the whole message. */
   failure?: string;
+  /** The remote program the user named (--remote-escp, ESCP_REMOTE), if any. */
+  named?: string;
 }
 
 /** The command that starts the other end: ssh to the host, or this same program locally. */
@@ -51,7 +53,7 @@ export function startRemote(o: Options, host: Remote, mode: string): ServerProce
   const run = (command: string): ServerProcess =>
     useBuiltinSsh(o) ? builtinSsh().startBuiltinSsh(o, host, command) : spawnSsh(ssh, [...sshArgs(o, host), command]);
   const started = remote !== undefined ? run(`${shellQuote(remote)} ${mode}`) : bootstrapping(o, host.host, run, mode);
-  return withKeepalive(started, o.keepaliveS);
+  return Object.assign(withKeepalive(started, o.keepaliveS), { named: remote });
 }
 
 /** Runs the ssh program (ssh, or -S's); one that cannot be run at all is named, with why. */
@@ -161,21 +163,36 @@ export function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): {
 
 export async function connectionFailure(
   where: string,
-  child: { exited: Promise<number>; failure?: string },
+  child: { exited: Promise<number>; failure?: string; named?: string },
   tail: { text: string; done: Promise<void> },
   when = "before the remote escp answered",
 ): Promise<string> {
   const code = await child.exited;
   await tail.done;
   if (child.failure) return child.failure;
-  const last = tail.text.trim().split("\n").pop() ?? "";
+  const last = lastSaid(tail.text);
   if (/command not found|No such file or directory|not found/.test(last) && /escp/.test(last)) {
-    return `${where}: escp is not installed there (${last.trim()}); name it with --remote-escp PATH`;
+    return child.named !== undefined
+      ? `${where}: the escp named by --remote-escp or ESCP_REMOTE cannot be run there (${last})`
+      : `${where}: escp is not installed there (${last}); name it with --remote-escp PATH`;
   }
+  // The bootstrap snippet's own message (bootstrap.ts), or the remote escp's: it says it all.
+  if (last.startsWith("escp: ")) return `${where}: ${last.slice("escp: ".length)}`;
   if (code === 255 && last) return `${where}: ssh failed: ${last}`;
   // Without a word from either, ssh itself (or -S's program) may be what ended; 255 is
   // also how ssh tells that the remote escp was killed.
   const why = code === 255 ? "255: the remote escp was killed, or the connection was lost" : code;
   if (!last) return `${where}: the connection ended (ssh exited with status ${why}) ${when}`;
-  return `${where}: the remote escp exited (status ${code}) ${when}: ${last}`;
+  return `${where}: the remote command exited (status ${code}) ${when}: ${last}`;
+}
+
+/**
+ * The last line worth quoting of what ssh and the remote printed: not ssh -v's
+ * "debug1:" lines and byte counts, nor a shell's underline of the word it failed
+ * on (fish: ^~~~~).
+ */
+function lastSaid(text: string): string {
+  const chatter = /^(debug\d: |Transferred: sent \d|Bytes per second: sent )/;
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => /[A-Za-z0-9]/.test(l) && !chatter.test(l));
+  return lines.at(-1) ?? "";
 }
