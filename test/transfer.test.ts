@@ -873,6 +873,24 @@ describe("the other end's messages", () => {
     expect(await sameFile(path.join(src, "t", "f"), path.join(dst, "t", "f"))).toBe(true);
   });
 
+  test("text a shell startup file prints before escp starts is skipped with a warning (scp and rsync give up); text and no escp is still an error", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
+    await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 73 });
+    const noisy = path.join(bin, "noisy.sh"), only = path.join(bin, "only-text.sh");
+    fs.writeFileSync(noisy, `#!/bin/sh\necho "Last login: Fri Nov 27 on pts/0"\necho "Welcome to the cluster"\nexec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    fs.writeFileSync(only, `#!/bin/sh\necho "This account is restricted"\nexit 1\n`, { mode: 0o755 });
+    for (const [from, to] of [[path.join(src, "f"), `${SSH_HOST}:${dst}/pushed`], [`${SSH_HOST}:${path.join(src, "f")}`, path.join(dst, "pulled")]]) {
+      const r = await runEscp([from, to], { env: { ESCP_REMOTE: noisy } });
+      expect(r.stderr).toBe(`escp: warning: ${SSH_HOST} printed "Last login: Fri Nov 27 on pts/0 Welcome to the cluster" before escp started (a shell startup file? make non-interactive shells silent)\n`);
+      expect(r.code).toBe(0);
+    }
+    for (const name of ["pushed", "pulled"]) expect(await sameFile(path.join(src, "f"), path.join(dst, name))).toBe(true);
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/never`], { env: { ESCP_REMOTE: only } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`escp: ${SSH_HOST} printed text where escp expected its protocol: "This account is restricted"`);
+    expect(fs.existsSync(path.join(dst, "never"))).toBe(false);
+  });
+
   test("escp waits for its ssh to exit, so time(1) counts ssh's CPU in escp's", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
     await makeFile(path.join(src, "f"), 10, { seed: 72 });

@@ -119,7 +119,9 @@ export async function transfer(
       child.stdin.write(b);
       child.stdin.flush();
     } catch {}
-  }, where);
+  }, where, (text) => {
+    if (!o.quiet) process.stderr.write(`escp: warning: ${where} printed "${text.slice(0, 200)}" before escp started (a shell startup file? make non-interactive shells silent)\n`);
+  });
   const keys = newKeys();
   const session: SessionOptions = {
     recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,

@@ -5,6 +5,8 @@
  *
  * Anything on the pipe that is not a frame (a login banner, "command not
  * found") is reported with the text that was read, so the user sees why.
+ * Text before the first frame (a shell startup file that prints, on every
+ * login) is passed to `onText` and skipped, where scp and rsync give up.
  *
  * @example
  * const ch = new ControlChannel(proc.stdout, (b) => proc.stdin.write(b));
@@ -15,12 +17,16 @@ import { MAX_CONTROL_MESSAGE, type ControlMessage } from "../protocol.ts";
 
 /** One control message as it travels: a 4-byte big-endian length, then the JSON. */
 export function encodeFrame(m: ControlMessage): Uint8Array {
-  const json = Buffer.from(JSON.stringify(m), "utf8");
+  const { type, ...rest } = m;
+  const json = Buffer.from(JSON.stringify({ type, ...rest }), "utf8"); // type first: FRAME_START
   const frame = Buffer.alloc(4 + json.length);
   frame.writeUInt32BE(json.length, 0);
   json.copy(frame, 4);
   return new Uint8Array(frame.buffer, frame.byteOffset, frame.length);
 }
+
+/** How every control message's JSON begins (JSON.stringify of an object whose first key is type). */
+const FRAME_START = Buffer.from('{"type":"');
 
 export class ControlChannel {
   private buf = Buffer.alloc(0);
@@ -28,11 +34,13 @@ export class ControlChannel {
   private queue: (ControlMessage | null)[] = [];
   private failure: Error | undefined;
   private closed = false;
+  private framed = false;
 
   constructor(
     source: AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
     private readonly write: (b: Uint8Array) => void,
     private readonly peer: string,
+    private readonly onText: (text: string) => void = () => {},
   ) {
     void this.pump(source);
   }
@@ -62,6 +70,7 @@ export class ControlChannel {
     try {
       for await (const chunk of source as AsyncIterable<Uint8Array>) {
         this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : Buffer.from(chunk);
+        if (!this.framed && !this.skipText()) continue;
         while (this.buf.length >= 4) {
           const len = this.buf.readUInt32BE(0);
           if (len > MAX_CONTROL_MESSAGE || this.buf[0] !== 0) throw this.garbage();
@@ -77,6 +86,7 @@ export class ControlChannel {
           if (!msg || typeof msg !== "object" || typeof (msg as any).type !== "string") {
             throw new Error(`${this.peer} sent a control message without a type`);
           }
+          this.framed = true;
           this.deliver(msg);
         }
       }
@@ -86,6 +96,22 @@ export class ControlChannel {
     }
     this.closed = true;
     while (this.waiting.length) this.deliver(null);
+  }
+
+  /**
+   * Before the first frame: drops printable text ahead of one (a frame starts with
+   * its length's zero byte, then `{"type":`). False while there may be more text to
+   * come; throws what garbage() says when it is not text or runs past 64 KiB.
+   */
+  private skipText(): boolean {
+    if (this.buf[0] === 0) return true;
+    const at = this.buf.indexOf(FRAME_START);
+    const text = this.buf.subarray(0, at < 4 ? this.buf.length : at - 4);
+    if (text.includes(0) || text.length > 65536) throw this.garbage();
+    if (at < 4 || this.buf[at - 4] !== 0) return false;
+    this.onText(text.toString("utf8").replace(/[^\x20-\x7e]+/g, " ").trim());
+    this.buf = this.buf.subarray(at - 4);
+    return true;
   }
 
   private garbage(): Error {
