@@ -367,6 +367,19 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     }
   });
 
+  test("a home that does not exist there is not made for the cache: the install fails saying so, and what to do", async () => {
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1000, { seed: 9 });
+    const dst = userDir("dst");
+    const gone = path.join(home, "no-such-home");
+    const { ssh } = countingSsh(src, `HOME=${gone}; export HOME; `);
+    const r = await runEscp(["-q", "-S", ssh, path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`cannot install escp on ${SSH_HOST} as ~/.cache/escp/${TAG}/escp: no home directory (${gone}) there to keep it in (install escp on the PATH there, or name one with --remote-escp PATH)\n`);
+    expect(fs.existsSync(gone)).toBe(false);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("installing a new build removes old builds' copies from the host, keeping the two used last", async () => {
     const root = path.join(home, ".cache/escp");
     fs.rmSync(path.dirname(cached()), { recursive: true, force: true });

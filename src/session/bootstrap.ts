@@ -100,6 +100,8 @@ export function uploadCommand(method: Method, sha256: string | undefined, size: 
     : `n=$(wc -c <"$t") || exit 1; ` +
       `if [ $n -ne ${size} ]; then echo "size mismatch: $n bytes, expected ${size}" >&2; exit 1; fi; `;
   const script =
+    // A missing home is not made for the cache (scp leaves it alone; relative paths would land there).
+    `if [ -z "$HOME" ] || [ ! -d "$HOME" ]; then echo "no home directory (\${HOME:-HOME is not set}) there to keep it in" >&2; exit 1; fi; ` +
     `umask 022; d=${CACHE_DIR_SH}; mkdir -p "$d" || exit 1; ` +
     // A killed upload's temporary file, untouched for an hour, is nobody's now (by age, not by
     // process id: a home shared over NFS holds other hosts' uploads too).
@@ -389,7 +391,8 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     upload = undefined;
     if (code !== 0) {
       const text = lastLines(await upErr);
-      return `cannot install escp on ${where} as ~/${CACHE_PATH}: ${text || `the upload exited with status ${code}`}`;
+      return `cannot install escp on ${where} as ~/${CACHE_PATH}: ${text || `the upload exited with status ${code}`} ` +
+        `(install escp on the PATH there, or name one with --remote-escp PATH)`;
     }
     return undefined;
   }
