@@ -891,6 +891,17 @@ describe("the other end's messages", () => {
     expect(fs.existsSync(path.join(dst, "never"))).toBe(false);
   });
 
+  test("a remote that echoes escp's input back (a forced command such as cat) is named for what it did", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
+    await makeFile(path.join(src, "f"), 10, { seed: 74 });
+    const echo = path.join(bin, "echo.sh");
+    fs.writeFileSync(echo, "#!/bin/sh\nexec cat\n", { mode: 0o755 });
+    const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: echo }, timeoutMs: 30_000 });
+    expect(r.stderr).toBe(`escp: ${SSH_HOST} sent back escp's own first message instead of starting escp (a forced command in authorized_keys?)\n`);
+    expect(r.code).toBe(1);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("escp waits for its ssh to exit, so time(1) counts ssh's CPU in escp's", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), bin = tmpdir("bin");
     await makeFile(path.join(src, "f"), 10, { seed: 72 });

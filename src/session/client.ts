@@ -157,6 +157,7 @@ export async function transfer(
     const ready = await Promise.race([ch.receive(), aborted]);
     if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
     if (ready.type === "error") throw new Error(said(ready.message));
+    if (ready.type === "hello") throw new Error(`${where} sent back escp's own first message instead of starting escp (a forced command in authorized_keys?)`);
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
     log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
     const streams = ready.streams;

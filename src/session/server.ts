@@ -51,7 +51,9 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
   const hello = await ch.receive();
   if (!hello) return 1;
   if (hello.type !== "hello") {
-    ch.send({ type: "error", message: `expected hello, got ${hello.type}` });
+    // A ping first: the hello before it went to something else (a startup file reading stdin).
+    const lost = hello.type === "ping" ? " (did a shell startup file there read escp's input?)" : "";
+    ch.send({ type: "error", message: `expected hello, got ${hello.type}${lost}` });
     return 1;
   }
   if (hello.version !== PROTO_VERSION) {
