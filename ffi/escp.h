@@ -241,6 +241,9 @@ int escp_connect_streams(const char *host, int port, const uint8_t master[32], c
 int escp_conn_tune(escp_conn *c, int32_t sndbuf, int32_t rcvbuf, uint64_t pacing_bps, int32_t keepalive_s,
                    int32_t granted[2]);
 int escp_conn_fd(escp_conn *c);
+/* Bytes of the TCP connection fd the peer acknowledged (out[0]) and this end received
+ * (out[1]), from the kernel (TCP_INFO, Linux >= 4.1; else 0): 0 or -errno. */
+int escp_tcp_bytes(int fd, uint64_t out[2]);
 void escp_conn_shutdown(escp_conn *c); /* unblocks any thread in send/recv on it */
 void escp_conn_free(escp_conn *c);     /* closes the socket, wipes keys */
 /* Seals one record (type, flags, body) with the next send seq and writes it whole. */

@@ -100,6 +100,7 @@ const symbols = {
   escp_connect_streams: { args: [cstring, i32, P, P, u32, u32, i32, P], returns: i32 },
   escp_conn_tune: { args: [P, i32, i32, u64, i32, P], returns: i32 },
   escp_conn_fd: { args: [P], returns: i32 },
+  escp_tcp_bytes: { args: [i32, P], returns: i32 },
   escp_conn_shutdown: { args: [P], returns: V },
   escp_conn_free: { args: [P], returns: V },
   escp_zstd_compress: { args: [P, u64, P, u64, i32], returns: i64 },

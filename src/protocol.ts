@@ -70,11 +70,16 @@ export type ControlMessage =
     }
   /** `streams`: the data streams the session has, ≤ hello's (a sender that pulls knows its files). */
   /** `pings`: the server will ping from the moment its streams are up (hello asked it to). */
-  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number; streams: number; pings?: boolean }
+  /** `sources`: a sending server's sources once its patterns are expanded (a pull of `host:*.log` may be several). */
+  | { type: "ready"; version: number; port: number; addr?: string; fileWindow?: number; streams: number; pings?: boolean; sources?: number }
   | { type: "error"; message: string; version?: number }
   | { type: "report"; summary: TransferSummary }
-  /** Every --keepalive seconds, client → server, and server → client when hello asked: a peer silent for 3 intervals is gone. */
-  | { type: "ping" }
+  /**
+   * Every --keepalive seconds, client → server, and server → client when hello asked: a peer
+   * silent for 3 intervals is gone. `acked`, once the streams are up: per stream, the bytes
+   * the sender's kernel saw acknowledged (streams/stall.ts).
+   */
+  | { type: "ping"; acked?: number[] }
   /** escp -R → `escp --origin` on the source host: the copy to run there, as its command line. */
   | { type: "copy"; argv: string[] }
   | { type: "bye" };

@@ -1276,6 +1276,40 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     for (const d of ["push", "pull"]) expect(fs.readFileSync(`${dst}/${d}/f`, "utf8")).toBe("first\n");
   });
 
+  test("a remote pattern that matches several, pulled to a name that is not a directory: refused before any data (each used to replace the last, exit 0)", async () => {
+    // scp 9.2 refuses it for an existing file ("destination is not a directory"); scp -O collapsed them.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (const n of [1, 2, 3]) write(`${src}/logs/app${n}.log`, `log ${n}\n`);
+    write(`${dst}/exist`, "kept\n");
+    for (const [to, why] of [[`${dst}/newdir`, "No such file or directory"], [`${dst}/exist`, "Not a directory"]]) {
+      const r = await runEscp([`${H}:${src}/logs/*.log`, to]);
+      expect(r.stderr).toBe(`escp: ${to}: ${why} (several sources need an existing directory as destination); ${src}/logs/*.log matched 3 there\n`);
+      expect(r.code).toBe(1);
+    }
+    expect(fs.readdirSync(dst)).toEqual(["exist"]);
+    expect(fs.readFileSync(`${dst}/exist`, "utf8")).toBe("kept\n");
+    // One match is a rename, as before.
+    const one = await runEscp([`${H}:${src}/logs/app2*`, `${dst}/renamed`]);
+    expect([one.code, one.stderr]).toEqual([0, ""]);
+    expect(fs.readFileSync(`${dst}/renamed`, "utf8")).toBe("log 2\n");
+  });
+
+  test("a local destination is taken as written: a quoted ~ names ./~, an empty one is an error (scp: cp's), push and pull", async () => {
+    const src = tmpdir("src"), work = tmpdir("work");
+    write(`${src}/a`, "a\n");
+    fs.mkdirSync(`${work}/~`);
+    const home = tmpdir("home");
+    for (const from of [`${src}/a`, `${H}:${src}/a`]) {
+      const r = await runEscp([from, "~"], { cwd: work, env: { HOME: home } });
+      expect([r.code, r.stderr]).toEqual([0, ""]);
+      const empty = await runEscp([from, ""], { cwd: work, env: { HOME: home } });
+      expect(empty.stderr).toBe("escp: the destination is an empty name: No such file or directory\n");
+      expect(empty.code).toBe(1);
+    }
+    expect(fs.readFileSync(`${work}/~/a`, "utf8")).toBe("a\n");
+    expect(fs.readdirSync(home).filter((n) => n !== ".cache")).toEqual([]); // its library's cache, nothing copied
+  });
+
   test("a source file given twice is copied once, with cp's warning, exit 0", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     write(`${src}/f`, "once\n");

@@ -318,6 +318,31 @@ describe("a hostile network on the data streams", () => {
     await expectCaught(c, 1, /stream 1: record seq 3 where 2 was expected/);
   });
 
+  // A proxy that goes on acknowledging and passes nothing on: TCP never times out, and
+  // both ends waited for ever. Each end's pings say what its kernel saw acknowledged.
+  const STALLED = /stream \d+: \d+ bytes the other end sent have not arrived in \d+ s, though the connection is open/;
+  const held = (conn: number, dir: "up" | "down", from: number): Handler => (s) =>
+    s.conn === conn && s.dir === dir && s.index >= from ? [] : [s.record];
+  test.concurrent("a data stream held open that passes nothing on fails the push after three keepalive intervals", async () => {
+    const c = await copy(held(1, "up", 2), { args: ["--keepalive", "2"] });
+    await expectCaught(c, 1, STALLED);
+    expect(c.ms).toBeLessThan(20_000);
+  });
+
+  test.concurrent("a data stream held open that passes nothing on fails the pull after three keepalive intervals", async () => {
+    const c = await copy(held(1, "down", 2), { pull: true, args: ["--keepalive", "2"] });
+    await expectCaught(c, 1, STALLED);
+    expect(c.ms).toBeLessThan(20_000);
+  });
+
+  test.concurrent("verdicts held on their way back (stream 0) fail the push instead of hanging it", async () => {
+    const c = await copy(held(0, "down", 1), { args: ["--keepalive", "2"] });
+    expect(c.timedOut).toBe(false);
+    expect(c.code).toBe(1);
+    expect(c.stderr).toMatch(/stream 0: \d+ bytes the other end sent have not arrived/);
+    expect(c.ms).toBeLessThan(20_000);
+  });
+
   test.concurrent("a stream cut between two records before END is truncation", async () => {
     await expectCaught(await copy(at(3, () => ({ cut: Buffer.alloc(0) }))), 1, TRUNC);
   });

@@ -5,12 +5,14 @@
  * sender or the receiver. Its exit status is scp's: 0 only if every file
  * arrived verified.
  */
+import fs from "node:fs";
 import type { Options } from "../cli/args.ts";
 import type { Operand } from "../cli/operands.ts";
 import { ControlChannel, watchSilence } from "./control.ts";
 import { relay } from "./relay.ts";
 import { fromSource } from "./origin.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
+import { StallWatch } from "../streams/stall.ts";
 import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
@@ -22,6 +24,7 @@ import { makeSide, summarize, fileWindow, streamsAllowed, tooFewFiles, type Side
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
+import { printable } from "../text.ts";
 import { hex, type SessionOptions, type ControlMessage, type TransferSummary } from "../protocol.ts";
 
 /** What a transfer came to: the summary when it ran, the fatal error when it could not. */
@@ -60,6 +63,18 @@ function bySession(sources: Operand[]): Operand[][] {
   return groups;
 }
 
+/**
+ * A destination on this host is taken as written, as scp and cp take it: the shell
+ * expanded any ~ the user meant, so one that reaches us was quoted and names a file
+ * "~" (the other end would read it as the home directory); an empty one names
+ * nothing (`host:` means the home directory only on a remote host).
+ */
+function literalTarget(plan: Plan): Plan | string {
+  if (plan.dir === "push") return plan;
+  if (plan.target === "") return "the destination is an empty name: No such file or directory";
+  return plan.target.startsWith("~") ? { ...plan, target: `./${plan.target}` } : plan;
+}
+
 /** Like scp, sources from several places are copied one place after the other into the target directory. */
 async function inTurn(o: Options, groups: Operand[][], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
   let last: TransferResult = { failures: [] };
@@ -86,8 +101,10 @@ export async function transfer(
   if (target.kind === "remote" && sources.some((s) => s.kind === "remote")) {
     return o.viaSource ? fromSource(o, sources, target, report, signal, several) : relay(o, sources, target, report, signal, several);
   }
-  const plan = planTransfer(sources, target);
-  if (typeof plan === "string") return { failures: [], error: plan, usage: true };
+  const planned = planTransfer(sources, target);
+  if (typeof planned === "string") return { failures: [], error: planned, usage: true };
+  const plan = literalTarget(planned);
+  if (typeof plan === "string") return { failures: [], error: plan };
   log.open({ role: plan.dir === "pull" ? "receiver" : "sender", verbose: o.verbose, file: o.log });
   const where = plan.dir === "local" ? "localhost" : plan.host.host;
   // What the other end says is prefixed with its host; a local copy's other end is this host.
@@ -159,6 +176,16 @@ export async function transfer(
     if (ready.type === "error") throw new Error(said(ready.message));
     if (ready.type === "hello") throw new Error(`${where} sent back escp's own first message instead of starting escp (a forced command in authorized_keys?)`);
     if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
+    if (plan.dir === "pull" && !several && (ready.sources ?? 0) > 1) {
+      // A remote pattern that matched several: as for several operands, only into a directory
+      // (written to one name, each would have replaced the one before).
+      fs.closeSync(localTarget!.rootFd);
+      try {
+        localTarget = resolveTarget(plan.target, { multipleSources: true });
+      } catch (e) {
+        throw new Error(`${(e as Error).message}; ${plan.sources.map(printable).join(" ")} matched ${ready.sources} there`);
+      }
+    }
     log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
     const streams = ready.streams;
     if (!Number.isInteger(streams) || streams < 1 || streams > asked) throw new Error(`${where}: the other end answered with ${JSON.stringify(streams)} data streams, not 1 to ${asked}`);
@@ -186,8 +213,14 @@ export async function transfer(
       silent(new Error(`${where}: no word from the remote escp for ${3 * o.keepaliveS} s (stopped, or its host hung?): giving up`));
     }, ready.pings === true);
     stopWatching = silence.stop;
+    // Words, but no bytes: a data path that holds the streams open and passes nothing on.
+    const stall = new StallWatch(conns, o.keepaliveS, (why) => {
+      pool?.abort();
+      silent(new Error(`${where}: ${why}`));
+    });
+    child.pingWith = () => ({ type: "ping", acked: stall.acked() });
     const serverEnd = Promise.race([
-      nextWord(ch, silence),
+      nextWord(ch, silence, stall),
       new Promise<never>((_, reject) => (silent = reject)),
     ]).finally(() => silence.stop());
     serverEnd.catch(() => {}); // taken where it is awaited; a session that failed otherwise may never await it
@@ -251,11 +284,12 @@ export async function transfer(
 }
 
 /** The server's next message that is not a ping; each one, ping or not, is a sign of life. */
-async function nextWord(ch: ControlChannel, silence: ReturnType<typeof watchSilence>): Promise<ControlMessage | null> {
+async function nextWord(ch: ControlChannel, silence: ReturnType<typeof watchSilence>, stall: StallWatch): Promise<ControlMessage | null> {
   for (;;) {
     const m = await ch.receive();
     silence.heard(m);
     if (m?.type !== "ping") return m;
+    stall.heard(m.acked);
   }
 }
 

@@ -11,6 +11,7 @@
  */
 import type { Options } from "../cli/args.ts";
 import { sshArgs } from "../cli/args.ts";
+import type { ControlMessage } from "../protocol.ts";
 import type * as BuiltinSsh from "./builtin-ssh.ts";
 import { bootstrapping } from "./bootstrap.ts";
 import { encodeFrame } from "./control.ts";
@@ -34,6 +35,8 @@ export interface ServerProcess {
   failure?: string;
   /** The remote program the user named (--remote-escp, ESCP_REMOTE), if any. */
   named?: string;
+  /** What withKeepalive's pings say, once the session has more to say than `{"type":"ping"}`. */
+  pingWith?: () => ControlMessage;
 }
 
 /** The command that starts the other end: ssh to the host, or this same program locally. */
@@ -109,14 +112,14 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
     timer = undefined;
   };
   void p.exited.then(stop, stop);
-  return {
+  const out: ServerProcess = {
     stdin: {
       write(b: Uint8Array) {
         const r = p.stdin.write(b);
         if (!timer && !stopped) {
           const ping = () => {
             try {
-              p.stdin.write(PING);
+              p.stdin.write(out.pingWith ? encodeFrame(out.pingWith()) : PING);
               p.stdin.flush();
             } catch {
               stop();
@@ -146,6 +149,7 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
       return p.failure;
     },
   };
+  return out;
 }
 
 /** Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping the tail for diagnosis. */

@@ -7,6 +7,7 @@
  */
 import { hostName } from "../system.ts";
 import { ControlChannel, watchSilence } from "./control.ts";
+import { StallWatch } from "../streams/stall.ts";
 import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
@@ -68,6 +69,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
   let pool: StreamPool | undefined;
   let side: Side | undefined;
   let pinging: ReturnType<typeof setInterval> | undefined;
+  let stall: StallWatch | undefined;
   // The ssh session is our lifeline: when it goes, so do we (and our temporary files).
   let finished = false;
   /** Ends this process now, removing temporary files (unless --resume keeps them). */
@@ -86,6 +88,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
     for (;;) {
       const m = await ch.receive().catch(() => null);
       silence.heard(m);
+      if (m?.type === "ping") stall?.heard(m.acked);
       if (m === null || m.type === "bye") break;
     }
     silence.stop();
@@ -104,7 +107,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
     const l = listen(bindAddr, hello.ports, hostName);
     log.info("listening", { addr: bindAddr, port: l.port, streams });
     const pings = !!hello.pings && hello.options.keepaliveS > 0;
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(streams), streams, pings });
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(streams), streams, pings, sources: target ? undefined : sources.paths.length });
     // Our workers boot while `ready` travels and the streams connect (spare.ts); before
     // it, creating them would hold `ready` back (a few ms each on this thread).
     prestartStreamWorkers(streams);
@@ -117,10 +120,15 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
     if (capped) report.warning(`${hostName()}: ${capped}`);
     const started = performance.now();
     pool = new StreamPool(conns, hello.serverRole, { blockSize: hello.blockSize, zstdLevel: hello.options.compress ? hello.options.zstdLevel : 0 });
+    // Words, but no bytes (streams/stall.ts): the client is told why, and we end.
+    stall = new StallWatch(conns, hello.options.keepaliveS, (why) => {
+      ch.send({ type: "error", message: `${hostName()}: ${why}` });
+      giveUp();
+    });
     // A client that takes pings gives up on us after three silent intervals (control.ts):
     // that is how a pull learns its sender was stopped, which the data streams never tell.
     if (pings) {
-      pinging = setInterval(() => ch.send({ type: "ping" }), hello.options.keepaliveS * 1000);
+      pinging = setInterval(() => ch.send({ type: "ping", acked: stall!.acked() }), hello.options.keepaliveS * 1000);
       (pinging as any).unref?.();
     }
     for (const s of sources.missing) report.failed(s.path, s.message);
