@@ -866,7 +866,9 @@ ESCP_API int escp_conn_tune(escp_conn *c, int32_t sndbuf, int32_t rcvbuf, uint64
     int idle = keepalive_s / 2 > 0 ? keepalive_s / 2 : 1;
     int cnt = 3;
     int intvl = (keepalive_s - idle) / cnt > 0 ? (keepalive_s - idle) / cnt : 1;
-    unsigned int uto = (unsigned int)keepalive_s * 1000u;
+    /* Unacknowledged data (or a window closed by a slow reader: a receiving disk that
+     * stalls) for three intervals, as everywhere else, before the stream is given up. */
+    unsigned int uto = (unsigned int)keepalive_s * 3000u;
     if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) != 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl) != 0 ||
