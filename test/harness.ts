@@ -254,6 +254,16 @@ export async function asNobody<T>(
   }
 }
 
+/**
+ * This machine's root login runs `pyenv init` from ~/.bashrc, and its `pyenv rehash`
+ * races with itself when several ssh sessions start at once, saying so on stderr.
+ * That is the host's shell talking, not escp or scp: where a test expects a tool to
+ * say nothing, these lines (and only these) are dropped first.
+ */
+export function withoutLoginNoise(text: string): string {
+  return text.split(/(?<=\n)/).filter((l) => !/^(pyenv: cannot rehash: |rm: cannot remove '[^']*\/\.pyenv\/shims\/)/.test(l)).join("");
+}
+
 /** Runs a command (argv[0] is a path or a name on PATH) and collects its output. */
 export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
   const env: Record<string, string> = {};

@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { SSH_HOST, SSH_HOST_NOKEY, freePort, pseudoRandom, runEscp, ssh, tmpdir, type RunResult, type Sshd } from "./harness.ts";
+import { SSH_HOST, SSH_HOST_NOKEY, freePort, pseudoRandom, runEscp, ssh, tmpdir, withoutLoginNoise, type RunResult, type Sshd } from "./harness.ts";
 import { both, digest, mkdir, setup, show, snap, write, type Outcome, type Side, type SnapOptions } from "./parity-helpers.ts";
 
 const H = SSH_HOST;
@@ -96,7 +96,7 @@ function expectSame(ref: Outcome<RunResult | RunResult[]>, esc: Outcome<RunResul
 
 /** escp said nothing on success, as scp does without a terminal. */
 function expectQuiet(esc: Outcome<RunResult | RunResult[]>): void {
-  expect(results(esc).map((r) => r.stderr + r.stdout).join("")).toBe("");
+  expect(results(esc).map((r) => withoutLoginNoise(r.stderr) + r.stdout).join("")).toBe("");
 }
 
 /** Both failed; escp with status 1 and a message naming each of `names`. */
