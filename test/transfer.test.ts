@@ -185,6 +185,14 @@ describe("push", () => {
     expect(fs.readdirSync(dst)).toEqual([]);
   });
 
+  test("-q quiets ssh too: a host that cannot be reached says what it may be and how to see ssh's reason", async () => {
+    const src = tmpdir("src");
+    await makeFile(path.join(src, "f"), 10, { seed: 34 });
+    const r = await runEscp(["-q", path.join(src, "f"), "nosuch.invalid:/tmp/"]);
+    expect(r.stderr).toBe("escp: nosuch.invalid: the connection ended (ssh exited with status 255: ssh could not connect or log in, or lost the connection, or the remote escp was killed; without -q ssh says which) before the remote escp answered\n");
+    expect(r.code).toBe(1);
+  });
+
   test("a missing source is named on stderr and the exit status is 1", async () => {
     const dst = tmpdir("dst");
     const r = await runEscp(["/nonexistent/file", `${SSH_HOST}:${dst}/`]);

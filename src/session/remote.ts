@@ -153,8 +153,8 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
 }
 
 /** Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping the tail for diagnosis. */
-export function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): { text: string; done: Promise<void> } {
-  const tail = { text: "", done: Promise.resolve() };
+export function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): { text: string; done: Promise<void>; quiet: boolean } {
+  const tail = { text: "", done: Promise.resolve(), quiet: o.quiet };
   tail.done = (async () => {
     for await (const chunk of stream as any as AsyncIterable<Uint8Array>) {
       const s = Buffer.from(chunk).toString("utf8");
@@ -168,7 +168,7 @@ export function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): {
 export async function connectionFailure(
   where: string,
   child: { exited: Promise<number>; failure?: string; named?: string },
-  tail: { text: string; done: Promise<void> },
+  tail: { text: string; done: Promise<void>; quiet?: boolean },
   when = "before the remote escp answered",
 ): Promise<string> {
   const code = await child.exited;
@@ -185,7 +185,10 @@ export async function connectionFailure(
   if (code === 255 && last) return `${where}: ssh failed: ${last}`;
   // Without a word from either, ssh itself (or -S's program) may be what ended; 255 is
   // also how ssh tells that the remote escp was killed.
-  const why = code === 255 ? "255: the remote escp was killed, or the connection was lost" : code;
+  // -q makes ssh itself quiet too (as scp's does): it may have said nothing about a failed login.
+  const why = code !== 255 ? code
+    : tail.quiet ? "255: ssh could not connect or log in, or lost the connection, or the remote escp was killed; without -q ssh says which"
+    : "255: the remote escp was killed, or the connection was lost";
   if (!last) return `${where}: the connection ended (ssh exited with status ${why}) ${when}`;
   return `${where}: the remote command exited (status ${code}) ${when}: ${last}`;
 }
