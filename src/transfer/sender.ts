@@ -158,7 +158,7 @@ export class Sender {
     // A size of 0 may be a /proc file's, and a /sys file's 4096 is a page, not its length:
     // such files are read to their end first and announced with what was there.
     const pseudo = this.madeOnRead(st[3], fd);
-    const read = st[0] === 0n || pseudo ? readSize(fd) : 0n;
+    const read = st[0] === 0n || pseudo ? readSize(fd, st[0]) : 0n;
     if (typeof read === "string") {
       this.lib.escp_close(fd);
       this.stats.failures++;
@@ -453,14 +453,14 @@ const MADE_UP_BUF = new Uint8Array(64 << 10);
  * than announced. Why not, past MADE_UP_MAX or when the read fails (a write-only
  * /sys file).
  */
-function readSize(fd: number): bigint | string {
+function readSize(fd: number, statSize: bigint): bigint | string {
   let total = 0;
   for (;;) {
     const n = Number(native().escp_pread(fd, ptr(MADE_UP_BUF), MADE_UP_BUF.length, BigInt(total)));
     if (n < 0) return codeText(n);
     if (n === 0) return BigInt(total);
     total += n;
-    if (total > MADE_UP_MAX) return `it reads as more than ${MADE_UP_MAX >> 20} MiB, though its size says ${fstat(fd)[0]}: not copied`;
+    if (total > MADE_UP_MAX) return `it reads as more than ${MADE_UP_MAX >> 20} MiB, though its size says ${statSize}: not copied`;
   }
 }
 
