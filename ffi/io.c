@@ -259,6 +259,13 @@ static int one_name(const char *name) {
   return name && *name && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
 }
 
+/* Effective uid, asked once: a receiver asks per file. */
+static uid_t my_euid(void) {
+  static uid_t me = (uid_t)-1;
+  if (me == (uid_t)-1) me = geteuid();
+  return me;
+}
+
 /* Temporary names are fixed (`.NAME.escp-part`: the next run, or --resume, finds a
  * killed run's), so two escp copying to one target at once meet there.  Each holds an
  * exclusive flock on its temporary file from creation to rename; the lock dies with
@@ -321,7 +328,7 @@ ESCP_API int escp_open_resume_part(int dirfd, const char *name) {
   if (fd < 0) return -errno;
   struct stat st;
   if (fstat(fd, &st) != 0) return close(fd), -errno;
-  if (!S_ISREG(st.st_mode) || (st.st_nlink == 1 && st.st_uid == geteuid())) {
+  if (!S_ISREG(st.st_mode) || (st.st_nlink == 1 && st.st_uid == my_euid())) {
     int busy = S_ISREG(st.st_mode) ? lock_part(fd) : 0; /* another escp resuming it now */
     return busy ? (close(fd), busy) : fd;
   }
@@ -453,7 +460,7 @@ ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
  * replaces a file by renaming over it, so that a file scp could not write is not
  * replaced either. */
 ESCP_API int escp_may_write(int dirfd, const char *name) {
-  if (!one_name(name)) return -EINVAL;
+  if (!one_name(name)) return escp__err(-EINVAL, "%s: not a single name", name ? name : "(null)");
   if (faccessat(dirfd, name, W_OK, AT_EACCESS) != 0) {
     int e = -errno;
     return escp__err(e, "%s", e == -EPERM ? "Operation not permitted (the file is immutable: chattr -i)" : escp_strerror(e));
@@ -463,13 +470,6 @@ ESCP_API int escp_may_write(int dirfd, const char *name) {
   if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_TYPE, &x) == 0 && (x.stx_attributes & STATX_ATTR_APPEND))
     return escp__err(-EPERM, "Operation not permitted (the file is append-only: chattr -a)");
   return 0;
-}
-
-/* Effective uid, asked once: a receiver asks per file. */
-static uid_t my_euid(void) {
-  static uid_t me = (uid_t)-1;
-  if (me == (uid_t)-1) me = geteuid();
-  return me;
 }
 
 /* Once per directory of the receiver: -errno when this process may not rename files
@@ -600,7 +600,7 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
   int rc = mode == ESCP_MODE_KEEP || same || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
   /* A filesystem that keeps no modes (FAT, exFAT; its FUSE drivers say ENOSYS) refuses
    * even the owner: the file keeps what it has, as a new file there does. */
-  if (rc == -ENOSYS || rc == -EOPNOTSUPP || (rc == -EPERM && known && st.st_uid == geteuid())) rc = 0;
+  if (rc == -ENOSYS || rc == -EOPNOTSUPP || (rc == -EPERM && known && st.st_uid == my_euid())) rc = 0;
   if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);
