@@ -149,7 +149,9 @@ int escp_fstat(int fd, int64_t out[7]);
  * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
 int escp_made_on_read(int fd);
 /* 1 when names in dirfd are told apart without regard to case (FAT, exFAT, HFS+, a
- * FUSE FAT driver, an ext4/f2fs directory with +F), so that "A" and "a" are one file. */
+ * FUSE FAT driver, an ext4/f2fs directory with +F), so that "A" and "a" are one file.
+ * On FUSE, SMB, 9p, ntfs3 and vboxsf, whose type does not say, it asks the directory:
+ * it makes and removes a file named .escp-case-probe-PID there. */
 int escp_dir_ignores_case(int dirfd);
 /* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
 int escp_fstatat(int dirfd, const char *name, int64_t out[7]);

@@ -609,7 +609,7 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
 
 /* Whether the FUSE filesystem holding fd is a FAT one (fusefat, fuse.exfat): its type
  * in /proc/self/mountinfo, "fuse.SUBTYPE", on the line of fd's device.  exfat-fuse and
- * ntfs-3g both say plain "fuseblk" and NTFS keeps case: such a mount is not known. */
+ * ntfs-3g both say plain "fuseblk" (and NTFS keeps case): those are asked instead. */
 static int fuse_is_fat(int fd) {
   struct stat st;
   FILE *f = fstat(fd, &st) == 0 ? fopen("/proc/self/mountinfo", "re") : NULL;
@@ -635,12 +635,38 @@ static int kernel_folds(void) {
   return known;
 }
 
+/* Whether dirfd's directory finds a file under its name with the case of every letter
+ * swapped: a file made for the question, looked up that way, and removed.  For the
+ * filesystems whose type does not say (another machine's or a user-space driver's
+ * rules: exfat-fuse and ntfs-3g are both plain "fuseblk", an SMB share, WSL's drvfs).
+ * Not by inode: exfat-fuse numbers the two names' inodes apart.  A directory where
+ * escp may not make the file cannot be asked, and is taken to keep case. */
+static int probe_ignores_case(int dirfd) {
+  char name[48], swapped[48];
+  snprintf(name, sizeof name, ".escp-case-probe-%d", (int)getpid());
+  for (size_t i = 0; i <= strlen(name); i++) {
+    char c = name[i];
+    swapped[i] = c >= 'a' && c <= 'z' ? (char)(c - 32) : c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+  }
+  struct stat st;
+  if (fstatat(dirfd, swapped, &st, AT_SYMLINK_NOFOLLOW) == 0) return 0; /* there already: no answer */
+  int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return 0;
+  close(fd);
+  int folds = fstatat(dirfd, swapped, &st, AT_SYMLINK_NOFOLLOW) == 0;
+  unlinkat(dirfd, name, 0);
+  return folds;
+}
+
 ESCP_API int escp_dir_ignores_case(int dirfd) {
   struct statfs fs;
   if (fstatfs(dirfd, &fs) != 0) return 0;
   switch ((unsigned long)fs.f_type) {
   case MSDOS_SUPER_MAGIC: case EXFAT_SUPER_MAGIC: case 0x482b /* hfsplus */: return 1;
-  case FUSE_SUPER_MAGIC: return fuse_is_fat(dirfd);
+  case FUSE_SUPER_MAGIC: return fuse_is_fat(dirfd) || probe_ignores_case(dirfd);
+  case 0xFF534D42 /* cifs */: case 0xFE534D42 /* smb2, smb3 */: case V9FS_MAGIC /* 9p: WSL's drvfs, VM shares */:
+  case 0x7366746e /* ntfs3: nocase */: case 0x786f4256 /* vboxsf */:
+    return probe_ignores_case(dirfd);
   case EXT4_SUPER_MAGIC: case F2FS_SUPER_MAGIC: if (kernel_folds()) break; /* fall through */
   default: return 0;
   }

@@ -21,12 +21,13 @@ die() { log "error: $*"; exit 1; }
 #   e2fsprogs: a test makes a small ext4 filesystem (mkfs.ext4) to fill
 #   attr: setfattr/getfattr, for a test that a replaced file keeps its attributes
 #   fusefat dosfstools fuse3: a FAT filesystem (FUSE) to copy into, which ignores case
+#   exfat-fuse exfatprogs ntfs-3g: FUSE filesystems whose type does not say whether case counts
 APT_PACKAGES=(
   build-essential libssl-dev libipsec-mb-dev libzstd-dev libxxhash-dev libgcrypt20 openssl
   openssh-server openssh-client
   rsync iperf3 xxhash
   procps iproute2 util-linux time strace e2fsprogs attr
-  fusefat dosfstools fuse3
+  fusefat dosfstools fuse3 exfat-fuse exfatprogs ntfs-3g
 )
 
 missing=()

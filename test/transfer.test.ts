@@ -960,6 +960,28 @@ describe("socket buffers (--sockbuf)", () => {
   });
 });
 
+/** Copies A, a, Big and BIG into mnt/case: one of each pair arrives whole, the other is named as not copied. */
+async function caseTwinsRefused(mnt: string): Promise<void> {
+  const src = tmpdir("src");
+  fs.mkdirSync(path.join(src, "t"));
+  fs.writeFileSync(path.join(src, "t", "A"), "upper\n");
+  fs.writeFileSync(path.join(src, "t", "a"), "lower\n");
+  await makeFile(path.join(src, "t", "Big"), 3 * BLOCK, { seed: 22 });
+  await makeFile(path.join(src, "t", "BIG"), 3 * BLOCK, { seed: 23 });
+  const r = await runEscp(["-r", path.join(src, "t"), `${SSH_HOST}:${mnt}/case`]);
+  expect(r.code).toBe(1);
+  const lines = r.stderr.trim().split("\n").sort();
+  expect(lines.length).toBe(2);
+  for (const l of lines) expect(l).toMatch(new RegExp(`^escp: ${mnt}/case/(a|A|Big|BIG): this filesystem ignores case, and ${mnt}/case/(a|A|Big|BIG), copied before it, has the same name here: not copied$`));
+  // Whichever of each pair came first is there, whole, under its own name.
+  for (const pair of [["A", "a"], ["Big", "BIG"]]) {
+    const kept = pair.find((n) => !r.stderr.includes(`${mnt}/case/${n}:`))!;
+    expect(await sameFile(path.join(src, "t", kept), path.join(mnt, "case", kept))).toBe(true);
+  }
+  // The two kept, and no probe file left behind.
+  expect(fs.readdirSync(path.join(mnt, "case")).length).toBe(2);
+}
+
 // A FAT filesystem through FUSE (fusefat), as on a USB stick: names that differ only in
 // case are one file there, it keeps no modes, and it mishandled O_DIRECT writes.
 const fatReady = process.getuid?.() === 0 && fs.existsSync("/dev/fuse") && Bun.which("fusefat") !== null && Bun.which("mkfs.vfat") !== null;
@@ -979,23 +1001,7 @@ describe.skipIf(!fatReady)("into a FAT filesystem (fusefat)", () => {
   });
 
   test("names that differ only in case: the first is copied, the others named as not copied, exit 1", async () => {
-    const src = tmpdir("src");
-    fs.mkdirSync(path.join(src, "t"));
-    fs.writeFileSync(path.join(src, "t", "A"), "upper\n");
-    fs.writeFileSync(path.join(src, "t", "a"), "lower\n");
-    await makeFile(path.join(src, "t", "Big"), 3 * BLOCK, { seed: 22 });
-    await makeFile(path.join(src, "t", "BIG"), 3 * BLOCK, { seed: 23 });
-    const r = await runEscp(["-r", path.join(src, "t"), `${SSH_HOST}:${mnt}/case`]);
-    expect(r.code).toBe(1);
-    const lines = r.stderr.trim().split("\n").sort();
-    expect(lines.length).toBe(2);
-    for (const l of lines) expect(l).toMatch(new RegExp(`^escp: ${mnt}/case/(a|A|Big|BIG): this filesystem ignores case, and ${mnt}/case/(a|A|Big|BIG), copied before it, has the same name here: not copied$`));
-    // Whichever of each pair came first is there, whole, under its own name.
-    for (const pair of [["A", "a"], ["Big", "BIG"]]) {
-      const kept = pair.find((n) => !r.stderr.includes(`${mnt}/case/${n}:`))!;
-      expect(await sameFile(path.join(src, "t", kept), path.join(mnt, "case", kept))).toBe(true);
-    }
-    expect(fs.readdirSync(path.join(mnt, "case")).length).toBe(2);
+    await caseTwinsRefused(mnt);
   });
 
   test("files of several blocks with an unaligned end arrive whole, and -p --resume over them succeeds", async () => {
@@ -1007,5 +1013,65 @@ describe.skipIf(!fatReady)("into a FAT filesystem (fusefat)", () => {
       expect(r.code).toBe(0);
       for (const n of ["f1", "f3"]) expect(await sameFile(path.join(src, n), path.join(mnt, n))).toBe(true);
     }
+  });
+});
+
+// exFAT through exfat-fuse on a loop device: the mount says only "fuseblk", so the
+// destination directory is asked whether it tells "A" from "a".
+const exfatReady = fatReady && Bun.which("mount.exfat-fuse") !== null && Bun.which("mkfs.exfat") !== null && Bun.which("losetup") !== null;
+describe.skipIf(!exfatReady)("into an exFAT filesystem (exfat-fuse, a plain fuseblk mount)", () => {
+  let mnt = "", loop = "";
+  beforeAll(() => {
+    const dir = tmpdir("exfat");
+    mnt = path.join(dir, "mnt");
+    fs.mkdirSync(mnt);
+    fs.closeSync(fs.openSync(path.join(dir, "img"), "w"));
+    fs.truncateSync(path.join(dir, "img"), 64 * BLOCK);
+    expect(Bun.spawnSync(["mkfs.exfat", path.join(dir, "img")]).exitCode).toBe(0);
+    const l = Bun.spawnSync(["losetup", "-f", "--show", path.join(dir, "img")]);
+    expect(l.exitCode).toBe(0);
+    loop = l.stdout.toString().trim();
+    expect(Bun.spawnSync(["mount.exfat-fuse", loop, mnt]).exitCode).toBe(0);
+  });
+  afterAll(() => {
+    if (mnt) Bun.spawnSync(["umount", mnt]);
+    if (loop) Bun.spawnSync(["losetup", "-d", loop]);
+  });
+
+  test("names that differ only in case: the first is copied, the others named as not copied, exit 1", async () => {
+    // What makes it a question: the mount's type names no filesystem.
+    const line = fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n").find((l) => l.includes(` ${mnt} `));
+    expect(line).toMatch(/ - fuseblk /);
+    await caseTwinsRefused(mnt);
+  });
+});
+
+// NTFS through ntfs-3g on an image file: a FUSE mount too ("fuse"), whose new names keep
+// their case (NTFS's POSIX namespace), so asking must not refuse "a" after "A".
+const ntfsReady = fatReady && Bun.which("ntfs-3g") !== null && Bun.which("mkntfs") !== null;
+describe.skipIf(!ntfsReady)("into an NTFS filesystem (ntfs-3g, a FUSE mount that keeps case)", () => {
+  let mnt = "";
+  beforeAll(() => {
+    const dir = tmpdir("ntfs");
+    mnt = path.join(dir, "mnt");
+    fs.mkdirSync(mnt);
+    fs.closeSync(fs.openSync(path.join(dir, "img"), "w"));
+    fs.truncateSync(path.join(dir, "img"), 16 * BLOCK);
+    expect(Bun.spawnSync(["mkntfs", "-F", "-Q", path.join(dir, "img")]).exitCode).toBe(0);
+    expect(Bun.spawnSync(["ntfs-3g", path.join(dir, "img"), mnt]).exitCode).toBe(0);
+  });
+  afterAll(() => {
+    if (mnt) Bun.spawnSync(["umount", mnt]);
+  });
+
+  test("names that differ only in case all arrive, and no probe file stays", async () => {
+    const src = tmpdir("src");
+    fs.mkdirSync(path.join(src, "t"));
+    for (const n of ["A", "a", "Big", "BIG"]) fs.writeFileSync(path.join(src, "t", n), `${n}\n`);
+    const r = await runEscp(["-r", path.join(src, "t"), `${SSH_HOST}:${mnt}/case`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(fs.readdirSync(path.join(mnt, "case")).sort()).toEqual(["A", "BIG", "Big", "a"]);
+    for (const n of ["A", "a", "Big", "BIG"]) expect(fs.readFileSync(path.join(mnt, "case", n), "utf8")).toBe(`${n}\n`);
   });
 });
