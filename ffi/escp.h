@@ -173,12 +173,15 @@ int escp_fchmod(int fd, uint32_t mode);
  * nowhere on failure).  tmp and name are single components.  ESCP_COMMIT_REPLACES: the
  * file replaces a regular file at name, whose owner, group and extended attributes
  * (ACLs, user.*, trusted.*, the SELinux label) it takes first, each as far as this
- * process may, since scp writes into that file and keeps them.  Returns 0 or -errno of
- * the first failing step. */
+ * process may, since scp writes into that file and keeps them.  ESCP_COMMIT_OLD_MODE
+ * (with REPLACES): and its mode, looked at then (set-id bits only where root gave the
+ * file the old one's owner and group); mode is for a name found empty or not a regular
+ * file by then.  Returns 0 or -errno of the first failing step. */
 #define ESCP_MODE_KEEP 0xFFFFFFFFu
 #define ESCP_COMMIT_TIMES 1
 #define ESCP_COMMIT_UNNAMED 2
 #define ESCP_COMMIT_REPLACES 4
+#define ESCP_COMMIT_OLD_MODE 8
 int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
                      int dirfd, const char *tmp, const char *name);
 int escp_ftruncate(int fd, int64_t size);

@@ -554,14 +554,12 @@ static int inherited_xattr(const char *key) {
 
 /* ESCP_COMMIT_REPLACES: owner and group first (chown clears setuid bits, which the fchmod
  * after it restores), then the attributes; what this process may not set stays ours,
- * as a file it made.  The old file is reached through /proc/self/fd, never following a
- * link at name (the l* calls). */
-static void take_identity(int fd, int dirfd, const char *name) {
-  struct stat old;
-  if (fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(old.st_mode)) return;
+ * as a file it made.  old is the file at name now; it is reached through /proc/self/fd,
+ * never following a link at name (the l* calls). */
+static void take_identity(int fd, int dirfd, const char *name, const struct stat *old) {
   /* Ours was made with our ids (or the group of a setgid directory, which then is old's too). */
-  if ((old.st_uid != my_euid() || old.st_gid != getegid()) && fchown(fd, old.st_uid, old.st_gid) != 0)
-    (void)fchown(fd, (uid_t)-1, old.st_gid); /* not root: a group we are in */
+  if ((old->st_uid != my_euid() || old->st_gid != getegid()) && fchown(fd, old->st_uid, old->st_gid) != 0)
+    (void)fchown(fd, (uid_t)-1, old->st_gid); /* not root: a group we are in */
   char path[PATH_MAX];
   if (snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name) >= (int)sizeof path) return;
   ssize_t n = llistxattr(path, NULL, 0);
@@ -578,6 +576,17 @@ static void take_identity(int fd, int dirfd, const char *name) {
   free(val);
 }
 
+/* The old file's mode for the file that replaces it.  Its set-id bits only as root and
+ * only where the new file now has the old one's owner and group, as root's write into
+ * that file would keep them (anyone else's write clears them). */
+static uint32_t mode_of_replaced(int fd, const struct stat *old) {
+  struct stat now;
+  uint32_t mode = (uint32_t)(old->st_mode & 07777);
+  if (my_euid() != 0 || fstat(fd, &now) != 0 || now.st_uid != old->st_uid || now.st_gid != old->st_gid)
+    mode &= ~(uint32_t)(S_ISUID | S_ISGID);
+  return mode;
+}
+
 /* The receiver's last steps for a verified file, fused so that the main thread
  * makes one call per file: mode (and, with ESCP_COMMIT_TIMES, the times) on the open
  * file, close (where NFS and quotas report late write errors), then the rename of
@@ -588,10 +597,16 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
                               int dirfd, const char *tmp, const char *name) {
   /* An ACL taken from the old file sets mode bits too: the mode is set after it, and a file
    * made with its final mode (ESCP_MODE_KEEP) gets that mode back. */
-  struct stat made;
+  struct stat made, old;
   if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) {
     if (mode == ESCP_MODE_KEEP && fstat(fd, &made) == 0) mode = (uint32_t)(made.st_mode & 07777);
-    take_identity(fd, dirfd, name);
+    /* Owner and mode from one look at what is there now: from two moments, a user who
+     * can write the directory got root's copy with their file's setuid mode by removing
+     * their file while the data travelled. */
+    if (fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(old.st_mode)) {
+      take_identity(fd, dirfd, name, &old);
+      if (flags & ESCP_COMMIT_OLD_MODE) mode = mode_of_replaced(fd, &old);
+    }
   }
   /* A file it already has (--inplace into another user's file, which only its owner may chmod). */
   struct stat st;

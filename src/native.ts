@@ -129,8 +129,11 @@ export const FDSLOT_SIZE = 40;
 export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe, FD_AWAITED = -0x7ffffffd;
 /** escp_commit_file's mode when the file was created with its final mode (ESCP_MODE_KEEP). */
 export const MODE_KEEP = 0xffffffff;
-/** escp_commit_file's flags: set the times (-p); the file is unnamed (escp_create_unnamed); it replaces a file, whose owner, group and attributes it takes. */
-export const COMMIT_TIMES = 1, COMMIT_UNNAMED = 2, COMMIT_REPLACES = 4;
+/**
+ * escp_commit_file's flags: set the times (-p); the file is unnamed (escp_create_unnamed); it
+ * replaces a file, whose owner, group and attributes it takes; and its mode, as it is then.
+ */
+export const COMMIT_TIMES = 1, COMMIT_UNNAMED = 2, COMMIT_REPLACES = 4, COMMIT_OLD_MODE = 8;
 /** escp_fdslot.direct bits: O_DIRECT; may be (once created: was) created unnamed. */
 export const SLOT_DIRECT = 1, SLOT_UNNAMED = 2;
 export const LOOP_OPTS_SIZE = 16;

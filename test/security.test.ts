@@ -793,3 +793,45 @@ describe("ssh host keys are ssh's business", () => {
     expect(fs.readFileSync(known, "utf8")).toMatch(/ssh-ed25519 /);
   });
 });
+
+// Root copies into a directory another local user may write (a sticky /tmp, a shared
+// project directory); that user races the receiver there.
+describe.skipIf(process.getuid?.() !== 0)("another local user on the receiving host", () => {
+  /** Starts a slow push of an 8 MiB file into a sticky directory holding nobody's setuid `tool`; `during` runs once the copy's temporary file is there. */
+  async function racedPush(during: (target: string) => void): Promise<{ code: number; stderr: string; target: string; src: string }> {
+    const src = tmpdir("src"), dir = path.join(tmpdir("dst"), "shared");
+    fs.mkdirSync(dir);
+    fs.chmodSync(dir, 0o1777);
+    const a = await makeFile(path.join(src, "tool"), 8 * 1024 * 1024, { seed: 301, mode: 0o755 });
+    const target = path.join(dir, "tool");
+    fs.writeFileSync(target, "#!/bin/sh\n");
+    fs.chownSync(target, 65534, 65534);
+    fs.chmodSync(target, 0o4755);
+    const copy = runEscp(["-l", "16000", a, `${SSH_HOST}:${dir}/`]);
+    const part = path.join(dir, ".tool.escp-part");
+    for (let i = 0; i < 500 && !fs.existsSync(part); i++) await Bun.sleep(10);
+    expect(fs.existsSync(part)).toBe(true);
+    during(target);
+    const r = await copy;
+    return { code: r.code, stderr: r.stderr, target, src: a };
+  }
+
+  test("a setuid file of theirs removed while root's copy travels does not make root's copy setuid", async () => {
+    const r = await racedPush((target) => fs.unlinkSync(target));
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(r.src, r.target)).toBe(true);
+    const st = fs.statSync(r.target);
+    expect(st.uid).toBe(0);
+    expect(st.mode & 0o7777).toBe(0o755 & ~process.umask());
+  });
+
+  test("a setuid file of theirs left in place stays theirs, with root's content, as scp's write into it", async () => {
+    const r = await racedPush(() => {});
+    expect(r.code).toBe(0);
+    expect(await sameFile(r.src, r.target)).toBe(true);
+    const st = fs.statSync(r.target);
+    expect(st.uid).toBe(65534);
+    expect(st.mode & 0o7777).toBe(0o4755);
+  });
+});

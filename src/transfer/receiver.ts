@@ -11,7 +11,7 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -249,12 +249,15 @@ export class Receiver {
     }
     const mode = this.finalMode(e, existing);
     const replaces = existing?.kind === "file" && !inplace;
+    // Replacing without -p, the mode is the old file's, taken at commit with its owner
+    // (COMMIT_OLD_MODE): this one is for a name that is empty by then.
+    const lastMode = replaces && !this.opts.preserve ? this.finalMode(e, undefined) : mode;
     // Created with its final mode when the umask makes it exactly that (the usual 0644,
     // 0755), so that commit needs no fchmod; never group or world writable unverified.
     // Writable by its owner until commit whatever its mode: the O_DIRECT path reopens
     // the file to write an unaligned last block, and a 0444 file would refuse that.
     const createMode = (mode & 0o755 || 0o600) | 0o200;
-    const commitMode = (createMode & ~this.umask) === mode ? MODE_KEEP : mode;
+    const commitMode = (createMode & ~this.umask) === lastMode ? MODE_KEEP : lastMode;
     const direct = this.opts.direct && !this.opts.resume && e.size >= DIRECT_MIN_N;
     // A file with data is created by the stream worker that receives its first block
     // (escp_fdslot), so that the creates of many small files run on the workers, not
@@ -289,7 +292,7 @@ export class Receiver {
       return this.reject(e, rel, `${tmpShown} is not a regular file; remove it to resume`);
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? mode : commitMode, replaces };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces };
     this.start(f);
     // The sender sends none of this file's blocks before our offer's last RESUME.
     if (this.opts.resume) this.later(() => this.offer(f, existing?.kind === "file" && existing.size === e.size));
@@ -606,7 +609,8 @@ export class Receiver {
       this.lib.escp_close(f.fd);
       return openFailure(dfd);
     }
-    const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0) | (f.replaces ? COMMIT_REPLACES : 0);
+    const replaces = f.replaces ? COMMIT_REPLACES | (this.opts.preserve ? 0 : COMMIT_OLD_MODE) : 0;
+    const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0) | replaces;
     const r = this.lib.escp_commit_file(f.fd, f.mode, flags, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!);
     if (r >= 0) return undefined;
     // A failed rename leaves our temporary file, unless another escp took the name over since.
