@@ -116,6 +116,10 @@ int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *i
  * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
  * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */
 int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t mode, int direct, int32_t *is_direct);
+/* The file fd is, opened again for reading (through /proc/self/fd: not by a name someone
+ * may have given to another file since), with O_DIRECT where it can be had if direct.
+ * fd or -errno. */
+int escp_reopen_read(int fd, int direct);
 /* mkdir rel beneath dirfd (parent opened with RESOLVE_BENEATH): 0 when it made it.  EEXIST of a
  * directory, or of a symbolic link to a directory beneath dirfd, is success too: 1. */
 int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);

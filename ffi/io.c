@@ -210,6 +210,15 @@ ESCP_API int escp_openat_beneath(int dirfd, const char *rel, int flags, uint32_t
   return fd;
 }
 
+ESCP_API int escp_reopen_read(int fd, int direct) {
+  char at[40];
+  snprintf(at, sizeof at, "/proc/self/fd/%d", fd);
+  int rd = open(at, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (rd < 0) return escp__errno("reopen fd %d", fd);
+  if (direct) (void)try_direct(rd);
+  return rd;
+}
+
 /* Splits rel into its parent (opened beneath dirfd) and its last component. */
 static int open_parent(int dirfd, const char *rel, char *last, size_t last_cap) {
   if (!rel || !*rel) return -ENOENT;

@@ -834,4 +834,45 @@ describe.skipIf(process.getuid?.() !== 0)("another local user on the receiving h
     expect(st.uid).toBe(65534);
     expect(st.mode & 0o7777).toBe(0o4755);
   });
+
+  /** A --resume push whose target holds the source's first half; `during` runs once the copy has begun. */
+  async function racedResume(during: (target: string) => void): Promise<{ code: number; stderr: string; target: string; src: string }> {
+    const src = tmpdir("src"), dir = tmpdir("dst");
+    const a = await makeFile(path.join(src, "r"), 16 * 1024 * 1024, { seed: 302 });
+    const target = path.join(dir, "r");
+    const old = Buffer.concat([fs.readFileSync(a).subarray(0, 8 * 1024 * 1024), crypto.randomBytes(8 * 1024 * 1024)]);
+    fs.writeFileSync(target, old);
+    fs.utimesSync(target, new Date(2020, 0, 1), new Date(2020, 0, 1));
+    const copy = runEscp(["--resume", "-l", "16000", a, `${SSH_HOST}:${dir}/`]);
+    const part = path.join(dir, ".r.escp-part");
+    for (let i = 0; i < 500 && !fs.existsSync(part); i++) await Bun.sleep(10);
+    expect(fs.existsSync(part)).toBe(true);
+    await Bun.sleep(300); // its held blocks offered
+    during(target);
+    const r = await copy;
+    return { code: r.code, stderr: r.stderr, target, src: a };
+  }
+
+  test("--resume: a target written to after its blocks were offered fails the file instead of passing its new bytes off as the source's", async () => {
+    const r = await racedResume((target) => {
+      const fd = fs.openSync(target, "r+");
+      fs.writeSync(fd, "INJECTED BY ANOTHER PROCESS", 0);
+      fs.closeSync(fd);
+    });
+    expect(r.stderr).toBe(`escp: ${r.target}: the file there changed while --resume used the blocks it held; copy it again\n`);
+    expect(r.code).toBe(1);
+    expect(fs.readFileSync(r.target, "utf8").startsWith("INJECTED BY ANOTHER PROCESS")).toBe(true); // theirs, not passed off as ours
+    const again = await runEscp(["--resume", r.src, `${SSH_HOST}:${path.dirname(r.target)}/`]);
+    expect(again.code).toBe(0);
+    expect(await sameFile(r.src, r.target)).toBe(true);
+  });
+
+  test("--resume: a FIFO put in the target's place does not hang the receiver", async () => {
+    const r = await racedResume((target) => {
+      fs.renameSync(target, `${target}.moved`);
+      expect(Bun.spawnSync(["mkfifo", target]).exitCode).toBe(0);
+    });
+    expect(r.stderr).toBe(`escp: ${r.target}: the file there changed while --resume used the blocks it held; copy it again\n`);
+    expect(r.code).toBe(1);
+  }, 60_000);
 });

@@ -76,12 +76,14 @@ interface Kept {
   n: number;
   /** Where the kept bytes are: the temporary file itself, or the old target (copied at the end). */
   fromTarget: boolean;
+  /** The old target as its blocks were hashed (fileIdentity): they are used only from that file, unchanged. */
+  target?: string;
   /** All of them were in the old target, which stays as the file (keepTarget). */
   whole?: boolean;
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT } = fs.constants;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_NONBLOCK } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
@@ -347,8 +349,10 @@ export class Receiver {
     const held = fromTarget ? f.entry.size : partSize < f.entry.size ? partSize : f.entry.size;
     const n = Number(fromTarget ? (held + bs - 1n) / bs : held / bs);
     const hashes = new Uint8Array(n * 16);
+    let target: string | undefined;
     if (n > 0) {
-      const rd = this.openIn(f, fromTarget ? f.name : f.tmp, O_RDONLY, 0);
+      const rd = fromTarget ? this.openTarget(f) : this.lib.escp_reopen_read(f.fd, 0) /* not by name: see escp_reopen_read */;
+      if (fromTarget && rd >= 0) target = fileIdentity(rd);
       const h = hashes;
       for (let i = 0; i < n && rd >= 0 && !this.closed; i++) {
         const off = BigInt(i) * bs;
@@ -359,7 +363,7 @@ export class Receiver {
       if (rd >= 0) this.lib.escp_close(rd);
     }
     if (this.closed) return;
-    f.kept = { hashes, n, fromTarget, received: new Uint8Array(Number((f.entry.size + bs - 1n) / bs)) };
+    f.kept = { hashes, n, fromTarget, target, received: new Uint8Array(Number((f.entry.size + bs - 1n) / bs)) };
     for (let first = 0; first < n || first === 0; first += RESUME_CHUNK) {
       const chunk = hashes.subarray(first * 16, Math.min(n, first + RESUME_CHUNK) * 16);
       this.pool.sendControl(Rec.RESUME, encodeResume({ id: f.entry.id, first, hashes: chunk, last: first + RESUME_CHUNK >= n }));
@@ -466,9 +470,9 @@ export class Receiver {
     const verify = this.opts.verify && !f.special;
     if (!(f.kept && !cause) && !verify) return this.settle(f, shown, this.check(f, cause, f.processed));
     this.later(async () => {
-      const covered = f.processed + (f.kept && !cause ? await this.restoreKept(f) : 0n);
+      const restored = f.kept && !cause ? await this.restoreKept(f) : 0n;
       if (this.closed) return;
-      const checked = this.check(f, cause, covered);
+      const checked = typeof restored === "string" ? this.check(f, restored, f.processed) : this.check(f, cause, f.processed + restored);
       // A target kept whole was hashed from disk block by block to be offered: nothing was written to read back.
       if (!checked.cause && verify && !f.kept?.whole) checked.cause = await this.reread(f, f.verdict!.digest);
       if (this.closed) return;
@@ -524,15 +528,22 @@ export class Receiver {
   /**
    * --resume: blocks the sender did not resend are the ones we held. Their digests
    * join the file's; if they live in the old target they are copied into the
-   * temporary file. Returns the bytes they cover.
+   * temporary file. Returns the bytes they cover, or why they cannot be used: the old
+   * target is no longer the file, as it was, whose blocks were offered (someone wrote
+   * it or put another in its place meanwhile), and the sender sent none of them.
    */
-  private async restoreKept(f: RecvFile): Promise<bigint> {
+  private async restoreKept(f: RecvFile): Promise<bigint | string> {
     const k = f.kept!;
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
     k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
     const copy = k.fromTarget && !k.whole;
-    const src = copy ? this.openIn(f, f.name, O_RDONLY, 0) : -1;
+    const src = copy ? this.openTarget(f) : -1;
+    const changed = "the file there changed while --resume used the blocks it held; copy it again";
+    if (copy && (src < 0 || fileIdentity(src) !== k.target)) {
+      if (src >= 0) this.lib.escp_close(src);
+      return changed;
+    }
     const buf = copy ? Buffer.alloc(this.opts.blockSize) : undefined;
     for (let i = 0; i < k.n && !this.closed; i++) {
       if (k.received[i]) continue;
@@ -547,7 +558,10 @@ export class Receiver {
       f.digest.add(off, len, k.hashes.subarray(i * 16, i * 16 + 16));
       bytes += BigInt(len);
     }
+    // Written to while we copied from it: what we copied may not be what was offered.
+    const still = src < 0 || fileIdentity(src) === k.target;
     if (src >= 0) this.lib.escp_close(src);
+    if (!still) return changed;
     this.stats.skippedBytes += Number(bytes);
     // A partial file longer than the source (it changed) must not keep its tail.
     if (!k.whole) this.lib.escp_ftruncate(f.fd, f.entry.size);
@@ -562,8 +576,12 @@ export class Receiver {
    * -p could not set them on another user's file (the copy, ours, takes them).
    */
   private keepTarget(f: RecvFile): boolean {
-    const fd = this.openIn(f, f.name, O_RDONLY, 0);
+    const fd = this.openTarget(f);
     if (fd < 0) return false;
+    if (fileIdentity(fd) !== f.kept!.target) {
+      this.lib.escp_close(fd);
+      return false;
+    }
     if (this.opts.preserve && !this.privileged && fs.fstatSync(fd).uid !== process.geteuid?.()) {
       this.lib.escp_close(fd);
       return false;
@@ -576,7 +594,7 @@ export class Receiver {
 
   /** --verify: hash the file again from disk, block by block (--sparse: the blocks that came), and compare with the sender's digest. */
   private async reread(f: RecvFile, expected: Uint8Array): Promise<string | undefined> {
-    const fd = this.openIn(f, f.tmp, O_RDONLY, 1);
+    const fd = this.lib.escp_reopen_read(f.fd, 1); // what f.fd is, not what its name is now
     if (fd < 0) return `verify: ${causeOf(fd)}`;
     const d = new FileDigest();
     const h = new Uint8Array(16);
@@ -619,9 +637,16 @@ export class Receiver {
   }
 
   /** Opens `name` in f's directory (a negative errno if it cannot be). */
-  private openIn(f: RecvFile, name: string, flags: number, direct: number): number {
+  /**
+   * The old target, for reading, by its name: never waiting on a FIFO put there
+   * meanwhile; anything but a regular file is refused (-EINVAL).
+   */
+  private openTarget(f: RecvFile): number {
     const dfd = this.dirs.get(f.dir);
-    return dfd < 0 ? dfd : this.lib.escp_openat_beneath(dfd, cstr(name), flags, 0, direct, null);
+    const fd = dfd < 0 ? dfd : this.lib.escp_openat_beneath(dfd, f.nameC!, O_RDONLY | O_NONBLOCK, 0, 0, null);
+    if (fd < 0 || isRegular(fd)) return fd;
+    this.lib.escp_close(fd);
+    return -EINVAL;
   }
 
   /**
@@ -716,7 +741,7 @@ function fstatSize(fd: number): number {
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
-const EXDEV = 18, EEXIST = 17;
+const EXDEV = 18, EEXIST = 17, EINVAL = 22;
 
 /** Why a path under the destination could not be opened or made, in the user's terms. */
 function openFailure(code: number): string {
@@ -731,6 +756,12 @@ function openFailure(code: number): string {
 function causeOf(code: number): string {
   if (log.enabled("debug")) log.debug("native call failed", { detail: nativeError(code) });
   return codeText(code);
+}
+
+/** Which file fd is, and as it is now: a write or a chmod changes its ctime. */
+function fileIdentity(fd: number): string {
+  const s = fs.fstatSync(fd, { bigint: true });
+  return `${s.dev}:${s.ino}:${s.ctimeNs}:${s.size}`;
 }
 
 function isRegular(fd: number): boolean {
