@@ -464,6 +464,17 @@ ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
   return 0;
 }
 
+/* An integer sysctl, read once per process (cache starts at INT_MIN); 0 if it cannot be read. */
+static int protected_regular = INT_MIN;
+static int sysctl_int(const char *path, int *cache) {
+  if (*cache == INT_MIN) {
+    FILE *f = fopen(path, "re");
+    if (!f || fscanf(f, "%d", cache) != 1) *cache = 0;
+    if (f) fclose(f);
+  }
+  return *cache;
+}
+
 /* Whether this process may write `name` in dirfd, as open(O_WRONLY) would decide it
  * (effective ids, ACLs, read-only mounts): 0 or -errno. For the receiver, which
  * replaces a file by renaming over it, so that a file scp could not write is not
@@ -478,6 +489,17 @@ ESCP_API int escp_may_write(int dirfd, const char *name) {
   struct statx x;
   if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_TYPE, &x) == 0 && (x.stx_attributes & STATX_ATTR_APPEND))
     return escp__err(-EPERM, "Operation not permitted (the file is append-only: chattr -a)");
+  /* The kernel refuses scp's open of it (O_CREAT, even for root) where fs.protected_regular
+   * says so: another user's file, in a sticky directory that is not theirs and others may
+   * write (1: everyone; 2: its group too), as a file planted in /tmp to receive root's data.
+   * The rename that replaces it is not asked, so it is asked here. */
+  struct stat d, f;
+  int rule = sysctl_int("/proc/sys/fs/protected_regular", &protected_regular);
+  if (rule > 0 && fstat(dirfd, &d) == 0 && (d.st_mode & S_ISVTX) && fstatat(dirfd, name, &f, AT_SYMLINK_NOFOLLOW) == 0 &&
+      S_ISREG(f.st_mode) && f.st_uid != d.st_uid && f.st_uid != my_euid() &&
+      ((d.st_mode & S_IWOTH) || (rule >= 2 && (d.st_mode & S_IWGRP))))
+    return escp__err(-EACCES, "Permission denied (another user's file in a sticky directory others may write: "
+                              "fs.protected_regular refuses writing it, to scp too)");
   return 0;
 }
 

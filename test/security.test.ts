@@ -867,6 +867,60 @@ describe.skipIf(process.getuid?.() !== 0)("another local user on the receiving h
     expect(await sameFile(r.src, r.target)).toBe(true);
   });
 
+  /** Runs `body` with the sysctl fs.NAME set to value, restored after. */
+  async function withSysctl(name: string, value: string, body: () => Promise<void>): Promise<void> {
+    const at = `/proc/sys/fs/${name}`, was = fs.readFileSync(at, "utf8").trim();
+    fs.writeFileSync(at, value);
+    try {
+      await body();
+    } finally {
+      fs.writeFileSync(at, was);
+    }
+  }
+
+  test("fs.protected_symlinks: their link named as the destination in a sticky /tmp-like directory is not followed, as for scp", async () => {
+    const src = tmpdir("src"), base = tmpdir("dst"), shared = path.join(base, "shared"), safe = path.join(base, "rootonly");
+    fs.mkdirSync(shared);
+    fs.chmodSync(shared, 0o1777);
+    fs.mkdirSync(safe, { mode: 0o700 });
+    fs.writeFileSync(path.join(safe, "conf"), "root's\n", { mode: 0o600 });
+    fs.symlinkSync(path.join(safe, "conf"), path.join(shared, "out"));
+    fs.lchownSync(path.join(shared, "out"), 65534, 65534);
+    fs.writeFileSync(path.join(src, "f"), "new\n");
+    await withSysctl("protected_symlinks", "1", async () => {
+      const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${shared}/out`]);
+      // The kernel's own refusal, met when escp first looks through the link.
+      expect(r.stderr).toBe(`escp: ${SSH_HOST}: ${shared}/out: Permission denied\n`);
+      expect(r.code).toBe(1);
+    });
+    expect(fs.readFileSync(path.join(safe, "conf"), "utf8")).toBe("root's\n");
+    // Where the rule is off, the link is followed, as by scp.
+    await withSysctl("protected_symlinks", "0", async () => {
+      const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${shared}/out`]);
+      expect(r.code).toBe(0);
+    });
+    expect(fs.readFileSync(path.join(safe, "conf"), "utf8")).toBe("new\n");
+  });
+
+  test("fs.protected_regular: their file planted at the name in a sticky /tmp-like directory does not receive root's copy, as the kernel refuses scp", async () => {
+    const src = tmpdir("src"), shared = path.join(tmpdir("dst"), "shared"), target = path.join(shared, "secret");
+    fs.mkdirSync(shared);
+    fs.chmodSync(shared, 0o1777);
+    fs.writeFileSync(target, "");
+    fs.chmodSync(target, 0o666);
+    fs.chownSync(target, 65534, 65534);
+    fs.writeFileSync(path.join(src, "secret"), "root's secret\n");
+    await withSysctl("protected_regular", "1", async () => {
+      for (const args of [[path.join(src, "secret"), `${SSH_HOST}:${shared}/`], [path.join(src, "secret"), shared]]) {
+        const r = await runEscp(args);
+        expect(r.stderr).toBe(`escp: ${target}: Permission denied (another user's file in a sticky directory others may write: fs.protected_regular refuses writing it, to scp too)\n`);
+        expect(r.code).toBe(1);
+        expect(fs.readFileSync(target, "utf8")).toBe("");
+      }
+    });
+    expect(fs.readdirSync(shared)).toEqual(["secret"]);
+  });
+
   test("--resume: a FIFO put in the target's place does not hang the receiver", async () => {
     const r = await racedResume((target) => {
       fs.renameSync(target, `${target}.moved`);
