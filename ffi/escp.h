@@ -126,9 +126,10 @@ int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
 /* Creates the temporary file `name` (one component) in dirfd for writing: with mode
  * (less the umask; 0 means 0600), O_EXCL|O_NOFOLLOW, so a link planted there is never
  * followed; a stale file of that name (a killed run's) is removed and the create
- * retried once.  O_DIRECT is tried when direct.  The file is locked (flock) until its
- * commit's rename or its writer's end: one that is locked already is another escp's,
- * writing the same target now, and is left alone (ESCP_E_BUSY).  Returns fd or -errno. */
+ * retried once.  O_DIRECT is tried when direct.  The file is write-locked (an OFD lock)
+ * until its commit's rename or its writer's end: one of this user's that is write-locked
+ * already is another escp's, writing the same target now, and is left alone
+ * (ESCP_E_BUSY).  Returns fd or -errno. */
 int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct);
 /* Creates an unnamed file in dirfd for writing (O_TMPFILE), as escp_create_part does a
  * named one; escp_commit_file with ESCP_COMMIT_UNNAMED names it.  -EOPNOTSUPP where the

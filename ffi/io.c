@@ -276,14 +276,31 @@ static uid_t my_euid(void) {
 }
 
 /* Temporary names are fixed (`.NAME.escp-part`: the next run, or --resume, finds a
- * killed run's), so two escp copying to one target at once meet there.  Each holds an
- * exclusive flock on its temporary file from creation to rename; the lock dies with
- * its process however it ends.  A file found locked is another escp's, at work: it
- * is neither removed nor renamed (ESCP_E_BUSY); one found unlocked is stale.  Where
- * the filesystem has no locks (ENOLCK, EOPNOTSUPP), files go unlocked, as before. */
+ * killed run's), so two escp copying to one target at once meet there.  Each holds a
+ * write lock (an OFD lock, fcntl F_OFD_SETLK) on its temporary file from creation to
+ * rename; the lock dies with its descriptors however the process ends.  A write lock
+ * needs the file open for writing, so only someone who may write the file can make it
+ * look busy (with flock, any user who could read a root's leftover partial held it and
+ * stopped root's copies).  A file write-locked by this user is another escp's, at work:
+ * it is neither removed nor renamed (ESCP_E_BUSY); one found unlocked, read-locked, or
+ * another user's is not (a planted one held locked would refuse every copy to that
+ * name; a real one of another user's fails at its rename, which checks its name).
+ * Where the filesystem has no locks (ENOLCK, EOPNOTSUPP), files go unlocked, as before. */
+static int write_locked(int fd) {
+  struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+  return fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type == F_WRLCK;
+}
+
+static int busy_part(int fd) {
+  struct stat st;
+  return write_locked(fd) && fstat(fd, &st) == 0 && st.st_uid == my_euid() ? ESCP_E_BUSY : 0;
+}
+
+/* Locks fd (open for writing): 0, or ESCP_E_BUSY when another escp of ours holds it. */
 static int lock_part(int fd) {
-  if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
-  return errno == EWOULDBLOCK ? ESCP_E_BUSY : 0;
+  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+  if (fcntl(fd, F_OFD_SETLK, &l) == 0) return 0;
+  return errno == EAGAIN || errno == EACCES ? busy_part(fd) : 0;
 }
 
 /* Whether the open fd is what `name` in dirfd is now. */
@@ -301,7 +318,7 @@ ESCP_API int escp_clear_stale_part(int dirfd, const char *name) {
   if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return 0; /* nothing there */
   int fd = S_ISREG(st.st_mode) ? openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
   if (fd < 0) return unlinkat(dirfd, name, 0), 0; /* a link, a FIFO, or unreadable to us */
-  int rc = lock_part(fd);
+  int rc = busy_part(fd);
   if (!rc && is_named(fd, dirfd, name)) unlinkat(dirfd, name, 0);
   close(fd);
   return rc;

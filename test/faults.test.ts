@@ -266,18 +266,40 @@ describe("a temporary file another escp holds", () => {
   test("a one-block file onto it fails naming the target and why, not the temporary name; the target is kept", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     const a = await makeFile(path.join(src, "a"), 1000, { seed: 79 });
+    const big = await makeFile(path.join(src, "big"), 64 * MiB, { seed: 80 });
     fs.writeFileSync(path.join(dst, "t"), "old\n");
+    const holder = spawnEscp(["-l", "200000", big, path.join(dst, "t")]);
+    await waitFor(() => size(path.join(dst, ".t.escp-part")) > 0, 30_000, "the other copy's data");
+    const r = await runEscp([a, path.join(dst, "t")]);
+    expect(r.stderr).toBe(`escp: ${path.join(dst, "t")}: another escp is copying to this file now (its temporary file is locked)\n`);
+    expect(r.code).toBe(1);
+    expect(fs.readFileSync(path.join(dst, "t"), "utf8")).toBe("old\n");
+    expect(await holder.p.exited).toBe(0);
+    expect(await sameFile(big, path.join(dst, "t"))).toBe(true);
+  });
+});
+
+describe.skipIf(process.getuid?.() !== 0)("a temporary file another user holds", () => {
+  test("a lock another user takes on root's leftover partial (readable: no write access) does not stop root's copies", async () => {
+    // flock needs only read access: with it, any user could hold the name and refuse every copy to it.
+    const src = tmpdir("src"), dst = fs.mkdtempSync("/tmp/escp-held-"); // a path nobody can reach
+    fs.chmodSync(dst, 0o755);
+    const a = await makeFile(path.join(src, "t"), 3 * MiB, { seed: 81 });
     const part = path.join(dst, ".t.escp-part");
-    const holder = Bun.spawn(["flock", part, "sleep", "30"]); // as another escp's lock on it
+    fs.writeFileSync(part, Buffer.alloc(MiB));
+    fs.chmodSync(part, 0o644);
+    const holder = Bun.spawn(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "flock", "-s", part, "sleep", "30"]);
     try {
-      await waitFor(() => fs.existsSync(part), 5_000, "the lock");
-      await Bun.sleep(100);
-      const r = await runEscp([a, path.join(dst, "t")]);
-      expect(r.stderr).toBe(`escp: ${path.join(dst, "t")}: another escp is copying to this file now (its temporary file is locked)\n`);
-      expect(r.code).toBe(1);
-      expect(fs.readFileSync(path.join(dst, "t"), "utf8")).toBe("old\n");
+      await waitFor(() => Bun.spawnSync(["flock", "-n", "-x", part, "true"]).exitCode !== 0, 5_000, "nobody's lock");
+      for (const args of [[], ["--resume"]]) {
+        const r = await runEscp([...args, a, `${SSH_HOST}:${dst}/`]);
+        expect(r.stderr).toBe("");
+        expect(r.code).toBe(0);
+        expect(await sameFile(a, path.join(dst, "t"))).toBe(true);
+      }
     } finally {
       holder.kill();
+      fs.rmSync(dst, { recursive: true, force: true });
     }
   });
 });
