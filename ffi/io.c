@@ -351,6 +351,10 @@ ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t 
 ESCP_API int escp_open_resume_part(int dirfd, const char *name) {
   if (!one_name(name)) return -EINVAL;
   int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+  if (fd < 0 && errno == ELOOP) { /* a symbolic link: never ours, replaced as another owner's file is */
+    if (unlinkat(dirfd, name, 0) != 0) return errno == EPERM || errno == EACCES ? ESCP_E_NOTOURS : -errno;
+    return escp_create_part(dirfd, name, 0, 0600, NULL);
+  }
   if (fd < 0) return -errno;
   struct stat st;
   if (fstat(fd, &st) != 0) return close(fd), -errno;

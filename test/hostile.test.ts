@@ -314,4 +314,19 @@ describe("symlinks already in the destination (push to the real escp --server)",
     expect(text(victim)).toBe("precious");
     if (r.code === 0) expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
   });
+
+  test.concurrent("--resume: a symlink planted at the temporary name is replaced, not followed, and the copy goes ahead", async () => {
+    const src = tmpdir("src"), root = tmpdir("dst");
+    const dst = path.join(root, "dst"), victim = path.join(root, "victim");
+    fs.mkdirSync(dst);
+    fs.writeFileSync(victim, "precious");
+    await makeFile(path.join(src, "f"), 3 * 1024 * 1024 + 5, { seed: 4 });
+    fs.symlinkSync(victim, path.join(dst, ".f.escp-part"));
+    const r = await slot(() => runEscp(["--port", PORTS, "--resume", path.join(src, "f"), `${SSH_HOST}:${dst}/`]));
+    expect(text(victim)).toBe("precious");
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    expect(fs.readdirSync(dst)).toEqual(["f"]);
+  });
 });
