@@ -366,4 +366,9 @@ int64_t escp_zstd_decompress(const void *src, uint64_t len, void *dst, uint64_t 
 int escp_set_cpumask(const char *hexmask);
 int escp_set_nodemask(const char *hexmask);
 
+/* ---- tty.c ------------------------------------------------------------- */
+/* 1 while this process's group owns terminal fd's foreground (or fd is no terminal): the
+ * progress display is drawn only then, as scp's. */
+int escp_tty_foreground(int fd);
+
 #endif

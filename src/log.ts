@@ -23,6 +23,7 @@
  * log.debug("file start", { file: 7n, path: "a.bin", size: 10 });
  */
 import fs from "node:fs";
+import { toStderr } from "./stderr.ts";
 
 export type Level = "error" | "warn" | "info" | "debug" | "trace";
 export type Role = "sender" | "receiver";
@@ -88,7 +89,7 @@ export class Logger {
         } catch {}
       }
       this.max = -1;
-      process.stderr.write(`escp: warning: cannot write the log ${path}: ${(e as Error).message}\n`);
+      toStderr(`escp: warning: cannot write the log ${path}: ${(e as Error).message}\n`);
       return undefined;
     }
     return path;

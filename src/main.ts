@@ -17,11 +17,12 @@ import { receiveCopy, sourcesHere } from "./session/origin.ts";
 import { VERSION } from "./version.ts";
 import { PROTO_VERSION } from "./native.ts";
 import { rawArgs } from "./names.ts";
+import { toStderr } from "./stderr.ts";
 
 async function main(argv: string[]): Promise<number> {
   const parsed = parseArgs(argv);
   if (parsed instanceof UsageError) {
-    process.stderr.write(`${parsed.message}\n${parsed.showUsage ? usage() : ""}`);
+    toStderr(`${parsed.message}\n${parsed.showUsage ? usage() : ""}`);
     return EXIT_USAGE;
   }
   switch (parsed.mode) {
@@ -41,7 +42,7 @@ async function main(argv: string[]): Promise<number> {
       const order = await receiveCopy();
       const copyArgs = order && parseArgs(order.argv);
       if (!copyArgs || copyArgs instanceof UsageError || copyArgs.mode !== "copy") {
-        process.stderr.write(`escp --origin: ${copyArgs instanceof UsageError ? copyArgs.message : "expected a copy's command line on stdin"}\n`);
+        toStderr(`escp --origin: ${copyArgs instanceof UsageError ? copyArgs.message : "expected a copy's command line on stdin"}\n`);
         return EXIT_USAGE;
       }
       return copy(withConfig(copyArgs.options, copyArgs.explicit), sourcesHere(copyArgs.sources), copyArgs.target, order.gone);
@@ -62,22 +63,26 @@ export const EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 13
 /** `until`: settles when the copy must stop as if interrupted (escp --origin: the escp that asked is gone). */
 async function copy(o: Options, sources: Operand[], target: Operand, until?: Promise<void>): Promise<number> {
   // Progress and the summary line only on a terminal; -q and --json turn them off (report.ts).
-  const tty = !o.quiet && !o.json && stdoutIsTerminal();
+  // TERM=dumb (Emacs' shell, some CI logs) shows the display's cursor movements as text.
+  const tty = !o.quiet && !o.json && process.env.TERM !== "dumb" && stdoutIsTerminal();
   const report = new Report({ quiet: o.quiet, json: o.json, tty });
   // Without a listener a closed stdout (EPIPE) would end the process mid-copy, temporary files left.
   // Only these write there (-R passes on what the source host's escp printed).
   if (tty || o.json || o.viaSource) process.stdout.on("error", () => report.outputClosed());
   const stop = new AbortController();
-  const interrupt = () => stop.abort();
+  const interrupt = (sig?: NodeJS.Signals) => {
+    interruptedBy ??= sig;
+    stop.abort();
+  };
   // A hang-up too: a closed terminal or login must not leave a pull's temporary file behind.
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, interrupt);
-  void until?.then(interrupt);
+  void until?.then(() => interrupt());
   const r = await transfer(o, sources, target, report, stop.signal);
   const code = Report.exitStatus(r);
   if (r.interrupted || r.error) {
     // The progress line goes first, so the message starts a clean line.
     report.error(r.interrupted ? "interrupted" : r.error!, code, { interrupted: r.interrupted, usage: r.usage });
-    process.stderr.write(`escp: ${r.interrupted ? "interrupted" : printable(r.error!)}\n`);
+    toStderr(`escp: ${r.interrupted ? "interrupted" : printable(r.error!)}\n`);
     return code;
   }
   if (r.summary) report.summary(r.summary, code);
@@ -102,10 +107,22 @@ function withConfig(options: Options, explicit: Explicit): Options {
   return mergeConfig(options, explicit, loadConfig());
 }
 
+/** The signal that stopped the copy, if one did. */
+let interruptedBy: NodeJS.Signals | undefined;
+
 main(rawArgs(process.argv.slice(2))).then(
-  (code) => process.exit(code),
+  (code) => {
+    // Cleaned up after Ctrl-C: now ended by it, so that the shell running us stops too
+    // (a `for` loop of copies, a script), as it does for a program that did not catch
+    // it; the shell's status is 130 all the same.
+    if (interruptedBy === "SIGINT" && code === EXIT_INTERRUPTED) {
+      process.removeAllListeners("SIGINT");
+      process.kill(process.pid, "SIGINT");
+    }
+    process.exit(code);
+  },
   (e) => {
-    process.stderr.write(`${e instanceof Error && !e.message.startsWith("escp:") ? "escp: " : ""}${e instanceof Error ? e.message : String(e)}\n`);
+    toStderr(`${e instanceof Error && !e.message.startsWith("escp:") ? "escp: " : ""}${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(e instanceof ConfigError ? EXIT_USAGE : EXIT_FAILED);
   },
 );

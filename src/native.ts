@@ -88,6 +88,7 @@ const symbols = {
   escp_futimens: { args: [i32, i64, i64], returns: i32 },
   escp_fchmod: { args: [i32, u32], returns: i32 },
   escp_reopen_read: { args: [i32, i32], returns: i32 },
+  escp_tty_foreground: { args: [i32], returns: i32 },
   escp_commit_file: { args: [i32, u32, i32, i64, i64, i32, cstring, cstring], returns: i32 },
   escp_ftruncate: { args: [i32, i64], returns: i32 },
   escp_fdatasync: { args: [i32], returns: i32 },

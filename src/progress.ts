@@ -129,6 +129,8 @@ const STALLED_S = 5;
 export interface Terminal {
   write(s: string): unknown;
   columns?: number;
+  /** False while the job is in the background (Ctrl-Z then bg, or &): nothing is drawn over the shell's prompt then. */
+  foreground?(): boolean;
 }
 
 /** The in-place display on a terminal; draw() on each progress event, clear() before anything else is printed. */
@@ -141,7 +143,13 @@ export class TtyProgress {
     private readonly tally: Tally,
   ) {}
 
+  /** Whether the job is in the terminal's foreground (else nothing is drawn). */
+  inForeground(): boolean {
+    return this.out.foreground?.() !== false;
+  }
+
   draw(): void {
+    if (!this.inForeground()) return;
     const width = Math.max(20, (this.out.columns || 80) - 1);
     const rows = renderLines(this.tally, width);
     if (!rows.length) return;
@@ -151,6 +159,8 @@ export class TtyProgress {
     let s = this.lines > 1 ? `\r\x1b[${this.lines - 1}A` : "\r";
     // \r before \n: a terminal whose driver does not add it (raw mode) still starts the line at column 0.
     s += rows.map((r) => `${r}\x1b[K`).join("\r\n");
+    // Fewer lines than last time (the last file done, two lines become one): the old ones below go too.
+    if (rows.length < this.lines) s += "\x1b[J";
     this.out.write(s);
     this.lines = rows.length;
     this.lastFrame = frame;
@@ -159,6 +169,7 @@ export class TtyProgress {
   /** Erases the display, leaving the cursor where it started. */
   clear(): void {
     if (!this.lines) return;
+    if (!this.inForeground()) return void (this.lines = 0); // what is on screen now is the shell's
     let s = "\r\x1b[K";
     for (let i = 1; i < this.lines; i++) s += "\x1b[1A\r\x1b[K";
     this.out.write(s);

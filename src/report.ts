@@ -21,9 +21,11 @@ import { printable } from "./text.ts";
 import type { TransferSummary } from "./protocol.ts";
 import { Tally, TtyProgress, formatBytes, formatBits, type Terminal } from "./progress.ts";
 import { log } from "./log.ts";
+import { native } from "./native.ts";
 import { VERSION } from "./version.ts";
 import { dfgOnly } from "./jit.ts";
 import { PROMPTS_URL } from "./entrypoints.ts";
+import { toStderr } from "./stderr.ts";
 
 /** The hooks the sender and receiver call; the server collects them for its report. */
 export interface Events {
@@ -56,6 +58,17 @@ export interface TransferStats {
   bytes: number;
   skippedBytes: number;
   failures: number;
+}
+
+/** The display's terminal: stdout, drawn on only while the job is in the foreground. */
+function stdoutTerminal(): Terminal {
+  return {
+    write: (s) => process.stdout.write(s),
+    get columns() {
+      return process.stdout.columns;
+    },
+    foreground: () => native().escp_tty_foreground(1) !== 0,
+  };
 }
 
 export interface ReportOptions {
@@ -188,7 +201,7 @@ export class Report implements Events {
     private readonly opts: ReportOptions,
     private readonly print = true,
   ) {
-    if (print && opts.tty && !opts.quiet && !opts.json) this.display = new TtyProgress(opts.terminal ?? process.stdout, this.tally);
+    if (print && opts.tty && !opts.quiet && !opts.json) this.display = new TtyProgress(opts.terminal ?? stdoutTerminal(), this.tally);
   }
 
   session(info: SessionInfo): void {
@@ -304,7 +317,8 @@ export class Report implements Events {
     };
     log.info("session end", { files: s.files, bytes: s.bytes, network: s.bytesNetwork, disk: s.bytesDisk, seconds: s.seconds.toFixed(3), failures: this.failures.length });
     this.emit(ev);
-    if (this.display) {
+    // In the background (bg, &), not over the shell's prompt: scp prints nothing there either.
+    if (this.display?.inForeground()) {
       const width = Math.max(40, ((this.opts.terminal ?? process.stdout).columns || 80) - 3);
       const text = summaryLines(ev, width).join("\n");
       const output = (this.opts.terminal ?? process.stdout) as import("node:stream").Writable;
@@ -336,10 +350,15 @@ export class Report implements Events {
     this.unprinted.clear();
   }
 
+  /** Erases the progress display before another program's text on our stderr (ssh's, the remote escp's); the next sample redraws it. */
+  makeRoom(): void {
+    this.display?.clear();
+  }
+
   /** Erases the progress display before a message on stderr; the next sample redraws it. */
   private stderr(s: string): void {
     this.display?.clear();
-    process.stderr.write(printable(s.replace(/\n$/, "")) + "\n");
+    toStderr(printable(s.replace(/\n$/, "")) + "\n");
   }
 
   /** A library listener or --json output takes events. */

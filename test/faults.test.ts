@@ -208,6 +208,30 @@ describe("killed processes", () => {
     expect(fs.readdirSync(dst)).toEqual([]);
   });
 
+  test("Ctrl-C in a shell loop of copies stops the loop: escp ends by the signal once it has cleaned up", async () => {
+    // bash goes on after a child that caught SIGINT and exited; it stops when the child died of it.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 128 * MiB, { seed: 59 });
+    const script = 'for i in 1 2 3; do "$0" -F "$1" -l 200000 "$2" "$3"; done; echo finished';
+    const sh = Bun.spawn(["bash", "-c", script, ESCP_BIN, cfg, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
+      env: { ...process.env, ESCP_REMOTE: ESCP_BIN },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    await waitFor(() => size(path.join(dst, ".f.escp-part")) > 16 * MiB, 60_000, "data to arrive");
+    const escp = descendants(sh.pid).find((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith(`${ESCP_BIN}\0`));
+    expect(escp).toBeDefined();
+    const receivers = serverPids();
+    // What a terminal's Ctrl-C does: the signal to the shell and to its foreground child.
+    process.kill(sh.pid, "SIGINT");
+    process.kill(escp!, "SIGINT");
+    const out = await new Response(sh.stdout).text();
+    expect(await sh.exited).toBe(130);
+    expect(out).toBe("");
+    await receiversExit(receivers, 5_000);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("a hang-up (SIGHUP: the terminal or login closed) of a pull stops it as Ctrl-C does, removing the local temporary file", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 128 * MiB, { seed: 57 });

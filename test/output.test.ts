@@ -47,6 +47,11 @@ function screen(raw: string, cols: number): string[] {
       const n = Number(m[1] || 1);
       if (m[2] === "K") rows[y].length = Math.min(rows[y].length, x);
       else if (m[2] === "A") y = Math.max(0, y - n);
+      else if (m[2] === "J") {
+        // From the cursor to the end of the screen.
+        rows[y].length = Math.min(rows[y].length, x);
+        rows.length = y + 1;
+      }
       continue;
     }
     if (c === "\r") x = 0;
@@ -336,6 +341,21 @@ describe("over ssh", () => {
   });
 });
 
+describe("a stderr that cannot be written", () => {
+  test("2>/dev/full loses the warnings, not the copy (push, pull)", async () => {
+    const sshd = await startSshd();
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    fs.mkdirSync(path.join(src, "t"));
+    await makeFile(path.join(src, "t", "a"), 3 * MiB + 1, { seed: 53 });
+    expect(Bun.spawnSync(["mkfifo", path.join(src, "t", "fifo")]).exitCode).toBe(0); // warned about, skipped
+    for (const [from, to] of [[path.join(src, "t"), `${SSH_HOST}:${dst}/push`], [`${SSH_HOST}:${src}/t`, `${dst}/pull`]]) {
+      const r = await run(["sh", "-c", 'exec "$0" "$@" 2>/dev/full', ESCP_BIN, "-F", sshd.configPath, "-r", from, to], { env: { ESCP_REMOTE: ESCP_BIN } });
+      expect(r.code).toBe(0);
+      expect(await sameFile(path.join(src, "t", "a"), path.join(to.replace(/^.*:/, ""), "a"))).toBe(true);
+    }
+  });
+});
+
 describe("rendering", () => {
   test("lines fit the width; long names are cut from the left", () => {
     const t = new Tally();
@@ -375,6 +395,43 @@ describe("rendering", () => {
       "0/2 files  15B/20B  75%  8B/s  00:01 ETA",
     ]);
     expect(screen(out.join(""), 50).join("")).toBe("");
+  });
+
+  test("when the last file is done and two lines become one, the second is erased too", () => {
+    const out: string[] = [];
+    const t = new Tally();
+    const d = new TtyProgress({ write: (s) => out.push(s), columns: 50 }, t);
+    t.started("a", 10);
+    t.started("b", 10);
+    t.sample({ bytesDisk: 5, bytesNetwork: 5, bytesCompressed: 5, seconds: 1 });
+    d.draw();
+    t.sample({ bytesDisk: 20, bytesNetwork: 20, bytesCompressed: 20, seconds: 2 });
+    t.finished("a", 10);
+    t.finished("b", 10);
+    d.draw();
+    expect(screen(out.join(""), 50)).toEqual(["2/2 files  20B/20B  100%  10B/s  00:00 ETA"]);
+    d.clear();
+    expect(screen(out.join(""), 50).join("")).toBe("");
+  });
+
+  test("in the background (bg, &) nothing is drawn, nor erased over the shell's prompt", () => {
+    const out: string[] = [];
+    let fg = true;
+    const t = new Tally();
+    const d = new TtyProgress({ write: (s) => out.push(s), columns: 50, foreground: () => fg }, t);
+    t.started("a", 10);
+    t.sample({ bytesDisk: 5, bytesNetwork: 5, bytesCompressed: 5, seconds: 1 });
+    d.draw();
+    expect(out).toHaveLength(1);
+    fg = false;
+    t.sample({ bytesDisk: 8, bytesNetwork: 8, bytesCompressed: 8, seconds: 2 });
+    d.draw();
+    d.clear();
+    expect(out).toHaveLength(1);
+    fg = true;
+    d.draw(); // back in the foreground: drawn afresh on a new line of its own
+    expect(out).toHaveLength(2);
+    expect(out[1].startsWith("\r\x1b[")).toBe(false);
   });
 
   test("formats", () => {

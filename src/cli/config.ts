@@ -25,6 +25,7 @@ import {
   parseZstdLevel,
   ValueError,
 } from "./args.ts";
+import { toStderr } from "../stderr.ts";
 
 /** The options a config file may set. */
 export type ConfigOption = "cpumask" | "nodemask" | "threads" | "blockSize" | "ports" | "compress" | "zstdLevel" | "direct" | "log" | "keepaliveS" | "sockbuf";
@@ -142,7 +143,7 @@ function readIfExists(path: string): string | undefined {
     // Another user's HOME (su without -, a setuid wrapper): ssh reads its files from the
     // passwd entry and copies; so does escp, saying what it could not read.
     if (code === "EACCES") {
-      process.stderr.write(`escp: warning: cannot read ${path} (permission denied): its settings are not used\n`);
+      toStderr(`escp: warning: cannot read ${path} (permission denied): its settings are not used\n`);
       return undefined;
     }
     throw new ConfigError(`escp: cannot read ${path}: ${(e as Error).message}`);

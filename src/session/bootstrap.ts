@@ -28,6 +28,7 @@ import fs from "node:fs";
 import { VERSION, CACHE_DIR, CACHE_ROOT, CACHE_BUILD } from "../version.ts";
 import { PROTO_VERSION } from "../native.ts";
 import type { ServerProcess } from "./remote.ts";
+import { toStderr } from "../stderr.ts";
 
 /** First word of the line the snippet prints when the remote has no usable escp. */
 export const BOOTSTRAP_MARKER = "escp-bootstrap-needed";
@@ -359,7 +360,7 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     const payload = await preparePayload(exe, info.tools);
     if (!o.quiet) {
       const mb = (payload.size / 1e6).toFixed(0);
-      process.stderr.write(
+      toStderr(
         `escp: ${where} has no escp ${VERSION} (protocol ${PROTO_VERSION}): installing this one as ~/${CACHE_PATH}` +
           ` (${mb} MB${payload.method === "raw" ? "" : `, sent compressed with ${payload.method}`})\n`,
       );

@@ -26,6 +26,7 @@ import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
 import { printable } from "../text.ts";
 import { hex, type SessionOptions, type ControlMessage, type TransferSummary } from "../protocol.ts";
+import { toStderr } from "../stderr.ts";
 
 /** What a transfer came to: the summary when it ran, the fatal error when it could not. */
 export interface TransferResult {
@@ -130,14 +131,14 @@ export async function transfer(
   prestartStreamWorkers(asked);
   if (plan.dir !== "pull") prestartWalker(plan.sources, { recursive: o.recursive });
   prepareGcm();
-  const stderrTail = forwardStderr(child.stderr, o);
+  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom());
   const ch = new ControlChannel(child.stdout, (b) => {
     try {
       child.stdin.write(b);
       child.stdin.flush();
     } catch {}
   }, where, (text) => {
-    if (!o.quiet) process.stderr.write(`escp: warning: ${where} printed "${text.slice(0, 200)}" before escp started (a shell startup file? make non-interactive shells silent)\n`);
+    if (!o.quiet) toStderr(`escp: warning: ${where} printed "${text.slice(0, 200)}" before escp started (a shell startup file? make non-interactive shells silent)\n`);
   });
   const keys = newKeys();
   const session: SessionOptions = {

@@ -42,7 +42,7 @@ export async function fromSource(
   // they drive this end's progress display, summary and library events.
   const argv = [...copyFlags({ ...o, json: true }), "--", ...sources.map((s) => asLocalOperand(s.path)), formatOperand(into)];
   const child = startRemote(o, host, "--origin");
-  const stderrTail = forwardStderr(child.stderr, o);
+  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom());
   let summary: TransferSummary | undefined;
   let failedThere = false; // its session failed as a whole (it printed why)
   let answered = false; // it started the copy (its first event came)

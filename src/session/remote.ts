@@ -17,6 +17,7 @@ import { bootstrapping } from "./bootstrap.ts";
 import { encodeFrame } from "./control.ts";
 import { BUILTIN_SSH_URL } from "../entrypoints.ts";
 import { errnoText } from "../plan/walk.ts";
+import { toStderr } from "../stderr.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
 export type Plan =
@@ -152,14 +153,24 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
   return out;
 }
 
-/** Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping the tail for diagnosis. */
-export function forwardStderr(stream: ReadableStream<Uint8Array>, o: Options): { text: string; done: Promise<void>; quiet: boolean } {
+/**
+ * Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping
+ * the tail for diagnosis. `makeRoom` erases the progress display first, so that the text
+ * starts on a line of its own and the next redraw does not write over it.
+ */
+export function forwardStderr(
+  stream: ReadableStream<Uint8Array>,
+  o: Options,
+  makeRoom: () => void,
+): { text: string; done: Promise<void>; quiet: boolean } {
   const tail = { text: "", done: Promise.resolve(), quiet: o.quiet };
   tail.done = (async () => {
     for await (const chunk of stream as any as AsyncIterable<Uint8Array>) {
       const s = Buffer.from(chunk).toString("utf8");
       tail.text = (tail.text + s).slice(-4096);
-      if (!o.quiet || /error|denied|refused|not found/i.test(s)) process.stderr.write(s);
+      if (o.quiet && !/error|denied|refused|not found/i.test(s)) continue;
+      makeRoom();
+      toStderr(s);
     }
   })();
   return tail;

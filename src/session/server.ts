@@ -18,6 +18,7 @@ import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
 import { log } from "../log.ts";
 import type { ControlMessage } from "../protocol.ts";
+import { toStderr } from "../stderr.ts";
 
 /** The control channel arrives on stdin (ssh's, or the local client's pipe). */
 const STDIN_FD = 0;
@@ -74,7 +75,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
   let finished = false;
   /** Ends this process now, removing temporary files (unless --resume keeps them). */
   const giveUp = (why?: string): never => {
-    if (why) process.stderr.write(`escp --server: ${why}\n`);
+    if (why) toStderr(`escp --server: ${why}\n`);
     pool?.abort();
     side?.cleanup();
     process.exit(1);

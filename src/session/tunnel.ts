@@ -27,6 +27,7 @@ import { sshArgs, type Options } from "../cli/args.ts";
 import { native, cstr, ptr, nativeError, E } from "../native.ts";
 import type { SessionKeys } from "./connect.ts";
 import { spawnSsh, useBuiltinSsh, type Remote } from "./remote.ts";
+import { toStderr } from "../stderr.ts";
 
 /** Connect timeout for the first stream when a fallback is possible: a dropped SYN must not cost long. */
 export const FALLBACK_CONNECT_MS = 3000;
@@ -68,7 +69,7 @@ export async function connectData(
         `and falling back to --tunnel needs the system ssh program: open the port range or install ssh`);
     }
     if (!o.quiet) {
-      process.stderr.write(`escp: data ports ${o.ports[0]}-${o.ports[1]} on ${host.host} unreachable (${cause}); falling back to --tunnel (slower)\n`);
+      toStderr(`escp: data ports ${o.ports[0]}-${o.ports[1]} on ${host.host} unreachable (${cause}); falling back to --tunnel (slower)\n`);
     }
   }
   // The built-in client runs on our event loop, which the blocking connects below would stall.
