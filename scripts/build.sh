@@ -15,7 +15,13 @@ echo "$build_id" >build/build-id
 # --external for ssh2's optional add-ons (it falls back to node:crypto when they fail to
 # load): embedded, Bun writes them to $TMPDIR as .bun-*.node at every start of the
 # built-in ssh client and leaves them there.
+# --no-compile-autoload-*: the executable reads no bunfig.toml, .env, tsconfig.json or
+# package.json from the directory it runs in; by default it did, so a bunfig.toml's
+# `preload` in a directory someone else can write (cd /tmp; escp ...) ran their code as
+# the user running escp, and a .env set its environment (ESCP_REMOTE, ...).
 ./node_modules/.bin/bun build --compile --bytecode --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
+  --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
+  --no-compile-autoload-tsconfig --no-compile-autoload-package-json \
   --external cpu-features --external '*.node' \
   src/main.ts src/streams/worker.ts src/plan/walker.ts src/session/builtin-ssh.ts src/cli/prompts.ts --outfile dist/escp >build/bun-build.log 2>&1 \
   || { cat build/bun-build.log; exit 1; }

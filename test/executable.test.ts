@@ -42,6 +42,21 @@ test("a local copy runs sender and --server from the lone executable", async () 
   expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
 });
 
+test("the directory escp runs in is not read for bunfig.toml or .env: a preload there does not run, an ESCP_LIB there is not loaded", async () => {
+  // Bun's executables read both from the working directory unless built not to: in a
+  // directory someone else can write (/tmp), their preload ran as the user running escp.
+  const dir = tmpdir("cwd"), src = tmpdir("src"), dst = tmpdir("dst");
+  fs.writeFileSync(path.join(dir, "bunfig.toml"), 'preload = ["./planted.js"]\n');
+  fs.writeFileSync(path.join(dir, "planted.js"), `require("fs").writeFileSync(${JSON.stringify(path.join(dir, "RAN"))}, "");\n`);
+  fs.writeFileSync(path.join(dir, ".env"), "ESCP_LIB=/nonexistent/libescp.so\n");
+  await makeFile(path.join(src, "f"), 3 * 1024 * 1024 + 7, { seed: 91 });
+  const r = await run([lone, path.join(src, "f"), `${dst}/`], { cwd: dir, env: envOnly() });
+  expect(r.stderr).toBe("");
+  expect(r.code).toBe(0);
+  expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  expect(fs.existsSync(path.join(dir, "RAN"))).toBe(false);
+});
+
 test("the lone executable runs its embedded workers when the build tree is out of sight", async () => {
   // A host that received only dist/escp has no sources at the build path: the stream
   // workers and the walker must come from the executable, never from that path.
