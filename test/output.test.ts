@@ -376,14 +376,20 @@ describe("rendering", () => {
     expect(renderLines(t, 80)[0]).toContain("- stalled -");
   });
 
-  test("the display redraws in place and erases itself", () => {
+  /** A 50-column display of files a and b (10 bytes each), 5 bytes through after a second, drawn once; what it wrote goes to `out`. */
+  function twoFiles(foreground?: () => boolean) {
     const out: string[] = [];
     const t = new Tally();
-    const d = new TtyProgress({ write: (s) => out.push(s), columns: 50 }, t);
+    const d = new TtyProgress({ write: (s) => out.push(s), columns: 50, foreground }, t);
     t.started("a", 10);
     t.started("b", 10);
     t.sample({ bytesDisk: 5, bytesNetwork: 5, bytesCompressed: 5, seconds: 1 });
     d.draw();
+    return { out, t, d };
+  }
+
+  test("the display redraws in place and erases itself", () => {
+    const { out, t, d } = twoFiles();
     d.draw(); // nothing changed: nothing written
     t.sample({ bytesDisk: 15, bytesNetwork: 15, bytesCompressed: 15, seconds: 2 });
     d.draw();
@@ -398,13 +404,7 @@ describe("rendering", () => {
   });
 
   test("when the last file is done and two lines become one, the second is erased too", () => {
-    const out: string[] = [];
-    const t = new Tally();
-    const d = new TtyProgress({ write: (s) => out.push(s), columns: 50 }, t);
-    t.started("a", 10);
-    t.started("b", 10);
-    t.sample({ bytesDisk: 5, bytesNetwork: 5, bytesCompressed: 5, seconds: 1 });
-    d.draw();
+    const { out, t, d } = twoFiles();
     t.sample({ bytesDisk: 20, bytesNetwork: 20, bytesCompressed: 20, seconds: 2 });
     t.finished("a", 10);
     t.finished("b", 10);
@@ -415,13 +415,8 @@ describe("rendering", () => {
   });
 
   test("in the background (bg, &) nothing is drawn, nor erased over the shell's prompt", () => {
-    const out: string[] = [];
     let fg = true;
-    const t = new Tally();
-    const d = new TtyProgress({ write: (s) => out.push(s), columns: 50, foreground: () => fg }, t);
-    t.started("a", 10);
-    t.sample({ bytesDisk: 5, bytesNetwork: 5, bytesCompressed: 5, seconds: 1 });
-    d.draw();
+    const { out, t, d } = twoFiles(() => fg);
     expect(out).toHaveLength(1);
     fg = false;
     t.sample({ bytesDisk: 8, bytesNetwork: 8, bytesCompressed: 8, seconds: 2 });

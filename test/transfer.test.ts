@@ -960,6 +960,17 @@ describe("socket buffers (--sockbuf)", () => {
   });
 });
 
+/** An empty filesystem of `blocks` blocks, made by mkfs (the image's path is added) and mounted as mount(image, mountPoint) says: its mount point. */
+function mountImage(name: string, blocks: number, mkfs: string[], mount: (img: string, at: string) => string[]): string {
+  const dir = tmpdir(name), img = path.join(dir, "img"), at = path.join(dir, "mnt");
+  fs.mkdirSync(at);
+  fs.closeSync(fs.openSync(img, "w"));
+  fs.truncateSync(img, blocks * BLOCK);
+  expect(Bun.spawnSync([...mkfs, img]).exitCode).toBe(0);
+  expect(Bun.spawnSync(mount(img, at)).exitCode).toBe(0);
+  return at;
+}
+
 /** Copies A, a, Big and BIG into mnt/case: one of each pair arrives whole, the other is named as not copied. */
 async function caseTwinsRefused(mnt: string): Promise<void> {
   const src = tmpdir("src");
@@ -988,13 +999,7 @@ const fatReady = process.getuid?.() === 0 && fs.existsSync("/dev/fuse") && Bun.w
 describe.skipIf(!fatReady)("into a FAT filesystem (fusefat)", () => {
   let mnt = "";
   beforeAll(() => {
-    const dir = tmpdir("fat");
-    mnt = path.join(dir, "mnt");
-    fs.mkdirSync(mnt);
-    fs.closeSync(fs.openSync(path.join(dir, "img"), "w"));
-    fs.truncateSync(path.join(dir, "img"), 96 * BLOCK);
-    expect(Bun.spawnSync(["mkfs.vfat", path.join(dir, "img")]).exitCode).toBe(0);
-    expect(Bun.spawnSync(["fusefat", "-o", "rw+", path.join(dir, "img"), mnt]).exitCode).toBe(0);
+    mnt = mountImage("fat", 96, ["mkfs.vfat"], (img, at) => ["fusefat", "-o", "rw+", img, at]);
   });
   afterAll(() => {
     if (mnt) Bun.spawnSync(["umount", mnt]);
@@ -1022,16 +1027,12 @@ const exfatReady = fatReady && Bun.which("mount.exfat-fuse") !== null && Bun.whi
 describe.skipIf(!exfatReady)("into an exFAT filesystem (exfat-fuse, a plain fuseblk mount)", () => {
   let mnt = "", loop = "";
   beforeAll(() => {
-    const dir = tmpdir("exfat");
-    mnt = path.join(dir, "mnt");
-    fs.mkdirSync(mnt);
-    fs.closeSync(fs.openSync(path.join(dir, "img"), "w"));
-    fs.truncateSync(path.join(dir, "img"), 64 * BLOCK);
-    expect(Bun.spawnSync(["mkfs.exfat", path.join(dir, "img")]).exitCode).toBe(0);
-    const l = Bun.spawnSync(["losetup", "-f", "--show", path.join(dir, "img")]);
-    expect(l.exitCode).toBe(0);
-    loop = l.stdout.toString().trim();
-    expect(Bun.spawnSync(["mount.exfat-fuse", loop, mnt]).exitCode).toBe(0);
+    mnt = mountImage("exfat", 64, ["mkfs.exfat"], (img, at) => {
+      const l = Bun.spawnSync(["losetup", "-f", "--show", img]); // it takes only a block device
+      expect(l.exitCode).toBe(0);
+      loop = l.stdout.toString().trim();
+      return ["mount.exfat-fuse", loop, at];
+    });
   });
   afterAll(() => {
     if (mnt) Bun.spawnSync(["umount", mnt]);
@@ -1052,13 +1053,7 @@ const ntfsReady = fatReady && Bun.which("ntfs-3g") !== null && Bun.which("mkntfs
 describe.skipIf(!ntfsReady)("into an NTFS filesystem (ntfs-3g, a FUSE mount that keeps case)", () => {
   let mnt = "";
   beforeAll(() => {
-    const dir = tmpdir("ntfs");
-    mnt = path.join(dir, "mnt");
-    fs.mkdirSync(mnt);
-    fs.closeSync(fs.openSync(path.join(dir, "img"), "w"));
-    fs.truncateSync(path.join(dir, "img"), 16 * BLOCK);
-    expect(Bun.spawnSync(["mkntfs", "-F", "-Q", path.join(dir, "img")]).exitCode).toBe(0);
-    expect(Bun.spawnSync(["ntfs-3g", path.join(dir, "img"), mnt]).exitCode).toBe(0);
+    mnt = mountImage("ntfs", 16, ["mkntfs", "-F", "-Q"], (img, at) => ["ntfs-3g", img, at]);
   });
   afterAll(() => {
     if (mnt) Bun.spawnSync(["umount", mnt]);
