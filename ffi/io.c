@@ -485,15 +485,15 @@ ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
   return 0;
 }
 
-/* An integer sysctl, read once per process (cache starts at INT_MIN); 0 if it cannot be read. */
-static int protected_regular = INT_MIN;
-static int sysctl_int(const char *path, int *cache) {
-  if (*cache == INT_MIN) {
-    FILE *f = fopen(path, "re");
-    if (!f || fscanf(f, "%d", cache) != 1) *cache = 0;
+/* fs.protected_regular (0, 1 or 2), read once; 0 if it cannot be read. */
+static int protected_regular(void) {
+  static int rule = -1;
+  if (rule < 0) {
+    FILE *f = fopen("/proc/sys/fs/protected_regular", "re");
+    if (!f || fscanf(f, "%d", &rule) != 1 || rule < 0) rule = 0;
     if (f) fclose(f);
   }
-  return *cache;
+  return rule;
 }
 
 /* Whether this process may write `name` in dirfd, as open(O_WRONLY) would decide it
@@ -515,7 +515,7 @@ ESCP_API int escp_may_write(int dirfd, const char *name) {
    * write (1: everyone; 2: its group too), as a file planted in /tmp to receive root's data.
    * The rename that replaces it is not asked, so it is asked here. */
   struct stat d, f;
-  int rule = sysctl_int("/proc/sys/fs/protected_regular", &protected_regular);
+  int rule = protected_regular();
   if (rule > 0 && fstat(dirfd, &d) == 0 && (d.st_mode & S_ISVTX) && fstatat(dirfd, name, &f, AT_SYMLINK_NOFOLLOW) == 0 &&
       S_ISREG(f.st_mode) && f.st_uid != d.st_uid && f.st_uid != my_euid() &&
       ((d.st_mode & S_IWOTH) || (rule >= 2 && (d.st_mode & S_IWGRP))))
@@ -631,10 +631,9 @@ static void take_identity(int fd, int dirfd, const char *name, const struct stat
 /* The old file's mode for the file that replaces it.  Its set-id bits only as root and
  * only where the new file now has the old one's owner and group, as root's write into
  * that file would keep them (anyone else's write clears them). */
-static uint32_t mode_of_replaced(int fd, const struct stat *old) {
-  struct stat now;
+static uint32_t mode_of_replaced(const struct stat *now, const struct stat *old) {
   uint32_t mode = (uint32_t)(old->st_mode & 07777);
-  if (my_euid() != 0 || fstat(fd, &now) != 0 || now.st_uid != old->st_uid || now.st_gid != old->st_gid)
+  if (my_euid() != 0 || !now || now->st_uid != old->st_uid || now->st_gid != old->st_gid)
     mode &= ~(uint32_t)(S_ISUID | S_ISGID);
   return mode;
 }
@@ -649,20 +648,26 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
                               int dirfd, const char *tmp, const char *name) {
   /* An ACL taken from the old file sets mode bits too: the mode is set after it, and a file
    * made with its final mode (ESCP_MODE_KEEP) gets that mode back. */
-  struct stat made, old;
+  struct stat made, old, st;
+  int known = 0; /* st holds the file as it is now */
   if ((flags & ESCP_COMMIT_REPLACES) && one_name(name)) {
-    if (mode == ESCP_MODE_KEEP && fstat(fd, &made) == 0) mode = (uint32_t)(made.st_mode & 07777);
+    /* Not with OLD_MODE: there the old file's mode replaces it, or, the old file gone,
+     * no ACL was taken that could have changed it. */
+    if (mode == ESCP_MODE_KEEP && !(flags & ESCP_COMMIT_OLD_MODE) && fstat(fd, &made) == 0)
+      mode = (uint32_t)(made.st_mode & 07777);
     /* Owner and mode from one look at what is there now: from two moments, a user who
      * can write the directory got root's copy with their file's setuid mode by removing
      * their file while the data travelled. */
     if (fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(old.st_mode)) {
       take_identity(fd, dirfd, name, &old);
-      if (flags & ESCP_COMMIT_OLD_MODE) mode = mode_of_replaced(fd, &old);
+      if (flags & ESCP_COMMIT_OLD_MODE) {
+        known = fstat(fd, &st) == 0;
+        mode = mode_of_replaced(known ? &st : NULL, &old);
+      }
     }
   }
   /* A file it already has (--inplace into another user's file, which only its owner may chmod). */
-  struct stat st;
-  int known = mode != ESCP_MODE_KEEP && fstat(fd, &st) == 0;
+  if (!known) known = mode != ESCP_MODE_KEEP && fstat(fd, &st) == 0;
   int same = known && (st.st_mode & 07777) == mode;
   int rc = mode == ESCP_MODE_KEEP || same || fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod %s", tmp);
   /* A filesystem that keeps no modes (FAT, exFAT; its FUSE drivers say ENOSYS) refuses
