@@ -351,8 +351,9 @@ export class Receiver {
     const hashes = new Uint8Array(n * 16);
     let target: string | undefined;
     if (n > 0) {
-      const rd = fromTarget ? this.openTarget(f) : this.lib.escp_reopen_read(f.fd, 0) /* not by name: see escp_reopen_read */;
-      if (fromTarget && rd >= 0) target = fileIdentity(rd);
+      const old = fromTarget ? this.openTarget(f) : undefined;
+      const rd = old ? old.fd : this.lib.escp_reopen_read(f.fd, 0); // ours: not by name (escp_reopen_read)
+      if (old?.st) target = fileIdentity(old.st);
       const h = hashes;
       for (let i = 0; i < n && rd >= 0 && !this.closed; i++) {
         const off = BigInt(i) * bs;
@@ -538,9 +539,10 @@ export class Receiver {
     let bytes = 0n;
     k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
     const copy = k.fromTarget && !k.whole;
-    const src = copy ? this.openTarget(f) : -1;
+    const old = copy ? this.openTarget(f) : { fd: -1 };
+    const src = old.fd;
     const changed = "the file there changed while --resume used the blocks it held; copy it again";
-    if (copy && (src < 0 || fileIdentity(src) !== k.target)) {
+    if (copy && (!old.st || fileIdentity(old.st) !== k.target)) {
       if (src >= 0) this.lib.escp_close(src);
       return changed;
     }
@@ -559,7 +561,7 @@ export class Receiver {
       bytes += BigInt(len);
     }
     // Written to while we copied from it: what we copied may not be what was offered.
-    const still = src < 0 || fileIdentity(src) === k.target;
+    const still = src < 0 || fileIdentity(fs.fstatSync(src, { bigint: true })) === k.target;
     if (src >= 0) this.lib.escp_close(src);
     if (!still) return changed;
     this.stats.skippedBytes += Number(bytes);
@@ -576,13 +578,13 @@ export class Receiver {
    * -p could not set them on another user's file (the copy, ours, takes them).
    */
   private keepTarget(f: RecvFile): boolean {
-    const fd = this.openTarget(f);
-    if (fd < 0) return false;
-    if (fileIdentity(fd) !== f.kept!.target) {
+    const { fd, st } = this.openTarget(f);
+    if (!st) return false;
+    if (fileIdentity(st) !== f.kept!.target) {
       this.lib.escp_close(fd);
       return false;
     }
-    if (this.opts.preserve && !this.privileged && fs.fstatSync(fd).uid !== process.geteuid?.()) {
+    if (this.opts.preserve && !this.privileged && Number(st.uid) !== process.geteuid?.()) {
       this.lib.escp_close(fd);
       return false;
     }
@@ -636,17 +638,18 @@ export class Receiver {
     return causeOf(r);
   }
 
-  /** Opens `name` in f's directory (a negative errno if it cannot be). */
   /**
-   * The old target, for reading, by its name: never waiting on a FIFO put there
-   * meanwhile; anything but a regular file is refused (-EINVAL).
+   * The old target, for reading, by its name, with its stat: never waiting on a FIFO
+   * put there meanwhile; anything but a regular file is refused (fd -EINVAL).
    */
-  private openTarget(f: RecvFile): number {
+  private openTarget(f: RecvFile): { fd: number; st?: fs.BigIntStats } {
     const dfd = this.dirs.get(f.dir);
     const fd = dfd < 0 ? dfd : this.lib.escp_openat_beneath(dfd, f.nameC!, O_RDONLY | O_NONBLOCK, 0, 0, null);
-    if (fd < 0 || isRegular(fd)) return fd;
+    if (fd < 0) return { fd };
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (st.isFile()) return { fd, st };
     this.lib.escp_close(fd);
-    return -EINVAL;
+    return { fd: -EINVAL };
   }
 
   /**
@@ -758,9 +761,8 @@ function causeOf(code: number): string {
   return codeText(code);
 }
 
-/** Which file fd is, and as it is now: a write or a chmod changes its ctime. */
-function fileIdentity(fd: number): string {
-  const s = fs.fstatSync(fd, { bigint: true });
+/** Which file it is, and as it is now: a write or a chmod changes its ctime. */
+function fileIdentity(s: fs.BigIntStats): string {
   return `${s.dev}:${s.ino}:${s.ctimeNs}:${s.size}`;
 }
 
