@@ -538,6 +538,29 @@ describe("the receiving disk", () => {
     }
   });
 
+  test("a file the full disk refuses at its start is not sent on to its end", async () => {
+    const src = tmpdir("src");
+    const mnt = tmpdir("full");
+    // Holes read as zeros: 2 GiB to send, which a 4 MiB disk refuses at once (its space is reserved first).
+    const big = path.join(src, "big");
+    fs.closeSync(fs.openSync(big, "w"));
+    fs.truncateSync(big, 2 * 1024 * MiB);
+    expect((await run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt])).code).toBe(0);
+    try {
+      for (const args of [[big, `${SSH_HOST}:${mnt}/`], [`${SSH_HOST}:${big}`, `${mnt}/`]]) {
+        const r = await runEscp(["--json", ...args]);
+        expect(r.stderr).toMatch(new RegExp(`${mnt}/big: .*No space left on device`));
+        expect(r.code).toBe(1);
+        const summary = JSON.parse(r.stdout.trim().split("\n").pop()!);
+        expect(summary.failures).toBe(1);
+        expect(summary.bytesNetwork).toBeLessThan(256 * MiB);
+        expect(fs.readdirSync(mnt)).toEqual([]);
+      }
+    } finally {
+      await run(["umount", "-l", mnt]);
+    }
+  });
+
   test("a destination directory made unwritable mid-transfer fails the file with the cause", async () => {
     // Root ignores permissions, but not the immutable attribute (ext4's chattr +i).
     const src = tmpdir("src"), dst = tmpdir("dst");

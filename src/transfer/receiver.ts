@@ -61,6 +61,8 @@ interface RecvFile {
   special?: boolean;
   /** A regular file is at the target name: commit gives ours its owner, group and attributes. */
   replaces?: boolean;
+  /** Failed while its data still came (the disk refused it): reported and answered then, dropped at its end. */
+  answered?: boolean;
 }
 
 /** What check() found: why the file fails (if it does), its digest, and the bytes its blocks cover. */
@@ -148,7 +150,9 @@ export class Receiver {
     // The data streams end with their END records, or not at all if the session dies first.
     await Promise.race([this.pool.allEnded(), this.dead]);
     if (this.fatal) throw this.fatal;
-    for (const f of this.files.values()) f.digest.discard(); // refused ones, their blocks dropped
+    // Refused ones, their blocks dropped; a file failed early is settled by its last block.
+    for (const f of this.files.values()) if (f.answered) throw new Error(`internal error: ${f.rel} failed and was not cleaned up`);
+    for (const f of this.files.values()) f.digest.discard();
     this.files.clear();
     this.finishDirs();
     this.dirs.close();
@@ -182,7 +186,7 @@ export class Receiver {
         }
       } else if (type === Rec.END) {
         // A refused file's last blocks may still be on their way (the data streams end after them).
-        const unfinished = [...this.files.values()].filter((f) => f.tmp || f.special).length;
+        const unfinished = [...this.files.values()].filter((f) => (f.tmp || f.special) && !f.answered).length;
         if (unfinished) throw new ProtocolError(`sender ended the session with ${unfinished} file(s) unfinished`);
         this.senderEnded = true;
         this.ended();
@@ -426,9 +430,7 @@ export class Receiver {
 
   /** An entry that will not be written: the sender hears why, and its data (if any) goes nowhere. */
   private reject(e: FileEntry, rel: string, cause: string, shown = this.target.show(rel)): void {
-    this.stats.failures++;
-    this.events.failed(shown, cause, e.id);
-    this.results.add({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` });
+    this.refuse(e, shown, cause);
     if (e.kind === "file") {
       // Blocks may already be on their way: they are authenticated and dropped, unwritten
       // (FD_CLAIMED: no file, and none to create), without a descriptor to spare.
@@ -444,11 +446,30 @@ export class Receiver {
       if (!f) continue;
       f.processed += BigInt(b.len);
       if (f.kept) f.kept.received[Number(b.offset / BigInt(this.opts.blockSize))] = 1;
-      if (b.status < 0) f.error ??= codeText(b.status);
-      else f.digest.add(b.offset, b.len, b.hash);
+      if (b.status < 0 && !f.error) this.failEarly(f, codeText(b.status));
+      else if (b.status >= 0) f.digest.add(b.offset, b.len, b.hash);
       this.maybeFinish(f);
     }
     this.results.flush();
+  }
+
+  /**
+   * A block could not be written (no space, quota, file too large, an I/O error): the
+   * file fails now, and the sender hears it at once and sends no more of it, instead
+   * of streaming the rest (a 1 TiB file into a full disk) for the verdict at its end.
+   */
+  private failEarly(f: RecvFile, cause: string): void {
+    f.error = cause;
+    if (f.verdict) return; // the sender has sent all of it already: it hears at the end
+    f.answered = true;
+    this.refuse(f.entry, this.target.show(f.rel), cause);
+  }
+
+  /** Reports a file failed before its end and tells the sender, who sends no more of it. */
+  private refuse(e: FileEntry, shown: string, cause: string): void {
+    this.stats.failures++;
+    this.events.failed(shown, cause, e.id);
+    this.results.add({ id: e.id, status: -1, bytes: 0n, digest: new Uint8Array(16), message: `${shown}\0${cause}` });
   }
 
   private maybeFinish(f: RecvFile): void {
@@ -513,6 +534,7 @@ export class Receiver {
     } else {
       cause = this.commit(f);
     }
+    if (f.answered) return;
     if (cause) {
       this.stats.failures++;
       this.events.failed(shown, cause, f.entry.id);
