@@ -60,6 +60,7 @@ ESCP_API const char *escp_strerror(int code) {
   case ESCP_E_VERSION: return "peer speaks another protocol version";
   case ESCP_E_BUSY: return "another escp is copying to this file now (its temporary file is locked)";
   case ESCP_E_NOTOURS: return "its temporary file is another user's, or has other links, and cannot be removed: not resumed";
+  case ESCP_E_KEPT: return "its temporary name is taken by another user's file, or by one made during this copy, which stays";
   default: break;
   }
   if (code >= 0) return "success";

@@ -61,6 +61,7 @@ enum escp_err {
   ESCP_E_VERSION = -10011,  /* preamble speaks another protocol version */
   ESCP_E_BUSY = -10012,     /* the temporary file is locked: another escp writes this target */
   ESCP_E_NOTOURS = -10013,  /* --resume: the temporary file is another user's, or linked, and stays */
+  ESCP_E_KEPT = -10014,     /* the temporary name holds another user's file, or one made since we began: kept */
 };
 
 const char *escp_strerror(int code);
@@ -126,10 +127,11 @@ int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode);
 /* Creates the temporary file `name` (one component) in dirfd for writing: with mode
  * (less the umask; 0 means 0600), O_EXCL|O_NOFOLLOW, so a link planted there is never
  * followed; a stale file of that name (a killed run's) is removed and the create
- * retried once.  O_DIRECT is tried when direct.  The file is write-locked (an OFD lock)
- * until its commit's rename or its writer's end: one of this user's that is write-locked
- * already is another escp's, writing the same target now, and is left alone
- * (ESCP_E_BUSY).  Returns fd or -errno. */
+ * retried once; anything else there stays (ESCP_E_KEPT, see escp_clear_stale_part).
+ * O_DIRECT is tried when direct.  The file is write-locked (an OFD lock) until its
+ * commit's rename or its writer's end: one of this user's that is write-locked already
+ * is another escp's, writing the same target now, and is left alone (ESCP_E_BUSY).
+ * Returns fd or -errno. */
 int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct);
 /* Creates an unnamed file in dirfd for writing (O_TMPFILE), as escp_create_part does a
  * named one; escp_commit_file with ESCP_COMMIT_UNNAMED names it.  -EOPNOTSUPP where the
@@ -140,8 +142,10 @@ int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct
  * making it if missing, locked as escp_create_part locks.  One with other links or
  * another owner is not continued but replaced by a new one.  fd or -errno / ESCP_E_*. */
 int escp_open_resume_part(int dirfd, const char *name);
-/* Removes a stale temporary file `name` (one component) in dirfd, or whatever is planted
- * there: 0 (also when nothing is there), or ESCP_E_BUSY while another escp holds it. */
+/* Removes a stale temporary file `name` (one component) in dirfd: this user's, older
+ * than this process.  0 (also when nothing is there); ESCP_E_BUSY while another escp
+ * holds it; ESCP_E_KEPT for anything else there (another user's; made since we began),
+ * which stays: take another name. */
 int escp_clear_stale_part(int dirfd, const char *name);
 /* rename/unlink/symlink beneath dirfd, same rule. */
 int escp_renameat_beneath(int dirfd, const char *from, const char *to);

@@ -20,6 +20,7 @@
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/random.h>
 #include <sys/xattr.h>
 #include <linux/limits.h>
 #include <unistd.h>
@@ -310,18 +311,41 @@ static int is_named(int fd, int dirfd, const char *name) {
          a.st_ino == b.st_ino;
 }
 
-/* Removes a stale temporary file at name (or whatever was planted there, never
- * opening anything but a regular file): 0, or ESCP_E_BUSY while another escp writes it. */
+/* When this process began, by the clock file times are stamped with (the coarse one). */
+static struct timespec began;
+__attribute__((constructor)) static void note_start(void) { clock_gettime(CLOCK_REALTIME_COARSE, &began); }
+
+static int changed_since_start(const struct stat *st) {
+  return st->st_ctim.tv_sec > began.tv_sec || (st->st_ctim.tv_sec == began.tv_sec && st->st_ctim.tv_nsec >= began.tv_nsec);
+}
+
+/* Removes a stale temporary file at name: one of this user's, left by a run that ended
+ * before this one began.  Anything at the name that is another user's (root must not
+ * delete a file of that name a user keeps, nor anyone a planted one in a sticky
+ * directory), or that changed since this process began (a file of that very name the
+ * tree being copied holds, copied a moment ago; another copy's), is left alone:
+ * ESCP_E_KEPT, and the caller takes another name.  ESCP_E_BUSY while another escp
+ * writes it; else 0 (also when nothing is there).  Opens nothing but a regular file. */
 ESCP_API int escp_clear_stale_part(int dirfd, const char *name) {
   if (!one_name(name)) return -EINVAL;
   struct stat st;
   if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return 0; /* nothing there */
+  if (st.st_uid != my_euid()) return ESCP_E_KEPT;
   int fd = S_ISREG(st.st_mode) ? openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
-  if (fd < 0) return unlinkat(dirfd, name, 0), 0; /* a link, a FIFO, or unreadable to us */
+  if (fd < 0) return unlinkat(dirfd, name, 0), 0; /* our link or FIFO, or unreadable to us */
   int rc = busy_part(fd);
+  if (!rc && changed_since_start(&st)) rc = ESCP_E_KEPT;
   if (!rc && is_named(fd, dirfd, name)) unlinkat(dirfd, name, 0);
   close(fd);
   return rc;
+}
+
+/* A short name of our own for an instant's link (commit_unnamed) where the temporary
+ * name is taken and kept (ESCP_E_KEPT): random, and made with linkat's O_EXCL. */
+static void instant_name(char *out, size_t cap) {
+  uint32_t r = 0;
+  if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) r = (uint32_t)getpid() * 2654435761u ^ (uint32_t)clock();
+  snprintf(out, cap, ".escp-link.%08x", r);
 }
 
 ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int32_t *is_direct) {
@@ -583,6 +607,7 @@ static int close_and_rename(int fd, int rc, int dirfd, const char *tmp, const ch
  * failure after a link removes that link: nothing half-done keeps a name. */
 static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char *name) {
   const char *at = name, *linked = NULL;
+  char instant[32];
   if (!rc) {
     rc = link_fd(fd, dirfd, name);
     if (rc == -EEXIST) {
@@ -590,11 +615,15 @@ static int commit_unnamed(int fd, int rc, int dirfd, const char *tmp, const char
       (void)lock_part(fd); /* named now: another escp meeting it there must see it is ours */
       rc = link_fd(fd, dirfd, tmp);
       if (rc == -EEXIST && !(rc = escp_clear_stale_part(dirfd, tmp))) rc = link_fd(fd, dirfd, tmp);
+      for (int i = 0; rc == ESCP_E_KEPT || (rc == -EEXIST && at == instant && i < 4); i++) {
+        instant_name(instant, sizeof instant);
+        rc = link_fd(fd, dirfd, at = instant);
+      }
     }
     if (rc) escp__err(rc, "link %s: %s", at, escp_strerror(rc));
     else linked = at;
   }
-  return close_and_rename(fd, rc, dirfd, linked == tmp ? tmp : NULL, name, linked);
+  return close_and_rename(fd, rc, dirfd, linked && linked != name ? linked : NULL, name, linked);
 }
 
 /* Extended attributes a new file takes from the one it replaces.  Not security.capability

@@ -117,7 +117,7 @@ export type DirNative = ReturnType<typeof dlopen<typeof dirSymbols>>["symbols"];
 export const Rec = { HELLO: 1, FILES: 2, DATA: 3, DONE: 4, RESULT: 5, RESUME: 6, ERROR: 7, END: 8 } as const;
 export const E = {
   AUTH: -10001, SEQ: -10002, TRUNC: -10003, PROTO: -10004, NEEDFILE: -10005, DECOMP: -10006,
-  TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011, BUSY: -10012, NOTOURS: -10013,
+  TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011, BUSY: -10012, NOTOURS: -10013, KEPT: -10014,
 } as const;
 export const PROTO_VERSION = 1;
 export const ALIGN = 4096;

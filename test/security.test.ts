@@ -835,6 +835,29 @@ describe.skipIf(process.getuid?.() !== 0)("another local user on the receiving h
     expect(st.mode & 0o7777).toBe(0o4755);
   });
 
+  test("their file at root's temporary name stays theirs, untouched; root's copy takes another name", async () => {
+    const src = tmpdir("src"), dir = path.join(tmpdir("dst"), "shared");
+    fs.mkdirSync(dir);
+    fs.chmodSync(dir, 0o1777);
+    const big = await makeFile(path.join(src, "big"), 3 * 1024 * 1024, { seed: 305 });
+    const small = await makeFile(path.join(src, "small"), 100, { seed: 306 });
+    fs.writeFileSync(path.join(dir, "small"), "old"); // a one-block file needs the temporary name only to replace one
+    for (const name of [".big.escp-part", ".small.escp-part"]) {
+      fs.writeFileSync(path.join(dir, name), "theirs, from long ago\n");
+      fs.chownSync(path.join(dir, name), 65534, 65534);
+    }
+    const r = await runEscp([big, small, `${SSH_HOST}:${dir}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(await sameFile(big, path.join(dir, "big"))).toBe(true);
+    expect(await sameFile(small, path.join(dir, "small"))).toBe(true);
+    for (const name of [".big.escp-part", ".small.escp-part"]) {
+      expect(fs.readFileSync(path.join(dir, name), "utf8")).toBe("theirs, from long ago\n");
+      expect(fs.statSync(path.join(dir, name)).uid).toBe(65534);
+    }
+    expect(fs.readdirSync(dir).sort()).toEqual([".big.escp-part", ".small.escp-part", "big", "small"]);
+  });
+
   /** A --resume push whose target holds the source's first half; `during` runs once the copy has begun. */
   async function racedResume(during: (target: string) => void): Promise<{ code: number; stderr: string; target: string; src: string }> {
     const src = tmpdir("src"), dir = tmpdir("dst");

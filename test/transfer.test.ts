@@ -743,6 +743,35 @@ describe("temporary files", () => {
     expect(listNames(dst)).toEqual(["f"]);
   });
 
+  test("a tree holding a file and one named as its temporary file copies both, push and pull, into new and existing directories", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    // .a.escp-part comes first in the list; big enough to be in flight while a starts, and the small pair committed before.
+    const files = { a: 3 * BLOCK + 9, ".a.escp-part": 2 * BLOCK + 5, b: 50, ".b.escp-part": 7 };
+    let seed = 400;
+    for (const [name, n] of Object.entries(files)) await makeFile(path.join(src, "t", name), n, { seed: seed++ });
+    for (const [from, to] of [[path.join(src, "t"), `${SSH_HOST}:${dst}/push/`], [`${SSH_HOST}:${path.join(src, "t")}`, `${dst}/pull/`]]) {
+      fs.mkdirSync(to.replace(`${SSH_HOST}:`, ""));
+      for (const round of ["new", "existing"]) {
+        const r = await runEscp(["-r", from, to]);
+        expect(r.stderr, round).toBe("");
+        expect(r.code).toBe(0);
+        const there = path.join(to.replace(`${SSH_HOST}:`, ""), "t");
+        expect(listNames(there)).toEqual(Object.keys(files).sort());
+        for (const name of Object.keys(files)) expect(await sameFile(path.join(src, "t", name), path.join(there, name)), `${there}/${name}`).toBe(true);
+      }
+    }
+  });
+
+  test("--inplace removes the partial file a killed run left beside the target", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), BLOCK + 3, { seed: 18 });
+    fs.writeFileSync(path.join(dst, ".f.escp-part"), Buffer.alloc(BLOCK, 7));
+    const r = await runEscp(["--inplace", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(listNames(dst)).toEqual(["f"]);
+  });
+
   test("--resume that finds the target complete removes the partial file a killed run left beside it", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 16 });

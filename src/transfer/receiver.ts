@@ -119,6 +119,8 @@ export class Receiver {
    * escp_dir_ignores_case), the names given there so far by their folded form.
    */
   private readonly caseless = new Map<string, Map<string, string> | null>();
+  /** dir/name of files being copied whose names look like our temporary names: ours take other names. */
+  private readonly partNames = new Set<string>();
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
   private readonly freshDirs = new Set<string>();
   private readonly oneBlock: bigint;
@@ -230,7 +232,9 @@ export class Receiver {
     // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
     // --inplace: the target itself is the file written ("renamed" onto itself at commit).
     const inplace = this.opts.inplace;
-    const nameC = cstr(name), tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
+    const nameC = cstr(name);
+    let tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
+    if (name.endsWith(PART_SUFFIX)) this.partNames.add(`${dir}/${name}`);
     const existing = this.freshDirs.has(dir) ? undefined : statAt(dfd, nameC);
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
     // Blocks are written at their offsets, which a FIFO cannot take; and opening one with
@@ -246,13 +250,24 @@ export class Receiver {
       const refused = this.mayReplace(dir, dfd, nameC);
       if (refused) return this.reject(e, rel, refused);
     }
-    // Another escp writing this target now holds its temporary file locked: a file of
-    // several blocks is refused before its data travels, not at its end (--resume locks
-    // the one it opens below; a one-block file costs no more than this check).
-    if (!inplace && !this.opts.resume && !this.freshDirs.has(dir) && e.size > this.oneBlock) {
-      const busy = this.lib.escp_clear_stale_part(dfd, tmpC);
-      if (busy < 0) return this.reject(e, rel, codeText(busy));
+    // What sits at the temporary name, before any data travels: a killed run's partial
+    // file goes (--inplace too: it would be left over); another escp writing this target
+    // now holds its own locked, and the file is refused here, not at its end (--resume
+    // locks the one it opens below); anything else there stays, and ours takes another
+    // name: another user's file, or a file of that very name this copy brings (now or
+    // copied a moment ago). A file written unnamed needs the name only for an instant at
+    // commit, which sees to that itself.
+    // A file of one block has no partial copy worth keeping for --resume: a worker writes
+    // it unnamed where the filesystem allows, so that it needs no temporary name in the
+    // directory (one directory update less per file) and a killed run leaves nothing.
+    // --verify reads the written file back by name, before commit.
+    const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
+    let held = !inplace && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT : 0;
+    if (!held && !this.opts.resume && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
+      held = this.lib.escp_clear_stale_part(dfd, inplace ? cstr(partBase(name)) : tmpC);
     }
+    if (held === E.KEPT && !inplace) tmpC = cstr((tmp = partBase(`${name}.${randomTag()}`)));
+    else if (held < 0 && !inplace) return this.reject(e, rel, codeText(held));
     const mode = this.finalMode(e, existing);
     const replaces = existing?.kind === "file" && !inplace;
     // Replacing without -p, the mode is the old file's, taken at commit with its owner
@@ -272,11 +287,6 @@ export class Receiver {
     // created here.
     if (!this.opts.resume && !this.opts.sparse && !inplace && e.size > 0n && this.dirs.pin(dir)) {
       this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode, replaces });
-      // A file of one block has no partial copy worth keeping for --resume: it is written
-      // unnamed where the filesystem allows, so that it needs no temporary name in the
-      // directory (one directory update less per file) and a killed run leaves nothing.
-      // --verify reads the written file back by name, before commit.
-      const unnamed = !this.opts.verify && e.size <= this.oneBlock;
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct, createMode, unnamed);
       return;
     }
@@ -528,6 +538,7 @@ export class Receiver {
   /** Renames a file that passed over its target, or drops it; tells the report and the sender. */
   private settle(f: RecvFile, shown: string, { cause, digest, covered }: Checked): void {
     this.files.delete(f.entry.id);
+    if (f.name.endsWith(PART_SUFFIX)) this.partNames.delete(`${f.dir}/${f.name}`);
     if (cause || f.special) {
       if (cause) this.dropPart(f); // while the file is open, and so locked: our own temporary name
       if (f.fd >= 0) this.lib.escp_close(f.fd);
@@ -732,6 +743,11 @@ export function partBase(name: string): string {
   if (nameBytes(whole) <= NAME_MAX) return whole;
   const tag = `~${new Bun.CryptoHasher("sha256").update(encodeName(name)).digest("hex").slice(0, 16)}`;
   return `.${prefixOfBytes(name, NAME_MAX - 1 - tag.length - PART_SUFFIX.length)}${tag}${PART_SUFFIX}`;
+}
+
+/** Six random hex digits: a temporary name of our own where the fixed one is taken. */
+function randomTag(): string {
+  return crypto.getRandomValues(new Uint32Array(1))[0].toString(16).padStart(8, "0").slice(0, 6);
 }
 
 /** What is at `name` in a directory now (never followed), as far as the receiver's choices go. */
