@@ -737,7 +737,7 @@ describe.concurrent("-p and modes", () => {
     expectSame(ref, esc, { dirModes: false });
   });
 
-  test("push without -p: new directories get the source's mode masked by the remote umask (as scp -O)", async () => {
+  test("push without -p: new directories get the source's mode masked by the remote umask, read-only ones too (as scp -O)", async () => {
     // scp 9.2 in SFTP mode sets the exact source mode on directories even
     // without -p (a 0777 directory arrives 0777); the scp protocol, cp -r and escp apply the umask.
     const [ref, esc] = await both(
@@ -746,6 +746,11 @@ describe.concurrent("-p and modes", () => {
         mkdir(`${s.src}/d/d700`, { mode: 0o700 });
         mkdir(`${s.src}/d/d750`, { mode: 0o750 });
         write(`${s.src}/d/d750/f`, "f\n");
+        // Read-only ones are filled first and get their mode at the end.
+        write(`${s.src}/d/d555/sub/f`, "f\n");
+        fs.chmodSync(`${s.src}/d/d555/sub`, 0o500);
+        fs.chmodSync(`${s.src}/d/d555`, 0o555);
+        mkdir(`${s.src}/d/d000`, { mode: 0o000 });
       },
       (s) => s.run(["-r", `${s.src}/d`, `${H}:${s.dst}/`]),
       "scp-O",
@@ -753,7 +758,7 @@ describe.concurrent("-p and modes", () => {
     expectSame(ref, esc);
   });
 
-  test("pull without -p: new files and directories get the source's mode masked by the local umask (as scp -O)", async () => {
+  test("pull without -p: new files and directories get the source's mode masked by the local umask, read-only ones too (as scp -O)", async () => {
     // With umask 027. scp 9.2 in SFTP mode also adds u+w to files it downloads
     // (0444 arrives 0640); the scp protocol and escp keep 0440.
     const [ref, esc] = await both(
@@ -761,6 +766,8 @@ describe.concurrent("-p and modes", () => {
         for (const m of [0o777, 0o755, 0o700, 0o644, 0o600, 0o444]) write(`${s.src}/d/f${m.toString(8)}`, "m\n", { mode: m });
         mkdir(`${s.src}/d/d777`, { mode: 0o777 });
         write(`${s.src}/d/d777/x`, "x\n", { mode: 0o666 });
+        write(`${s.src}/d/d555/x`, "x\n");
+        fs.chmodSync(`${s.src}/d/d555`, 0o555);
       },
       (s) => s.run(["-r", `${H}:${s.src}/d`, `${s.dst}/`], { umask: 0o027 }),
       "scp-O",

@@ -391,6 +391,8 @@ export class Receiver {
       if (this.opts.preserve) this.madeDirs.push({ rel: ".", entry: e });
       return;
     }
+    // Made writable by us whatever its mode, to be filled; a read-only one (0555, 0500)
+    // gets its mode at the end, as with scp, -p or not.
     const r = this.lib.escp_mkdirat_beneath(this.target.rootFd, cstr(rel), (e.mode | 0o700) & 0o7777);
     if (r === -EEXIST) return this.reject(e, rel, "exists and is not a directory");
     if (r < 0) return this.reject(e, rel, openFailure(r));
@@ -398,7 +400,7 @@ export class Receiver {
       if (this.freshDirs.size >= 4096) this.freshDirs.clear(); // bounded: a lookup more is all it costs
       this.freshDirs.add(rel);
     }
-    if (this.opts.preserve) this.madeDirs.push({ rel, entry: e });
+    if (this.opts.preserve || (r === 0 && (e.mode & 0o700) !== 0o700)) this.madeDirs.push({ rel, entry: e });
   }
 
   /** The name given before `name` in dir that this directory cannot tell from it, if any. */
@@ -696,13 +698,17 @@ export class Receiver {
     if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
   }
 
-  /** -p on directories: modes and times last, deepest first, so writing their contents does not change them. */
+  /**
+   * Directories' modes (-p, or one we made writable to fill) and times (-p) last,
+   * deepest first, so writing their contents does not change them. Without -p the
+   * mode is the source's less the umask, as mkdir would have made it.
+   */
   private finishDirs(): void {
     for (const { rel, entry } of this.madeDirs.reverse()) {
       const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(rel), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0, 0, null);
       if (fd < 0) continue;
-      this.lib.escp_fchmod(fd, entry.mode & 0o7777);
-      this.lib.escp_futimens(fd, entry.atimeNs, entry.mtimeNs);
+      this.lib.escp_fchmod(fd, entry.mode & 0o7777 & (this.opts.preserve ? 0o7777 : ~this.umask));
+      if (this.opts.preserve) this.lib.escp_futimens(fd, entry.atimeNs, entry.mtimeNs);
       this.lib.escp_close(fd);
     }
   }
