@@ -33,7 +33,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define ESCP_PROTO_VERSION 1
+#define ESCP_PROTO_VERSION 2
 #define ESCP_HDR_LEN 16        /* type u8, flags u8, rsv u16, len u32, seq u64 */
 #define ESCP_TAG_LEN 16
 #define ESCP_PREAMBLE_LEN 32   /* "ESCP" u16 version u16 rsv u32 stream u32 nstreams sid[16] */
@@ -112,7 +112,8 @@ int escp_open_read(const char *path, int direct, int32_t *is_direct);
  * escp_fstat fields in st_out (if not NULL): one call per source file.  O_DIRECT is
  * tried only for files of at least direct_min bytes (< 0: never): for a small file its
  * set-up (cachestat, two fcntl) costs more than the page cache it would save. */
-int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[7]);
+#define ESCP_STAT_SLOTS 9 /* int64 fields escp_fstat fills */
+int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[ESCP_STAT_SLOTS]);
 /* Opens rel beneath dirfd without ever leaving it (openat2 RESOLVE_BENEATH |
  * RESOLVE_NO_MAGICLINKS; rel must be relative).  flags/mode as for open(2).  If direct
  * and flags allow, O_DIRECT is tried first with fallback; *is_direct reports it. */
@@ -152,8 +153,9 @@ int escp_renameat_beneath(int dirfd, const char *from, const char *to);
 int escp_unlinkat_beneath(int dirfd, const char *rel, int is_dir);
 /* (added) creates symlink rel -> target; target is stored as given, never followed. */
 int escp_symlinkat_beneath(int dirfd, const char *target, const char *rel);
-/* fstat: out[0]=size out[1]=mtime_ns out[2]=mode (st_mode & 07777) out[3]=dev out[4]=ino out[5]=atime_ns out[6]=type bits */
-int escp_fstat(int fd, int64_t out[7]);
+/* fstat: out[0]=size out[1]=mtime seconds out[2]=mode (st_mode & 07777) out[3]=dev out[4]=ino
+ * out[5]=atime seconds out[6]=type bits out[7]=mtime nanoseconds out[8]=atime nanoseconds */
+int escp_fstat(int fd, int64_t out[ESCP_STAT_SLOTS]);
 /* 1 when fd's filesystem makes a file's content as it is read (procfs, sysfs, debugfs,
  * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
 int escp_made_on_read(int fd);
@@ -163,7 +165,7 @@ int escp_made_on_read(int fd);
  * it makes and removes a file named .escp-case-probe-PID there. */
 int escp_dir_ignores_case(int dirfd);
 /* lstat of one name (no '/') in dirfd, same fields; -ENOENT when nothing is there. */
-int escp_fstatat(int dirfd, const char *name, int64_t out[7]);
+int escp_fstatat(int dirfd, const char *name, int64_t out[ESCP_STAT_SLOTS]);
 /* faccessat(W_OK, AT_EACCESS) of one name in dirfd: 0 or -errno. */
 int escp_may_write(int dirfd, const char *name);
 /* Whether files may be renamed into dirfd: -errno (not writable), 1 (yes, but it is
@@ -172,11 +174,11 @@ int escp_dir_replaceable(int dirfd);
 /* In a directory escp_dir_replaceable found sticky: -EPERM when name is another user's
  * file (no rename over it, not even by a user who may write it), else 0. */
 int escp_sticky_denies(int dirfd, const char *name);
-/* futimens with nanoseconds; fchmod */
-int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns);
+/* futimens: times = {atime seconds, nanoseconds, mtime seconds, nanoseconds}; fchmod */
+int escp_futimens(int fd, const int64_t times[4]);
 int escp_fchmod(int fd, uint32_t mode);
 /* fchmod (unless mode is ESCP_MODE_KEEP: the file was created with its final mode),
- * futimens (flags & ESCP_COMMIT_TIMES), close, then renameat(dirfd, tmp -> name); fd is
+ * futimens to times (flags & ESCP_COMMIT_TIMES; as escp_futimens), close, then renameat(dirfd, tmp -> name); fd is
  * always closed.  With ESCP_COMMIT_UNNAMED fd is an escp_create_unnamed file: linked as
  * name before the close (as tmp and renamed over name when name exists; tmp is left
  * nowhere on failure).  tmp and name are single components.  ESCP_COMMIT_REPLACES: the
@@ -191,8 +193,8 @@ int escp_fchmod(int fd, uint32_t mode);
 #define ESCP_COMMIT_UNNAMED 2
 #define ESCP_COMMIT_REPLACES 4
 #define ESCP_COMMIT_OLD_MODE 8
-int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
-                     int dirfd, const char *tmp, const char *name);
+int escp_commit_file(int fd, uint32_t mode, int flags, const int64_t times[4], int dirfd, const char *tmp,
+                     const char *name);
 int escp_ftruncate(int fd, int64_t size);
 int escp_fdatasync(int fd);
 int escp_close(int fd);

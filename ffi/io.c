@@ -62,14 +62,18 @@ static int try_direct(int fd) {
   return fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
 }
 
-static void stat_fields(const struct stat *st, int64_t out[7]) {
+/* Times as seconds and nanoseconds: in nanoseconds alone an int64 ends in 2262 (ext4 and
+ * XFS keep times to 2446 and beyond) and begins in 1677. */
+static void stat_fields(const struct stat *st, int64_t out[ESCP_STAT_SLOTS]) {
   out[0] = (int64_t)st->st_size;
-  out[1] = (int64_t)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
+  out[1] = (int64_t)st->st_mtim.tv_sec;
   out[2] = (int64_t)(st->st_mode & 07777);
   out[3] = (int64_t)st->st_dev;
   out[4] = (int64_t)st->st_ino;
-  out[5] = (int64_t)st->st_atim.tv_sec * 1000000000LL + st->st_atim.tv_nsec;
+  out[5] = (int64_t)st->st_atim.tv_sec;
   out[6] = (int64_t)(st->st_mode & S_IFMT);
+  out[7] = (int64_t)st->st_mtim.tv_nsec;
+  out[8] = (int64_t)st->st_atim.tv_nsec;
 }
 
 /* cachestat(2) (Linux 6.5): how much of a file the page cache holds, without
@@ -118,7 +122,7 @@ static int mostly_cached(int fd, const struct stat *st) {
   return have * 10 >= want * 9;
 }
 
-ESCP_API int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[7]) {
+ESCP_API int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[ESCP_STAT_SLOTS]) {
   if (is_direct) *is_direct = 0;
   if (!name) return -EINVAL;
   int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -492,7 +496,7 @@ ESCP_API int escp_symlinkat_beneath(int dirfd, const char *target, const char *r
   return rc;
 }
 
-ESCP_API int escp_fstat(int fd, int64_t out[7]) {
+ESCP_API int escp_fstat(int fd, int64_t out[ESCP_STAT_SLOTS]) {
   struct stat st;
   if (fstat(fd, &st) != 0) return escp__errno("fstat fd %d", fd);
   stat_fields(&st, out);
@@ -501,7 +505,7 @@ ESCP_API int escp_fstat(int fd, int64_t out[7]) {
 
 /* A single name, never followed: nothing outside dirfd can be reached. ENOENT is an
  * answer here (nothing there yet), not an error worth a message. */
-ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[7]) {
+ESCP_API int escp_fstatat(int dirfd, const char *name, int64_t out[ESCP_STAT_SLOTS]) {
   struct stat st;
   if (!one_name(name)) return -EINVAL;
   if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return -errno;
@@ -566,19 +570,8 @@ ESCP_API int escp_sticky_denies(int dirfd, const char *name) {
   return f.st_uid == my_euid() ? 0 : -EPERM;
 }
 
-static struct timespec ns_to_ts(int64_t ns) {
-  struct timespec t;
-  t.tv_sec = ns / 1000000000LL;
-  t.tv_nsec = ns % 1000000000LL;
-  if (t.tv_nsec < 0) {
-    t.tv_nsec += 1000000000LL;
-    t.tv_sec -= 1;
-  }
-  return t;
-}
-
-ESCP_API int escp_futimens(int fd, int64_t atime_ns, int64_t mtime_ns) {
-  struct timespec ts[2] = {ns_to_ts(atime_ns), ns_to_ts(mtime_ns)};
+ESCP_API int escp_futimens(int fd, const int64_t times[4]) {
+  struct timespec ts[2] = {{.tv_sec = times[0], .tv_nsec = times[1]}, {.tv_sec = times[2], .tv_nsec = times[3]}};
   return futimens(fd, ts) == 0 ? 0 : escp__errno("futimens fd %d", fd);
 }
 
@@ -673,8 +666,8 @@ static uint32_t mode_of_replaced(const struct stat *now, const struct stat *old)
  * tmp over name inside dirfd (or, ESCP_COMMIT_UNNAMED, the link that names it). Both
  * names are single components. fd is closed whatever happens; the first failing
  * step is the one reported. */
-ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns, int64_t mtime_ns,
-                              int dirfd, const char *tmp, const char *name) {
+ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, const int64_t times[4], int dirfd, const char *tmp,
+                              const char *name) {
   /* An ACL taken from the old file sets mode bits too: the mode is set after it, and a file
    * made with its final mode (ESCP_MODE_KEEP) gets that mode back. */
   struct stat made, old, st;
@@ -702,7 +695,7 @@ ESCP_API int escp_commit_file(int fd, uint32_t mode, int flags, int64_t atime_ns
   /* A filesystem that keeps no modes (FAT, exFAT; its FUSE drivers say ENOSYS) refuses
    * even the owner: the file keeps what it has, as a new file there does. */
   if (rc == -ENOSYS || rc == -EOPNOTSUPP || (rc == -EPERM && known && st.st_uid == my_euid())) rc = 0;
-  if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = escp_futimens(fd, atime_ns, mtime_ns);
+  if (!rc && (flags & ESCP_COMMIT_TIMES)) rc = times ? escp_futimens(fd, times) : -EINVAL;
   if (!rc && (!one_name(tmp) || !one_name(name))) rc = escp__err(-EINVAL, "rename %s: not a single name", tmp);
   if (flags & ESCP_COMMIT_UNNAMED) return commit_unnamed(fd, rc, dirfd, tmp, name);
   return close_and_rename(fd, rc, dirfd, tmp, name, NULL);

@@ -21,6 +21,7 @@ import { dlopen, FFIType, ptr, CString, type Pointer } from "bun:ffi";
 import fs from "node:fs";
 import { encodeName, encodeNameInto, hasEscapedBytes } from "./names.ts";
 import { dfgOnly } from "./jit.ts";
+import { NS_PER_S, splitNs } from "./times.ts";
 import { CACHE_DIR, CACHE_ROOT, CACHE_TAG } from "./version.ts";
 import { markUsed, pruneOtherBuilds } from "./cache.ts";
 // @ts-ignore: a file import yields the path of the embedded (or built) library
@@ -85,11 +86,11 @@ const symbols = {
   escp_may_write: { args: [i32, cstring], returns: i32 },
   escp_dir_replaceable: { args: [i32], returns: i32 },
   escp_sticky_denies: { args: [i32, cstring], returns: i32 },
-  escp_futimens: { args: [i32, i64, i64], returns: i32 },
+  escp_futimens: { args: [i32, P], returns: i32 },
   escp_fchmod: { args: [i32, u32], returns: i32 },
   escp_reopen_read: { args: [i32, i32], returns: i32 },
   escp_tty_foreground: { args: [i32], returns: i32 },
-  escp_commit_file: { args: [i32, u32, i32, i64, i64, i32, cstring, cstring], returns: i32 },
+  escp_commit_file: { args: [i32, u32, i32, P, i32, cstring, cstring], returns: i32 },
   escp_ftruncate: { args: [i32, i64], returns: i32 },
   escp_fdatasync: { args: [i32], returns: i32 },
   escp_seek_data: { args: [i32, i64], returns: i64 },
@@ -119,7 +120,7 @@ export const E = {
   AUTH: -10001, SEQ: -10002, TRUNC: -10003, PROTO: -10004, NEEDFILE: -10005, DECOMP: -10006,
   TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011, BUSY: -10012, NOTOURS: -10013, KEPT: -10014,
 } as const;
-export const PROTO_VERSION = 1;
+export const PROTO_VERSION = 2;
 export const ALIGN = 4096;
 /** Files smaller than this are read and written through the page cache: O_DIRECT's set-up costs more than it saves. */
 export const DIRECT_MIN = 1 << 20;
@@ -129,6 +130,18 @@ export const COUNTERS_SIZE = 64;
 export const FDSLOT_SIZE = 40;
 /** escp_fdslot.fd sentinels (escp.h): a worker creates the file; is creating it; main took it back uncreated; is creating it while another waits. */
 export const FD_CREATE = -0x80000000, FD_CREATING = -0x7fffffff, FD_CLAIMED = -0x7ffffffe, FD_AWAITED = -0x7ffffffd;
+/** escp_fstat's fields (ESCP_STAT_SLOTS): size, mtime s, mode, dev, ino, atime s, type, mtime ns, atime ns. */
+export const STAT_SLOTS = 9;
+/** A time in escp_fstat's fields (slot 1: mtime, 5: atime) in nanoseconds, as a bigint: past 2262 too. */
+export function statTimeNs(out: BigInt64Array, slot: 1 | 5): bigint {
+  return out[slot] * NS_PER_S + out[slot === 1 ? 7 : 8];
+}
+
+/** escp_futimens' times (seconds and nanoseconds of each) from nanoseconds since 1970. */
+export function timesOf(atimeNs: bigint, mtimeNs: bigint): BigInt64Array {
+  return BigInt64Array.from([...splitNs(atimeNs), ...splitNs(mtimeNs)]);
+}
+
 /** escp_commit_file's mode when the file was created with its final mode (ESCP_MODE_KEEP). */
 export const MODE_KEEP = 0xffffffff;
 /**

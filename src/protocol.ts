@@ -9,6 +9,7 @@
  */
 import { dfgOnly } from "./jit.ts";
 import { decodeName, encodeName, encodeNameInto } from "./names.ts";
+import { NS_PER_S, splitNs } from "./times.ts";
 
 /** One entry of the file list, as the sender announces it. */
 export interface FileEntry {
@@ -101,7 +102,7 @@ export interface TransferSummary {
 export const MAX_CONTROL_MESSAGE = 1 << 20;
 
 const KIND_CODE = { file: 1, dir: 2 } as const;
-const ENTRY_FIXED = 8 + 1 + 1 + 2 + 4 + 8 + 8 + 8; // id kind top pathLen mode size mtime atime
+const ENTRY_FIXED = 8 + 1 + 1 + 2 + 4 + 8 + 12 + 12; // id kind top pathLen mode size mtime atime (each s + ns)
 const MAX_PATH_BYTES = 0xffff;
 
 // The codecs below run once per file on both ends: DataView's accessors are compiled
@@ -125,11 +126,24 @@ export function encodeFiles(entries: FileEntry[]): Uint8Array {
     dv.setUint16(o + 10, written);
     dv.setUint32(o + 12, e.mode >>> 0);
     dv.setBigUint64(o + 16, e.size);
-    dv.setBigInt64(o + 24, e.mtimeNs);
-    dv.setBigInt64(o + 32, e.atimeNs);
+    setTime(dv, o + 24, e.mtimeNs);
+    setTime(dv, o + 36, e.atimeNs);
     o += ENTRY_FIXED + written;
   }
   return out.slice(0, o);
+}
+
+/** A time as i64 seconds and u32 nanoseconds since 1970 (src/times.ts). */
+function setTime(dv: DataView, at: number, ns: bigint): void {
+  const [s, n] = splitNs(ns);
+  dv.setBigInt64(at, s);
+  dv.setUint32(at + 8, Number(n));
+}
+
+function getTime(dv: DataView, at: number): bigint {
+  const ns = dv.getUint32(at + 8);
+  if (ns >= 1e9) throw new ProtocolError(`FILES entry has a time with ${ns} nanoseconds`);
+  return dv.getBigInt64(at) * NS_PER_S + BigInt(ns);
 }
 
 /** Parses a FILES body; throws ProtocolError on anything malformed. Paths are checked by plan/target. */
@@ -153,8 +167,8 @@ export function decodeFiles(body: Uint8Array): FileEntry[] {
       merge: body[o + 9] === 2 || undefined,
       mode: dv.getUint32(o + 12),
       size,
-      mtimeNs: dv.getBigInt64(o + 24),
-      atimeNs: dv.getBigInt64(o + 32),
+      mtimeNs: getTime(dv, o + 24),
+      atimeNs: getTime(dv, o + 36),
       path: decodeName(body.subarray(o + ENTRY_FIXED, o + ENTRY_FIXED + pathLen)),
     });
     o += ENTRY_FIXED + pathLen;

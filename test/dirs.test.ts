@@ -7,7 +7,7 @@ import { describe, test, expect } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { DirHandles } from "../src/transfer/dirs.ts";
-import { native, nativePath, cstr, ptr, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED } from "../src/native.ts";
+import { native, nativePath, cstr, ptr, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, STAT_SLOTS, timesOf } from "../src/native.ts";
 import { tmpdir } from "./harness.ts";
 
 const lib = native();
@@ -23,7 +23,7 @@ function rootWith(...dirs: string[]): { root: string; rootFd: number } {
 
 /** The inode a directory fd refers to, or a negative errno once it is closed. */
 function inodeOf(fd: number): bigint | number {
-  const out = new BigInt64Array(7);
+  const out = new BigInt64Array(STAT_SLOTS);
   const r = lib.escp_fstat(fd, ptr(out));
   return r < 0 ? r : out[4];
 }
@@ -104,14 +104,14 @@ describe("escp_commit_file and escp_fstatat", () => {
     const fd = lib.escp_openat_beneath(dfd, cstr(".f.escp-part"), O_WRONLY | O_CREAT | O_EXCL, 0o600, 0, null);
     fs.writeSync(fd, "hello");
     const mtime = 1_600_000_000_123_456_789n, atime = 1_500_000_000_000_000_001n;
-    expect(lib.escp_commit_file(fd, 0o640, 1, atime, mtime, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
+    expect(lib.escp_commit_file(fd, 0o640, 1, ptr(timesOf(atime, mtime)), dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
     expect(fs.existsSync(path.join(dir, ".f.escp-part"))).toBe(false);
     const st = fs.statSync(path.join(dir, "f"), { bigint: true });
     expect(Number(st.mode) & 0o7777).toBe(0o640);
     expect(st.mtimeNs).toBe(mtime);
     expect(fs.readFileSync(path.join(dir, "f"), "utf8")).toBe("hello");
     expect(inodeOf(fd)).toBe(-EBADF); // closed
-    const out = new BigInt64Array(7);
+    const out = new BigInt64Array(STAT_SLOTS);
     expect(lib.escp_fstatat(dfd, cstr("f"), ptr(out))).toBe(0);
     expect(out[0]).toBe(5n);
     expect(Number(out[2])).toBe(0o640);
@@ -129,7 +129,7 @@ describe("escp_commit_file and escp_fstatat", () => {
     expect(fd).toBeGreaterThanOrEqual(0);
     expect(fs.statSync(path.join(dir, ".k.escp-part")).mode & 0o7777).toBe(0o751 & ~umask);
     fs.writeSync(fd, "kept");
-    expect(lib.escp_commit_file(fd, MODE_KEEP, 0, 0n, 0n, dfd, cstr(".k.escp-part"), cstr("k"))).toBe(0);
+    expect(lib.escp_commit_file(fd, MODE_KEEP, 0, null, dfd, cstr(".k.escp-part"), cstr("k"))).toBe(0);
     expect(fs.statSync(path.join(dir, "k")).mode & 0o7777).toBe(0o751 & ~umask);
     // mode 0 asks for the private default
     const fd0 = lib.escp_create_part(dfd, cstr(".z.escp-part"), 0, 0, ptr(isDirect));
@@ -143,7 +143,7 @@ describe("escp_commit_file and escp_fstatat", () => {
     fs.mkdirSync(path.join(dir, "taken", "sub"), { recursive: true }); // a non-empty directory at the target name
     const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
     const fd = lib.escp_openat_beneath(dfd, cstr(".taken.escp-part"), O_WRONLY | O_CREAT | O_EXCL, 0o600, 0, null);
-    expect(lib.escp_commit_file(fd, 0o644, 0, 0n, 0n, dfd, cstr(".taken.escp-part"), cstr("taken"))).toBe(-EISDIR);
+    expect(lib.escp_commit_file(fd, 0o644, 0, null, dfd, cstr(".taken.escp-part"), cstr("taken"))).toBe(-EISDIR);
     expect(inodeOf(fd)).toBe(-EBADF);
     expect(fs.existsSync(path.join(dir, ".taken.escp-part"))).toBe(true);
     fs.closeSync(dfd);
@@ -165,7 +165,7 @@ describe("unnamed files (escp_create_unnamed, commit with COMMIT_UNNAMED)", () =
     const fd = unnamed(dfd, "hello", 0o600);
     expect(fs.readdirSync(dir)).toEqual([]);
     const mtime = 1_600_000_000_123_456_789n;
-    expect(lib.escp_commit_file(fd, 0o640, COMMIT_TIMES | COMMIT_UNNAMED, mtime, mtime, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
+    expect(lib.escp_commit_file(fd, 0o640, COMMIT_TIMES | COMMIT_UNNAMED, ptr(timesOf(mtime, mtime)), dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
     expect(fs.readdirSync(dir)).toEqual(["f"]);
     const st = fs.statSync(path.join(dir, "f"), { bigint: true });
     expect(Number(st.mode) & 0o7777).toBe(0o640);
@@ -183,7 +183,7 @@ describe("unnamed files (escp_create_unnamed, commit with COMMIT_UNNAMED)", () =
     fs.symlinkSync(path.join(outside, "victim"), path.join(dir, ".f.escp-part"));
     const before = fs.statSync(path.join(dir, "f")).ino;
     const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
-    expect(lib.escp_commit_file(unnamed(dfd, "new"), MODE_KEEP, COMMIT_UNNAMED, 0n, 0n, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
+    expect(lib.escp_commit_file(unnamed(dfd, "new"), MODE_KEEP, COMMIT_UNNAMED, null, dfd, cstr(".f.escp-part"), cstr("f"))).toBe(0);
     expect(fs.readFileSync(path.join(dir, "f"), "utf8")).toBe("new");
     expect(fs.statSync(path.join(dir, "f")).ino).not.toBe(before); // replaced whole, not truncated and rewritten
     expect(fs.readdirSync(dir)).toEqual(["f"]);
@@ -196,12 +196,12 @@ describe("unnamed files (escp_create_unnamed, commit with COMMIT_UNNAMED)", () =
     fs.mkdirSync(path.join(dir, "taken", "sub"), { recursive: true });
     const dfd = fs.openSync(dir, O_RDONLY | O_DIRECTORY);
     const fd = unnamed(dfd, "data");
-    expect(lib.escp_commit_file(fd, 0o644, COMMIT_UNNAMED, 0n, 0n, dfd, cstr(".taken.escp-part"), cstr("taken"))).toBe(-EISDIR);
+    expect(lib.escp_commit_file(fd, 0o644, COMMIT_UNNAMED, null, dfd, cstr(".taken.escp-part"), cstr("taken"))).toBe(-EISDIR);
     expect(inodeOf(fd)).toBe(-EBADF);
     expect(fs.readdirSync(dir)).toEqual(["taken"]);
     expect(fs.readdirSync(path.join(dir, "taken"))).toEqual(["sub"]);
     // one name only, as for a named file
-    expect(lib.escp_commit_file(unnamed(dfd, "x"), 0o644, COMMIT_UNNAMED, 0n, 0n, dfd, cstr(".x.escp-part"), cstr("../x"))).toBeLessThan(0);
+    expect(lib.escp_commit_file(unnamed(dfd, "x"), 0o644, COMMIT_UNNAMED, null, dfd, cstr(".x.escp-part"), cstr("../x"))).toBeLessThan(0);
     expect(fs.readdirSync(dir)).toEqual(["taken"]);
     fs.closeSync(dfd);
   });
@@ -217,10 +217,10 @@ describe("unnamed files (escp_create_unnamed, commit with COMMIT_UNNAMED)", () =
     fs.writeFileSync(script, `
       import { dlopen, FFIType, ptr } from "bun:ffi";
       import fs from "node:fs";
-      const { i32, u32, i64, cstring } = FFIType;
+      const { i32, u32, cstring } = FFIType;
       const lib = dlopen(${JSON.stringify(nativePath())}, {
         escp_create_unnamed: { args: [i32, i32, u32, "ptr"], returns: i32 },
-        escp_commit_file: { args: [i32, u32, i32, i64, i64, i32, cstring, cstring], returns: i32 },
+        escp_commit_file: { args: [i32, u32, i32, "ptr", i32, cstring, cstring], returns: i32 },
       }).symbols;
       const libc = dlopen("libc.so.6", { setresuid: { args: [u32, u32, u32], returns: i32 }, setresgid: { args: [u32, u32, u32], returns: i32 } }).symbols;
       const dfd = fs.openSync(${JSON.stringify(dir)}, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
@@ -229,7 +229,7 @@ describe("unnamed files (escp_create_unnamed, commit with COMMIT_UNNAMED)", () =
       fs.fchownSync(fd, 65534, 65534); // as if nobody had made it (protected_hardlinks: only an owner may link)
       if (libc.setresgid(65534, 65534, 65534) !== 0 || libc.setresuid(65534, 65534, 65534) !== 0) throw new Error("setresuid");
       const c = (s) => Buffer.from(s + "\0");
-      console.log(lib.escp_commit_file(fd, 0xffffffff, ${COMMIT_UNNAMED}, 0n, 0n, dfd, c(".g.escp-part"), c("g")));
+      console.log(lib.escp_commit_file(fd, 0xffffffff, ${COMMIT_UNNAMED}, null, dfd, c(".g.escp-part"), c("g")));
     `);
     const r = Bun.spawnSync([process.execPath, script], { stderr: "pipe" });
     expect(r.stderr.toString()).toBe("");

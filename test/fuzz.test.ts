@@ -128,12 +128,23 @@ describe(`TypeScript parsers under random input (ESCP_FUZZ_SEED=${SEED})`, () =>
       for (let k = 1 + r.int(3); k > 0; k--) b = mutate(r, b);
       const out = onlyProtocolErrors("decodeFiles", b, () => decodeFiles(b));
       if (!out) continue;
-      expect(out.length).toBeLessThanOrEqual((b.length - 4) / 40);
+      expect(out.length).toBeLessThanOrEqual((b.length - 4) / 48);
       for (const e of out) {
         expect(e.size <= 1n << 62n).toBe(true);
         expect(e.kind === "file" || e.kind === "dir").toBe(true);
       }
     }
+  });
+
+  test("FILES carries times before 1677 and after 2262 (int64 nanoseconds' ends) exactly, and refuses 1e9 nanoseconds", () => {
+    const times = [-10_000_000_000_000_000_001n, -500_000_000n, 0n, 10_413_792_000_123_456_789n, 9_223_372_036_854_775_808n];
+    const entries = times.map((t, i): FileEntry => ({ id: BigInt(i), path: `f${i}`, kind: "file", size: 1n, mode: 0o644, mtimeNs: t, atimeNs: -t, top: true }));
+    const back = decodeFiles(encodeFiles(entries));
+    expect(back.map((e) => e.mtimeNs)).toEqual(times);
+    expect(back.map((e) => e.atimeNs)).toEqual(times.map((t) => -t));
+    const b = Buffer.from(encodeFiles(entries.slice(0, 1)));
+    b.writeUInt32BE(1_000_000_000, 4 + 24 + 8); // the mtime's nanoseconds
+    expect(() => decodeFiles(b)).toThrow(ProtocolError);
   });
 
   test("decodeFiles: a count the body cannot hold is refused at once, whatever the count", () => {

@@ -136,6 +136,28 @@ describe("push", () => {
     expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
   });
 
+  test("-p: times before 1677 and after 2262 arrive exact (ext4 keeps 1901 to 2446), push and pull", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const when = { old: "1901-12-14 00:00:00.25", late: "2300-01-01 12:00:00.123456789", dir: "2400-02-29 00:00:00.5" };
+    fs.mkdirSync(path.join(src, "t"));
+    for (const name of ["old", "late"]) {
+      fs.writeFileSync(path.join(src, "t", name), name);
+      expect((await run(["touch", "-d", when[name as "old" | "late"], path.join(src, "t", name)])).code).toBe(0);
+    }
+    expect((await run(["touch", "-d", when.dir, path.join(src, "t")])).code).toBe(0);
+    const ns = (p: string) => fs.statSync(p, { bigint: true }).mtimeNs;
+    for (const to of [`${SSH_HOST}:${dst}/push`, path.join(dst, "pull")]) {
+      const from = to.startsWith(SSH_HOST) ? path.join(src, "t") : `${SSH_HOST}:${path.join(src, "t")}`;
+      const r = await runEscp(["-rp", from, to]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const there = to.replace(`${SSH_HOST}:`, "");
+      for (const name of ["old", "late"]) expect(ns(path.join(there, name))).toBe(ns(path.join(src, "t", name)));
+      expect(ns(there)).toBe(ns(path.join(src, "t")));
+    }
+    expect(ns(path.join(src, "t", "late"))).toBeGreaterThan(1n << 63n); // past what int64 nanoseconds hold
+  });
+
   test("a file the receiver refuses when it is announced is not sent (an existing directory at its name)", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 256 * BLOCK, { seed: 17 });

@@ -11,7 +11,7 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE, STAT_SLOTS, statTimeNs, timesOf } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -666,7 +666,8 @@ export class Receiver {
     }
     const replaces = f.replaces ? COMMIT_REPLACES | (this.opts.preserve ? 0 : COMMIT_OLD_MODE) : 0;
     const flags = (this.opts.preserve ? COMMIT_TIMES : 0) | (f.unnamed ? COMMIT_UNNAMED : 0) | replaces;
-    const r = this.lib.escp_commit_file(f.fd, f.mode, flags, f.entry.atimeNs, f.entry.mtimeNs, dfd, f.tmpC!, f.nameC!);
+    const times = this.opts.preserve ? timesOf(f.entry.atimeNs, f.entry.mtimeNs) : undefined;
+    const r = this.lib.escp_commit_file(f.fd, f.mode, flags, times ? ptr(times) : null, dfd, f.tmpC!, f.nameC!);
     if (r >= 0) return undefined;
     // A failed rename leaves our temporary file, unless another escp took the name over since.
     if (r !== E.BUSY) this.dropPart(f);
@@ -708,7 +709,10 @@ export class Receiver {
       const fd = this.lib.escp_openat_beneath(this.target.rootFd, cstr(rel), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0, 0, null);
       if (fd < 0) continue;
       this.lib.escp_fchmod(fd, entry.mode & 0o7777 & (this.opts.preserve ? 0o7777 : ~this.umask));
-      if (this.opts.preserve) this.lib.escp_futimens(fd, entry.atimeNs, entry.mtimeNs);
+      if (this.opts.preserve) {
+        const times = timesOf(entry.atimeNs, entry.mtimeNs);
+        this.lib.escp_futimens(fd, ptr(times));
+      }
       this.lib.escp_close(fd);
     }
   }
@@ -768,11 +772,11 @@ const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o
 
 /** Nothing, or nothing that can be seen (ENOENT, EACCES...), is undefined. */
 function statAt(dfd: number, name: Buffer): Existing | undefined {
-  const out = new BigInt64Array(7);
+  const out = new BigInt64Array(STAT_SLOTS);
   if (native().escp_fstatat(dfd, name, ptr(out)) < 0) return undefined;
   const t = out[6];
   const kind = t === S_IFREG ? "file" : t === S_IFDIR ? "dir" : t === S_IFLNK ? "link" : t === S_IFIFO ? "fifo" : "special";
-  return { kind, size: out[0], mtimeNs: out[1], mode: Number(out[2]) };
+  return { kind, size: out[0], mtimeNs: statTimeNs(out, 1), mode: Number(out[2]) };
 }
 
 /**
@@ -784,7 +788,7 @@ function withoutSetId(mode: number): number {
 }
 
 function fstatSize(fd: number): number {
-  const out = new BigInt64Array(7);
+  const out = new BigInt64Array(STAT_SLOTS);
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
@@ -811,7 +815,7 @@ function fileIdentity(s: fs.BigIntStats): string {
 }
 
 function isRegular(fd: number): boolean {
-  const out = new BigInt64Array(7);
+  const out = new BigInt64Array(STAT_SLOTS);
   return native().escp_fstat(fd, ptr(out)) >= 0 && (out[6] & S_IFMT) === S_IFREG;
 }
 

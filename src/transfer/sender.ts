@@ -6,7 +6,7 @@
  * and learn the receiver's verdict from RESULT. The bytes themselves only
  * ever pass through ffi/loops.c.
  */
-import { native, cstrNow, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN } from "../native.ts";
+import { native, cstrNow, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN, STAT_SLOTS, statTimeNs } from "../native.ts";
 import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walkBatches, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
@@ -167,7 +167,7 @@ export class Sender {
     }
     const entry: FileEntry = {
       id: this.nextId++, path: item.rel, kind: "file", size: pseudo ? read : read || st[0], mode: Number(st[2]) & 0o7777,
-      mtimeNs: st[1], atimeNs: st[5], top: item.top,
+      mtimeNs: statTimeNs(st, 1), atimeNs: statTimeNs(st, 5), top: item.top,
     };
     const f: SendFile = {
       id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
@@ -314,7 +314,7 @@ export class Sender {
     f.doneSent = true;
     if (!f.error && !f.madeUp) {
       const st = fstat(f.fd);
-      if (BigInt(st[0]) !== f.size || st[1] !== f.mtimeNs) f.error = "file changed while being read (size or modification time differs)";
+      if (BigInt(st[0]) !== f.size || statTimeNs(st, 1) !== f.mtimeNs) f.error = "file changed while being read (size or modification time differs)";
     }
     this.lib.escp_close(f.fd);
     const digest = f.digest.final();
@@ -465,7 +465,7 @@ function readSize(fd: number, statSize: bigint): bigint | string {
 }
 
 /** Scratch for the native calls of one file at a time on this thread (read before the next call). */
-const STAT = new BigInt64Array(7), IS_DIRECT = new Int32Array(1);
+const STAT = new BigInt64Array(STAT_SLOTS), IS_DIRECT = new Int32Array(1);
 
 /** [size, mtime_ns, mode, dev, ino, atime_ns, type] of an open fd, in a scratch array valid until the next call. */
 export function fstat(fd: number): BigInt64Array {
