@@ -7,6 +7,7 @@ import { test, expect, beforeAll } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
 import { run, tmpdir, makeFile, sameFile, buildTag, plantBuilds, ESCP_BIN, REPO_ROOT } from "./harness.ts";
+import { PROTO_VERSION } from "../src/native.ts";
 
 let lone = "";
 const bare = { PATH: "/usr/bin:/bin", HOME: "/nonexistent" };
@@ -179,6 +180,6 @@ test("a connecting escp of another protocol version is told both versions", asyn
   const len = Buffer.from(r.stdout, "latin1").readUInt32BE(0);
   const reply = JSON.parse(r.stdout.slice(4, 4 + len));
   expect(reply.type).toBe("error");
-  expect(reply.message).toMatch(/protocol version mismatch: this escp speaks 1, the local one 99/);
+  expect(reply.message).toContain(`protocol version mismatch: this escp speaks ${PROTO_VERSION}, the local one 99`);
   expect(r.code).not.toBe(0);
 });
