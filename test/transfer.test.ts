@@ -567,6 +567,23 @@ describe("-l (bandwidth limit)", () => {
 });
 
 describe("how many data streams", () => {
+  const memAvailable = Number(/MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync("/proc/meminfo", "utf8"))![1]) * 1024;
+  test.skipIf(memAvailable > 60 * 2 ** 30)("streams whose buffers would not fit in half the memory available are not opened: fewer, with a warning that says so (push and pull)", async () => {
+    // 64 streams of 64 MiB blocks, compressed: 64 x 5 x 2 x 64 MiB = 40 GiB of buffers asked for.
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (let i = 0; i < 64; i++) fs.writeFileSync(path.join(src, `f${i}`), `${i}\n`);
+    for (const [from, to] of [[src, `${SSH_HOST}:${dst}/push`], [`${SSH_HOST}:${src}`, path.join(dst, "pull")]]) {
+      const r = await runEscp(["--json", "-r", "-t", "64", "-b", "64M", "-C", from, to]);
+      expect(r.code).toBe(0);
+      const m = /^escp: warning: 64 streams of -b 64M with -C would take 40\.0GiB of buffers, and this host has \S+ of memory available: using (\d+) streams\n$/.exec(r.stderr);
+      expect(m, r.stderr).not.toBeNull();
+      const session = r.stdout.split("\n").map((l) => JSON.parse(l || "{}")).find((e) => e.event === "session");
+      expect(session.streams).toBe(Number(m![1]));
+      expect(session.streams).toBeLessThan(64);
+      expect(fs.readdirSync(to.replace(`${SSH_HOST}:`, "")).length).toBe(64);
+    }
+  });
+
   test("pulling, the sending server opens one per block it has, at most -t, and all of -t for a directory", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "d", "one"), 1, { seed: 23 });

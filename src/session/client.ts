@@ -20,7 +20,7 @@ import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
-import { makeSide, summarize, fileWindow, streamsAllowed, tooFewFiles, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, tooFewFiles, type Side } from "../transfer/side.ts";
 import { resolveTarget, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
@@ -124,7 +124,11 @@ export async function transfer(
   // As the sender we know what there is to move; pulling, the server tells us in `ready`.
   // No more streams than our descriptors allow (and the server's, which may answer with fewer).
   const threads = Math.min(o.threads, streamsAllowed());
-  const asked = plan.dir === "pull" ? threads : streamsFor(plan.sources, threads, o.blockSize);
+  const wanted = plan.dir === "pull" ? threads : streamsFor(plan.sources, threads, o.blockSize);
+  const memory = streamsMemoryAllows(wanted, o.blockSize, o.compress);
+  if (memory.streams < 1) return { failures: [], error: memory.why };
+  if (memory.why) report.warning(memory.why);
+  const asked = memory.streams;
   log.info("starting the other end", { direction: plan.dir, host: plan.dir === "local" ? undefined : plan.host.host, sources: plan.sources, target: plan.target, streams: asked, blockSize: o.blockSize });
   const child = startServer(o, plan);
   // Our workers boot, and the AES-GCM implementation is chosen (a few ms), while ssh logs in.

@@ -4,6 +4,7 @@
  * and the server both run exactly one of these over their stream pool.
  */
 import fs from "node:fs";
+import { formatBytes } from "../progress.ts";
 import { Sender, WINDOW } from "./sender.ts";
 import { Receiver } from "./receiver.ts";
 import type { StreamPool } from "../streams/pool.ts";
@@ -68,6 +69,50 @@ export function streamsAllowed(): number {
 export function tooFewFiles(): string | undefined {
   if (streamsAllowed() >= 1) return undefined;
   return `too few file descriptors: ulimit -n is ${openFilesLimit()}, and a copy needs ${BASE_FDS + 2 * FDS_PER_STREAM} or more`;
+}
+
+/** Blocks a data stream holds at once each way: ESCP_PIPE_DEPTH read ahead or written behind, and the one at work. */
+const BLOCKS_PER_STREAM = 5;
+/** Buffers this small are not weighed against the host's memory (-t 4 -b 1M takes 20 MiB). */
+const SMALL_BUFFERS = 256 * 2 ** 20;
+
+/**
+ * The most of `streams` data streams whose buffers fit in half the memory this host
+ * has available (its MemAvailable, or less under a cgroup's limit), rather than an
+ * out-of-memory kill mid-copy: `-t 64 -b 64M -C` asks for 40 GiB. With why, when
+ * they are fewer; 0 when not even one fits.
+ */
+export function streamsMemoryAllows(streams: number, blockSize: number, compress: boolean): { streams: number; why?: string } {
+  const each = BLOCKS_PER_STREAM * (blockSize + 8192) * (compress ? 2 : 1);
+  if (streams * each <= SMALL_BUFFERS) return { streams };
+  const budget = memoryAvailable() / 2;
+  const fit = Math.min(streams, Math.floor(budget / each));
+  if (fit >= streams) return { streams };
+  const have = `this host has ${formatBytes(budget * 2)} of memory available`;
+  const ask = `-b ${blockSize % 2 ** 20 ? `${blockSize / 1024}K` : `${blockSize / 2 ** 20}M`}${compress ? " with -C" : ""}`;
+  if (fit < 1) return { streams: 0, why: `${ask} takes ${formatBytes(each)} of buffers per stream, and ${have}: use a smaller -b` };
+  return { streams: fit, why: `${streams} streams of ${ask} would take ${formatBytes(streams * each)} of buffers, and ${have}: using ${fit} streams` };
+}
+
+/** Bytes of memory this process may still take: MemAvailable, less where a cgroup (v2 or v1) limits it. */
+function memoryAvailable(): number {
+  const read = (p: string) => {
+    try {
+      return fs.readFileSync(p, "utf8");
+    } catch {
+      return "";
+    }
+  };
+  let avail = Number(/MemAvailable:\s+(\d+) kB/.exec(read("/proc/meminfo"))?.[1] ?? 0) * 1024 || Infinity;
+  for (const line of read("/proc/self/cgroup").split("\n")) {
+    const [, controllers, where] = line.split(":");
+    const dir = controllers === "" ? `/sys/fs/cgroup${where}` : controllers === "memory" ? `/sys/fs/cgroup/memory${where}` : undefined;
+    if (!dir) continue;
+    const [limit, used] = controllers === "" ? ["memory.max", "memory.current"] : ["memory.limit_in_bytes", "memory.usage_in_bytes"];
+    const left = Number(read(`${dir}/${limit}`) || NaN) - Number(read(`${dir}/${used}`) || NaN);
+    if (left >= 0) avail = Math.min(avail, left); // "max", or no such file: NaN, no limit
+  }
+  return avail;
 }
 
 /**
