@@ -211,7 +211,8 @@ int64_t escp_seek_hole(int fd, int64_t from);
  * O_DIRECT fd goes through a buffered reopen): used by --verify and resume digests.
  * Returns bytes read or -errno.  To read past the page cache, call escp_drop_cache first. */
 int64_t escp_pread(int fd, void *buf, uint64_t len, int64_t off);
-/* XXH3-128 of [off, off+len) of fd, read in ESCP_ALIGN chunks through an internal buffer.
+/* XXH3-128 of [off, off+len) of fd, read in ESCP_ALIGN chunks through an internal buffer;
+ * a range that lies in a hole (SEEK_DATA) is not read: it is len zeros.
  * 0, or -ENODATA when EOF comes first (out is then the digest of the bytes that exist). */
 int escp_hash_range(int fd, int64_t off, uint64_t len, uint8_t out[16]);
 /* (added) posix_fadvise(DONTNEED) for [off, off+len) (len 0 = to the end): 0 or -errno. */

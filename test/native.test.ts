@@ -370,6 +370,26 @@ describe("io", () => {
     fs.closeSync(dirfd);
   });
 
+  test("hash_range of a range in a hole is that of as many zeros; a range with data in it is read", () => {
+    const f = path.join(tmp, "holey");
+    fs.writeFileSync(f, "");
+    fs.truncateSync(f, 8 << 20);
+    const fd = fs.openSync(f, "r+");
+    fs.writeSync(fd, Buffer.alloc(4096, 9), 0, 4096, 5 << 20);
+    const h = new Uint8Array(16);
+    for (const [off, len] of [[0, 1 << 20], [1 << 20, 3 << 20], [123, 4000], [6 << 20, 2 << 20]]) {
+      expect(L.escp_hash_range(fd, off, len, h)).toBe(0);
+      expect(hex(h), `${off}+${len}`).toBe(xxh(Buffer.alloc(len)));
+    }
+    expect(L.escp_hash_range(fd, 4 << 20, 2 << 20, h)).toBe(0);
+    const data = Buffer.alloc(2 << 20);
+    data.fill(9, 1 << 20, (1 << 20) + 4096);
+    expect(hex(h)).toBe(xxh(data));
+    expect(L.escp_hash_range(fd, 7 << 20, 2 << 20, h)).toBe(-61 /* ENODATA: past the end, a hole or not */);
+    expect(hex(h)).toBe(xxh(Buffer.alloc(1 << 20)));
+    fs.closeSync(fd);
+  });
+
   test("a large source is read through the page cache when samples across all of it are cached, not when only its first half is", () => {
     // Above 64 MiB, ffi/io.c samples 16 windows instead of counting every cached page.
     const file = path.join(tmp, "large-cached"), size = 80 << 20, isD = new Int32Array(1);

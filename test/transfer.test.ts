@@ -136,6 +136,20 @@ describe("push", () => {
     expect(await sameFile(path.join(src, "s"), path.join(dst, "s"))).toBe(true);
   });
 
+  test("--resume --verify --sparse over a complete 1 TiB sparse target hashes its holes without reading them: seconds, not hours", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const size = 2 ** 40;
+    await makeSparseFile(path.join(src, "s"), size, { seed: 47, extents: [[0, 3 * BLOCK], [size / 2, 2 * BLOCK]] });
+    expect((await runEscp(["-p", "--sparse", path.join(src, "s"), `${SSH_HOST}:${dst}/`])).code).toBe(0);
+    const t0 = performance.now();
+    const r = await runEscp(["-p", "--sparse", "--resume", "--verify", "--json", path.join(src, "s"), `${SSH_HOST}:${dst}/`], { timeoutMs: 60_000 });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesSkipped).toBe(size);
+    expect(performance.now() - t0).toBeLessThan(30_000); // reading 1 TiB of zeros on both ends took minutes
+    expect(fs.statSync(path.join(dst, "s")).blocks * 512).toBeLessThan(8 * BLOCK);
+  });
+
   test("-p: times before 1677 and after 2262 arrive exact (ext4 keeps 1901 to 2446), push and pull", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     const when = { old: "1901-12-14 00:00:00.25", late: "2300-01-01 12:00:00.123456789", dir: "2400-02-29 00:00:00.5" };
