@@ -561,7 +561,7 @@ describe("the receiving disk", () => {
     }
   });
 
-  test("a destination directory made unwritable mid-transfer fails the file with the cause", async () => {
+  test("a destination directory made unwritable mid-transfer fails the file with the cause, and names the temporary file it cannot remove", async () => {
     // Root ignores permissions, but not the immutable attribute (ext4's chattr +i).
     const src = tmpdir("src"), dst = tmpdir("dst");
     const file = path.join(src, "f");
@@ -571,7 +571,8 @@ describe("the receiving disk", () => {
     expect((await run(["chattr", "+i", dst])).code).toBe(0);
     try {
       expect(await t.p.exited).toBe(1);
-      expect(await t.stderr).toMatch(new RegExp(`${dst}/f: .*Operation not permitted`));
+      // Nor can its temporary file go: the message names it.
+      expect(await t.stderr).toMatch(new RegExp(`${dst}/f: .*Operation not permitted; its temporary file ${dst}/\\.f\\.escp-part is left behind \\(Operation not permitted\\)\n$`));
       expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
     } finally {
       await run(["chattr", "-i", dst]);

@@ -542,7 +542,7 @@ export class Receiver {
     this.files.delete(f.entry.id);
     if (f.name.endsWith(PART_SUFFIX)) this.partNames.delete(`${f.dir}/${f.name}`);
     if (cause || f.special) {
-      if (cause) this.dropPart(f); // while the file is open, and so locked: our own temporary name
+      if (cause) cause += this.dropPart(f); // while the file is open, and so locked: our own temporary name
       if (f.fd >= 0) this.lib.escp_close(f.fd);
     } else {
       cause = this.commit(f);
@@ -670,8 +670,7 @@ export class Receiver {
     const r = this.lib.escp_commit_file(f.fd, f.mode, flags, times ? ptr(times) : null, dfd, f.tmpC!, f.nameC!);
     if (r >= 0) return undefined;
     // A failed rename leaves our temporary file, unless another escp took the name over since.
-    if (r !== E.BUSY) this.dropPart(f);
-    return causeOf(r);
+    return causeOf(r) + (r !== E.BUSY ? this.dropPart(f) : "");
   }
 
   /**
@@ -691,12 +690,15 @@ export class Receiver {
   /**
    * Removes a failed file's temporary name; --resume keeps it to resume from, an
    * unnamed file has none (its data goes with its descriptor), and with --inplace
-   * it is the target's (left as the failure left it, as the option says).
+   * it is the target's (left as the failure left it, as the option says). What the
+   * failure's message adds when the name stays (a directory made immutable, or
+   * read-only, meanwhile): "" when it went.
    */
-  private dropPart(f: RecvFile): void {
-    if (!f.tmp || f.fd < 0 || this.opts.resume || this.opts.inplace || f.unnamed) return;
+  private dropPart(f: RecvFile): string {
+    if (!f.tmp || f.fd < 0 || this.opts.resume || this.opts.inplace || f.unnamed) return "";
     const dfd = this.dirs.get(f.dir);
-    if (dfd >= 0) this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
+    const r = dfd < 0 ? dfd : this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
+    return r < 0 && r !== -ENOENT ? `; its temporary file ${this.target.show(f.dir ? `${f.dir}/${f.tmp}` : f.tmp)} is left behind (${codeText(r)})` : "";
   }
 
   /**
@@ -792,7 +794,7 @@ function fstatSize(fd: number): number {
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
-const EXDEV = 18, EEXIST = 17, EINVAL = 22;
+const EXDEV = 18, EEXIST = 17, EINVAL = 22, ENOENT = 2;
 
 /** Why a path under the destination could not be opened or made, in the user's terms. */
 function openFailure(code: number): string {
