@@ -140,8 +140,9 @@ int escp_create_part(int dirfd, const char *name, int direct, uint32_t mode, int
  * /proc/self/fd): create a named one instead.  Else fd or -errno. */
 int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct);
 /* --resume: opens the temporary file `name` (one component) in dirfd to continue it,
- * making it if missing, locked as escp_create_part locks.  One with other links or
- * another owner is not continued but replaced by a new one.  fd or -errno / ESCP_E_*. */
+ * making it if missing, locked as escp_create_part locks.  Another user's is left alone
+ * (ESCP_E_KEPT); one of ours with other links is not continued but replaced by a new
+ * one.  fd or -errno / ESCP_E_*. */
 int escp_open_resume_part(int dirfd, const char *name);
 /* Removes a stale temporary file `name` (one component) in dirfd: this user's, older
  * than this process.  0 (also when nothing is there); ESCP_E_BUSY while another escp

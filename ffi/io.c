@@ -371,20 +371,22 @@ ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t 
 }
 
 /* --resume continues the temporary file a killed run left, so it is opened, not made
- * anew.  Only a file this user made is continued: one with other links (a hard link
- * planted at the name would carry the copy into the file it names) or another owner
- * (who could change it after it is checked and renamed into place) is removed and a
- * fresh one made.  Never follows a link; a FIFO opens without waiting (O_NONBLOCK) and
- * is reported by the caller, who checks the type. */
+ * anew.  Only a file this user made is continued: another user's (who could change it
+ * after it is checked and renamed into place) is left alone, as escp_clear_stale_part
+ * leaves it (ESCP_E_KEPT: the caller takes another name); one of ours with other links
+ * (a hard link at the name would carry the copy into the file it names) is removed and
+ * a fresh one made.  Never follows a link; a FIFO opens without waiting (O_NONBLOCK)
+ * and is reported by the caller, who checks the type. */
 ESCP_API int escp_open_resume_part(int dirfd, const char *name) {
   if (!one_name(name)) return -EINVAL;
+  struct stat st;
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != my_euid()) return ESCP_E_KEPT;
   int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
-  if (fd < 0 && errno == ELOOP) { /* a symbolic link: never ours, replaced as another owner's file is */
+  if (fd < 0 && errno == ELOOP) { /* a symbolic link of ours: never followed, replaced */
     if (unlinkat(dirfd, name, 0) != 0) return errno == EPERM || errno == EACCES ? ESCP_E_NOTOURS : -errno;
     return escp_create_part(dirfd, name, 0, 0600, NULL);
   }
   if (fd < 0) return -errno;
-  struct stat st;
   if (fstat(fd, &st) != 0) return close(fd), -errno;
   if (!S_ISREG(st.st_mode) || (st.st_nlink == 1 && st.st_uid == my_euid())) {
     int busy = S_ISREG(st.st_mode) ? lock_part(fd) : 0; /* another escp resuming it now */

@@ -880,7 +880,7 @@ describe("temporary files", () => {
     expect(listNames(dst)).toEqual(["f"]);
   });
 
-  test.skipIf(process.getuid?.() !== 0)("--resume as root does not continue a partial file another user owns: it starts over, and the copy is root's", async () => {
+  test.skipIf(process.getuid?.() !== 0)("--resume as root does not continue a partial file another user owns, nor remove it: it starts over beside it, and the copy is root's", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 3 * BLOCK + 77, { seed: 18 });
     const part = path.join(dst, ".f.escp-part");
@@ -891,7 +891,10 @@ describe("temporary files", () => {
     expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesSkipped).toBe(0);
     expect(fs.statSync(path.join(dst, "f")).uid).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
-    expect(listNames(dst)).toEqual(["f"]);
+    // Theirs stays as it was: root removes no other user's file (a copy without --resume does not either).
+    expect(listNames(dst)).toEqual([".f.escp-part", "f"]);
+    expect(fs.statSync(part).uid).toBe(65534);
+    expect(fs.statSync(part).size).toBe(2 * BLOCK);
   });
 });
 

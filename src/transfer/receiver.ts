@@ -266,7 +266,7 @@ export class Receiver {
     if (!held && !this.opts.resume && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
       held = this.lib.escp_clear_stale_part(dfd, inplace ? cstr(partBase(name)) : tmpC);
     }
-    if (held === E.KEPT && !inplace) tmpC = cstr((tmp = partBase(`${name}.${randomTag()}`)));
+    if (held === E.KEPT && !inplace) tmpC = cstr((tmp = otherPart(name)));
     else if (held < 0 && !inplace) return this.reject(e, rel, codeText(held));
     const mode = this.finalMode(e, existing);
     const replaces = existing?.kind === "file" && !inplace;
@@ -295,11 +295,16 @@ export class Receiver {
     // --inplace writes through a link as scp does, but never out of the destination (openat2
     // beneath it); what the target held beyond the new size goes at commit (sized).
     const isDirect = new Int32Array(1);
-    const fd = inplace
+    let fd = inplace
       ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT, createMode, direct ? 1 : 0, ptr(isDirect))
       : this.opts.resume
         ? this.lib.escp_open_resume_part(dfd, tmpC)
         : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
+    if (fd === E.KEPT) {
+      // Another user's partial file (--resume does not continue it), or one put there since the look above.
+      tmpC = cstr((tmp = otherPart(name)));
+      fd = this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
+    }
     const tmpShown = `${dir ? `${dir}/` : ""}${tmp}`;
     if (fd === E.NOTOURS) return this.reject(e, rel, `${tmpShown} is another user's file, or has other links; remove it to resume`);
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
@@ -757,9 +762,9 @@ export function partBase(name: string): string {
   return `.${prefixOfBytes(name, NAME_MAX - 1 - tag.length - PART_SUFFIX.length)}${tag}${PART_SUFFIX}`;
 }
 
-/** Six random hex digits: a temporary name of our own where the fixed one is taken. */
-function randomTag(): string {
-  return crypto.getRandomValues(new Uint32Array(1))[0].toString(16).padStart(8, "0").slice(0, 6);
+/** A temporary name of our own where the fixed one is taken: `.NAME.XXXXXX.escp-part`, random. */
+function otherPart(name: string): string {
+  return partBase(`${name}.${crypto.getRandomValues(new Uint32Array(1))[0].toString(16).padStart(8, "0").slice(0, 6)}`);
 }
 
 /** What is at `name` in a directory now (never followed), as far as the receiver's choices go. */
