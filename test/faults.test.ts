@@ -547,7 +547,8 @@ describe("the receiving disk", () => {
     fs.truncateSync(big, 2 * 1024 * MiB);
     expect((await run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt])).code).toBe(0);
     try {
-      for (const args of [[big, `${SSH_HOST}:${mnt}/`], [`${SSH_HOST}:${big}`, `${mnt}/`]]) {
+      const ways = [[big, `${SSH_HOST}:${mnt}/`], [`${SSH_HOST}:${big}`, `${mnt}/`]];
+      for (const args of [...ways, ...ways.map((w) => ["--verify", ...w])]) {
         const r = await runEscp(["--json", ...args]);
         expect(r.stderr).toMatch(new RegExp(`${mnt}/big: .*No space left on device`));
         expect(r.code).toBe(1);

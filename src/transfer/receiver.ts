@@ -507,7 +507,9 @@ export class Receiver {
       cause = why || codeText(f.verdict.status);
     }
     const verify = this.opts.verify && !f.special;
-    if (!(f.kept && !cause) && !verify) return this.settle(f, shown, this.check(f, cause, f.processed));
+    // A failed file has nothing to restore or read back: settled now (one failed early
+    // must be, before the session's end, which need not wait for it).
+    if (cause || (!f.kept && !verify)) return this.settle(f, shown, this.check(f, cause, f.processed));
     this.later(async () => {
       const restored = f.kept && !cause ? await this.restoreKept(f) : 0n;
       if (this.closed) return;
