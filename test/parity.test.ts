@@ -207,6 +207,22 @@ describe.concurrent("operands and directions", () => {
     expectSame(ref, esc);
   });
 
+  test("pull: a remote glob reads as glob(3): a backslash-escaped space, ** as *, braces and a leading ! as plain characters", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        for (const n of ["sp ace/f1", "sp ace/g", "d/a", "d/sub/x/c", "{a,b}1", "a1", "b1", "!x1", "y1"]) write(`${s.src}/g/${n}`, `${n}\n`);
+      },
+      (s) => steps(s, [
+        [`${H}:${s.src}/g/sp\\ ace/f*`, mkdir(`${s.dst}/escaped`)],
+        ["-r", `${H}:${s.src}/g/d/**`, mkdir(`${s.dst}/stars`)],
+        [`${H}:${s.src}/g/{a,b}*`, mkdir(`${s.dst}/braces`)],
+        [`${H}:${s.src}/g/!x*`, mkdir(`${s.dst}/bang`)],
+      ]),
+    );
+    expectSame(ref, esc);
+    for (const r of results(esc)) expect(r.code, r.stderr).toBe(0);
+  });
+
   test("pull: a glob matching a directory without -r copies the files, names the directory, exits 1", async () => {
     const [ref, esc] = await both(
       (s) => {

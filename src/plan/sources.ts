@@ -25,13 +25,51 @@ export function expandSources(operands: string[]): Sources {
       continue;
     }
     const base = path.isAbsolute(op) ? "/" : ".";
-    const found = new Set(new Bun.Glob(path.isAbsolute(op) ? op.slice(1) : op).scanSync({ cwd: base, dot: false, onlyFiles: false }));
+    const found = new Set(new Bun.Glob(globPattern(path.isAbsolute(op) ? op.slice(1) : op)).scanSync({ cwd: base, dot: false, onlyFiles: false }));
     const matches = [...found].flatMap((m) => withBytes(base === "/" ? "/" + m : m)).sort();
     // As a shell would: the pattern's matches (a file literally named like it is one of
     // them); only a pattern that matches nothing may still name a file as it is.
     if (matches.length) out.paths.push(...matches);
     else if (fs.existsSync(fsPath(op))) out.paths.push(op);
     else out.missing.push({ path: op, message: "No such file or directory" });
+  }
+  return out;
+}
+
+/**
+ * A pattern as glob(3) reads it (scp's remote glob), in Bun.Glob's terms: a backslash
+ * makes any character plain (`My\ Docs/*.pdf`; Bun.Glob keeps `\ ` as two
+ * characters), `**` is `*` (not any depth), and braces and a leading `!` are plain
+ * characters (not alternatives, not a negation). A bracket expression goes as it is.
+ *
+ * @example
+ * globPattern("My\\ Docs/**.pdf"); // "My Docs/*.pdf"
+ */
+export function globPattern(op: string): string {
+  let out = "";
+  for (let i = 0; i < op.length; i++) {
+    const c = op[i];
+    if (c === "\\" && i + 1 < op.length) {
+      const next = op[++i];
+      out += "*?[]{}!\\".includes(next) ? `\\${next}` : next;
+    } else if (c === "[") {
+      // To its closing bracket; a `]` first in it (after `!` or `^`) is one of its characters.
+      let end = i + 1;
+      if (op[end] === "!" || op[end] === "^") end++;
+      if (op[end] === "]") end++;
+      end = op.indexOf("]", end);
+      if (end < 0) {
+        out += "\\[";
+        continue;
+      }
+      out += op.slice(i, end + 1);
+      i = end;
+    } else if (c === "*") {
+      out += "*";
+      while (op[i + 1] === "*") i++;
+    } else {
+      out += "{}!".includes(c) ? `\\${c}` : c;
+    }
   }
   return out;
 }
