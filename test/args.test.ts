@@ -76,6 +76,10 @@ describe("short options", () => {
     expect(r.sources).toEqual([{ kind: "local", path: "a" }]);
   });
 
+  test("-X with anything but scp's buffer=N or nrequests=N is refused, as scp refuses it", () => {
+    expect(usageError(["-X", "nonsense", "a", "h:"]).message).toBe("escp: -X needs buffer=N or nrequests=N (scp's SFTP tuning, which escp ignores), got 'nonsense'");
+  });
+
   test("an unknown option is a usage error naming it", () => {
     expect(usageError(["-Z", "a", "h:"]).message).toBe("escp: unknown option '-Z' (see escp --help)");
   });

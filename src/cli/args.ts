@@ -244,6 +244,11 @@ function append(key: "identities" | "sshOptions"): Apply {
 const text = (s: string) => s;
 const ignore: Apply = () => {};
 
+/** -X: what scp takes (buffer=N, nrequests=N) is ignored; anything else is refused, as scp refuses it. */
+const sftpOption: Apply = (_st, v) => {
+  if (!/^(buffer|nrequests)=\d+$/.test(v ?? "")) throw new ValueError("buffer=N or nrequests=N (scp's SFTP tuning, which escp ignores)");
+};
+
 function mode(m: NonNullable<ParseState["mode"]>): Apply {
   return (st, _v, name) => {
     if (st.mode !== undefined && st.mode !== m) {
@@ -293,7 +298,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
     help: "accepted for scp compatibility and ignored: ssh speaks only protocol 2" },
   { short: "T", group: "scp", apply: ignore,
     help: "accepted for scp compatibility and ignored: escp always checks the names a remote sends" },
-  { short: "X", arg: "sftp_option", repeatable: true, group: "scp", apply: ignore,
+  { short: "X", arg: "sftp_option", repeatable: true, group: "scp", apply: sftpOption,
     help: "accepted for scp compatibility and ignored: SFTP tuning, and escp does not use SFTP" },
 
   // ssh
