@@ -310,6 +310,24 @@ describe.concurrent("operands and directions", () => {
     expectSame(ref, esc);
   });
 
+  test("local: a file copied onto itself (into its own directory, or by another name for it) fails naming it, and stays the same file", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        write(`${s.dst}/f`, "f\n");
+        fs.linkSync(`${s.dst}/f`, `${s.dst}/hard`);
+        write(`${s.dst}/g`, "g\n");
+      },
+      (s) => steps(s, [[`${s.dst}/f`, `${s.dst}/`], [`${s.dst}/f`, `${s.dst}/hard`], [`${s.dst}/f`, `${s.dst}/g`, `${s.dst}/.`]]),
+    );
+    expectSame(ref, esc);
+    for (const [i, r] of results(esc).entries()) {
+      expect(r.code).toBe(1);
+      expect(r.stderr, `step ${i}`).toContain(`${esc.side.dst}/f: the same file as its destination`);
+    }
+    expect(fs.statSync(`${esc.side.dst}/f`).ino).toBe(fs.statSync(`${esc.side.dst}/hard`).ino);
+    for (const r of results(ref)) expect(r.code).toBe(1);
+  });
+
   test("a path with ':' after a '/' is local (./a:b, dir/c:d)", async () => {
     const [ref, esc] = await both(
       (s) => {

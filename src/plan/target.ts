@@ -118,6 +118,31 @@ function realDir(d: string): string {
   }
 }
 
+/**
+ * Why a local copy's source must not go to `dest`: it is the very file (or directory)
+ * it would be copied onto, as cp refuses it ("'f' and './f' are the same file").
+ * Copied, it would be replaced by a copy of itself: a new inode, which its other hard
+ * links do not share. Undefined when it may go, or when either cannot be looked at
+ * (the copy reports that).
+ *
+ * @example
+ * sameAsDestination("notes.txt", "."); // "the same file as its destination notes.txt: not copied"
+ */
+export function sameAsDestination(src: string, dest: string): string | undefined {
+  try {
+    const s = fs.statSync(fsPath(src), { bigint: true });
+    let to = dest;
+    let d = fs.statSync(fsPath(dest), { bigint: true });
+    if (d.isDirectory() && path.basename(src.replace(/\/+$/, "")) !== ".") {
+      to = path.join(dest, path.basename(src.replace(/\/+$/, "")));
+      d = fs.statSync(fsPath(to), { bigint: true });
+    }
+    return s.dev === d.dev && s.ino === d.ino ? `the same file as its destination ${to}: not copied` : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function resolveTarget(dest: string, o: { multipleSources: boolean; home?: string }): Target {
   const target = expandHome(dest, o.home);
   let st: fs.Stats | undefined;

@@ -21,7 +21,7 @@ import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
 import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, tooFewFiles, type Side } from "../transfer/side.ts";
-import { resolveTarget, TargetError } from "../plan/target.ts";
+import { resolveTarget, sameAsDestination, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
 import { printable } from "../text.ts";
@@ -104,8 +104,18 @@ export async function transfer(
   }
   const planned = planTransfer(sources, target);
   if (typeof planned === "string") return { failures: [], error: planned, usage: true };
-  const plan = literalTarget(planned);
+  let plan = literalTarget(planned);
   if (typeof plan === "string") return { failures: [], error: plan };
+  if (plan.dir === "local") {
+    const target = plan.target;
+    const apart = plan.sources.filter((src) => {
+      const same = sameAsDestination(src, target);
+      if (same) report.failed(src, same);
+      return !same;
+    });
+    if (!apart.length) return { failures: report.failures };
+    plan = { ...plan, sources: apart };
+  }
   log.open({ role: plan.dir === "pull" ? "receiver" : "sender", verbose: o.verbose, file: o.log });
   const where = plan.dir === "local" ? "localhost" : plan.host.host;
   // What the other end says is prefixed with its host; a local copy's other end is this host.
