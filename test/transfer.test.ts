@@ -210,6 +210,25 @@ describe("push", () => {
     expect(fs.readdirSync("/dev").filter((n) => n.includes("escp-part"))).toEqual([]);
   });
 
+  test.skipIf(process.getuid?.() !== 0 || !Bun.which("losetup"))("--sparse into a block device is refused: the holes it does not send would keep the device's old data there", async () => {
+    const src = tmpdir("src"), img = path.join(tmpdir("dev"), "img");
+    await makeSparseFile(path.join(src, "s"), 4 * BLOCK, { seed: 48, extents: [[0, BLOCK]] });
+    fs.writeFileSync(img, Buffer.alloc(4 * BLOCK, 0x5a));
+    const l = Bun.spawnSync(["losetup", "-f", "--show", img]);
+    const loop = l.stdout.toString().trim();
+    expect(loop).toStartWith("/dev/loop");
+    try {
+      const r = await runEscp(["--sparse", path.join(src, "s"), `${SSH_HOST}:${loop}`]);
+      expect(r.stderr).toBe(`escp: ${loop}: --sparse does not send the source's holes, where a device would keep its old data: copy it without --sparse\n`);
+      expect(r.code).toBe(1);
+      const plain = await runEscp([path.join(src, "s"), `${SSH_HOST}:${loop}`]);
+      expect(plain.code).toBe(0);
+    } finally {
+      Bun.spawnSync(["losetup", "-d", loop]);
+    }
+    expect(await sameFile(path.join(src, "s"), img)).toBe(true);
+  });
+
   test("a remote escp named with --remote-escp that is not there is named so, with -v too (ssh's debug lines are not quoted)", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 10, { seed: 33 });
@@ -815,14 +834,18 @@ describe("temporary files", () => {
     }
   });
 
-  test("--inplace removes the partial file a killed run left beside the target", async () => {
+  test("--inplace removes the partial file a killed run left beside the target, with --resume too", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), BLOCK + 3, { seed: 18 });
-    fs.writeFileSync(path.join(dst, ".f.escp-part"), Buffer.alloc(BLOCK, 7));
-    const r = await runEscp(["--inplace", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
-    expect(r.stderr).toBe("");
-    expect(r.code).toBe(0);
-    expect(listNames(dst)).toEqual(["f"]);
+    for (const args of [["--inplace"], ["--inplace", "--resume"]]) {
+      fs.writeFileSync(path.join(dst, ".f.escp-part"), Buffer.alloc(BLOCK, 7));
+      fs.utimesSync(path.join(dst, ".f.escp-part"), 1_600_000_000, 1_600_000_000);
+      const r = await runEscp([...args, path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(listNames(dst), args.join(" ")).toEqual(["f"]);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    }
   });
 
   test("--resume that finds the target complete removes the partial file a killed run left beside it", async () => {
@@ -916,6 +939,20 @@ describe("--inplace", () => {
     expect(await sameFile(path.join(src, "old"), path.join(dst, "other-link"))).toBe(true); // one file, seen by both names
     expect(await sameFile(path.join(src, "new"), path.join(dst, "new"))).toBe(true);
     expect(listNames(dst)).toEqual(["new", "old", "other-link"]);
+  });
+
+  test("--sparse: the old content where the source has holes is gone (push and pull, -C too)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeSparseFile(path.join(src, "m"), 4 * BLOCK, { seed: 49, extents: [[0, BLOCK], [3 * BLOCK, BLOCK]] });
+    for (const [extra, from, to] of [[[], path.join(src, "m"), `${SSH_HOST}:${dst}/`], [["-C"], `${SSH_HOST}:${path.join(src, "m")}`, `${dst}/`]]) {
+      await makeFile(path.join(dst, "m"), 4 * BLOCK, { seed: 50 });
+      const ino = fs.statSync(path.join(dst, "m")).ino;
+      const r = await runEscp(["--inplace", "--sparse", ...(extra as string[]), from as string, to as string]);
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      expect(fs.statSync(path.join(dst, "m")).ino).toBe(ino);
+      expect(await sameFile(path.join(src, "m"), path.join(dst, "m"))).toBe(true);
+    }
   });
 
   test("pull -rp: files are written in place, with the source's mode and times", async () => {

@@ -85,7 +85,7 @@ interface Kept {
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_NONBLOCK } = fs.constants;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_NONBLOCK, O_TRUNC } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
@@ -263,7 +263,7 @@ export class Receiver {
     // --verify reads the written file back by name, before commit.
     const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
     let held = !inplace && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT : 0;
-    if (!held && !this.opts.resume && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
+    if (!held && (!this.opts.resume || inplace) && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
       held = this.lib.escp_clear_stale_part(dfd, inplace ? cstr(partBase(name)) : tmpC);
     }
     if (held === E.KEPT && !inplace) tmpC = cstr((tmp = otherPart(name)));
@@ -293,10 +293,11 @@ export class Receiver {
     // Whatever sits at the temporary name, a symbolic link is never followed; without
     // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
     // --inplace writes through a link as scp does, but never out of the destination (openat2
-    // beneath it); what the target held beyond the new size goes at commit (sized).
+    // beneath it); what the target held beyond the new size goes at commit (sized). With
+    // --sparse it is emptied first: the holes, never sent, would keep its old bytes.
     const isDirect = new Int32Array(1);
     let fd = inplace
-      ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT, createMode, direct ? 1 : 0, ptr(isDirect))
+      ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT | (this.opts.sparse && !this.opts.resume ? O_TRUNC : 0), createMode, direct ? 1 : 0, ptr(isDirect))
       : this.opts.resume
         ? this.lib.escp_open_resume_part(dfd, tmpC)
         : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
@@ -308,7 +309,7 @@ export class Receiver {
     const tmpShown = `${dir ? `${dir}/` : ""}${tmp}`;
     if (fd === E.NOTOURS) return this.reject(e, rel, `${tmpShown} is another user's file, or has other links; remove it to resume`);
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
-    if (this.opts.resume && !isRegular(fd)) {
+    if (this.opts.resume && typeOf(fd) !== S_IFREG) {
       this.lib.escp_close(fd);
       return this.reject(e, rel, `${tmpShown} is not a regular file; remove it to resume`);
     }
@@ -342,6 +343,10 @@ export class Receiver {
   private intoSpecial(e: FileEntry, rel: string, dfd: number, name: string): void {
     const fd = this.lib.escp_openat_beneath(dfd, cstr(name), O_WRONLY, 0, 0, null);
     if (fd < 0) return this.reject(e, rel, openFailure(fd));
+    if (this.opts.sparse && typeOf(fd) === S_IFBLK) {
+      this.lib.escp_close(fd);
+      return this.reject(e, rel, "--sparse does not send the source's holes, where a device would keep its old data: copy it without --sparse");
+    }
     this.files.set(e.id, { entry: e, rel, dir: "", name, tmp: "", fd, processed: 0n, digest: new FileDigest(), mode: 0, special: true });
     this.events.started(this.target.show(rel), Number(e.size));
     this.pool.publish(e.id, e.size, fd, false);
@@ -777,7 +782,7 @@ interface Existing {
   mode: number;
 }
 
-const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o120000n, S_IFIFO = 0o010000n;
+const S_IFMT = 0o170000n, S_IFREG = 0o100000n, S_IFDIR = 0o040000n, S_IFLNK = 0o120000n, S_IFIFO = 0o010000n, S_IFBLK = 0o060000n;
 
 /** Nothing, or nothing that can be seen (ENOENT, EACCES...), is undefined. */
 function statAt(dfd: number, name: Buffer): Existing | undefined {
@@ -823,10 +828,12 @@ function fileIdentity(s: fs.BigIntStats): string {
   return `${s.dev}:${s.ino}:${s.ctimeNs}:${s.size}`;
 }
 
-function isRegular(fd: number): boolean {
+/** The type bits of what fd is (S_IFREG, S_IFBLK...), or -1n. */
+function typeOf(fd: number): bigint {
   const out = new BigInt64Array(STAT_SLOTS);
-  return native().escp_fstat(fd, ptr(out)) >= 0 && (out[6] & S_IFMT) === S_IFREG;
+  return native().escp_fstat(fd, ptr(out)) >= 0 ? out[6] & S_IFMT : -1n;
 }
+
 
 function decompress(body: Uint8Array): Uint8Array {
   const out = new Uint8Array(1 << 20);

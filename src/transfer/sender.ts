@@ -49,8 +49,12 @@ interface SendFile {
   ourDigest?: Uint8Array;
   /** A verdict that came before our DONE (the receiver refused the file): applied once DONE is out. */
   early?: FileVerdict;
-  /** Its size is what a read found, not what stat says (/proc's files say 0). */
-  madeUp?: boolean;
+  /**
+   * Its size is what a read found, not what stat says: "made" (/proc's files say 0, and
+   * change on every read), or "grown" (a file of 0 bytes at the open that reads as more:
+   * being written; only its time is compared at the end, which its writer changes).
+   */
+  madeUp?: "made" | "grown";
   /** --resume: blocks the receiver already has (index → 1); cursor waits until the offer is complete. */
   have?: Uint8Array;
   awaitingOffer: boolean;
@@ -172,7 +176,7 @@ export class Sender {
     const f: SendFile = {
       id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
       mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
-      awaitingOffer: this.opts.resume, madeUp: pseudo || read > 0n,
+      awaitingOffer: this.opts.resume, madeUp: pseudo ? "made" : read > 0n ? "grown" : undefined,
     };
     this.inflight.set(f.id, f);
     this.announce.push(entry);
@@ -312,9 +316,9 @@ export class Sender {
   private readFinished(f: SendFile): void {
     if (f.doneSent) return;
     f.doneSent = true;
-    if (!f.error && !f.madeUp) {
+    if (!f.error && f.madeUp !== "made") {
       const st = fstat(f.fd);
-      if (BigInt(st[0]) !== f.size || statTimeNs(st, 1) !== f.mtimeNs) f.error = "file changed while being read (size or modification time differs)";
+      if ((BigInt(st[0]) !== f.size && !f.madeUp) || statTimeNs(st, 1) !== f.mtimeNs) f.error = "file changed while being read (size or modification time differs)";
     }
     this.lib.escp_close(f.fd);
     const digest = f.digest.final();
