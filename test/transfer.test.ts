@@ -546,6 +546,27 @@ describe("the data port", () => {
     expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
     expect(listNames(dst)).toEqual([]);
   });
+
+  test("a data stream whose handshake an on-path attacker alters fails the copy without the firewall hint (the port answered)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 9 });
+    const port = await freePort();
+    const proxy = await startProxy(port, ({ conn, index, record }) => {
+      if (conn !== 1 || index !== 0) return [record];
+      const r = Buffer.from(record);
+      r[20] ^= 0x01; // stream 1's HELLO
+      return [r];
+    });
+    const r = await runEscp(["--port", `${port}-${port}`, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
+      env: { ESCP_DATA_VIA: `127.0.0.1:${proxy.port}` },
+    });
+    proxy.close();
+    expect(proxy.tampered).toBe(1);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("cannot open the data streams");
+    expect(r.stderr).not.toContain("firewall");
+    expect(listNames(dst)).toEqual([]);
+  });
 });
 
 describe("-l (bandwidth limit)", () => {

@@ -59,7 +59,7 @@ export async function connectData(
     const [addr, port] = to.direct;
     const first = native().escp_connect(cstr(addr), port, ptr(keys.master), ptr(keys.sid), 0, n, FALLBACK_CONNECT_MS, ptr(err));
     if (first) {
-      return connectFrom(addr, port, keys, n, [Number(first)], STREAM_CONNECT_MS,
+      return connectFrom(addr, port, keys, n, [Number(first)], STREAM_CONNECT_MS, "",
         "(is the port range open in the firewall? use --tunnel, or choose another range with --port)");
     }
     const cause = nativeError(err[0]);
@@ -77,7 +77,7 @@ export async function connectData(
   const tunnel = await openTunnel(o, host, to.server);
   void session.exited.then(tunnel.close, tunnel.close);
   try {
-    return connectFrom("127.0.0.1", tunnel.port, keys, n, [], STREAM_CONNECT_MS, "through the ssh tunnel");
+    return connectFrom("127.0.0.1", tunnel.port, keys, n, [], STREAM_CONNECT_MS, " through the ssh tunnel");
   } catch (e) {
     const said = tunnel.stderr();
     const refused = /administratively prohibited|open failed/i.test(said)
@@ -89,11 +89,12 @@ export async function connectData(
 }
 
 /** Connects streams conns.length..n-1 after the ones given, all at once; frees all of them on failure. */
-function connectFrom(addr: string, port: number, keys: SessionKeys, n: number, conns: number[], timeoutMs: number, hint: string): number[] {
+/** `hint` follows the error only when nothing answered (a firewall may be why), not when a peer answered wrongly. */
+function connectFrom(addr: string, port: number, keys: SessionKeys, n: number, conns: number[], timeoutMs: number, via: string, hint = ""): number[] {
   const out = new BigUint64Array(n);
   conns.forEach((c, s) => (out[s] = BigInt(c)));
   const r = native().escp_connect_streams(cstr(addr), port, ptr(keys.master), ptr(keys.sid), conns.length, n, timeoutMs, ptr(out));
-  if (r < 0) throw new Error(`cannot open the data streams to ${addr} port ${port}: ${nativeError(r)} ${hint}`);
+  if (r < 0) throw new Error(`cannot open the data streams to ${addr} port ${port}${via}: ${nativeError(r)}${hint && UNREACHABLE.has(r) ? ` ${hint}` : ""}`);
   return Array.from(out, (p) => Number(p));
 }
 
