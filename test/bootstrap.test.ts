@@ -239,6 +239,24 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(left).toBe("");
   });
 
+  test("--no-bootstrap over a shared ssh connection (ControlMaster) fails at once, not when the master lets the remote command go", async () => {
+    const sock = path.join(fs.mkdtempSync(path.join(runTmp(), "cm-")), "s");
+    const shared = ["-o", `ControlPath=${sock}`];
+    const master = spawnSync("ssh", ["-F", sshd.configPath, "-o", "ControlMaster=yes", "-o", "ControlPersist=60", ...shared, "-fN", host()]);
+    expect(master.status).toBe(0);
+    try {
+      const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+      await makeFile(path.join(src, "f"), 1000, { seed: 11 });
+      const t0 = performance.now();
+      const r = await runEscp(["--no-bootstrap", "-o", "ControlMaster=no", ...shared, path.join(src, "f"), `${host()}:${userDir("dst")}/`], { env: { ESCP_REMOTE: undefined } });
+      expect(r.stderr).toBe(`escp: escp is not installed on ${SSH_HOST}: install it or drop --no-bootstrap\n`);
+      expect(r.code).toBe(1);
+      expect(performance.now() - t0).toBeLessThan(5000); // it waited out the remote command's 10 s grace
+    } finally {
+      spawnSync("ssh", ["-F", sshd.configPath, ...shared, "-O", "exit", host()]);
+    }
+  });
+
   test("escp run from source refuses to bootstrap and says what to do", async () => {
     const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
     await makeFile(path.join(src, "f"), 1000, { seed: 1 });
@@ -378,6 +396,46 @@ describe.skipIf(!ROOT)("bootstrap over ssh", () => {
     expect(r.stderr).toContain(`cannot install escp on ${SSH_HOST} as ~/.cache/escp/${TAG}/escp: no home directory (${gone}) there to keep it in (install escp on the PATH there, or name one with --remote-escp PATH)\n`);
     expect(fs.existsSync(gone)).toBe(false);
     expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
+  test("a copy in another user's directory (~/.cache/escp linked there) is not run as this user, whatever its size", async () => {
+    const theirs = fs.mkdtempSync(path.join(runTmp(), "theirs-"));
+    fs.chmodSync(theirs, 0o755);
+    const ran = path.join(theirs, "ran");
+    const planted = path.join(theirs, TAG, "escp");
+    fs.mkdirSync(path.dirname(planted));
+    fs.writeFileSync(planted, `#!/bin/sh\ntouch ${ran}\nexit 1\n`, { mode: 0o755 });
+    fs.truncateSync(planted, fs.statSync(ESCP_BIN).size); // the size of ours: all the old check asked
+    for (const p of [theirs, path.dirname(planted), planted]) fs.chownSync(p, 65534, 65534);
+    fs.rmSync(path.join(home, ".cache"), { recursive: true, force: true });
+    fs.mkdirSync(path.join(home, ".cache"));
+    fs.chownSync(path.join(home, ".cache"), uid, uid);
+    fs.symlinkSync(theirs, path.join(home, ".cache/escp"));
+    try {
+      const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+      await makeFile(path.join(src, "f"), 1000, { seed: 9 });
+      const r = await runEscp(["-q", path.join(src, "f"), `${host()}:${userDir("dst")}/`], { env: { ESCP_REMOTE: undefined } });
+      expect(fs.existsSync(ran)).toBe(false);
+      expect(r.stderr).toContain(`${TAG} is not yours: remove it`);
+      expect(r.code).toBe(1);
+    } finally {
+      fs.rmSync(path.join(home, ".cache"), { recursive: true, force: true });
+    }
+  });
+
+  test("a cached copy the shell cannot run (damaged, of the right size) says to remove it", async () => {
+    const src = fs.mkdtempSync(path.join(runTmp(), "src-"));
+    await makeFile(path.join(src, "f"), 1000, { seed: 10 });
+    const dst = userDir("dst");
+    expect((await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/`], { env: { ESCP_REMOTE: undefined } })).code).toBe(0);
+    const size = fs.statSync(cached()).size;
+    fs.truncateSync(cached(), 0);
+    fs.truncateSync(cached(), size);
+    const r = await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/g`], { env: { ESCP_REMOTE: undefined } });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`Exec format error \\(remove ~/\\.cache/escp/${TAG.replace(/\./g, "\\.")}/escp there, and escp installs a new copy\\)\n$`));
+    fs.rmSync(cached());
+    expect((await runEscp(["-q", path.join(src, "f"), `${host()}:${dst}/g`], { env: { ESCP_REMOTE: undefined } })).code).toBe(0);
   });
 
   test("installing a new build removes old builds' copies from the host, keeping the two used last", async () => {

@@ -44,6 +44,8 @@ export type RemoteRunner = (command: string) => ServerProcess;
 
 /** An upload's temporary file in the cache directory, before its process id. */
 const UPLOAD_TMP = ".escp.tmp.";
+/** How long a failed launch's ssh may take to pass on the rest of the remote's stderr. */
+const STDERR_WAIT_MS = 1000;
 
 /** Seconds the snippet waits after the marker for an upload to begin (see launchCommand). */
 const UPLOAD_GRACE_S = 10;
@@ -58,20 +60,28 @@ const UPLOAD_GRACE_S = 10;
  * gone, i.e. when the client hung up because it will not upload.
  *
  * A cached copy counts only at `size` bytes (this executable's, when known): one cut
- * short (a full disk, a damaged home) or replaced is installed again, not run. One
- * that is there but may not be run (a home mounted noexec) is said so at once.
+ * short (a full disk, a damaged home) or replaced is installed again, not run. It
+ * counts only as this user's, in a directory of this user's, neither writable by
+ * anyone else: a ~/.cache/escp linked to another user's directory must not run their
+ * program as us. One that is there but may not be run (a home mounted noexec) is said
+ * so, unless an escp of ours on PATH can run instead.
  */
 export function launchCommand(args: string, size?: number): string {
   const noexec = `echo "escp: $c cannot be run there (is its filesystem mounted noexec?): install escp on the PATH there, or name one with --remote-escp PATH" >&2; exit 126`;
+  // One find (-H: through links) for owner, mode and size of both, printing what fails: it
+  // is on every copy's path.
+  const mine = `-user "$u" ! -perm -0020 ! -perm -0002 \\( -type d -o -type f${size === undefined ? "" : ` -size ${size}c`} \\)`;
   const script =
-    `d=${CACHE_DIR_SH}; c="$d/escp"; ` +
-    (size === undefined ? `ok() { [ -x "$c" ]; }; ` : `ok() { [ -x "$c" ] && [ "$(wc -c <"$c")" -eq ${size} ]; } 2>/dev/null; `) +
+    `d=${CACHE_DIR_SH}; c="$d/escp"; u=$(id -u); ` +
+    `ok() { [ -f "$c" ] && [ -x "$c" ] && [ -z "$(find -H "$d" "$c" -prune ! \\( ${mine} \\) 2>&1)" ]; }; ` +
+    // Executable by its mode, and yet not by us: the filesystem's mount forbids it.
+    `ne() { [ -f "$c" ] && [ ! -x "$c" ] && [ -n "$(find "$c" -prune -perm -0100 2>/dev/null)" ]; }; ` +
     `if ok; then exec "$c" ${args}; fi; ` +
-    `if [ -f "$c" ] && [ ! -x "$c" ]; then ${noexec}; fi; ` +
     // An escp on PATH that never answers (not ours) must not hold the session for ever.
-    `v=; if command -v timeout >/dev/null 2>&1; then v="timeout 10"; fi; ` +
+    `v=; if command -v timeout >/dev/null 2>&1; then v="timeout -k 1 10"; fi; ` +
     `if command -v escp >/dev/null 2>&1 && $v escp --version </dev/null 2>/dev/null | grep -F "(protocol ${PROTO_VERSION})" >/dev/null; ` +
     `then exec escp ${args}; fi; ` +
+    `if ne; then ${noexec}; fi; ` +
     `t=; for p in zstd gzip sha256sum openssl; do if command -v $p >/dev/null 2>&1; then t="$t $p"; fi; done; ` +
     // The session is over when our parent or its parent (sshd's session processes, or the
     // login shell that did not exec us and sshd) has exited: gone, or a zombie not yet reaped.
@@ -79,9 +89,11 @@ export function launchCommand(args: string, size?: number): string {
     `g=$(ps -o ppid= -p $PPID 2>/dev/null); g=\${g##* }; ` +
     `echo "${BOOTSTRAP_MARKER} $(uname -s) $(uname -m)$t"; ` +
     `n=0; while ! ok; do ` +
-    `if [ -f "$c" ] && [ ! -x "$c" ]; then ${noexec}; fi; ` +
+    `if ne; then ${noexec}; fi; ` +
     `[ "$(ps -o stat= -p "$PPID,$g" 2>/dev/null | grep -cv "^ *Z")" = 2 ] || exit 0; ` +
-    `if [ $n -ge ${UPLOAD_GRACE_S * 5} ]; then u=; for f in "$d"/${UPLOAD_TMP}*; do [ -e "$f" ] && u=1; done; [ -n "$u" ] || exit 0; fi; ` +
+    // After the grace, only an upload at work (its file written to in the last minute) is
+    // waited for: a killed one's file, or a session ssh keeps open (ControlMaster), is not.
+    `if [ $n -ge ${UPLOAD_GRACE_S * 5} ] && [ -z "$(find "$d" -maxdepth 1 -name "${UPLOAD_TMP}*" -mmin -1 2>/dev/null)" ]; then exit 0; fi; ` +
     // Fractional sleep is not POSIX; where it fails, a whole second.
     `sleep 0.2 2>/dev/null || sleep 1; n=$((n + 1)); done; ` +
     `exec "$c" ${args}`;
@@ -104,6 +116,8 @@ export function uploadCommand(method: Method, sha256: string | undefined, size: 
     // A missing home is not made for the cache (scp leaves it alone; relative paths would land there).
     `if [ -z "$HOME" ] || [ ! -d "$HOME" ]; then echo "no home directory (\${HOME:-HOME is not set}) there to keep it in" >&2; exit 1; fi; ` +
     `umask 022; d=${CACHE_DIR_SH}; mkdir -p "$d" || exit 1; ` +
+    // The launch runs only a copy in a directory of ours that no one else may write.
+    `if [ ! -O "$d" ]; then echo "$d is not yours: remove it" >&2; exit 1; fi; chmod go-w "$d" || exit 1; ` +
     // A killed upload's temporary file, untouched for an hour, is nobody's now (by age, not by
     // process id: a home shared over NFS holds other hosts' uploads too).
     `find "$d" -maxdepth 1 -name "${UPLOAD_TMP}*" -mmin +60 -exec rm -f {} + 2>/dev/null; ` +
@@ -311,7 +325,9 @@ export function bootstrapping(o: Options, where: string, run: RemoteRunner, mode
     const ended = async () => {
       p.kill();
       const code = await p.exited;
-      await errDone;
+      // Its last words, if they come soon: under ControlMaster the stream stays open as long
+      // as the remote command runs, which the master keeps alive.
+      await Promise.race([errDone, Bun.sleep(STDERR_WAIT_MS)]);
       return code;
     };
     let head = await readHead(it);

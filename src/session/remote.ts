@@ -13,7 +13,7 @@ import type { Options } from "../cli/args.ts";
 import { sshArgs } from "../cli/args.ts";
 import type { ControlMessage } from "../protocol.ts";
 import type * as BuiltinSsh from "./builtin-ssh.ts";
-import { bootstrapping } from "./bootstrap.ts";
+import { bootstrapping, CACHE_PATH } from "./bootstrap.ts";
 import { encodeFrame } from "./control.ts";
 import { BUILTIN_SSH_URL } from "../entrypoints.ts";
 import { errnoText } from "../plan/walk.ts";
@@ -201,7 +201,9 @@ export async function connectionFailure(
     : tail.quiet ? "255: ssh could not connect or log in, or lost the connection, or the remote escp was killed; without -q ssh says which"
     : "255: the remote escp was killed, or the connection was lost";
   if (!last) return `${where}: the connection ended (ssh exited with status ${why}) ${when}`;
-  return `${where}: the remote command exited (status ${code}) ${when}: ${last}`;
+  // The shell could not run the cached copy (damaged, or another machine's): a new one is sent once it is gone.
+  const damaged = (code === 126 || code === 127) && last.includes("/.cache/escp/") ? ` (remove ~/${CACHE_PATH} there, and escp installs a new copy)` : "";
+  return `${where}: the remote command exited (status ${code}) ${when}: ${last}${damaged}`;
 }
 
 /**
