@@ -20,7 +20,7 @@ beforeAll(async () => {
   await startSshd();
 });
 
-const FALLBACK = /^escp: data ports 1232-1242 on escp-test unreachable \((.*)\); falling back to --tunnel \(slower\)\n$/;
+const FALLBACK = /^escp: data port \d+ on escp-test unreachable \((.*)\); falling back to --tunnel \(slower; give --tunnel to skip the attempt\)\n$/;
 
 describe("--tunnel", () => {
   test("a push through the tunnel is byte-identical and needs no data port", async () => {
@@ -49,6 +49,25 @@ describe("--tunnel", () => {
 });
 
 describe("fallback", () => {
+  test("an sshd that refuses port forwarding (a key with no-port-forwarding) fails --tunnel saying so", async () => {
+    const sshd = await startSshd();
+    const dir = tmpdir("key"), key = path.join(dir, "id");
+    expect(Bun.spawnSync(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key]).exitCode).toBe(0);
+    const keys = path.join(sshd.tmp, "authorized_keys");
+    const before = fs.readFileSync(keys, "utf8");
+    fs.writeFileSync(keys, `${before}no-port-forwarding ${fs.readFileSync(`${key}.pub`, "utf8")}`);
+    try {
+      const src = tmpdir("src"), dst = tmpdir("dst");
+      await makeFile(path.join(src, "f"), 1000, { seed: 6 });
+      // The harness config says LogLevel ERROR; ssh tells a refused channel at INFO, its default.
+      const r = await runEscp(["--tunnel", "-i", key, "-o", "LogLevel=INFO", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+      expect(r.stderr).toBe(`escp: ${SSH_HOST}'s sshd refuses port forwarding, which --tunnel needs (AllowTcpForwarding, or a key's no-port-forwarding): open the data port range instead\n`);
+      expect(r.code).toBe(1);
+    } finally {
+      fs.writeFileSync(keys, before);
+    }
+  });
+
   test("a refused data port falls back to the tunnel and says so", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 10 * MiB + 3, { seed: 4 });

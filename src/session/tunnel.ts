@@ -35,9 +35,13 @@ const STREAM_CONNECT_MS = 10_000;
 const READY = "escp-tunnel-ready";
 const READY_COMMAND = `echo ${READY}; exec cat >/dev/null`;
 
-/** Errors that mean "nothing answers at that address", as opposed to a peer that answered wrongly. */
+/**
+ * Errors that mean "nothing answers at that address", as opposed to a peer that answered
+ * wrongly: refused, no route, timed out; and a route that forbids it (a `prohibit` route or
+ * a firewall's reject: EACCES, EPERM; a `blackhole` route: EINVAL), which ssh may still pass.
+ */
 const UNREACHABLE = new Set([-111 /* ECONNREFUSED */, -113 /* EHOSTUNREACH */, -101 /* ENETUNREACH */,
-  -110 /* ETIMEDOUT */, -104 /* ECONNRESET */, E.TIMEOUT]);
+  -110 /* ETIMEDOUT */, -104 /* ECONNRESET */, -13 /* EACCES */, -1 /* EPERM */, -22 /* EINVAL */, E.TIMEOUT]);
 
 export interface DataTarget {
   /** Where this side connects directly (the server's address, or ESCP_DATA_VIA). */
@@ -65,11 +69,11 @@ export async function connectData(
     const cause = nativeError(err[0]);
     if (!UNREACHABLE.has(err[0])) throw new Error(`cannot open data stream 0 to ${addr} port ${port}: ${cause}`);
     if (useBuiltinSsh(o)) {
-      throw new Error(`data ports ${o.ports[0]}-${o.ports[1]} on ${host.host} unreachable (${cause}), ` +
-        `and falling back to --tunnel needs the system ssh program: open the port range or install ssh`);
+      throw new Error(`data port ${port} on ${host.host} unreachable (${cause}), ` +
+        `and falling back to --tunnel needs the system ssh program: open the port range, or use it (--ssh system)`);
     }
     if (!o.quiet) {
-      toStderr(`escp: data ports ${o.ports[0]}-${o.ports[1]} on ${host.host} unreachable (${cause}); falling back to --tunnel (slower)\n`);
+      toStderr(`escp: data port ${port} on ${host.host} unreachable (${cause}); falling back to --tunnel (slower; give --tunnel to skip the attempt)\n`);
     }
   }
   // The built-in client runs on our event loop, which the blocking connects below would stall.
@@ -79,17 +83,23 @@ export async function connectData(
   try {
     return connectFrom("127.0.0.1", tunnel.port, keys, n, [], STREAM_CONNECT_MS, " through the ssh tunnel");
   } catch (e) {
+    // The connects above held the event loop: what ssh said meanwhile is read now.
+    for (let i = 0; i < 10 && !tunnel.stderr(); i++) await Bun.sleep(30);
     const said = tunnel.stderr();
-    const refused = /administratively prohibited|open failed/i.test(said)
-      ? ` (${host.host}'s sshd refuses port forwarding: --tunnel needs AllowTcpForwarding)`
-      : said ? ` (ssh: ${said})` : "";
     tunnel.close();
-    throw new Error(`${(e as Error).message}${refused}`);
+    // Then the handshake's "closed the connection" is no clue: this is the cause.
+    if (/administratively prohibited|open failed/i.test(said)) {
+      throw new Error(`${host.host}'s sshd refuses port forwarding, which --tunnel needs (AllowTcpForwarding, or a key's no-port-forwarding): open the data port range instead`);
+    }
+    throw new Error(`${(e as Error).message}${said ? ` (ssh: ${said})` : ""}`);
   }
 }
 
-/** Connects streams conns.length..n-1 after the ones given, all at once; frees all of them on failure. */
-/** `hint` follows the error only when nothing answered (a firewall may be why), not when a peer answered wrongly. */
+/**
+ * Connects streams conns.length..n-1 after the ones given, all at once; frees all of them
+ * on failure. `hint` follows the error only when nothing answered (a firewall may be why),
+ * not when a peer answered wrongly.
+ */
 function connectFrom(addr: string, port: number, keys: SessionKeys, n: number, conns: number[], timeoutMs: number, via: string, hint = ""): number[] {
   const out = new BigUint64Array(n);
   conns.forEach((c, s) => (out[s] = BigInt(c)));
