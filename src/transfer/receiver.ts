@@ -262,7 +262,7 @@ export class Receiver {
     // directory (one directory update less per file) and a killed run leaves nothing.
     // --verify reads the written file back by name, before commit.
     const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
-    let held = !inplace && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT : 0;
+    let held = !inplace && this.partNames.size > 0 && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT : 0;
     if (!held && (!this.opts.resume || inplace) && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
       held = this.lib.escp_clear_stale_part(dfd, inplace ? cstr(partBase(name)) : tmpC);
     }
