@@ -242,6 +242,11 @@ int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_t *port_o
  * ESCP_E_CANCEL.  Closes nothing on success; the listening fd stays open. */
 int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_t sid[16], uint32_t nstreams,
                         escp_conn **out, int timeout_ms, int32_t *dropped, int watch_fd);
+/* With on = 1, until a call with 0: a SIGINT or SIGTERM (still passed on to the handler
+ * that was there) makes the connects below give up within 100 ms with ESCP_E_CANCEL:
+ * they hold the thread, and a runtime that handles signals on it cannot act meanwhile.
+ * Call it after the runtime's own handlers are in place; 0 puts them back as they were. */
+void escp_watch_interrupts(int on);
 /* Connects to host:port (numeric or name, v4/v6), sends the preamble and a HELLO for
  * `stream`, waits for the listener's HELLO.  NULL on failure with *err set. */
 escp_conn *escp_connect(const char *host, int port, const uint8_t master[32], const uint8_t sid[16],

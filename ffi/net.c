@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -595,12 +596,57 @@ ESCP_API int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_
 
 /* ---- connect ------------------------------------------------------------- */
 
+/* The connects below hold the caller's thread for up to their timeout, and a runtime
+ * that handles SIGINT and SIGTERM on its event loop (Bun) cannot act on them meanwhile:
+ * Ctrl-C waited out a 10 s handshake.  escp_watch_interrupts puts a handler in front of
+ * the one there (which it then calls, so the runtime still sees the signal) until it is
+ * called with 0, which puts the runtime's back; meanwhile the waits
+ * look at what it noted every POLL_SLICE_MS, whichever thread took the signal, and give
+ * up with ESCP_E_CANCEL. */
+static volatile sig_atomic_t interrupted;
+static struct sigaction chained[2]; /* SIGINT's and SIGTERM's handlers before ours */
+#define POLL_SLICE_MS 100
+
+static void note_interrupt(int sig, siginfo_t *si, void *ctx) {
+  interrupted = 1;
+  const struct sigaction *old = &chained[sig == SIGTERM];
+  if (old->sa_flags & SA_SIGINFO) {
+    if (old->sa_sigaction) old->sa_sigaction(sig, si, ctx);
+  } else if (old->sa_handler == SIG_DFL) {
+    sigaction(sig, old, NULL); /* as if we had not been there: the default ends the process */
+    raise(sig);
+  } else if (old->sa_handler != SIG_IGN) {
+    old->sa_handler(sig);
+  }
+}
+
+ESCP_API void escp_watch_interrupts(int on) {
+  static int installed;
+  const int sigs[2] = {SIGINT, SIGTERM};
+  interrupted = 0;
+  if (on == installed) return;
+  installed = on;
+  for (int i = 0; i < 2; i++) {
+    if (!on) {
+      sigaction(sigs[i], &chained[i], NULL);
+      continue;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = note_interrupt;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sigs[i], &sa, &chained[i]);
+  }
+}
+
 static int wait_fd(int fd, short ev, int64_t deadline) {
   for (;;) {
+    if (interrupted) return ESCP_E_CANCEL;
     int64_t left = deadline - now_ms();
     if (left <= 0) return ESCP_E_TIMEOUT;
     struct pollfd p = {.fd = fd, .events = ev};
-    int r = poll(&p, 1, left > 1000000 ? 1000000 : (int)left);
+    int r = poll(&p, 1, left > POLL_SLICE_MS ? POLL_SLICE_MS : (int)left);
     if (r > 0) return 0;
     if (r < 0 && errno != EINTR) return -errno;
   }

@@ -87,6 +87,7 @@ const symbols = {
   escp_dir_replaceable: { args: [i32], returns: i32 },
   escp_sticky_denies: { args: [i32, cstring], returns: i32 },
   escp_futimens: { args: [i32, P], returns: i32 },
+  escp_watch_interrupts: { args: [i32], returns: V },
   escp_fchmod: { args: [i32, u32], returns: i32 },
   escp_reopen_read: { args: [i32, i32], returns: i32 },
   escp_tty_foreground: { args: [i32], returns: i32 },

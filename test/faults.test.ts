@@ -6,7 +6,7 @@
 import { describe, test, expect, beforeAll, afterEach, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import path from "node:path";
-import { startSshd, runEscp, run, asNobody, tmpdir, makeFile, sameFile, freePort, descendants, ESCP_BIN, SSH_HOST } from "./harness.ts";
+import { startSshd, runEscp, spawnEscp, run, asNobody, tmpdir, makeFile, sameFile, freePort, descendants, ESCP_BIN, SSH_HOST } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 setDefaultTimeout(120_000);
@@ -19,16 +19,6 @@ beforeAll(async () => {
   cfg = sshd.configPath;
   sshdPid = sshd.pid;
 });
-
-/** Starts escp in the background (same set-up as runEscp) so a test can interrupt it. */
-function spawnEscp(args: string[], env: Record<string, string> = {}) {
-  const p = Bun.spawn([ESCP_BIN, "-F", cfg, ...args], {
-    env: { ...process.env, ESCP_REMOTE: ESCP_BIN, ...env },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  return { p, stderr: new Response(p.stderr).text(), stdout: new Response(p.stdout).text() };
-}
 
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;

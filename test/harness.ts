@@ -339,6 +339,17 @@ export function runEscp(args: string[], opts: RunOptions = {}): Promise<RunResul
   });
 }
 
+/** Starts escp in the background, set up as runEscp runs it, so that a test can interrupt it. */
+export function spawnEscp(args: string[], env: Record<string, string> = {}) {
+  const pre = current?.alive ? ["-F", current.configPath] : [];
+  const p = Bun.spawn([ESCP_BIN, ...pre, ...args], {
+    env: { ...process.env, ESCP_REMOTE: ESCP_BIN, ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  return { p, stderr: new Response(p.stderr).text(), stdout: new Response(p.stdout).text() };
+}
+
 /** Runs `ssh -F <cfg> <host> args...` against the shared sshd (started if needed). */
 export async function ssh(args: string[], opts: RunOptions & { host?: string } = {}): Promise<RunResult> {
   const s = await startSshd();

@@ -12,7 +12,7 @@ import { describe, test, expect, beforeAll, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, tmpdir, makeFile, makeSparseFile, sameFile, portAccepts, descendants, ESCP_BIN, SSH_HOST, type Sshd } from "./harness.ts";
+import { startSshd, runEscp, spawnEscp, tmpdir, makeFile, makeSparseFile, sameFile, portAccepts, descendants, ESCP_BIN, SSH_HOST, type Sshd } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 setDefaultTimeout(120_000);
@@ -82,16 +82,6 @@ function size(p: string): number {
   } catch {
     return -1;
   }
-}
-
-/** escp in the background, as runEscp would run it. */
-function spawnEscp(args: string[], env: Record<string, string> = {}) {
-  const p = Bun.spawn([ESCP_BIN, "-F", sshd.configPath, ...args], {
-    env: { ...process.env, ESCP_REMOTE: ESCP_BIN, ...env },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  return { p, stderr: new Response(p.stderr).text() };
 }
 
 /** Waits for a running escp to reach a point; if it does not, fails with what that escp said. */

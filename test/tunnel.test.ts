@@ -11,7 +11,7 @@ import { describe, test, expect, beforeAll, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { startSshd, runEscp, tmpdir, makeFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
+import { startSshd, runEscp, spawnEscp, tmpdir, makeFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
 
 setDefaultTimeout(120_000);
 const MiB = 1 << 20;
@@ -77,6 +77,30 @@ describe("fallback", () => {
     expect(r.stderr.match(FALLBACK)![1]).toMatch(new RegExp(`port ${dead}.*refused`, "i"));
     expect(r.code).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
+  test("Ctrl-C while a data stream's handshake hangs stops escp at once (exit 130), not when the connect gives up", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 1000, { seed: 7 });
+    const held: net.Socket[] = [];
+    const silent = net.createServer((s) => void held.push(s.on("error", () => {})));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const port = (silent.address() as net.AddressInfo).port;
+    try {
+      const t = spawnEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { ESCP_DATA_VIA: `127.0.0.1:${port}` });
+      for (let i = 0; i < 200 && !held.length; i++) await Bun.sleep(25);
+      expect(held.length).toBe(1); // stream 0 connected, waiting for a HELLO that never comes (3 s)
+      const t0 = performance.now();
+      t.p.kill("SIGINT");
+      await t.p.exited;
+      expect(performance.now() - t0).toBeLessThan(1500);
+      expect(t.p.signalCode ?? String(t.p.exitCode)).toBe("SIGINT"); // ends by SIGINT, as a shell's 130
+      expect(await t.stderr).toBe("escp: interrupted\n");
+      expect(fs.readdirSync(dst)).toEqual([]);
+    } finally {
+      for (const s of held) s.destroy();
+      silent.close();
+    }
   });
 
   test("a data port that never answers falls back after the short connect timeout", async () => {

@@ -13,9 +13,9 @@ import { relay } from "./relay.ts";
 import { fromSource } from "./origin.ts";
 import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
 import { StallWatch } from "../streams/stall.ts";
-import { newKeys, connectStreams, tuneStreams } from "./connect.ts";
+import { newKeys, connectStreams, tuneStreams, Interrupted } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
-import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
+import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource, native } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
@@ -206,9 +206,16 @@ export async function transfer(
     if (!Number.isInteger(streams) || streams < 1 || streams > asked) throw new Error(`${where}: the other end answered with ${JSON.stringify(streams)} data streams, not 1 to ${asked}`);
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
     // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
-    const conns = plan.dir === "local"
-      ? connectStreams(addr, port, keys, streams, 10_000)
-      : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child, streams);
+    // The connects hold this thread: Ctrl-C ends them from the native side (escp_watch_interrupts).
+    native().escp_watch_interrupts(1);
+    let conns: number[];
+    try {
+      conns = plan.dir === "local"
+        ? connectStreams(addr, port, keys, streams, 10_000)
+        : await connectData(o, plan.host, { direct: [addr, port], server: [ready.addr ?? "127.0.0.1", ready.port] }, keys, child, streams);
+    } finally {
+      native().escp_watch_interrupts(0);
+    }
     keys.master.fill(0);
     log.info("streams connected", { streams: conns.length - 1, port, aes: gcmBackend(), lib: nativeSource() });
     const capped = tuneStreams(conns, session.limitBps, o.keepaliveS, session.sockbuf);
@@ -283,6 +290,7 @@ export async function transfer(
     await Promise.race([Promise.all([stderrTail.done, child.exited]), Bun.sleep(STDERR_GRACE_MS)]);
     return { summary, failures: report.failures };
   } catch (e) {
+    if (e instanceof Interrupted) await Bun.sleep(100); // the runtime runs our SIGINT handler (interrupt, above)
     log.error(interrupted ? "interrupted" : `session failed: ${(e as Error).message}`);
     pool?.close(); // a library caller's process must not be kept alive by our workers
     side?.cleanup();

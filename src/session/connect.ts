@@ -5,7 +5,7 @@
  * HELLO both ways, dropping strangers) is in ffi/net.c.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, type Pointer } from "../native.ts";
+import { native, cstr, ptr, nativeError, E, type Pointer } from "../native.ts";
 import { log } from "../log.ts";
 import { formatBytes } from "../progress.ts";
 
@@ -62,12 +62,28 @@ export function acceptStreams(l: Listener, keys: SessionKeys, dataStreams: numbe
   return Array.from(out, (p) => Number(p));
 }
 
+/**
+ * A connect that a SIGINT or SIGTERM cut short (escp_watch_interrupts): the runtime has
+ * yet to run the handlers that stop the copy, which the catcher lets it do.
+ */
+export class Interrupted extends Error {
+  constructor() {
+    super("interrupted");
+  }
+}
+
+/** Throws Interrupted for a connect's ESCP_E_CANCEL. */
+export function unlessInterrupted(code: number): void {
+  if (code === E.CANCEL) throw new Interrupted();
+}
+
 /** Connects every stream; the error names host and port and what to try. */
 export function connectStreams(addr: string, port: number, keys: SessionKeys, dataStreams: number, timeoutMs: number): number[] {
   const n = dataStreams + 1;
   const out = new BigUint64Array(n);
   // All streams at once (ffi/net.c): on a WAN each sequential connect would cost two round trips.
   const r = native().escp_connect_streams(cstr(addr), port, ptr(keys.master), ptr(keys.sid), 0, n, timeoutMs, ptr(out));
+  unlessInterrupted(r);
   if (r < 0) {
     throw new Error(
       `cannot open the data streams to ${addr} port ${port}: ${nativeError(r)} ` +

@@ -25,7 +25,7 @@
  */
 import { sshArgs, type Options } from "../cli/args.ts";
 import { native, cstr, ptr, nativeError, E } from "../native.ts";
-import type { SessionKeys } from "./connect.ts";
+import { Interrupted, unlessInterrupted, type SessionKeys } from "./connect.ts";
 import { spawnSsh, useBuiltinSsh, type Remote } from "./remote.ts";
 import { toStderr } from "../stderr.ts";
 
@@ -62,6 +62,7 @@ export async function connectData(
     const err = new Int32Array(1);
     const [addr, port] = to.direct;
     const first = native().escp_connect(cstr(addr), port, ptr(keys.master), ptr(keys.sid), 0, n, FALLBACK_CONNECT_MS, ptr(err));
+    if (!first) unlessInterrupted(err[0]);
     if (first) {
       return connectFrom(addr, port, keys, n, [Number(first)], STREAM_CONNECT_MS, "",
         "(is the port range open in the firewall? use --tunnel, or choose another range with --port)");
@@ -83,6 +84,7 @@ export async function connectData(
   try {
     return connectFrom("127.0.0.1", tunnel.port, keys, n, [], STREAM_CONNECT_MS, " through the ssh tunnel");
   } catch (e) {
+    if (e instanceof Interrupted) throw e;
     // The connects above held the event loop: what ssh said meanwhile is read now.
     for (let i = 0; i < 10 && !tunnel.stderr(); i++) await Bun.sleep(30);
     const said = tunnel.stderr();
@@ -104,6 +106,7 @@ function connectFrom(addr: string, port: number, keys: SessionKeys, n: number, c
   const out = new BigUint64Array(n);
   conns.forEach((c, s) => (out[s] = BigInt(c)));
   const r = native().escp_connect_streams(cstr(addr), port, ptr(keys.master), ptr(keys.sid), conns.length, n, timeoutMs, ptr(out));
+  unlessInterrupted(r);
   if (r < 0) throw new Error(`cannot open the data streams to ${addr} port ${port}${via}: ${nativeError(r)}${hint && UNREACHABLE.has(r) ? ` ${hint}` : ""}`);
   return Array.from(out, (p) => Number(p));
 }
