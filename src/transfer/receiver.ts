@@ -250,6 +250,11 @@ export class Receiver {
       const refused = this.mayReplace(dir, dfd, nameC);
       if (refused) return this.reject(e, rel, refused);
     }
+    // A file of one block has no partial copy worth keeping for --resume: a worker writes
+    // it unnamed where the filesystem allows, so that it needs no temporary name in the
+    // directory (one directory update less per file) and a killed run leaves nothing.
+    // --verify reads the written file back by name, before commit.
+    const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
     // What sits at the temporary name, before any data travels: a killed run's partial
     // file goes (--inplace too: it would be left over); another escp writing this target
     // now holds its own locked, and the file is refused here, not at its end (--resume
@@ -257,11 +262,6 @@ export class Receiver {
     // name: another user's file, or a file of that very name this copy brings (now or
     // copied a moment ago). A file written unnamed needs the name only for an instant at
     // commit, which sees to that itself.
-    // A file of one block has no partial copy worth keeping for --resume: a worker writes
-    // it unnamed where the filesystem allows, so that it needs no temporary name in the
-    // directory (one directory update less per file) and a killed run leaves nothing.
-    // --verify reads the written file back by name, before commit.
-    const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
     let held = !inplace && this.partNames.size > 0 && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT : 0;
     if (!held && (!this.opts.resume || inplace) && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
       held = this.lib.escp_clear_stale_part(dfd, inplace ? cstr(partBase(name)) : tmpC);
