@@ -103,7 +103,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
     const scarce = tooFewFiles();
     if (scarce) throw new Error(scarce);
     const threads = Math.min(hello.streams, streamsAllowed());
-    const memory = streamsMemoryAllows(target ? threads : streamsFor(sources.paths, threads, hello.blockSize), hello.blockSize, hello.options.compress);
+    const memory = streamsMemoryAllows(target ? threads : streamsFor(sources.paths, threads, hello.blockSize), hello.blockSize, hello.options.compress, 0.6);
     if (memory.streams < 1) throw new Error(`${hostName()}: ${memory.why}`);
     if (memory.why) report.warning(`${hostName()}: ${memory.why}`);
     const streams = memory.streams;

@@ -77,18 +77,20 @@ const BLOCKS_PER_STREAM = 5;
 const SMALL_BUFFERS = 256 * 2 ** 20;
 
 /**
- * The most of `streams` data streams whose buffers fit in half the memory this host
- * has available (its MemAvailable, or less under a cgroup's limit), rather than an
- * out-of-memory kill mid-copy: `-t 64 -b 64M -C` asks for 40 GiB. With why, when
- * they are fewer; 0 when not even one fits.
+ * The most of `streams` data streams whose buffers fit in `share` of the memory this
+ * host has available (its MemAvailable, or less under a cgroup's limit), rather than an
+ * out-of-memory kill mid-copy: `-t 64 -b 64M -C` asks for 40 GiB. With why, when they
+ * are fewer; 0 when not even one fits. The client takes half; the server a little more,
+ * so that streams the client already cut on the same host are not cut again because
+ * the free memory moved in between.
  */
-export function streamsMemoryAllows(streams: number, blockSize: number, compress: boolean): { streams: number; why?: string } {
+export function streamsMemoryAllows(streams: number, blockSize: number, compress: boolean, share = 0.5): { streams: number; why?: string } {
   const each = BLOCKS_PER_STREAM * (blockSize + 8192) * (compress ? 2 : 1);
   if (streams * each <= SMALL_BUFFERS) return { streams };
-  const budget = memoryAvailable() / 2;
+  const available = memoryAvailable(), budget = available * share;
   const fit = Math.min(streams, Math.floor(budget / each));
   if (fit >= streams) return { streams };
-  const have = `this host has ${formatBytes(budget * 2)} of memory available`;
+  const have = `this host has ${formatBytes(available)} of memory available`;
   const ask = `-b ${blockSize % 2 ** 20 ? `${blockSize / 1024}K` : `${blockSize / 2 ** 20}M`}${compress ? " with -C" : ""}`;
   if (fit < 1) return { streams: 0, why: `${ask} takes ${formatBytes(each)} of buffers per stream, and ${have}: use a smaller -b` };
   return { streams: fit, why: `${streams} streams of ${ask} would take ${formatBytes(streams * each)} of buffers, and ${have}: using ${fit} streams` };
