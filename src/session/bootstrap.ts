@@ -73,7 +73,9 @@ export function launchCommand(args: string, size?: number): string {
   const mine = `-user "$u" ! -perm -0020 ! -perm -0002 \\( -type d -o -type f${size === undefined ? "" : ` -size ${size}c`} \\)`;
   const script =
     `d=${CACHE_DIR_SH}; c="$d/escp"; u=$(id -u); ` +
-    `ok() { [ -f "$c" ] && [ -x "$c" ] && [ -z "$(find -H "$d" "$c" -prune ! \\( ${mine} \\) 2>&1)" ]; }; ` +
+    // A host without find (no findutils) is asked the size alone, as before.
+    `ok() { [ -f "$c" ] && [ -x "$c" ] && if command -v find >/dev/null 2>&1; then [ -z "$(find -H "$d" "$c" -prune ! \\( ${mine} \\) 2>&1)" ]; ` +
+    (size === undefined ? `fi; }; ` : `else [ "$(wc -c <"$c")" -eq ${size} ]; fi; } 2>/dev/null; `) +
     // Executable by its mode, and yet not by us: the filesystem's mount forbids it.
     `ne() { [ -f "$c" ] && [ ! -x "$c" ] && [ -n "$(find "$c" -prune -perm -0100 2>/dev/null)" ]; }; ` +
     `if ok; then exec "$c" ${args}; fi; ` +
