@@ -179,8 +179,8 @@ int escp_sticky_denies(int dirfd, const char *name);
 int escp_futimens(int fd, const int64_t times[4]);
 int escp_fchmod(int fd, uint32_t mode);
 /* fchmod (unless mode is ESCP_MODE_KEEP: the file was created with its final mode),
- * futimens to times (flags & ESCP_COMMIT_TIMES; as escp_futimens), close, then renameat(dirfd, tmp -> name); fd is
- * always closed.  With ESCP_COMMIT_UNNAMED fd is an escp_create_unnamed file: linked as
+ * futimens to times (flags & ESCP_COMMIT_TIMES; as escp_futimens), close, then
+ * renameat(dirfd, tmp -> name); fd is always closed.  With ESCP_COMMIT_UNNAMED fd is an escp_create_unnamed file: linked as
  * name before the close (as tmp and renamed over name when name exists; tmp is left
  * nowhere on failure).  tmp and name are single components.  ESCP_COMMIT_REPLACES: the
  * file replaces a regular file at name, whose owner, group and extended attributes

@@ -600,9 +600,9 @@ ESCP_API int escp_accept_streams(int lfd, const uint8_t master[32], const uint8_
  * that handles SIGINT and SIGTERM on its event loop (Bun) cannot act on them meanwhile:
  * Ctrl-C waited out a 10 s handshake.  escp_watch_interrupts puts a handler in front of
  * the one there (which it then calls, so the runtime still sees the signal) until it is
- * called with 0, which puts the runtime's back; meanwhile the waits
- * look at what it noted every POLL_SLICE_MS, whichever thread took the signal, and give
- * up with ESCP_E_CANCEL. */
+ * called with 0, which puts the runtime's back; meanwhile the waits look at what it
+ * noted every POLL_SLICE_MS, whichever thread took the signal, and give up with
+ * ESCP_E_CANCEL. */
 static volatile sig_atomic_t interrupted;
 static struct sigaction chained[2]; /* SIGINT's and SIGTERM's handlers before ours */
 #define POLL_SLICE_MS 100

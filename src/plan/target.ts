@@ -131,10 +131,11 @@ function realDir(d: string): string {
 export function sameAsDestination(src: string, dest: string): string | undefined {
   try {
     const s = fs.statSync(fsPath(src), { bigint: true });
+    const name = path.basename(src.replace(/\/+$/, ""));
     let to = dest;
     let d = fs.statSync(fsPath(dest), { bigint: true });
-    if (d.isDirectory() && path.basename(src.replace(/\/+$/, "")) !== ".") {
-      to = path.join(dest, path.basename(src.replace(/\/+$/, "")));
+    if (d.isDirectory() && name !== ".") {
+      to = path.join(dest, name);
       d = fs.statSync(fsPath(to), { bigint: true });
     }
     return s.dev === d.dev && s.ino === d.ino ? `the same file as its destination ${to}: not copied` : undefined;

@@ -202,7 +202,7 @@ export async function connectionFailure(
     : "255: the remote escp was killed, or the connection was lost";
   if (!last) return `${where}: the connection ended (ssh exited with status ${why}) ${when}`;
   // The shell could not run the cached copy (damaged, or another machine's): a new one is sent once it is gone.
-  const damaged = (code === 126 || code === 127) && last.includes("/.cache/escp/") ? ` (remove ~/${CACHE_PATH} there, and escp installs a new copy)` : "";
+  const damaged = (code === 126 || code === 127) && last.includes(CACHE_PATH) ? ` (remove ~/${CACHE_PATH} there, and escp installs a new copy)` : "";
   return `${where}: the remote command exited (status ${code}) ${when}: ${last}${damaged}`;
 }
 

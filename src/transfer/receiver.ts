@@ -153,8 +153,10 @@ export class Receiver {
     await Promise.race([this.pool.allEnded(), this.dead]);
     if (this.fatal) throw this.fatal;
     // Refused ones, their blocks dropped; a file failed early is settled by its last block.
-    for (const f of this.files.values()) if (f.answered) throw new Error(`internal error: ${f.rel} failed and was not cleaned up`);
-    for (const f of this.files.values()) f.digest.discard();
+    for (const f of this.files.values()) {
+      if (f.answered) throw new Error(`internal error: ${f.rel} failed and was not cleaned up`);
+      f.digest.discard();
+    }
     this.files.clear();
     this.finishDirs();
     this.dirs.close();
@@ -255,19 +257,21 @@ export class Receiver {
     // directory (one directory update less per file) and a killed run leaves nothing.
     // --verify reads the written file back by name, before commit.
     const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
-    // What sits at the temporary name, before any data travels: a killed run's partial
-    // file goes (--inplace too: it would be left over); another escp writing this target
-    // now holds its own locked, and the file is refused here, not at its end (--resume
-    // locks the one it opens below); anything else there stays, and ours takes another
-    // name: another user's file, or a file of that very name this copy brings (now or
-    // copied a moment ago). A file written unnamed needs the name only for an instant at
-    // commit, which sees to that itself.
-    let held = !inplace && this.partNames.size > 0 && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT : 0;
-    if (!held && (!this.opts.resume || inplace) && !this.freshDirs.has(dir) && (inplace || !unnamed)) {
-      held = this.lib.escp_clear_stale_part(dfd, inplace ? cstr(partBase(name)) : tmpC);
+    if (inplace) {
+      // A killed run's partial file would stay beside the target written in place.
+      if (!this.freshDirs.has(dir)) this.lib.escp_clear_stale_part(dfd, cstr(partBase(name)));
+    } else {
+      // What sits at the temporary name, before any data travels: a killed run's partial
+      // file goes; another escp writing this target now holds its own locked, and the
+      // file is refused here, not at its end (--resume locks the one it opens below);
+      // anything else there stays, and ours takes another name: another user's file, or
+      // a file of that very name this copy brings (now or copied a moment ago). A file
+      // written unnamed needs the name only for an instant at commit, which sees to that.
+      const held = this.partNames.size > 0 && this.partNames.has(`${dir}/${tmp}`) ? E.KEPT
+        : !this.opts.resume && !this.freshDirs.has(dir) && !unnamed ? this.lib.escp_clear_stale_part(dfd, tmpC) : 0;
+      if (held === E.KEPT) tmpC = cstr((tmp = otherPart(name)));
+      else if (held < 0) return this.reject(e, rel, codeText(held));
     }
-    if (held === E.KEPT && !inplace) tmpC = cstr((tmp = otherPart(name)));
-    else if (held < 0 && !inplace) return this.reject(e, rel, codeText(held));
     const mode = this.finalMode(e, existing);
     const replaces = existing?.kind === "file" && !inplace;
     // Replacing without -p, the mode is the old file's, taken at commit with its owner
