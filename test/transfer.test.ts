@@ -523,24 +523,31 @@ describe("the data port", () => {
     expect(Math.max(...opened.slice(1))).toBeLessThan(Math.min(...answered.slice(1)));
   });
 
-  test("a record altered in flight fails the transfer and leaves no file", async () => {
+  /**
+   * Pushes 8 blocks through a proxy on the data port that flips one bit, `byte` into
+   * record `index` of connection `conn` from the connecting side (record 0 is its HELLO).
+   */
+  async function pushFlipping(seed: number, conn: number, index: number, byte: number) {
     const src = tmpdir("src"), dst = tmpdir("dst");
-    await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 8 });
+    await makeFile(path.join(src, "f"), 8 * BLOCK, { seed });
     const port = await freePort();
-    // Flip one bit in the body of the 2nd data record of data stream 1 (connection 1; record 0 is its HELLO).
-    const proxy = await startProxy(port, ({ conn, index, record }) => {
-      if (conn === 1 && index === 2) {
-        const r = Buffer.from(record);
-        r[40] ^= 0x01;
-        return [r];
-      }
-      return [record];
+    const proxy = await startProxy(port, (ctx) => {
+      if (ctx.conn !== conn || ctx.index !== index) return [ctx.record];
+      const r = Buffer.from(ctx.record);
+      r[byte] ^= 0x01;
+      return [r];
     });
     const r = await runEscp(["--port", `${port}-${port}`, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
       env: { ESCP_DATA_VIA: `127.0.0.1:${proxy.port}` },
     });
     proxy.close();
-    expect(proxy.tampered).toBe(1);
+    return { r, dst, tampered: proxy.tampered };
+  }
+
+  test("a record altered in flight fails the transfer and leaves no file", async () => {
+    // The body of the 2nd data record of data stream 1.
+    const { r, dst, tampered } = await pushFlipping(8, 1, 2, 40);
+    expect(tampered).toBe(1);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/authentication|integrity/i);
     expect(fs.existsSync(path.join(dst, "f"))).toBe(false);
@@ -548,20 +555,8 @@ describe("the data port", () => {
   });
 
   test("a data stream whose handshake an on-path attacker alters fails the copy without the firewall hint (the port answered)", async () => {
-    const src = tmpdir("src"), dst = tmpdir("dst");
-    await makeFile(path.join(src, "f"), 8 * BLOCK, { seed: 9 });
-    const port = await freePort();
-    const proxy = await startProxy(port, ({ conn, index, record }) => {
-      if (conn !== 1 || index !== 0) return [record];
-      const r = Buffer.from(record);
-      r[20] ^= 0x01; // stream 1's HELLO
-      return [r];
-    });
-    const r = await runEscp(["--port", `${port}-${port}`, path.join(src, "f"), `${SSH_HOST}:${dst}/`], {
-      env: { ESCP_DATA_VIA: `127.0.0.1:${proxy.port}` },
-    });
-    proxy.close();
-    expect(proxy.tampered).toBe(1);
+    const { r, dst, tampered } = await pushFlipping(9, 1, 0, 20); // stream 1's HELLO
+    expect(tampered).toBe(1);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("cannot open the data streams");
     expect(r.stderr).not.toContain("firewall");

@@ -22,6 +22,21 @@ beforeAll(async () => {
 
 const FALLBACK = /^escp: data port \d+ on escp-test unreachable \((.*)\); falling back to --tunnel \(slower; give --tunnel to skip the attempt\)\n$/;
 
+/** A port that accepts and stays silent, like a path that swallows packets; `held` are its connections. */
+async function silentListener(): Promise<{ port: number; held: net.Socket[]; close(): void }> {
+  const held: net.Socket[] = [];
+  const silent = net.createServer((s) => void held.push(s.on("error", () => {})));
+  await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+  return {
+    port: (silent.address() as net.AddressInfo).port,
+    held,
+    close: () => {
+      for (const s of held) s.destroy();
+      silent.close();
+    },
+  };
+}
+
 describe("--tunnel", () => {
   test("a push through the tunnel is byte-identical and needs no data port", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
@@ -82,10 +97,7 @@ describe("fallback", () => {
   test("Ctrl-C while a data stream's handshake hangs stops escp at once (exit 130), not when the connect gives up", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 1000, { seed: 7 });
-    const held: net.Socket[] = [];
-    const silent = net.createServer((s) => void held.push(s.on("error", () => {})));
-    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
-    const port = (silent.address() as net.AddressInfo).port;
+    const { port, held, close } = await silentListener();
     try {
       const t = spawnEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { ESCP_DATA_VIA: `127.0.0.1:${port}` });
       for (let i = 0; i < 200 && !held.length; i++) await Bun.sleep(25);
@@ -98,19 +110,14 @@ describe("fallback", () => {
       expect(await t.stderr).toBe("escp: interrupted\n");
       expect(fs.readdirSync(dst)).toEqual([]);
     } finally {
-      for (const s of held) s.destroy();
-      silent.close();
+      close();
     }
   });
 
   test("a data port that never answers falls back after the short connect timeout", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 4 * MiB, { seed: 5 });
-    // Accepts and stays silent, like a path that swallows packets.
-    const held: net.Socket[] = [];
-    const silent = net.createServer((s) => void held.push(s.on("error", () => {})));
-    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
-    const port = (silent.address() as net.AddressInfo).port;
+    const { port, held, close } = await silentListener();
     try {
       const t0 = performance.now();
       const r = await runEscp([path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_DATA_VIA: `127.0.0.1:${port}` } });
@@ -123,8 +130,7 @@ describe("fallback", () => {
       expect(seconds).toBeLessThan(15);
       expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
     } finally {
-      for (const s of held) s.destroy();
-      silent.close();
+      close();
     }
   });
 
