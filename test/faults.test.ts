@@ -507,6 +507,57 @@ describe("few file descriptors (ulimit -n)", () => {
   });
 });
 
+describe("memory for buffers (a cgroup's limit)", () => {
+  /** A memory cgroup of `bytes` (v2, or v1's memory controller) below this process's own, removed after the test. */
+  const cgroups: string[] = [];
+  afterEach(async () => {
+    // The other end's escp may still be exiting when the local one has: a busy cgroup cannot be removed.
+    for (const dir of cgroups.splice(0)) {
+      await waitFor(() => fs.readFileSync(path.join(dir, "cgroup.procs"), "utf8") === "", 10_000, `${dir} to empty`);
+      fs.rmdirSync(dir);
+    }
+  });
+  const memoryCgroup = (bytes: number): string => {
+    const lines = fs.readFileSync("/proc/self/cgroup", "utf8").split("\n").map((l) => l.split(":"));
+    const v1 = lines.find((l) => l[1] === "memory"), v2 = lines.find((l) => l[1] === "");
+    const dir = v1 ? `/sys/fs/cgroup/memory${v1[2]}/escp-test-${process.pid}-${cgroups.length}` : `/sys/fs/cgroup${v2![2]}/escp-test-${process.pid}-${cgroups.length}`;
+    fs.mkdirSync(dir);
+    cgroups.push(dir);
+    fs.writeFileSync(path.join(dir, v1 ? "memory.limit_in_bytes" : "memory.max"), String(bytes));
+    return dir;
+  };
+  /** A script that runs escp inside `cgroup`: as the local command, and as ESCP_REMOTE for the other end. */
+  const confined = (cgroup: string) => {
+    const wrapper = path.join(tmpdir("bin"), "confined.sh");
+    fs.writeFileSync(wrapper, `#!/bin/sh\necho $$ > ${cgroup}/cgroup.procs && exec ${ESCP_BIN} "$@"\n`, { mode: 0o755 });
+    return wrapper;
+  };
+
+  test("a -b whose buffers do not fit even once is refused in one line, on either end, nothing copied", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 1000, { seed: 81 });
+    const wrapper = confined(memoryCgroup(400 * MiB));
+    const cause = /takes 320MiB of buffers per stream, and this host has \d+MiB of memory available: use a smaller -b\n$/;
+    const here = await run([wrapper, "-F", cfg, "-b", "64M", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect(here.stderr).toMatch(new RegExp(`^escp: -b 64M ${cause.source}`));
+    expect(here.code).toBe(1);
+    const there = await runEscp(["-b", "64M", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: wrapper } });
+    expect(there.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: [^:]+: -b 64M ${cause.source}`));
+    expect(there.code).toBe(1);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
+  test("streams whose buffers would not all fit: as many as fit, with a warning, and the file arrives whole", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 160 * MiB, { seed: 82 });
+    const wrapper = confined(memoryCgroup(400 * MiB));
+    const r = await runEscp(["-b", "16M", "-t", "8", path.join(src, "f"), `${SSH_HOST}:${dst}/`], { env: { ESCP_REMOTE: wrapper } });
+    expect(r.stderr).toMatch(/^escp: warning: [^:]+: 8 streams of -b 16M would take 640MiB of buffers, and this host has \d+MiB of memory available: using [1-3] streams\n$/);
+    expect(r.code).toBe(0);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+});
+
 describe("the receiving disk", () => {
   test("disk full names the file and ENOSPC; files that fit are intact, no partial file stays", async () => {
     const src = tmpdir("src");
