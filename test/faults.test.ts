@@ -603,6 +603,24 @@ describe("the receiving disk", () => {
     }
   });
 
+  test("--inplace on a full disk says the target it wrote into is left incomplete (push, pull; new and existing target)", async () => {
+    const src = tmpdir("src");
+    const mnt = tmpdir("full");
+    await makeFile(path.join(src, "big"), 10 * MiB, { seed: 68 });
+    expect((await run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt])).code).toBe(0);
+    try {
+      fs.writeFileSync(path.join(mnt, "old"), "old content\n");
+      for (const [from, to] of [[path.join(src, "big"), `${SSH_HOST}:${mnt}/new`], [`${SSH_HOST}:${path.join(src, "big")}`, `${mnt}/old`]]) {
+        const r = await runEscp(["--inplace", from, to]);
+        expect(r.stderr).toBe(`escp: ${to.replace(/^[^:]*:/, "")}: No space left on device; --inplace left it incomplete\n`);
+        expect(r.code).toBe(1);
+      }
+      expect(fs.readdirSync(mnt).sort()).toEqual(["new", "old"]);
+    } finally {
+      await run(["umount", "-l", mnt]);
+    }
+  });
+
   test("a destination directory made unwritable mid-transfer fails the file with the cause, and names the temporary file it cannot remove", async () => {
     // Root ignores permissions, but not the immutable attribute (ext4's chattr +i).
     const src = tmpdir("src"), dst = tmpdir("dst");

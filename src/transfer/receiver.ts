@@ -63,6 +63,8 @@ interface RecvFile {
   replaces?: boolean;
   /** Failed while its data still came (the disk refused it): reported and answered then, dropped at its end. */
   answered?: boolean;
+  /** --inplace made the target or emptied it: a failure leaves it incomplete even before any block. */
+  emptied?: boolean;
 }
 
 /** What check() found: why the file fails (if it does), its digest, and the bytes its blocks cover. */
@@ -318,7 +320,8 @@ export class Receiver {
       return this.reject(e, rel, `${tmpShown} is not a regular file; remove it to resume`);
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces };
+    const emptied = inplace && (existing?.kind !== "file" || (this.opts.sparse && !this.opts.resume));
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, emptied };
     this.start(f);
     // The sender sends none of this file's blocks before our offer's last RESUME.
     if (this.opts.resume) this.later(() => this.offer(f, existing?.kind === "file" && existing.size === e.size));
@@ -488,7 +491,7 @@ export class Receiver {
     f.error = cause;
     if (f.verdict) return; // the sender has sent all of it already: it hears at the end
     f.answered = true;
-    this.refuse(f.entry, this.target.show(f.rel), cause);
+    this.refuse(f.entry, this.target.show(f.rel), this.opts.inplace ? cause + this.dropPart(f) : cause);
   }
 
   /** Reports a file failed before its end and tells the sender, who sends no more of it. */
@@ -707,11 +710,13 @@ export class Receiver {
    * Removes a failed file's temporary name; --resume keeps it to resume from, an
    * unnamed file has none (its data goes with its descriptor), and with --inplace
    * it is the target's (left as the failure left it, as the option says). What the
-   * failure's message adds when the name stays (a directory made immutable, or
-   * read-only, meanwhile): "" when it went.
+   * failure's message adds when a name stays (a directory made immutable, or
+   * read-only, meanwhile; a target --inplace began to write): "" when it went.
    */
   private dropPart(f: RecvFile): string {
-    if (!f.tmp || f.fd < 0 || this.opts.resume || this.opts.inplace || f.unnamed) return "";
+    if (!f.tmp || f.fd < 0) return "";
+    if (this.opts.inplace) return f.processed > 0n || f.emptied ? "; --inplace left it incomplete" : "";
+    if (this.opts.resume || f.unnamed) return "";
     const dfd = this.dirs.get(f.dir);
     const r = dfd < 0 ? dfd : this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
     return r < 0 && r !== -ENOENT ? `; its temporary file ${this.target.show(f.dir ? `${f.dir}/${f.tmp}` : f.tmp)} is left behind (${codeText(r)})` : "";
