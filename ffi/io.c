@@ -786,6 +786,11 @@ ESCP_API int escp_made_on_read(int fd) {
   }
 }
 
+ESCP_API int escp_on_fuse(int fd) {
+  struct statfs fs;
+  return fstatfs(fd, &fs) == 0 && fs.f_type == FUSE_SUPER_MAGIC;
+}
+
 ESCP_API int escp_ftruncate(int fd, int64_t size) {
   return ftruncate(fd, (off_t)size) == 0 ? 0 : escp__errno("ftruncate fd %d", fd);
 }
@@ -812,8 +817,8 @@ ESCP_API int64_t escp_seek_hole(int fd, int64_t from) {
  * dropping for a range (the "drop_cache" of escp_pread's comment). */
 ESCP_API int escp_reserve(int fd, int64_t len) {
   if (len <= 0) return 0;
-  struct statvfs v;
-  if (fstatvfs(fd, &v) == 0 && v.f_frsize && ((uint64_t)len + v.f_frsize - 1) / v.f_frsize > v.f_bavail)
+  struct statvfs v; /* a filesystem of no blocks (fusefat, some FUSE ones) does not say what is free */
+  if (fstatvfs(fd, &v) == 0 && v.f_frsize && v.f_blocks && ((uint64_t)len + v.f_frsize - 1) / v.f_frsize > v.f_bavail)
     return escp__err(-ENOSPC, "%lld bytes do not fit in the %llu free", (long long)len,
                      (unsigned long long)v.f_bavail * v.f_frsize);
   struct statfs fs; /* tmpfs: nothing to gain, a page-clearing pass to lose (escp.h) */
