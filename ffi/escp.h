@@ -160,6 +160,9 @@ int escp_fstat(int fd, int64_t out[ESCP_STAT_SLOTS]);
 /* 1 when fd's filesystem makes a file's content as it is read (procfs, sysfs, debugfs,
  * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
 int escp_made_on_read(int fd);
+/* 1 when fd is on a FUSE filesystem: user-space ones may need a file written front to
+ * back (fusefat drops blocks written out of order without an error; others refuse them). */
+int escp_on_fuse(int fd);
 /* 1 when names in dirfd are told apart without regard to case (FAT, exFAT, HFS+, a
  * FUSE FAT driver, an ext4/f2fs directory with +F), so that "A" and "a" are one file.
  * On FUSE, SMB, 9p, ntfs3 and vboxsf, whose type does not say, it asks the directory:

@@ -20,7 +20,7 @@ import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
-import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, tooFewFiles, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, streamsTargetTakes, tooFewFiles, type Side } from "../transfer/side.ts";
 import { resolveTarget, sameAsDestination, TargetError } from "../plan/target.ts";
 import type { Report, Failure } from "../report.ts";
 import { log } from "../log.ts";
@@ -133,7 +133,7 @@ export async function transfer(
   if (scarce) return { failures: [], error: scarce };
   // As the sender we know what there is to move; pulling, the server tells us in `ready`.
   // No more streams than our descriptors allow (and the server's, which may answer with fewer).
-  const threads = Math.min(o.threads, streamsAllowed());
+  const threads = Math.min(localTarget ? streamsTargetTakes(localTarget, o.threads) : o.threads, streamsAllowed());
   const wanted = plan.dir === "pull" ? threads : streamsFor(plan.sources, threads, o.blockSize);
   const memory = streamsMemoryAllows(wanted, o.blockSize, o.compress);
   if (memory.streams < 1) return { failures: [], error: memory.why };

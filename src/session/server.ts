@@ -12,7 +12,7 @@ import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
-import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, tooFewFiles, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, streamsTargetTakes, tooFewFiles, type Side } from "../transfer/side.ts";
 import { resolveTarget } from "../plan/target.ts";
 import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
@@ -102,7 +102,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
     const sources = expandSources(hello.serverRole === "sender" ? hello.sources ?? [] : []);
     const scarce = tooFewFiles();
     if (scarce) throw new Error(scarce);
-    const threads = Math.min(hello.streams, streamsAllowed());
+    const threads = Math.min(target ? streamsTargetTakes(target, hello.streams) : hello.streams, streamsAllowed());
     const memory = streamsMemoryAllows(target ? threads : streamsFor(sources.paths, threads, hello.blockSize), hello.blockSize, hello.options.compress, 0.6);
     if (memory.streams < 1) throw new Error(`${hostName()}: ${memory.why}`);
     if (memory.why) report.warning(`${hostName()}: ${memory.why}`);

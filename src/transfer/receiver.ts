@@ -661,6 +661,7 @@ export class Receiver {
         if (sparse && (off = nextDataBlock(fd, off, bs, f.entry.size)) >= f.entry.size) break;
         const len = f.entry.size - off < bs ? f.entry.size - off : bs;
         const r = this.lib.escp_hash_range(fd, off, len, ptr(h));
+        if (r === -ENODATA) return "verify failed: the file read back from disk is shorter than the source";
         if (r < 0) return `verify: ${causeOf(r)}`;
         d.add(off, Number(len), h);
         await slice();
@@ -815,7 +816,7 @@ function fstatSize(fd: number): number {
   return native().escp_fstat(fd, ptr(out)) < 0 ? 0 : Number(out[0]);
 }
 
-const EXDEV = 18, EEXIST = 17, EINVAL = 22, ENOENT = 2;
+const EXDEV = 18, EEXIST = 17, EINVAL = 22, ENOENT = 2, ENODATA = 61;
 
 /** Why a path under the destination could not be opened or made, in the user's terms. */
 function openFailure(code: number): string {

@@ -5,6 +5,7 @@
  */
 import fs from "node:fs";
 import { formatBytes } from "../progress.ts";
+import { native } from "../native.ts";
 import { Sender, WINDOW } from "./sender.ts";
 import { Receiver } from "./receiver.ts";
 import type { StreamPool } from "../streams/pool.ts";
@@ -69,6 +70,19 @@ export function streamsAllowed(): number {
 export function tooFewFiles(): string | undefined {
   if (streamsAllowed() >= 1) return undefined;
   return `too few file descriptors: ulimit -n is ${openFilesLimit()}, and a copy needs ${BASE_FDS + 2 * FDS_PER_STREAM} or more`;
+}
+
+/**
+ * The data streams a copy into `target` may use: one when it is on FUSE, where a
+ * user-space filesystem may need each file written front to back (fusefat drops
+ * blocks written out of order and reports success; others refuse them), which one
+ * stream does; `streams` elsewhere.
+ *
+ * @example
+ * streamsTargetTakes(resolveTarget("/mnt/usb/", { multipleSources: false }), 4); // 1 on fusefat
+ */
+export function streamsTargetTakes(target: Target, streams: number): number {
+  return streams > 1 && native().escp_on_fuse(target.rootFd) === 1 ? 1 : streams;
 }
 
 /** Blocks a data stream holds at once each way: ESCP_PIPE_DEPTH read ahead or written behind, and the one at work. */
