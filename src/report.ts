@@ -89,6 +89,18 @@ export interface Failure {
   id?: string;
 }
 
+/**
+ * The failures in the other end's final report, checked: it crosses the network,
+ * and a remote that is not honest could send anything there. undefined when it is
+ * not a list of { path, message, id? } strings.
+ */
+export function failuresOf(summary: unknown): Failure[] | undefined {
+  const list = (summary as { failures?: unknown } | null | undefined)?.failures;
+  if (!Array.isArray(list)) return undefined;
+  const ok = list.every((f) => f !== null && typeof f === "object" && typeof f.path === "string" && typeof f.message === "string" && (f.id === undefined || (typeof f.id === "string" && /^\d{1,20}$/.test(f.id))));
+  return ok ? (list as Failure[]) : undefined;
+}
+
 /** Exit statuses, as scp's (src/main.ts uses the same numbers): 0 only if every file arrived verified. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
 export type ExitStatus = (typeof EXIT)[keyof typeof EXIT];

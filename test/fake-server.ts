@@ -100,8 +100,8 @@ class Peer {
   }
 
   /** Sends a whole file honestly (announce, blocks round-robin over the data streams, DONE). */
-  file(path: string, content: Uint8Array, opts: { announce?: boolean; id?: bigint } = {}): bigint {
-    const e = this.entry(path, content.length, opts.id);
+  file(path: string, content: Uint8Array, opts: { announce?: boolean; id?: bigint; top?: boolean } = {}): bigint {
+    const e = { ...this.entry(path, content.length, opts.id), top: opts.top ?? true };
     if (opts.announce !== false) this.announce([e]);
     const bs = this.hello.blockSize;
     const d = new FileDigest();
@@ -126,7 +126,7 @@ class Peer {
    * END everywhere), reports, and waits for bye. With waitResults false, END
    * goes out at once, whatever is unfinished.
    */
-  async finish(waitResults = true): Promise<never> {
+  async finish(waitResults = true, failures: unknown = []): Promise<never> {
     const body = new Uint8Array(MAX_CTRL_BODY);
     const meta = new Uint32Array(2);
     const next = (): number => {
@@ -144,7 +144,7 @@ class Peer {
     }
     this.ch.send({
       type: "report",
-      summary: { files: 0, bytes: 0, bytesSkipped: 0, bytesNetwork: 0, bytesDisk: 0, bytesCompressed: 0, seconds: 0, failures: [], streams: this.dataStreams },
+      summary: { files: 0, bytes: 0, bytesSkipped: 0, bytesNetwork: 0, bytesDisk: 0, bytesCompressed: 0, seconds: 0, failures: failures as [], streams: this.dataStreams },
     });
     await Promise.race([this.ch.receive(), Bun.sleep(10_000)]);
     return exit(0);
@@ -332,7 +332,8 @@ const scenarios: Record<string, (p: Peer, arg: string) => Promise<void> | void> 
   },
   /** A path through a symlink that already exists in the destination (arg: the link's name). */
   async through(p, arg) {
-    p.file(`${arg || "evil"}/x`, bytes(100));
+    p.announce([{ ...p.entry(arg || "evil", 0), kind: "dir", mode: 0o755 }]);
+    p.file(`${arg || "evil"}/x`, bytes(100), { top: false });
     p.file("ok.txt", bytes(10));
     await p.finish();
   },
@@ -351,6 +352,30 @@ const scenarios: Record<string, (p: Peer, arg: string) => Promise<void> | void> 
     p.announce(batch);
     p.data(1, 0n, 0n, bytes(10));
     p.waitForDeath();
+  },
+  /** An honest file, then a final report whose failures are arg (JSON), whatever its shape. */
+  async badreport(p, arg) {
+    p.file(`badreport=${arg}`, bytes(10)); // the name asked for
+    await p.finish(true, JSON.parse(arg));
+  },
+  /** The file asked for, then two that were not (CVE-2019-6111: a shell startup file, a script). */
+  async unasked(p) {
+    p.file("unasked", bytes(10));
+    p.file(".bashrc", new TextEncoder().encode("echo pwned\n"));
+    p.file("evil.sh", bytes(10));
+    await p.finish();
+  },
+  /** A directory, and a file in it, to a copy without -r (arg: the directory's name). */
+  async unaskeddir(p, arg) {
+    p.announce([{ ...p.entry(arg || ".ssh", 0), kind: "dir", mode: 0o700 }]);
+    p.file(`${arg || ".ssh"}/authorized_keys`, new TextEncoder().encode("ssh-ed25519 AAAA attacker\n"), { top: false });
+    await p.finish();
+  },
+  /** A top directory flagged as `dir/.` (its contents straight into the target) that was not asked for. */
+  async unaskedmerge(p) {
+    p.announce([{ ...p.entry("x", 0), kind: "dir", mode: 0o755, merge: true }]);
+    p.file("x/.bashrc", new TextEncoder().encode("echo pwned\n"), { top: false });
+    await p.finish();
   },
   /** Announces many files and finishes none of them, then ends the session. */
   async flood(p, arg) {
@@ -383,9 +408,10 @@ async function main(): Promise<number> {
     return 1;
   }
   const l = listen("127.0.0.1", hello.ports, () => "fake");
-  if (name === "badstreams") {
-    // A stream count the client did not ask for (arg: JSON): it must refuse before connecting any.
-    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: JSON.parse(arg) });
+  if (name === "badstreams" || name === "badready") {
+    // A stream count the client did not ask for, or other fields of ready (arg: JSON): it must refuse before connecting any.
+    const fields = name === "badstreams" ? { streams: JSON.parse(arg) } : JSON.parse(arg);
+    ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: "127.0.0.1", streams: hello.streams, ...fields });
     await ch.receive().catch(() => null);
     return 1;
   }

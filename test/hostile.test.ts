@@ -60,18 +60,24 @@ interface Pulled {
  * /usr/bin/time for the receiver's peak RSS. <root>/canary sits beside the
  * destination; `prepare` may plant things in both first.
  */
-function pull(scenario: string, prepare?: (p: { root: string; dst: string; canary: string }) => void): Promise<Pulled> {
-  return slot(() => pullNow(scenario, prepare));
+function pull(scenario: string, prepare?: (p: { root: string; dst: string; canary: string }) => void, asked = [`${SSH_HOST}:*`]): Promise<Pulled> {
+  return slot(() => pullNow(scenario, prepare, asked));
 }
 
-async function pullNow(scenario: string, prepare?: (p: { root: string; dst: string; canary: string }) => void): Promise<Pulled> {
+/**
+ * `asked`: further operands, so that the names the scenario sends were asked for (`*`
+ * by default): the attacks on the names themselves must meet the receiver's checks
+ * of each name, not the check of the request that comes after them.
+ */
+async function pullNow(scenario: string, prepare: ((p: { root: string; dst: string; canary: string }) => void) | undefined, asked: string[]): Promise<Pulled> {
   const root = tmpdir("pull");
   const dst = path.join(root, "dst"), canary = path.join(root, "canary");
   fs.mkdirSync(dst);
   fs.mkdirSync(canary);
   prepare?.({ root, dst, canary });
   const spec = scenario.replace(/\{canary\}/g, canary);
-  const argv = [ESCP_BIN, "-F", harness.SSH_CONFIG!, "--port", PORTS, `${SSH_HOST}:${spec}`, `${dst}/`];
+  const options = asked.filter((a) => a.startsWith("-")), operands = asked.filter((a) => !a.startsWith("-"));
+  const argv = [ESCP_BIN, "-F", harness.SSH_CONFIG!, "--port", PORTS, ...options, `${SSH_HOST}:${spec}`, ...operands, `${dst}/`];
   let peakEntries = 0;
   const sampler = setInterval(() => {
     try {
@@ -171,6 +177,20 @@ describe("a hostile remote in pull mode", () => {
     expectRefused(await pull('badstreams="2"'), /the other end answered with "2" data streams, not 1 to 4/);
   });
 
+  test.concurrent("a ready with a data port or address of the wrong shape is refused in one line, escapes not printed raw", async () => {
+    expectRefused(await pull('badready={"port":"abc"}'), /^escp: escp-test: the other end answered with "abc" as its data port, not 1 to 65535\n$/);
+    const p = await pull('badready={"addr":"\\u001b]0;PWNED\\u0007x"}');
+    expectRefused(p, /^escp: escp-test: the other end answered with .*PWNED.* as its address, not an IP address\n$/);
+    expect(p.stderr).not.toMatch(/[\x1b\x07]/);
+  });
+
+  test.concurrent("a final report of the wrong shape is one line, not a runtime error; the file asked for stays", async () => {
+    for (const failures of ['[{"path":null,"message":"x"}]', '"abc"', "[null]", '[{"path":"p","message":{}}]', '[{"path":"p","message":"m","id":"x"}]']) {
+      const p = await pull(`badreport=${failures}`, undefined, []);
+      expectRefused(p, /^escp: escp-test: protocol error: the remote escp's final report is not one escp writes\n$/, ["badreport=" + failures]);
+    }
+  });
+
   test.concurrent("a file list claiming 10^9 files is refused without allocating for them", async () => {
     const p = await pull("manyfiles");
     expectRefused(p, /FILES record claims 1000000000 entries in \d+ bytes/);
@@ -233,8 +253,8 @@ describe("a hostile remote in pull mode", () => {
   });
 
   test.concurrent("a remote path through a destination symlink that leads outside is refused", async () => {
-    const p = await pull("through=evil", ({ dst, canary }) => fs.symlinkSync(canary, path.join(dst, "evil")));
-    expectRefused(p, /evil\/x: a symbolic link on the way leads outside the destination: refused/, ["evil", "ok.txt"]);
+    const p = await pull("through=evil", ({ dst, canary }) => fs.symlinkSync(canary, path.join(dst, "evil")), ["-r", `${SSH_HOST}:*`]);
+    expectRefused(p, /dst\/evil: a symbolic link on the way leads outside the destination: refused\n.*dst\/evil: 1 entry under it not copied either\n/, ["evil", "ok.txt"]);
   });
 
   test.concurrent("a remote file named like a destination symlink replaces the link, not its target", async () => {
@@ -248,6 +268,31 @@ describe("a hostile remote in pull mode", () => {
     expect(text(victim)).toBe("precious");
     expect(fs.lstatSync(path.join(p.dst, "link")).isFile()).toBe(true);
     expect(fs.statSync(path.join(p.dst, "link")).size).toBe(100);
+  });
+
+  test.concurrent("names that were not asked for end the pull before they are written (CVE-2019-6111: ~/.bashrc)", async () => {
+    const p = await pull("unasked", ({ dst }) => fs.writeFileSync(path.join(dst, ".bashrc"), "# mine\n"), []);
+    expect(p.stderr).toBe(`escp: ${SSH_HOST}: protocol error: .bashrc does not match the request\n`);
+    expect(p.code).toBe(1);
+    expect(fs.readFileSync(path.join(p.dst, ".bashrc"), "utf8")).toBe("# mine\n");
+    // The file asked for is there if it was settled before the name after it came; nothing else is.
+    expect(tree(p.dst).filter((n) => n !== "unasked")).toEqual([".bashrc"]);
+  });
+
+  test.concurrent("a directory sent to a copy without -r ends it before anything is made (~/.ssh/authorized_keys)", async () => {
+    for (const name of [".ssh", "unaskeddir"]) {
+      const p = await pull(`unaskeddir=${name}`, undefined, []);
+      expect(p.stderr).toBe(`escp: ${SSH_HOST}: protocol error: ${name} is a directory, and -r was not given\n`);
+      expect(p.code).toBe(1);
+      expect(tree(p.dst)).toEqual([]);
+    }
+  });
+
+  test.concurrent("a directory's contents sent straight into the target, as for `dir/.`, when no `dir/.` was asked for", async () => {
+    const p = await pull("unaskedmerge", undefined, ["-r"]);
+    expect(p.stderr).toBe(`escp: ${SSH_HOST}: protocol error: x does not match the request\n`);
+    expect(p.code).toBe(1);
+    expect(tree(p.dst)).toEqual([]);
   });
 
   test.concurrent("announcing 6000 files that never finish keeps the receiver's open files bounded", async () => {

@@ -22,10 +22,12 @@ import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
 import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, streamsTargetTakes, tooFewFiles, type Side } from "../transfer/side.ts";
 import { resolveTarget, sameAsDestination, TargetError } from "../plan/target.ts";
-import type { Report, Failure } from "../report.ts";
+import { Request } from "../plan/request.ts";
+import { failuresOf, type Report, type Failure } from "../report.ts";
 import { log } from "../log.ts";
 import { printable } from "../text.ts";
-import { hex, type SessionOptions, type ControlMessage, type TransferSummary } from "../protocol.ts";
+import { isIP } from "node:net";
+import { hex, ProtocolError, type SessionOptions, type ControlMessage, type TransferSummary } from "../protocol.ts";
 import { toStderr } from "../stderr.ts";
 
 /** What a transfer came to: the summary when it ran, the fatal error when it could not. */
@@ -204,6 +206,8 @@ export async function transfer(
     log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
     const streams = ready.streams;
     if (!Number.isInteger(streams) || streams < 1 || streams > asked) throw new Error(`${where}: the other end answered with ${JSON.stringify(streams)} data streams, not 1 to ${asked}`);
+    if (!Number.isInteger(ready.port) || ready.port < 1 || ready.port > 65535) throw new Error(`${where}: the other end answered with ${printable(String(JSON.stringify(ready.port)))} as its data port, not 1 to 65535`);
+    if (ready.addr !== undefined && (typeof ready.addr !== "string" || !isIP(ready.addr))) throw new Error(`${where}: the other end answered with ${printable(String(JSON.stringify(ready.addr)))} as its address, not an IP address`);
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
     // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
     // The connects hold this thread: Ctrl-C ends them from the native side (escp_watch_interrupts).
@@ -248,7 +252,8 @@ export async function transfer(
     serverEnd.catch(() => {}); // taken where it is awaited; a session that failed otherwise may never await it
     // The server's fileWindow bounds what we send it at once; ours went to it in hello.
     const forSide = { ...session, fileWindow: ready.fileWindow };
-    side = makeSide(role === "receiver" ? { role, target: localTarget! } : { role, sources: plan.sources }, pool, forSide, o.blockSize, report);
+    const request = plan.dir === "pull" ? new Request(plan.sources, o.recursive) : undefined;
+    side = makeSide(role === "receiver" ? { role, target: localTarget!, request } : { role, sources: plan.sources }, pool, forSide, o.blockSize, report);
     const work = Promise.race([side.run(), aborted]);
     const workError = work.then(() => undefined, (e: Error) => e);
     const first = await Promise.race([workError.then((e) => ({ e })), serverEnd.then((m) => ({ m }))]);
@@ -260,6 +265,9 @@ export async function transfer(
       throw new Error(said(first.m.message));
     }
     const err = await workError;
+    // What the remote sent broke the protocol (a name not asked for, ids out of order):
+    // the cause is here, whatever it does next.
+    if (err instanceof ProtocolError) throw new Error(`${where}: protocol error: ${err.message}`);
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
@@ -277,7 +285,11 @@ export async function transfer(
     // (a pull's unreadable sources, -p's directory times) is unknown: still a failure.
     if (!remote) throw new Error(await connectionFailure(where, child, stderrTail, "after every file was copied and verified, before the remote escp's final report"));
     if (remote.type === "error") throw new Error(said(remote.message));
-    if (remote.type === "report") report.merge(remote.summary.failures as any);
+    if (remote.type === "report") {
+      const failures = failuresOf(remote.summary);
+      if (!failures) throw new Error(`${where}: protocol error: the remote escp's final report is not one escp writes`);
+      report.merge(failures);
+    }
     ch.send({ type: "bye" });
     clearInterval(progress);
     const summary = summarize(side, pool, started, report.failures);

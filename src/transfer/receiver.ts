@@ -17,6 +17,8 @@ import {
   type FileEntry, type FileVerdict, type SessionOptions,
 } from "../protocol.ts";
 import { PathError, type Target } from "../plan/target.ts";
+import type { Request } from "../plan/request.ts";
+import { printable } from "../text.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
 import { DirHandles, dirHandles } from "./dirs.ts";
@@ -30,7 +32,11 @@ import { slice } from "./slices.ts";
 import { nextDataBlock } from "./holes.ts";
 
 /** preserve, direct, verify, resume (skip identical files, continue partial ones, keep them on failure), sparse, inplace. */
-export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace" | "fileWindow"> & { blockSize: number };
+export type ReceiverOptions = Pick<SessionOptions, "preserve" | "direct" | "verify" | "resume" | "sparse" | "inplace" | "fileWindow"> & {
+  blockSize: number;
+  /** A pull's operands: what the remote sender may announce (plan/request.ts). */
+  request?: Request;
+};
 
 interface RecvFile {
   entry: FileEntry;
@@ -214,15 +220,18 @@ export class Receiver {
     // and make ids share slots of the workers' file table.
     if (this.files.size >= MAX_OPEN_FILES) throw new ProtocolError(`sender announced more than ${MAX_OPEN_FILES} files without finishing them`);
     this.highestId = e.id;
-    if (e.merge) this.mergeTops.add(e.path);
     let rel: string;
     try {
-      rel = this.target.place(e.path, this.mergeTops.size > 0 && this.mergeTops.has(e.path.split("/", 1)[0]));
+      rel = this.target.place(e.path, e.merge || (this.mergeTops.size > 0 && this.mergeTops.has(e.path.split("/", 1)[0])));
     } catch (err) {
       // Shown as sent, not normalised: "dst/../x" must not read like a path outside.
       if (err instanceof PathError) return this.reject(e, e.path, `refused: ${err.message}`, `${this.target.root}/${e.path}`);
       throw err;
     }
+    // A safe name that was not asked for: the remote is not what it claims, and the session ends.
+    const unasked = this.opts.request?.refuses(e);
+    if (unasked) throw new ProtocolError(`${printable(e.path)} ${unasked}`);
+    if (e.merge) this.mergeTops.add(e.path);
     if (e.kind === "dir") return this.makeDir(e, rel);
     if (this.target.newDir && !e.path.includes("/")) return this.reject(e, rel, "No such file or directory", this.target.newDir);
     const slash = rel.lastIndexOf("/");

@@ -12,6 +12,7 @@ import type { StreamPool } from "../streams/pool.ts";
 import type { Events, TransferStats } from "../report.ts";
 import type { SessionOptions, TransferSummary } from "../protocol.ts";
 import type { Target } from "../plan/target.ts";
+import type { Request } from "../plan/request.ts";
 
 export interface Side {
   run(): Promise<void>;
@@ -20,12 +21,13 @@ export interface Side {
   cleanup(): void;
 }
 
-export type SideSpec = { role: "receiver"; target: Target } | { role: "sender"; sources: string[] };
+/** request: a pull's, what its remote sender may announce; a push's receiver trusts the client that started it. */
+export type SideSpec = { role: "receiver"; target: Target; request?: Request } | { role: "sender"; sources: string[] };
 
 /** session.fileWindow is the other end's (see fileWindow); the sender keeps the smaller of both. */
 export function makeSide(spec: SideSpec, pool: StreamPool, session: SessionOptions, blockSize: number, events: Events): Side {
   const opts = { ...session, blockSize, fileWindow: sharedWindow(fileWindow(pool.dataStreams), session.fileWindow) };
-  if (spec.role === "receiver") return new Receiver(pool, spec.target, opts, events);
+  if (spec.role === "receiver") return new Receiver(pool, spec.target, { ...opts, request: spec.request }, events);
   const sender = new Sender(pool, opts, events);
   return { run: () => sender.run(spec.sources), stats: sender.stats, cleanup: () => {} };
 }
