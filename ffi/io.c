@@ -589,7 +589,10 @@ static int close_and_rename(int fd, int rc, int dirfd, const char *tmp, const ch
   int held = tmp ? dup(fd) : -1;
   if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp ? tmp : name);
   if (!rc && tmp && held >= 0 && !is_named(held, dirfd, tmp)) rc = escp__err(ESCP_E_BUSY, "%s is another escp's now", tmp);
-  if (!rc && tmp && renameat(dirfd, tmp, dirfd, name) != 0) rc = escp__errno("rename %s to %s", tmp, name);
+  /* tmp is name for a file written or kept in place (--inplace, --resume): a rename onto
+   * itself does nothing, but a read-only filesystem refuses even that. */
+  if (!rc && tmp && strcmp(tmp, name) != 0 && renameat(dirfd, tmp, dirfd, name) != 0)
+    rc = escp__errno("rename %s to %s", tmp, name);
   if (rc && linked) unlinkat(dirfd, linked, 0);
   if (held >= 0) close(held);
   return rc;

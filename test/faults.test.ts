@@ -394,16 +394,25 @@ describe("the destination's permissions, for a user who is not root", () => {
     await asNobody(async ({ src, dst, escp }) => {
       const a = await makeFile(path.join(src, "a"), 1000, { seed: 72 });
       const readOnly = path.join(dst, "ro"), othersFile = path.join(dst, "roots");
-      fs.writeFileSync(readOnly, "old\n", { mode: 0o444 });
+      const old = "old\n".repeat(250); // the source's size: --resume offers its blocks before it is refused
+      fs.writeFileSync(readOnly, old, { mode: 0o444 });
       fs.chownSync(readOnly, 65534, 65534);
-      fs.writeFileSync(othersFile, "old\n", { mode: 0o644 }); // root's, in a directory nobody may write
+      fs.writeFileSync(othersFile, old, { mode: 0o644 }); // root's, in a directory nobody may write
       for (const target of [readOnly, othersFile]) {
-        const r = await escp([a, target]);
-        expect(r.stderr).toBe(`escp: ${target}: Permission denied\n`);
-        expect(r.code).toBe(1);
-        expect(fs.readFileSync(target, "utf8")).toBe("old\n");
+        fs.utimesSync(target, 1e9, 1e9); // not the source's time, which --resume alone would take as the same file
+        for (const args of [[], ["--resume"]]) {
+          const r = await escp([...args, a, target]);
+          expect(r.stderr).toBe(`escp: ${target}: Permission denied\n`);
+          expect(r.code).toBe(1);
+          expect(fs.readFileSync(target, "utf8")).toBe(old);
+        }
       }
       expect(fs.readdirSync(dst).sort()).toEqual(["ro", "roots"]); // no temporary file left
+      // Content it already has: nothing to write, so nothing refused.
+      fs.copyFileSync(a, othersFile);
+      const same = await escp(["--resume", "--verify", a, othersFile]);
+      expect(same.stderr).toBe("");
+      expect(same.code).toBe(0);
     });
   });
 

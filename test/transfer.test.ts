@@ -904,6 +904,31 @@ describe("temporary files", () => {
     expect(listNames(dst)).toEqual(["f", "other-link"]);
   });
 
+  test("--resume --verify over identical targets writes nothing in their directory: a read-only mount passes, push and pull", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), ro = tmpdir("ro");
+    await makeFile(path.join(src, "f"), 6 * BLOCK - 7, { seed: 86 });
+    fs.copyFileSync(path.join(src, "f"), path.join(dst, "f"));
+    const dirTime = fs.statSync(dst).mtimeMs;
+    expect((await runEscp(["--resume", "--verify", path.join(src, "f"), `${SSH_HOST}:${dst}/`])).code).toBe(0);
+    expect(fs.statSync(dst).mtimeMs).toBe(dirTime);
+    expect((await run(["mount", "--bind", "-o", "ro", dst, ro])).code).toBe(0);
+    try {
+      for (const args of [[path.join(src, "f"), `${SSH_HOST}:${ro}/`], [`${SSH_HOST}:${path.join(src, "f")}`, `${ro}/`]]) {
+        const r = await runEscp(["--resume", "--verify", ...args]);
+        expect(r.stderr).toBe("");
+        expect(r.code).toBe(0);
+      }
+      // A target that does differ still needs the directory, and says why it cannot have it.
+      fs.appendFileSync(path.join(src, "f"), "x");
+      const r = await runEscp(["--resume", "--verify", path.join(src, "f"), `${SSH_HOST}:${ro}/`]);
+      expect(r.stderr).toBe(`escp: ${ro}/f: Read-only file system\n`);
+      expect(r.code).toBe(1);
+    } finally {
+      await run(["umount", ro]);
+    }
+    expect(listNames(dst)).toEqual(["f"]);
+  });
+
   test("--resume -p over identical content with another time sets the time on the target itself", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 2 * BLOCK + 9, { seed: 20 });

@@ -71,6 +71,8 @@ interface RecvFile {
   answered?: boolean;
   /** --inplace made the target or emptied it: a failure leaves it incomplete even before any block. */
   emptied?: boolean;
+  /** Why the target may not be replaced, when --resume offers its blocks before any temporary file is made: the file fails unless kept whole. */
+  refused?: string;
 }
 
 /** What check() found: why the file fails (if it does), its digest, and the bytes its blocks cover. */
@@ -259,10 +261,11 @@ export class Receiver {
       if (!inplace) this.lib.escp_clear_stale_part(dfd, tmpC);
       return this.skip(e, rel);
     }
-    if (existing?.kind === "file" && !inplace) {
-      const refused = this.mayReplace(dir, dfd, nameC);
-      if (refused) return this.reject(e, rel, refused);
-    }
+    // --resume over a target of the source's size offers its blocks first: one found
+    // whole is kept, not replaced, so what would refuse replacing it waits until then.
+    const offerFirst = this.opts.resume && !inplace && existing?.kind === "file" && existing.size === e.size && e.size > 0n;
+    const refused = existing?.kind === "file" && !inplace ? this.mayReplace(dir, dfd, nameC) : undefined;
+    if (refused && !offerFirst) return this.reject(e, rel, refused);
     // A file of one block has no partial copy worth keeping for --resume: a worker writes
     // it unnamed where the filesystem allows, so that it needs no temporary name in the
     // directory (one directory update less per file) and a killed run leaves nothing.
@@ -310,6 +313,19 @@ export class Receiver {
     // --inplace writes through a link as scp does, but never out of the destination (openat2
     // beneath it); what the target held beyond the new size goes at commit (sized). With
     // --sparse it is emptied first: the holes, never sent, would keep its old bytes.
+    // With no partial file beside such a target, the temporary file is made by the worker
+    // that receives the first block the target lacks, if one comes: a target found whole
+    // is kept without a write to its directory (a read-only one; a --verify that finds
+    // nothing to change made and removed a temporary file, touching the directory).
+    const lazy = offerFirst && !statAt(dfd, tmpC) && this.dirs.pin(dir);
+    if (refused && !lazy) return this.reject(e, rel, refused);
+    if (lazy) {
+      const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: lastMode, replaces, refused };
+      this.start(f);
+      this.later(() => this.offer(f, true));
+      this.pool.publishCreate(e.id, e.size, dfd, tmpC, false, 0);
+      return;
+    }
     const isDirect = new Int32Array(1);
     let fd = inplace
       ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT | (this.opts.sparse && !this.opts.resume ? O_TRUNC : 0), createMode, direct ? 1 : 0, ptr(isDirect))
@@ -601,7 +617,18 @@ export class Receiver {
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
     k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
+    if (!k.whole && f.refused) {
+      // The temporary file the blocks that came were written to was made for them, this run.
+      if (f.fd >= 0) this.lib.escp_unlinkat_beneath(this.dirs.get(f.dir), f.tmpC!, 0);
+      return f.refused;
+    }
     const copy = k.fromTarget && !k.whole;
+    if (copy && f.fd < 0) {
+      // Offered whole but not kept (the target changed, or -p cannot set another user's): no block came to make the copy.
+      const dfd = this.dirs.get(f.dir);
+      f.fd = dfd < 0 ? dfd : this.lib.escp_create_part(dfd, f.tmpC!, 0, 0, null);
+      if (f.fd < 0) return openFailure(f.fd);
+    }
     const old = copy ? this.openTarget(f) : { fd: -1 };
     const src = old.fd;
     const changed = "the file there changed while --resume used the blocks it held; copy it again";
@@ -651,8 +678,10 @@ export class Receiver {
       this.lib.escp_close(fd);
       return false;
     }
-    this.lib.escp_unlinkat_beneath(this.dirs.get(f.dir), f.tmpC!, 0); // ours, still locked through f.fd
-    this.lib.escp_close(f.fd);
+    if (f.fd >= 0) {
+      this.lib.escp_unlinkat_beneath(this.dirs.get(f.dir), f.tmpC!, 0); // ours, still locked through f.fd
+      this.lib.escp_close(f.fd);
+    }
     Object.assign(f, { fd, tmp: f.name, tmpC: f.nameC, replaces: false, mode: this.opts.preserve ? f.mode : MODE_KEEP });
     return true;
   }
