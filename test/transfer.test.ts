@@ -292,6 +292,19 @@ describe("relay", () => {
     });
   });
 
+  test("a TMPDIR where no spool can be made is named with the way around it, in one line and as --json's error", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), missing = path.join(tmpdir("tmp"), "missing");
+    await makeFile(path.join(src, "f"), 1000, { seed: 87 });
+    const said = `escp: a copy between two remote hosts passes through ${missing} on this host, where no spool can be made (No such file or directory): ` +
+      `point TMPDIR elsewhere, or use -R to send straight from ${SSH_HOST} to ${SSH_HOST}\n`;
+    const r = await runEscp([`${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: missing } });
+    expect([r.code, r.stderr]).toEqual([1, said]);
+    const json = await runEscp(["--json", `${SSH_HOST}:${src}/f`, `${SSH_HOST}:${dst}/`], { env: { TMPDIR: missing } });
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout.trim().split("\n").at(-1)!)).toMatchObject({ event: "error", message: said.slice("escp: ".length, -1) });
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("when this host's spool is full, the message says where it is and how to avoid it", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), spool = tmpdir("spool");
     await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 23 });

@@ -16,19 +16,25 @@ import { formatOperand, type Operand, type RemoteOperand } from "../cli/operands
 import type { Report } from "../report.ts";
 import { transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
+import { errnoText } from "../plan/walk.ts";
 
 export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
   pruneSpools(tmpDir());
+  const from = (sources.find((s) => s.kind === "remote") as RemoteOperand).host, to = (target as RemoteOperand).host;
+  const around = `point TMPDIR elsewhere, or use -R to send straight from ${from} to ${to}`;
   // Named for this process, so that a later relay can tell it was left by a kill -9.
-  const spool = fs.mkdtempSync(path.join(tmpDir(), `${SPOOL_PREFIX}${process.pid}-`));
+  let spool: string;
+  try {
+    spool = fs.mkdtempSync(path.join(tmpDir(), `${SPOOL_PREFIX}${process.pid}-`));
+  } catch (e) {
+    return { failures: [], error: `a copy between two remote hosts passes through ${tmpDir()} on this host, where no spool can be made (${errnoText(e)}): ${around}` };
+  }
   try {
     const shownAsSource = report.showPathsAs((p) => spoolSource(p, spool, sources as RemoteOperand[]));
     const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal).finally(shownAsSource);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
     if ([pulled.error ?? "", ...pulled.failures.map((f) => f.message)].some((m) => /No space left on device|Disk quota exceeded/.test(m))) {
-      const from = (sources.find((s) => s.kind === "remote") as RemoteOperand).host, to = (target as RemoteOperand).host;
-      report.warning(`a copy between two remote hosts passes through ${path.dirname(spool)} on this host, which is full: ` +
-        `point TMPDIR elsewhere, or use -R to send straight from ${from} to ${to}`);
+      report.warning(`a copy between two remote hosts passes through ${path.dirname(spool)} on this host, which is full: ${around}`);
     }
     if (pulled.error || pulled.interrupted) return pulled;
     const names = fs.readdirSync(spool, { encoding: "buffer" }).map(decodeName).sort();
