@@ -150,7 +150,8 @@ export class TtyProgress {
 
   draw(): void {
     if (!this.inForeground()) return;
-    const width = Math.max(20, (this.out.columns || 80) - 1);
+    // One column less than the terminal's: a line that fills it would wrap on some, and the redraw would climb one line too few.
+    const width = Math.max(1, (this.out.columns || 80) - 1);
     const rows = renderLines(this.tally, width);
     if (!rows.length) return;
     const frame = rows.join("\n");
@@ -187,26 +188,37 @@ export function renderLines(t: Tally, width: number): string[] {
   const rows: string[] = [];
   if (cur) {
     const pct = cur.size > 0 ? Math.floor((100 * cur.done) / cur.size) : 100;
-    const right = ` ${`${pct}%`.padStart(4)} ${formatBytes(cur.done).padStart(7)} ${`${formatBytes(rate)}/s`.padStart(10)} ${stalled ? "- stalled -" : `${formatEta(cur.size - cur.done, rate)} ETA`}`;
-    rows.push(fit(printable(cur.path), right, width));
+    const fields = [` ${`${pct}%`.padStart(4)}`, ` ${formatBytes(cur.done).padStart(7)}`, ` ${`${formatBytes(rate)}/s`.padStart(10)}`, ` ${stalled ? "- stalled -" : `${formatEta(cur.size - cur.done, rate)} ETA`}`];
+    rows.push(fit(printable(cur.path), fields, width));
   }
   if (t.filesStarted > 1) {
     const done = t.bytesDone;
     const pct = t.bytesStarted > 0 ? Math.floor((100 * done) / t.bytesStarted) : 100;
     const failed = t.filesFailed ? ` (${t.filesFailed} failed)` : "";
-    const text =
-      `${t.filesDone}/${t.filesStarted} files${failed}  ${formatBytes(done)}/${formatBytes(t.bytesStarted)}  ${pct}%  ` +
-      `${formatBytes(rate)}/s  ${stalled ? "- stalled -" : `${formatEta(t.bytesStarted - done, rate)} ETA`}`;
-    rows.push(text.length > width ? text.slice(0, width) : text);
+    const fields = [
+      `${t.filesDone}/${t.filesStarted} files${failed}`, `${formatBytes(done)}/${formatBytes(t.bytesStarted)}`, `${pct}%`,
+      `${formatBytes(rate)}/s`, stalled ? "- stalled -" : `${formatEta(t.bytesStarted - done, rate)} ETA`,
+    ];
+    let n = fields.length;
+    while (n > 1 && fields.slice(0, n).join("  ").length > width) n--;
+    rows.push(fields.slice(0, n).join("  ").slice(0, width));
   }
   return rows;
 }
 
-/** name, padded or cut from the left ("…tail") so that name + right fits width. */
-function fit(name: string, right: string, width: number): string {
+/**
+ * name, padded or cut from the left ("…tail"), then the fields (each with its
+ * leading space) that fit width: a narrow terminal loses them whole, the last
+ * first, never a digit of one.
+ */
+function fit(name: string, fields: string[], width: number): string {
+  const chars = [...name];
+  let n = fields.length;
+  let right = fields.join("");
+  while (n > 1 && width - right.length < Math.min(4, chars.length)) right = fields.slice(0, --n).join("");
   const room = width - right.length;
-  if (room < 4) return (name + right).slice(-width);
-  const shown = [...name].length > room ? "…" + [...name].slice(-(room - 1)).join("") : name;
+  if (room < 1) return right.trimStart().slice(0, width);
+  const shown = chars.length > room ? (room > 1 ? "…" + chars.slice(-(room - 1)).join("") : "…") : name;
   return shown.padEnd(room) + right;
 }
 

@@ -369,6 +369,40 @@ describe("rendering", () => {
     expect(renderLines(t, 60)[1]).toBe("0/2 files  250MiB/0.98GiB  24%  250MiB/s  00:03 ETA");
   });
 
+  test("on a narrow terminal fields go whole, the last first, never a digit of one; every line fits, down to one column", () => {
+    const t = new Tally();
+    t.started("/data/run-2026/sample.h5", 1000 * MiB);
+    t.sample({ bytesDisk: 0, bytesNetwork: 0, bytesCompressed: 0, seconds: 0 });
+    t.sample({ bytesDisk: 450 * MiB, bytesNetwork: 450 * MiB, bytesCompressed: 450 * MiB, seconds: 10 });
+    t.started("b", 200 * MiB);
+    const whole = (line: string, fields: string[]) => fields.filter((f) => line.includes(f)).length;
+    for (let width = 1; width <= 80; width++) {
+      const [file, total] = renderLines(t, width);
+      expect(file.length).toBeLessThanOrEqual(width);
+      expect(total.length).toBeLessThanOrEqual(width);
+      // A percentage is shown whole or not at all: 45% of the file, 37% of all (a cut one read 5% and 3%).
+      if (width >= 8) expect(file).toMatch(/ 45%/);
+      expect(file).not.toMatch(/(^|[^4])5%/);
+      expect(total).not.toMatch(/(^|[^3])7%|1\.$|Gi$|MiB\/$/);
+      if (width >= 30) expect(whole(total, ["0/2 files", "450MiB/1.17GiB", "37%"])).toBe(3);
+    }
+    expect(renderLines(t, 32)).toEqual(["…mple.h5  45%  450MiB  45.0MiB/s", "0/2 files  450MiB/1.17GiB  37%"]);
+  });
+
+  test("a display narrower than 21 columns still redraws in place: its lines do not wrap", () => {
+    const out: string[] = [];
+    const t = new Tally();
+    const d = new TtyProgress({ write: (s) => out.push(s), columns: 12 }, t);
+    t.started("a", 10 * MiB);
+    t.started("b", 10 * MiB);
+    for (let s = 1; s <= 3; s++) {
+      t.sample({ bytesDisk: s * MiB, bytesNetwork: s * MiB, bytesCompressed: s * MiB, seconds: s });
+      d.draw();
+    }
+    // Every line fits 11 columns, so the terminal shows the last frame's two lines, not a trail of old ones.
+    expect(screen(out.join(""), 12).filter((l) => l.trim() !== "")).toHaveLength(2);
+  });
+
   test("a stalled transfer says so instead of an ETA", () => {
     const t = new Tally();
     t.started("s.bin", 100);
