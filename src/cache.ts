@@ -11,7 +11,8 @@
  * mixed versions would otherwise upload 52 MB at every switch) and any used
  * within a day (a client of that build may be installing it right now).
  * Only directories named like a version, owned by us, in a ~/.cache/escp of
- * ours that nobody else can write to: nothing else there is touched.
+ * ours that nobody else can write to: nothing else there is touched, but for
+ * what a start killed while it removed one left (`.pruning-NAME-PID`).
  *
  *   markUsed(`${home}/.cache/escp/${CACHE_TAG}`);
  *   pruneOtherBuilds(`${home}/.cache/escp`, CACHE_TAG, uid);
@@ -45,9 +46,22 @@ export function pruneOtherBuilds(root: string, ours: string, uid: number, now = 
       .filter(({ st }) => st?.isDirectory() && st.uid === uid)
       .sort((a, b) => b.st!.mtimeMs - a.st!.mtimeMs);
     const removed: string[] = [];
+    // What a start killed while it removed a build left behind.
+    for (const name of fs.readdirSync(root)) {
+      const pid = /^\.pruning-.+-(\d+)$/.exec(name)?.[1];
+      if (pid && !fs.existsSync(`/proc/${pid}`)) fs.rmSync(`${root}/${name}`, { recursive: true, force: true });
+    }
     for (const { name, st } of others.slice(KEEP_OTHERS)) {
       if (st!.mtimeMs >= now - IN_USE_MS) continue;
-      fs.rmSync(`${root}/${name}`, { recursive: true, force: true });
+      // Out of the way first: a directory being emptied looks just used (its mtime is now), and
+      // another start pruning at this moment would keep it, and remove one that was used.
+      const doomed = `${root}/.pruning-${name}-${process.pid}`;
+      try {
+        fs.renameSync(`${root}/${name}`, doomed);
+      } catch {
+        continue; // the other start took it
+      }
+      fs.rmSync(doomed, { recursive: true, force: true });
       removed.push(name);
     }
     return removed;

@@ -74,6 +74,14 @@ test("a start marks its build's directory used, at most once an hour", () => {
   expect(fs.statSync(b).mtimeMs).toBe(before);
 });
 
+test("what a start killed while it removed a build left is removed by the next, unless that start still runs", () => {
+  const root = cacheWith({ "0.1.0-a": 1, "0.1.0-new": 0 });
+  const dead = path.join(root, ".pruning-0.0.1-999999999"), alive = path.join(root, `.pruning-0.0.2-${process.pid}`);
+  for (const d of [dead, alive]) fs.mkdirSync(path.join(d, "sub"), { recursive: true });
+  expect(pruneOtherBuilds(root, "0.1.0-new", uid)).toEqual([]);
+  expect(fs.readdirSync(root).sort()).toEqual([path.basename(alive), "0.1.0-a", "0.1.0-new"]);
+});
+
 test("two starts pruning the same cache at once both finish, and between them remove exactly what one would", async () => {
   // Each old build holds many files, so that the two recursive removals overlap.
   const old = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`0.0.${i}`, 90 - i]));
