@@ -19,7 +19,12 @@ echo "$build_id" >build/build-id
 # package.json from the directory it runs in; by default it did, so a bunfig.toml's
 # `preload` in a directory someone else can write (cd /tmp; escp ...) ran their code as
 # the user running escp, and a .env set its environment (ESCP_REMOTE, ...).
+# --compile-exec-argv: with no argument baked in, Bun 1.4 refuses to start an executable
+# whose working directory was deleted ("The current working directory was deleted"),
+# where scp copies absolute paths from there; with one it starts. --no-deprecation is the
+# one chosen because it changes nothing escp does (no Node deprecation warnings to users).
 ./node_modules/.bin/bun build --compile --bytecode --minify-syntax --define "ESCP_BUILD=\"$build_id\"" \
+  --compile-exec-argv=--no-deprecation \
   --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
   --no-compile-autoload-tsconfig --no-compile-autoload-package-json \
   --external cpu-features --external '*.node' \

@@ -43,6 +43,19 @@ test("a local copy runs sender and --server from the lone executable", async () 
   expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
 });
 
+test("from a working directory that was deleted, absolute paths copy as with scp; a relative one is named as missing", async () => {
+  const src = tmpdir("src"), dst = tmpdir("dst"), gone = tmpdir("gone");
+  await makeFile(path.join(src, "f"), 5000, { seed: 91 });
+  // A shell that stays in its directory after it is removed, as a user's does.
+  const sh = (cmd: string) => run(["sh", "-c", `cd ${gone} && rmdir ${gone} && ${cmd}`], { env: envOnly() });
+  const abs = await sh(`${lone} ${path.join(src, "f")} ${dst}/`);
+  expect([abs.code, abs.stderr]).toEqual([0, ""]);
+  expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  fs.mkdirSync(gone);
+  const rel = await sh(`${lone} f ${dst}/g`);
+  expect([rel.code, rel.stderr]).toEqual([1, "escp: f: No such file or directory\n"]);
+});
+
 test("the directory escp runs in is not read for bunfig.toml or .env: a preload there does not run, an ESCP_LIB there is not loaded", async () => {
   // Bun's executables read both from the working directory unless built not to: in a
   // directory someone else can write (/tmp), their preload ran as the user running escp.
