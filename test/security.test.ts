@@ -329,6 +329,15 @@ describe("a hostile network on the data streams", () => {
     expect(c.ms).toBeLessThan(20_000);
   });
 
+  test.concurrent("a data stream that passes nothing from its first record on: the time the message names is how long it was held, not the time since the first ping", async () => {
+    const c = await copy(held(1, "up", 1), { args: ["--keepalive", "2"] });
+    await expectCaught(c, 1, STALLED);
+    const said = Number(/have not arrived in (\d+) s/.exec(c.stderr)![1]);
+    // Counted from the first ping (2 s in) it said 6 s after 8 s: the time it names is now the time it was held.
+    expect(said).toBeGreaterThanOrEqual(7);
+    expect(c.ms).toBeLessThan(said * 1000 + 3000);
+  });
+
   test.concurrent("a data stream held open that passes nothing on fails the pull after three keepalive intervals", async () => {
     const c = await copy(held(1, "down", 2), { pull: true, args: ["--keepalive", "2"] });
     await expectCaught(c, 1, STALLED);

@@ -31,13 +31,17 @@ export class StallWatch {
     private readonly onStall: (why: string) => void,
   ) {
     const now = performance.now();
-    this.received = conns.map(() => -1);
+    this.received = conns.map((c) => this.tcp(c)[1]);
     this.since = conns.map(() => now);
   }
 
-  /** Bytes the other end acknowledged, per stream: what our pings carry. */
+  /** Bytes the other end acknowledged, per stream: what our pings carry. Each is also a look at what arrived. */
   acked(): number[] {
-    return this.conns.map((c) => this.tcp(c)[0]);
+    return this.conns.map((c, i) => {
+      const [acked, received] = this.tcp(c);
+      this.arrived(i, received, performance.now());
+      return acked;
+    });
   }
 
   /** The other end's `acked`, from one of its pings (anything else is ignored). */
@@ -46,11 +50,7 @@ export class StallWatch {
     const now = performance.now();
     for (let i = 0; i < this.conns.length && i < peerAcked.length; i++) {
       const received = this.tcp(this.conns[i])[1];
-      if (received !== this.received[i]) {
-        this.received[i] = received;
-        this.since[i] = now;
-        continue;
-      }
+      if (this.arrived(i, received, now)) continue;
       // One more is the FIN of a stream its sender has finished (it takes a sequence number).
       const owed = Number(peerAcked[i]) - received;
       const quiet = (now - this.since[i]) / 1000;
@@ -63,6 +63,14 @@ export class StallWatch {
         return;
       }
     }
+  }
+
+  /** Whether stream i received more since the last look; the quiet time counts from the last look that saw more. */
+  private arrived(i: number, received: number, now: number): boolean {
+    if (received === this.received[i]) return false;
+    this.received[i] = received;
+    this.since[i] = now;
+    return true;
   }
 
   private tcp(conn: number): [number, number] {
