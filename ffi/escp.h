@@ -160,6 +160,9 @@ int escp_fstat(int fd, int64_t out[ESCP_STAT_SLOTS]);
 /* 1 when fd's filesystem makes a file's content as it is read (procfs, sysfs, debugfs,
  * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
 int escp_made_on_read(int fd);
+/* 1 when `name` in dirfd is the root of a mount (a file bind-mounted over, as containers
+ * do with config files): no rename can replace it, so it is written in place. */
+int escp_is_mount_root(int dirfd, const char *name);
 /* 1 when fd is on a FUSE filesystem: user-space ones may need a file written front to
  * back (fusefat drops blocks written out of order without an error; others refuse them). */
 int escp_on_fuse(int fd);

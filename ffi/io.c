@@ -789,6 +789,12 @@ ESCP_API int escp_made_on_read(int fd) {
   }
 }
 
+ESCP_API int escp_is_mount_root(int dirfd, const char *name) {
+  struct statx stx;
+  if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, 0, &stx) != 0) return 0;
+  return (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
 ESCP_API int escp_on_fuse(int fd) {
   struct statfs fs;
   return fstatfs(fd, &fs) == 0 && fs.f_type == FUSE_SUPER_MAGIC;

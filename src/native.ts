@@ -83,6 +83,7 @@ const symbols = {
   escp_made_on_read: { args: [i32], returns: i32 },
   escp_dir_ignores_case: { args: [i32], returns: i32 },
   escp_on_fuse: { args: [i32], returns: i32 },
+  escp_is_mount_root: { args: [i32, cstring], returns: i32 },
   escp_fstatat: { args: [i32, cstring, P], returns: i32 },
   escp_may_write: { args: [i32, cstring], returns: i32 },
   escp_dir_replaceable: { args: [i32], returns: i32 },

@@ -621,7 +621,7 @@ describe("the receiving disk", () => {
       fs.writeFileSync(path.join(mnt, "old"), "old content\n");
       for (const [from, to] of [[path.join(src, "big"), `${SSH_HOST}:${mnt}/new`], [`${SSH_HOST}:${path.join(src, "big")}`, `${mnt}/old`]]) {
         const r = await runEscp(["--inplace", from, to]);
-        expect(r.stderr).toBe(`escp: ${to.replace(/^[^:]*:/, "")}: No space left on device; --inplace left it incomplete\n`);
+        expect(r.stderr).toBe(`escp: ${to.replace(/^[^:]*:/, "")}: No space left on device; written in place, it is left incomplete\n`);
         expect(r.code).toBe(1);
       }
       expect(fs.readdirSync(mnt).sort()).toEqual(["new", "old"]);

@@ -210,6 +210,26 @@ describe("push", () => {
     expect(fs.readdirSync("/dev").filter((n) => n.includes("escp-part"))).toEqual([]);
   });
 
+  test.skipIf(process.getuid?.() !== 0)("a file mounted over (a bind mount, as in containers) is written into, as scp writes it, push and -r pull", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), under = path.join(tmpdir("under"), "conf");
+    await makeFile(path.join(src, "conf"), 2 * BLOCK + 5, { seed: 49 });
+    fs.writeFileSync(under, "x".repeat(3 * BLOCK)); // longer: what is past the new end goes
+    fs.writeFileSync(path.join(dst, "conf"), "mount point\n");
+    expect((await run(["mount", "--bind", under, path.join(dst, "conf")])).code).toBe(0);
+    try {
+      const push = await runEscp([path.join(src, "conf"), `${SSH_HOST}:${dst}/conf`]);
+      expect([push.code, push.stderr]).toEqual([0, ""]);
+      expect(await sameFile(path.join(src, "conf"), under)).toBe(true);
+      fs.writeFileSync(under, "old\n");
+      const pull = await runEscp(["-r", `${SSH_HOST}:${src}/.`, `${dst}/`]);
+      expect([pull.code, pull.stderr]).toEqual([0, ""]);
+      expect(await sameFile(path.join(src, "conf"), under)).toBe(true);
+      expect(listNames(dst)).toEqual(["conf"]);
+    } finally {
+      await run(["umount", path.join(dst, "conf")]);
+    }
+  });
+
   test.skipIf(process.getuid?.() !== 0 || !Bun.which("losetup"))("--sparse into a block device is refused: the holes it does not send would keep the device's old data there", async () => {
     const src = tmpdir("src"), img = path.join(tmpdir("dev"), "img");
     await makeSparseFile(path.join(src, "s"), 4 * BLOCK, { seed: 48, extents: [[0, BLOCK]] });

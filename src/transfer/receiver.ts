@@ -69,7 +69,9 @@ interface RecvFile {
   replaces?: boolean;
   /** Failed while its data still came (the disk refused it): reported and answered then, dropped at its end. */
   answered?: boolean;
-  /** --inplace made the target or emptied it: a failure leaves it incomplete even before any block. */
+  /** Written in place: the target itself (--inplace, or a file mounted over). */
+  inplace?: boolean;
+  /** Written in place, the target was made or emptied: a failure leaves it incomplete even before any block. */
   emptied?: boolean;
   /** Why the target may not be replaced, when --resume offers its blocks before any temporary file is made: the file fails unless kept whole. */
   refused?: string;
@@ -245,12 +247,13 @@ export class Receiver {
     if (twin) return this.reject(e, rel, `this filesystem ignores case, and ${twin}, copied before it, has the same name here: not copied`);
     // What is there now decides skipping (--resume), the mode of an overwritten file (no -p),
     // and whether the target is a device or FIFO (written into, never replaced: escp host:f /dev/null).
-    // --inplace: the target itself is the file written ("renamed" onto itself at commit).
-    const inplace = this.opts.inplace;
     const nameC = cstr(name);
-    let tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
     if (name.endsWith(PART_SUFFIX)) this.partNames.add(`${dir}/${name}`);
     const existing = this.freshDirs.has(dir) ? undefined : statAt(dfd, nameC);
+    // --inplace: the target itself is the file written ("renamed" onto itself at commit);
+    // so is a file mounted over (a bind mount, as containers have), which no rename replaces.
+    const inplace = this.opts.inplace || (existing?.kind === "file" && this.lib.escp_is_mount_root(dfd, nameC) === 1);
+    let tmp = inplace ? name : partBase(name), tmpC = inplace ? nameC : cstr(tmp);
     if (existing?.kind === "special") return this.intoSpecial(e, rel, dfd, name);
     // Blocks are written at their offsets, which a FIFO cannot take; and opening one with
     // no reader would block this thread, deaf to signals, until one came.
@@ -346,7 +349,7 @@ export class Receiver {
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
     const emptied = inplace && (existing?.kind !== "file" || (this.opts.sparse && !this.opts.resume));
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, emptied };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, inplace, emptied };
     this.start(f);
     // The sender sends none of this file's blocks before our offer's last RESUME.
     if (this.opts.resume) this.later(() => this.offer(f, existing?.kind === "file" && existing.size === e.size));
@@ -516,7 +519,7 @@ export class Receiver {
     f.error = cause;
     if (f.verdict) return; // the sender has sent all of it already: it hears at the end
     f.answered = true;
-    this.refuse(f.entry, this.target.show(f.rel), this.opts.inplace ? cause + this.dropPart(f) : cause);
+    this.refuse(f.entry, this.target.show(f.rel), f.inplace ? cause + this.dropPart(f) : cause);
   }
 
   /** Reports a file failed before its end and tells the sender, who sends no more of it. */
@@ -572,7 +575,7 @@ export class Receiver {
     const digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
     const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict!.bytes : covered === f.entry.size;
-    if (!cause && (this.opts.sparse || this.opts.inplace) && !f.special && !f.kept?.whole) cause = this.sized(f);
+    if (!cause && (this.opts.sparse || f.inplace) && !f.special && !f.kept?.whole) cause = this.sized(f);
     if (!cause && (!whole || !sameDigest(digest, f.verdict!.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
     }
@@ -754,7 +757,7 @@ export class Receiver {
    */
   private dropPart(f: RecvFile): string {
     if (!f.tmp || f.fd < 0) return "";
-    if (this.opts.inplace) return f.processed > 0n || f.emptied ? "; --inplace left it incomplete" : "";
+    if (f.inplace) return f.processed > 0n || f.emptied ? "; written in place, it is left incomplete" : "";
     if (this.opts.resume || f.unnamed) return "";
     const dfd = this.dirs.get(f.dir);
     const r = dfd < 0 ? dfd : this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
