@@ -204,6 +204,8 @@ function zstdBombNoSize(size: number): Uint8Array {
 const scenarios: Record<string, (p: Peer, arg: string) => Promise<void> | void> = {
   /** Handled before the streams (main): `ready` names a stream count hello did not ask for. */
   badstreams() {},
+  /** Handled before the streams (main): `ready` with other fields (arg: JSON) of the wrong shape. */
+  badready() {},
   /** A well-behaved sender: proves the fake speaks the protocol. */
   async honest(p) {
     p.file("hello.txt", new TextEncoder().encode("hello from the fake server\n"));
