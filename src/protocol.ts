@@ -254,6 +254,13 @@ function listOf(body: Uint8Array, fixed: number, what: string): { dv: DataView; 
 /** The peer broke the protocol: always fatal for the session. */
 export class ProtocolError extends Error {}
 
+/**
+ * How a receiver's RESULT message for a file written in place (--inplace, a file
+ * mounted over) ends when its failure left the target damaged: a sender that failed
+ * the file for its own reason (the source changed) adds it to what it reports.
+ */
+export const LEFT_INCOMPLETE = "written in place, it is left incomplete";
+
 export function hex(b: Uint8Array): string {
   return Buffer.from(b).toString("hex");
 }

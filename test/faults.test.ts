@@ -331,6 +331,25 @@ describe("sources that misbehave", () => {
     expect(fs.existsSync(path.join(dst, "growing"))).toBe(false);
   });
 
+  test("--inplace: a source that shrinks while it is read says the target it was written into is left incomplete (push)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const file = path.join(src, "shrinking"), target = path.join(dst, "shrinking");
+    await makeFile(file, 64 * MiB, { seed: 59 });
+    await makeFile(target, 64 * MiB, { seed: 60 });
+    const t = spawnEscp(["--inplace", "-t", "1", "-l", "80000", file, `${SSH_HOST}:${dst}/`]);
+    const head = () => {
+      const b = Buffer.alloc(4096), fd = fs.openSync(target, "r");
+      fs.readSync(fd, b, 0, 4096, 0);
+      fs.closeSync(fd);
+      return b;
+    };
+    const before = head();
+    await waitFor(() => !head().equals(before), 60_000, "data to arrive");
+    fs.truncateSync(file, 10 * MiB);
+    expect(await t.p.exited).toBe(1);
+    expect(await t.stderr).toMatch(/shrinking: file changed while being read .*; written in place, it is left incomplete\n$/);
+  });
+
   test("pull: a remote file that grows while it is read is named by its remote path", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     const file = path.join(src, "growing");
@@ -456,6 +475,22 @@ describe("the destination's permissions, for a user who is not root", () => {
       expect(again.code).toBe(0);
       expect(await sameFile(a, target)).toBe(true);
       expect(fs.statSync(target).uid).toBe(0);
+    });
+  });
+
+  test("--resume over such a file of the source's size is refused at its first differing block, not after all of them; no partial file stays", async () => {
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 96 * MiB, { seed: 76 });
+      const dir = path.join(dst, "shared"), target = path.join(dir, "f");
+      fs.mkdirSync(dir);
+      fs.chmodSync(dir, 0o1777);
+      await makeFile(target, 96 * MiB, { seed: 77 });
+      fs.chmodSync(target, 0o666);
+      const r = await escp(["--resume", "--json", "-t", "1", a, target]);
+      expect(r.stderr).toMatch(new RegExp(`^escp: ${target}: Operation not permitted: its directory is sticky .*--inplace.*\n$`));
+      expect(r.code).toBe(1);
+      expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesNetwork).toBeLessThan(48 * MiB);
+      expect(fs.readdirSync(dir)).toEqual(["f"]);
     });
   });
 

@@ -13,7 +13,7 @@
 import fs from "node:fs";
 import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE, STAT_SLOTS, statTimeNs, timesOf } from "../native.ts";
 import {
-  decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED,
+  decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED, LEFT_INCOMPLETE,
   type FileEntry, type FileVerdict, type SessionOptions,
 } from "../protocol.ts";
 import { PathError, type Target } from "../plan/target.ts";
@@ -69,6 +69,8 @@ interface RecvFile {
   replaces?: boolean;
   /** Failed while its data still came (the disk refused it): reported and answered then, dropped at its end. */
   answered?: boolean;
+  /** Read back before commit: --verify, or a directory on FUSE (fusefat lost blocks and said nothing). */
+  readBack?: boolean;
   /** Written in place: the target itself (--inplace, or a file mounted over). */
   inplace?: boolean;
   /** Written in place, the target was made or emptied: a failure leaves it incomplete even before any block. */
@@ -102,6 +104,8 @@ const { O_WRONLY, O_RDONLY, O_CREAT, O_NONBLOCK, O_TRUNC } = fs.constants;
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
 /** Where replacing a file takes what its directory will not give. */
+/** Why a file no --verify asked for was read back: it went into FUSE, where several streams' writes were lost. */
+const ON_FUSE = " (on FUSE, where the writes of several streams can be lost or refused: copy into it with -t 1)";
 const RENAME_HINT = "(escp renames a new file over the old; --inplace writes into the old one)";
 
 export class Receiver {
@@ -131,6 +135,8 @@ export class Receiver {
    * escp_dir_ignores_case), the names given there so far by their folded form.
    */
   private readonly caseless = new Map<string, Map<string, string> | null>();
+  /** Per directory: whether it is on FUSE (escp_on_fuse), where files are written in order and read back. */
+  private readonly fuseDirs = new Map<string, boolean>();
   /** dir/name of files being copied whose names look like our temporary names: ours take other names. */
   private readonly partNames = new Set<string>();
   /** Directories this session made: nothing can be at a name in them unless we put it there. */
@@ -266,14 +272,19 @@ export class Receiver {
     }
     // --resume over a target of the source's size offers its blocks first: one found
     // whole is kept, not replaced, so what would refuse replacing it waits until then.
-    const offerFirst = this.opts.resume && !inplace && existing?.kind === "file" && existing.size === e.size && e.size > 0n;
+    // On FUSE, blocks kept from the target would be copied in after those that came, out of
+    // order: only a partial file's blocks (its beginning) are offered there.
+    const fuse = this.onFuse(dir, dfd);
+    const fromTarget = !fuse && existing?.kind === "file" && existing.size === e.size;
+    const offerFirst = this.opts.resume && !this.opts.sparse && !inplace && fromTarget && e.size > 0n;
     const refused = existing?.kind === "file" && !inplace ? this.mayReplace(dir, dfd, nameC) : undefined;
     if (refused && !offerFirst) return this.reject(e, rel, refused);
     // A file of one block has no partial copy worth keeping for --resume: a worker writes
     // it unnamed where the filesystem allows, so that it needs no temporary name in the
     // directory (one directory update less per file) and a killed run leaves nothing.
     // --verify reads the written file back by name, before commit.
-    const unnamed = !this.opts.verify && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
+    const readBack = this.opts.verify || fuse;
+    const unnamed = !readBack && !this.opts.sparse && e.size > 0n && e.size <= this.oneBlock;
     if (inplace) {
       // A killed run's partial file would stay beside the target written in place.
       if (!this.freshDirs.has(dir)) this.lib.escp_clear_stale_part(dfd, cstr(partBase(name)));
@@ -307,7 +318,7 @@ export class Receiver {
     // block at all, an empty file gets none, and --inplace opens the target: those are
     // created here.
     if (!this.opts.resume && !this.opts.sparse && !inplace && e.size > 0n && this.dirs.pin(dir)) {
-      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode, replaces });
+      this.start({ entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: commitMode, replaces, readBack });
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct, createMode, unnamed);
       return;
     }
@@ -323,7 +334,7 @@ export class Receiver {
     const lazy = offerFirst && !statAt(dfd, tmpC) && this.dirs.pin(dir);
     if (refused && !lazy) return this.reject(e, rel, refused);
     if (lazy) {
-      const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: lastMode, replaces, refused };
+      const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: lastMode, replaces, refused, readBack };
       this.start(f);
       this.later(() => this.offer(f, true));
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, false, 0);
@@ -349,10 +360,10 @@ export class Receiver {
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
     const emptied = inplace && (existing?.kind !== "file" || (this.opts.sparse && !this.opts.resume));
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, inplace, emptied };
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, inplace, emptied, readBack };
     this.start(f);
     // The sender sends none of this file's blocks before our offer's last RESUME.
-    if (this.opts.resume) this.later(() => this.offer(f, existing?.kind === "file" && existing.size === e.size));
+    if (this.opts.resume) this.later(() => this.offer(f, fromTarget));
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
   }
 
@@ -448,6 +459,16 @@ export class Receiver {
     if (this.opts.preserve || (r === 0 && (e.mode & 0o700) !== 0o700)) this.madeDirs.push({ rel, entry: e });
   }
 
+  /** Whether dir is on FUSE, asked once per directory. */
+  private onFuse(dir: string, dfd: number): boolean {
+    let fuse = this.fuseDirs.get(dir);
+    if (fuse === undefined) {
+      if (this.fuseDirs.size >= 4096) this.fuseDirs.clear(); // bounded, as freshDirs
+      this.fuseDirs.set(dir, (fuse = this.lib.escp_on_fuse(dfd) === 1));
+    }
+    return fuse;
+  }
+
   /** The name given before `name` in dir that this directory cannot tell from it, if any. */
   private caseTwin(dir: string, dfd: number, name: string): string | undefined {
     let names = this.caseless.get(dir);
@@ -503,7 +524,8 @@ export class Receiver {
       if (!f) continue;
       f.processed += BigInt(b.len);
       if (f.kept) f.kept.received[Number(b.offset / BigInt(this.opts.blockSize))] = 1;
-      if (b.status < 0 && !f.error) this.failEarly(f, codeText(b.status));
+      // A block came that a target offered first lacks: it cannot be kept whole, and may not be replaced.
+      if ((b.status < 0 || f.refused) && !f.error) this.failEarly(f, f.refused ?? codeText(b.status) + this.fuseHint(f));
       else if (b.status >= 0) f.digest.add(b.offset, b.len, b.hash);
       this.maybeFinish(f);
     }
@@ -546,7 +568,7 @@ export class Receiver {
       shown = source;
       cause = why || codeText(f.verdict.status);
     }
-    const verify = this.opts.verify && !f.special;
+    const verify = !!f.readBack && !f.special;
     // A failed file has nothing to restore or read back: settled now (one failed early
     // must be, before the session's end, which need not wait for it).
     if (cause || (!f.kept && !verify)) return this.settle(f, shown, this.check(f, cause, f.processed));
@@ -620,11 +642,7 @@ export class Receiver {
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
     k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
-    if (!k.whole && f.refused) {
-      // The temporary file the blocks that came were written to was made for them, this run.
-      if (f.fd >= 0) this.lib.escp_unlinkat_beneath(this.dirs.get(f.dir), f.tmpC!, 0);
-      return f.refused;
-    }
+    if (!k.whole && f.refused) return f.refused;
     const copy = k.fromTarget && !k.whole;
     if (copy && f.fd < 0) {
       // Offered whole but not kept (the target changed, or -p cannot set another user's): no block came to make the copy.
@@ -658,9 +676,10 @@ export class Receiver {
     if (src >= 0) this.lib.escp_close(src);
     if (!still) return changed;
     this.stats.skippedBytes += Number(bytes);
-    // A partial file longer than the source (it changed) must not keep its tail.
-    if (!k.whole) this.lib.escp_ftruncate(f.fd, f.entry.size);
-    return bytes;
+    // A partial file longer than the source (it changed) must not keep its tail. Only then:
+    // fusefat refuses any ftruncate, even to the size a file has.
+    const sized = !k.whole && fstatSize(f.fd) !== Number(f.entry.size) ? this.lib.escp_ftruncate(f.fd, f.entry.size) : 0;
+    return sized < 0 ? causeOf(sized) : bytes;
   }
 
   /**
@@ -689,8 +708,21 @@ export class Receiver {
     return true;
   }
 
-  /** --verify: hash the file again from disk, block by block (--sparse: the blocks that came), and compare with the sender's digest. */
+  /**
+   * --verify, or a file on FUSE: hash the file again from disk, block by block (--sparse:
+   * the blocks that came), and compare with the sender's digest. Why it fails, if it does.
+   */
   private async reread(f: RecvFile, expected: Uint8Array): Promise<string | undefined> {
+    const why = await this.readBackFails(f, expected);
+    return why && why + this.fuseHint(f);
+  }
+
+  /** What a failure of a file on FUSE adds when several streams wrote it. */
+  private fuseHint(f: RecvFile): string {
+    return f.readBack && !this.opts.verify && this.pool.dataStreams > 1 ? ON_FUSE : "";
+  }
+
+  private async readBackFails(f: RecvFile, expected: Uint8Array): Promise<string | undefined> {
     const fd = this.lib.escp_reopen_read(f.fd, 1); // what f.fd is, not what its name is now
     if (fd < 0) return `verify: ${causeOf(fd)}`;
     const d = new FileDigest();
@@ -757,8 +789,9 @@ export class Receiver {
    */
   private dropPart(f: RecvFile): string {
     if (!f.tmp || f.fd < 0) return "";
-    if (f.inplace) return f.processed > 0n || f.emptied ? "; written in place, it is left incomplete" : "";
-    if (this.opts.resume || f.unnamed) return "";
+    if (f.inplace) return f.processed > 0n || f.emptied ? `; ${LEFT_INCOMPLETE}` : "";
+    // --resume keeps its partial file, but not one made this run for a file it may not replace.
+    if ((this.opts.resume && !f.refused) || f.unnamed) return "";
     const dfd = this.dirs.get(f.dir);
     const r = dfd < 0 ? dfd : this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
     return r < 0 && r !== -ENOENT ? `; its temporary file ${this.target.show(f.dir ? `${f.dir}/${f.tmp}` : f.tmp)} is left behind (${codeText(r)})` : "";

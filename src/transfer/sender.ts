@@ -7,7 +7,7 @@
  * ever pass through ffi/loops.c.
  */
 import { native, cstrNow, ptr, nativeError, codeText, Rec, E, WORK_SIZE, DIRECT_MIN, STAT_SLOTS, statTimeNs } from "../native.ts";
-import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
+import { encodeFiles, decodeVerdicts, decodeResume, STATUS_SKIPPED, ProtocolError, LEFT_INCOMPLETE, type FileEntry, type FileVerdict, type SessionOptions } from "../protocol.ts";
 import { walkBatches, type WalkItem } from "../plan/walk.ts";
 import { FileDigest, sameDigest } from "./digest.ts";
 import { VerdictBatch } from "./verdicts.ts";
@@ -383,6 +383,8 @@ export class Sender {
       problem = "integrity check failed: the receiver's digest differs from the sender's";
     }
     if (problem) {
+      // Ours comes first (the source changed); the receiver's says what that left at the target.
+      if (v.status !== 0 && v.message.endsWith(LEFT_INCOMPLETE)) problem += `; ${LEFT_INCOMPLETE}`;
       this.stats.failures++;
       this.events.failed(f.path, problem, f.id);
     } else if (v.status === 0) {
