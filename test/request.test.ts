@@ -51,6 +51,12 @@ describe("top-level names", () => {
     }
   });
 
+  test("an operand's escapes come out before its last name is read, as the remote reads it (`d1/\\.`, `d1\\/`, `sub/\\.\\.`)", () => {
+    expect(new Request(["d1/\\."], true).refuses(dir("d1", true, true))).toBeUndefined();
+    expect(new Request(["d1\\/"], true).refuses(dir("d1"))).toBeUndefined();
+    expect(new Request(["sub/\\.\\."], true).refuses(dir("parent"))).toBeUndefined();
+  });
+
   test("a `dir/.` operand admits a directory whose contents go straight into the target; nothing else does", () => {
     expect(new Request(["src/."], true).refuses(dir("src", true, true))).toBeUndefined();
     expect(new Request(["src"], true).refuses(dir("src", true, true))).toBe("does not match the request");

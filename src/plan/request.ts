@@ -35,16 +35,19 @@ export class Request {
   constructor(operands: string[], private readonly recursive: boolean) {
     let anyName = false, merges = false;
     for (const op of operands) {
-      const trimmed = op.replace(/\/+$/, "");
-      const base = path.basename(trimmed);
-      if (base === ".") merges = true;
-      if (trimmed === "" || base === "." || base === ".." || (base.startsWith("~") && !trimmed.includes("/"))) {
-        anyName = true;
-        continue;
+      // The remote takes the escapes out of an operand without a pattern (`d1/\.` is `d1/.`,
+      // `d1\/` is `d1/`), unless a file has the name as written: both spellings count.
+      const spellings = GLOB.test(op) || !op.includes("\\") ? [op] : [op, op.replace(/\\(.)/gs, "$1")];
+      for (const spelling of spellings) {
+        const trimmed = spelling.replace(/\/+$/, "");
+        const base = path.basename(trimmed);
+        if (base === ".") merges = true;
+        if (trimmed === "" || base === "." || base === ".." || (base.startsWith("~") && !trimmed.includes("/"))) anyName = true;
+        else this.names.add(base);
       }
-      this.names.add(base);
-      if (base.includes("\\")) this.names.add(base.replace(/\\(.)/gs, "$1"));
+      const base = path.basename(op.replace(/\/+$/, ""));
       if (!GLOB.test(base)) continue;
+      this.names.add(base.replace(/\\(.)/gs, "$1"));
       try {
         const glob = new Bun.Glob(globPattern(base));
         (base.startsWith(".") || base.startsWith("\\.") ? this.dotPatterns : this.patterns).push(glob);
