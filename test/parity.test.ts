@@ -223,6 +223,24 @@ describe.concurrent("operands and directions", () => {
     for (const r of results(esc)) expect(r.code, r.stderr).toBe(0);
   });
 
+  test("pull: glob(3)'s brackets (POSIX classes, a leading ^ as a character); an escaped . or trailing / as the remote reads it", async () => {
+    const [ref, esc] = await both(
+      (s) => {
+        for (const n of ["x", "y", "1", "^a", "Red", "red"]) write(`${s.src}/g/${n}`, `${n}\n`);
+        for (const n of ["f.txt", "sub/g"]) write(`${s.src}/d1/${n}`, `${n}\n`);
+      },
+      (s) => steps(s, [
+        [`${H}:${s.src}/g/[[:alpha:]]`, mkdir(`${s.dst}/class`)],
+        [`${H}:${s.src}/g/[[:lower:]]ed`, mkdir(`${s.dst}/lower`)],
+        [`${H}:${s.src}/g/[^x]*`, mkdir(`${s.dst}/caret`)],
+        ["-r", `${H}:${s.src}/d1/\\.`, mkdir(`${s.dst}/dot`)],
+        ["-r", `${H}:${s.src}/d1\\/`, mkdir(`${s.dst}/slash`)],
+      ]),
+    );
+    expectSame(ref, esc);
+    for (const r of results(esc)) expect(r.code, r.stderr).toBe(0);
+  });
+
   test("pull: a glob matching a directory without -r copies the files, names the directory, exits 1", async () => {
     const [ref, esc] = await both(
       (s) => {
@@ -291,6 +309,27 @@ describe.concurrent("operands and directions", () => {
     );
     expectSame(ref, esc);
     expectSame(ref, esc, {}, (s) => path.join(home, names[s.tool]!));
+  });
+
+  test("pull: a ~/ path is walked by the kernel, not tidied first: lnk/../a goes through the link, ~/d/. is d's contents", async () => {
+    let names: Record<string, string> = {};
+    const [ref, esc] = await both(
+      (s) => {
+        names[s.tool] = homeDir(s, "walk");
+        const h = path.join(home, names[s.tool]!);
+        write(`${s.src}/real/a.txt`, "through the link\n");
+        mkdir(`${s.src}/real/sub`);
+        fs.symlinkSync(`${s.src}/real/sub`, `${h}/lnk`);
+        write(`${h}/a.txt`, "beside the link\n");
+        for (const n of ["x", "y"]) write(`${h}/d/${n}`, `${n}\n`);
+      },
+      (s) => steps(s, [
+        [`${H}:~/${names[s.tool]}/lnk/../a.txt`, mkdir(`${s.dst}/one`)],
+        ["-r", `${H}:~/${names[s.tool]}/d/.`, mkdir(`${s.dst}/merged`)],
+      ]),
+    );
+    expectSame(ref, esc);
+    for (const r of results(esc)) expect(r.code, r.stderr).toBe(0);
   });
 
   test("local to local: `escp a b`, into a directory, and -r", async () => {

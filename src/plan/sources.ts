@@ -53,17 +53,13 @@ export function globPattern(op: string): string {
       const next = op[++i];
       out += "*?[]{}!\\".includes(next) ? `\\${next}` : next;
     } else if (c === "[") {
-      // To its closing bracket; a `]` first in it (after `!` or `^`) is one of its characters.
-      let end = i + 1;
-      if (op[end] === "!" || op[end] === "^") end++;
-      if (op[end] === "]") end++;
-      end = op.indexOf("]", end);
-      if (end < 0) {
+      const bracket = bracketExpression(op, i);
+      if (!bracket) {
         out += "\\[";
         continue;
       }
-      out += op.slice(i, end + 1);
-      i = end;
+      out += bracket.glob;
+      i = bracket.end;
     } else if (c === "*") {
       out += "*";
       while (op[i + 1] === "*") i++;
@@ -72,6 +68,36 @@ export function globPattern(op: string): string {
     }
   }
   return out;
+}
+
+/** POSIX character classes as glob(3) has them, in ranges Bun.Glob reads. */
+const CLASSES: Record<string, string> = {
+  alpha: "a-zA-Z", digit: "0-9", alnum: "a-zA-Z0-9", lower: "a-z", upper: "A-Z", xdigit: "0-9a-fA-F", blank: " \t", space: " \t\n\r\f\v",
+};
+
+/**
+ * The bracket expression at op[i] ("[") in Bun.Glob's terms, and the index of its
+ * closing "]"; undefined when it has none (then "[" is a plain character). Only `!`
+ * negates, as in OpenSSH's glob: a leading `^` is a character; a `]` first in it is
+ * one of its characters; `[:alpha:]` and the other classes above become ranges.
+ */
+function bracketExpression(op: string, i: number): { glob: string; end: number } | undefined {
+  let j = i + 1, glob = "[";
+  if (op[j] === "!") glob += op[j++];
+  else if (op[j] === "^") (glob += "\\^"), j++;
+  if (op[j] === "]") glob += op[j++];
+  for (; j < op.length; j++) {
+    if (op[j] === "]") return { glob: glob + "]", end: j };
+    const close = op[j] === "[" && op[j + 1] === ":" ? op.indexOf(":]", j + 2) : -1;
+    const cls = close > 0 ? CLASSES[op.slice(j + 2, close)] : undefined;
+    if (cls !== undefined) {
+      glob += cls;
+      j = close + 1;
+    } else {
+      glob += op[j];
+    }
+  }
+  return undefined;
 }
 
 /**

@@ -62,15 +62,25 @@ export function safeComponents(p: string): string[] {
 /** Expands `~` and `~user` and makes an empty path mean the home directory, as ssh's remote shell would. */
 export function expandHome(p: string, home?: string): string {
   if (p === "" || p === "~") return home ?? homeDir();
-  if (p.startsWith("~/")) return path.join(home ?? homeDir(), p.slice(2));
+  if (p.startsWith("~/")) return under(home ?? homeDir(), p.slice(2));
   const m = /^~([^/]+)(\/.*)?$/.exec(p);
   if (m) {
     try {
       const line = fs.readFileSync("/etc/passwd", "utf8").split("\n").find((l) => l.split(":")[0] === m[1]);
-      if (line) return path.join(line.split(":")[5], m[2] ?? "");
+      if (line) return under(line.split(":")[5], (m[2] ?? "").slice(1));
     } catch {}
   }
   return p;
+}
+
+/**
+ * `rest` in the directory `home`, joined as the kernel will walk it: not normalised,
+ * as path.join would, which read `lnk/../a` as `a` where lnk is a link, and dropped a
+ * final `/.` (`~/dir/.` is dir's contents).
+ */
+function under(home: string, rest: string): string {
+  const dir = home.replace(/\/+$/, "");
+  return rest === "" ? home : `${dir}/${rest}`;
 }
 
 /** Links followed before giving up, as the kernel's path walk does (MAXSYMLINKS). */
