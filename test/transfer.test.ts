@@ -941,16 +941,22 @@ describe("temporary files", () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), ro = tmpdir("ro");
     await makeFile(path.join(src, "f"), 6 * BLOCK - 7, { seed: 86 });
     fs.copyFileSync(path.join(src, "f"), path.join(dst, "f"));
+    fs.utimesSync(path.join(dst, "f"), 1e9, 1e9); // not the source's time: -p below has one to set
+    fs.writeFileSync(path.join(src, "empty"), "");
+    fs.writeFileSync(path.join(dst, "empty"), "");
     const dirTime = fs.statSync(dst).mtimeMs;
     expect((await runEscp(["--resume", "--verify", path.join(src, "f"), `${SSH_HOST}:${dst}/`])).code).toBe(0);
     expect(fs.statSync(dst).mtimeMs).toBe(dirTime);
     expect((await run(["mount", "--bind", "-o", "ro", dst, ro])).code).toBe(0);
     try {
-      for (const args of [[path.join(src, "f"), `${SSH_HOST}:${ro}/`], [`${SSH_HOST}:${path.join(src, "f")}`, `${ro}/`]]) {
+      for (const args of [[path.join(src, "f"), path.join(src, "empty"), `${SSH_HOST}:${ro}/`], [`${SSH_HOST}:${path.join(src, "f")}`, `${SSH_HOST}:${path.join(src, "empty")}`, `${ro}/`]]) {
         const r = await runEscp(["--resume", "--verify", ...args]);
         expect(r.stderr).toBe("");
         expect(r.code).toBe(0);
       }
+      // -p would set the kept target's time, which the mount refuses: said so, and the target is the file, not a temporary one.
+      const p = await runEscp(["-p", "--resume", path.join(src, "f"), `${SSH_HOST}:${ro}/`]);
+      expect([p.code, p.stderr]).toEqual([1, `escp: ${ro}/f: Read-only file system\n`]);
       // A target that does differ still needs the directory, and says why it cannot have it.
       fs.appendFileSync(path.join(src, "f"), "x");
       const r = await runEscp(["--resume", "--verify", path.join(src, "f"), `${SSH_HOST}:${ro}/`]);
@@ -959,7 +965,7 @@ describe("temporary files", () => {
     } finally {
       await run(["umount", ro]);
     }
-    expect(listNames(dst)).toEqual(["f"]);
+    expect(listNames(dst)).toEqual(["empty", "f"]);
   });
 
   test("--resume --sparse over a same-size target keeps the holes: the copy is not preallocated", async () => {
@@ -1272,6 +1278,17 @@ describe.skipIf(!fatReady)("into a FAT filesystem (fusefat)", () => {
       const r = await runEscp(["--resume", from, to]);
       expect([r.code, r.stderr]).toEqual([0, ""]);
       expect(await sameFile(file, path.join(mnt, "r"))).toBe(true);
+    }
+  });
+
+  test("--inplace and --sparse write there too (fusefat refuses any ftruncate, even to the size a file has)", async () => {
+    const src = tmpdir("src");
+    await makeFile(path.join(src, "i"), 3 * BLOCK + 5, { seed: 93 });
+    for (const args of [["--inplace"], ["--sparse"]]) {
+      fs.rmSync(path.join(mnt, "i"), { force: true });
+      const r = await runEscp([...args, path.join(src, "i"), `${SSH_HOST}:${mnt}/`]);
+      expect([r.code, r.stderr]).toEqual([0, ""]);
+      expect(await sameFile(path.join(src, "i"), path.join(mnt, "i"))).toBe(true);
     }
   });
 

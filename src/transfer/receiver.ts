@@ -265,7 +265,10 @@ export class Receiver {
     // no reader would block this thread, deaf to signals, until one came.
     if (existing?.kind === "fifo") return this.reject(e, rel, "Illegal seek (a FIFO: escp writes files at offsets; name a file)");
     if (existing?.kind === "dir") return this.reject(e, rel, "Is a directory"); // before any data, not at the rename
-    if (this.opts.resume && !this.opts.verify && existing?.kind === "file" && existing.size === e.size && existing.mtimeNs === e.mtimeNs) {
+    // Same size and time; or both empty, whose content cannot differ (without -p, whose times would).
+    const same = existing?.kind === "file" && existing.size === e.size &&
+      ((existing.mtimeNs === e.mtimeNs && !this.opts.verify) || (e.size === 0n && !this.opts.preserve));
+    if (this.opts.resume && same) {
       // A partial file a killed run left beside it has nothing left to give.
       if (!inplace) this.lib.escp_clear_stale_part(dfd, tmpC);
       return this.skip(e, rel);
@@ -644,18 +647,21 @@ export class Receiver {
     k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
     if (!k.whole && f.refused) return f.refused;
     const copy = k.fromTarget && !k.whole;
-    if (copy && f.fd < 0) {
-      // Offered whole but not kept (the target changed, or -p cannot set another user's): no block came to make the copy.
-      const dfd = this.dirs.get(f.dir);
-      f.fd = dfd < 0 ? dfd : this.lib.escp_create_part(dfd, f.tmpC!, 0, 0, null);
-      if (f.fd < 0) return openFailure(f.fd);
-    }
     const old = copy ? this.openTarget(f) : { fd: -1 };
     const src = old.fd;
     const changed = "the file there changed while --resume used the blocks it held; copy it again";
     if (copy && (!old.st || fileIdentity(old.st) !== k.target)) {
       if (src >= 0) this.lib.escp_close(src);
       return changed;
+    }
+    if (copy && f.fd < 0) {
+      // Offered whole but not kept (-p cannot set another user's file): no block came to make the copy.
+      const dfd = this.dirs.get(f.dir);
+      f.fd = dfd < 0 ? dfd : this.lib.escp_create_part(dfd, f.tmpC!, 0, 0, null);
+      if (f.fd < 0) {
+        this.lib.escp_close(src);
+        return openFailure(f.fd);
+      }
     }
     const buf = copy ? Buffer.alloc(this.opts.blockSize) : undefined;
     for (let i = 0; i < k.n && !this.closed; i++) {
@@ -676,10 +682,9 @@ export class Receiver {
     if (src >= 0) this.lib.escp_close(src);
     if (!still) return changed;
     this.stats.skippedBytes += Number(bytes);
-    // A partial file longer than the source (it changed) must not keep its tail. Only then:
-    // fusefat refuses any ftruncate, even to the size a file has.
-    const sized = !k.whole && fstatSize(f.fd) !== Number(f.entry.size) ? this.lib.escp_ftruncate(f.fd, f.entry.size) : 0;
-    return sized < 0 ? causeOf(sized) : bytes;
+    // A partial file longer than the source (it changed) must not keep its tail.
+    const cause = k.whole ? undefined : this.sized(f);
+    return cause ?? bytes;
   }
 
   /**
@@ -704,7 +709,7 @@ export class Receiver {
       this.lib.escp_unlinkat_beneath(this.dirs.get(f.dir), f.tmpC!, 0); // ours, still locked through f.fd
       this.lib.escp_close(f.fd);
     }
-    Object.assign(f, { fd, tmp: f.name, tmpC: f.nameC, replaces: false, mode: this.opts.preserve ? f.mode : MODE_KEEP });
+    Object.assign(f, { fd, tmp: f.name, tmpC: f.nameC, replaces: false, refused: undefined, mode: this.opts.preserve ? f.mode : MODE_KEEP });
     return true;
   }
 
@@ -746,6 +751,8 @@ export class Receiver {
   }
 
   private sized(f: RecvFile): string | undefined {
+    // Only to change the size: fusefat refuses any ftruncate, even to the size a file has.
+    if (fstatSize(f.fd) === Number(f.entry.size)) return undefined;
     const r = this.lib.escp_ftruncate(f.fd, f.entry.size);
     return r < 0 ? causeOf(r) : undefined;
   }
@@ -790,6 +797,7 @@ export class Receiver {
   private dropPart(f: RecvFile): string {
     if (!f.tmp || f.fd < 0) return "";
     if (f.inplace) return f.processed > 0n || f.emptied ? `; ${LEFT_INCOMPLETE}` : "";
+    if (f.tmp === f.name) return ""; // a target --resume kept whole: it is the file itself
     // --resume keeps its partial file, but not one made this run for a file it may not replace.
     if ((this.opts.resume && !f.refused) || f.unnamed) return "";
     const dfd = this.dirs.get(f.dir);
