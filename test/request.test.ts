@@ -55,6 +55,9 @@ describe("top-level names", () => {
     expect(new Request(["d1/\\."], true).refuses(dir("d1", true, true))).toBeUndefined();
     expect(new Request(["d1\\/"], true).refuses(dir("d1"))).toBeUndefined();
     expect(new Request(["sub/\\.\\."], true).refuses(dir("parent"))).toBeUndefined();
+    // A pattern before the last name does not make the last name one: its escapes come out too.
+    expect(new Request(["d[1]/my\\ file"], false).refuses(file("my file"))).toBeUndefined();
+    expect(new Request(["d*/a\\\\b"], false).refuses(file("a\\b"))).toBeUndefined();
   });
 
   test("a `dir/.` operand admits a directory whose contents go straight into the target; nothing else does", () => {

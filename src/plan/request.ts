@@ -37,7 +37,8 @@ export class Request {
     for (const op of operands) {
       // The remote takes the escapes out of an operand without a pattern (`d1/\.` is `d1/.`,
       // `d1\/` is `d1/`), unless a file has the name as written: both spellings count.
-      const spellings = GLOB.test(op) || !op.includes("\\") ? [op] : [op, op.replace(/\\(.)/gs, "$1")];
+      const last = path.basename(op.replace(/\/+$/, ""));
+      const spellings = GLOB.test(last) || !op.includes("\\") ? [op] : [op, op.replace(/\\(.)/gs, "$1")];
       for (const spelling of spellings) {
         const trimmed = spelling.replace(/\/+$/, "");
         const base = path.basename(trimmed);
@@ -45,12 +46,11 @@ export class Request {
         if (trimmed === "" || base === "." || base === ".." || (base.startsWith("~") && !trimmed.includes("/"))) anyName = true;
         else this.names.add(base);
       }
-      const base = path.basename(op.replace(/\/+$/, ""));
-      if (!GLOB.test(base)) continue;
-      this.names.add(base.replace(/\\(.)/gs, "$1"));
+      if (!GLOB.test(last)) continue;
+      this.names.add(last.replace(/\\(.)/gs, "$1"));
       try {
-        const glob = new Bun.Glob(globPattern(base));
-        (base.startsWith(".") || base.startsWith("\\.") ? this.dotPatterns : this.patterns).push(glob);
+        const glob = new Bun.Glob(globPattern(last));
+        (last.startsWith(".") || last.startsWith("\\.") ? this.dotPatterns : this.patterns).push(glob);
       } catch {
         // Not a pattern Bun can read: the remote matched nothing with it either.
       }
