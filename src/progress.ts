@@ -201,7 +201,7 @@ export function renderLines(t: Tally, width: number): string[] {
     ];
     let n = fields.length;
     while (n > 1 && fields.slice(0, n).join("  ").length > width) n--;
-    rows.push(fields.slice(0, n).join("  ").slice(0, width));
+    rows.push(cut(fields.slice(0, n).join("  "), width));
   }
   return rows;
 }
@@ -217,9 +217,14 @@ function fit(name: string, fields: string[], width: number): string {
   let right = fields.join("");
   while (n > 1 && width - right.length < Math.min(4, chars.length)) right = fields.slice(0, --n).join("");
   const room = width - right.length;
-  if (room < 1) return right.trimStart().slice(0, width);
+  if (room < 1) return cut(right.trimStart(), width);
   const shown = chars.length > room ? (room > 1 ? "…" + chars.slice(-(room - 1)).join("") : "…") : name;
   return shown.padEnd(room) + right;
+}
+
+/** text, or as much of it as fits in width with "…" for the rest: never a number cut without a sign. */
+function cut(text: string, width: number): string {
+  return text.length <= width ? text : text.slice(0, Math.max(0, width - 1)) + "…".slice(0, width);
 }
 
 const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
