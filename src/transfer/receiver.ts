@@ -103,9 +103,9 @@ const { O_WRONLY, O_RDONLY, O_CREAT, O_NONBLOCK, O_TRUNC } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
-/** Where replacing a file takes what its directory will not give. */
-/** Why a file no --verify asked for was read back: it went into FUSE, where several streams' writes were lost. */
+/** What a failure of a file on FUSE that several streams wrote adds (fusefat lost such writes and said nothing). */
 const ON_FUSE = " (on FUSE, where the writes of several streams can be lost or refused: copy into it with -t 1)";
+/** Where replacing a file takes what its directory will not give. */
 const RENAME_HINT = "(escp renames a new file over the old; --inplace writes into the old one)";
 
 export class Receiver {
@@ -325,15 +325,11 @@ export class Receiver {
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, direct, createMode, unnamed);
       return;
     }
-    // Whatever sits at the temporary name, a symbolic link is never followed; without
-    // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
-    // --inplace writes through a link as scp does, but never out of the destination (openat2
-    // beneath it); what the target held beyond the new size goes at commit (sized). With
-    // --sparse it is emptied first: the holes, never sent, would keep its old bytes.
-    // With no partial file beside such a target, the temporary file is made by the worker
-    // that receives the first block the target lacks, if one comes: a target found whole
-    // is kept without a write to its directory (a read-only one; a --verify that finds
-    // nothing to change made and removed a temporary file, touching the directory).
+    // --resume over a target offered first with no partial file beside it: the temporary
+    // file is made by the worker that receives the first block the target lacks, if one
+    // comes, so that a target found whole is kept without a write to its directory (a
+    // read-only one; a --verify that finds nothing to change made and removed a temporary
+    // file, touching the directory).
     const lazy = offerFirst && !statAt(dfd, tmpC) && this.dirs.pin(dir);
     if (refused && !lazy) return this.reject(e, rel, refused);
     if (lazy) {
@@ -343,6 +339,11 @@ export class Receiver {
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, false, 0);
       return;
     }
+    // Whatever sits at the temporary name, a symbolic link is never followed; without
+    // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
+    // --inplace writes through a link as scp does, but never out of the destination (openat2
+    // beneath it); what the target held beyond the new size goes at commit (sized). With
+    // --sparse it is emptied first: the holes, never sent, would keep its old bytes.
     const isDirect = new Int32Array(1);
     let fd = inplace
       ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT | (this.opts.sparse && !this.opts.resume ? O_TRUNC : 0), createMode, direct ? 1 : 0, ptr(isDirect))
