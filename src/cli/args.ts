@@ -372,7 +372,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { long: "verify", group: "integrity", apply: flag("verify", true),
     help: "with --resume, also compare the contents of complete files before skipping them" },
   { long: "inplace", group: "integrity", apply: flag("inplace", true),
-    help: "write straight into the target files instead of renaming a verified temporary file over them, which keeps their hard links; a failed copy can leave a damaged target" },
+    help: "write straight into the target files instead of renaming a verified temporary file over them, which keeps their hard links; a failed copy can leave a damaged target (a file that is a mount point is always written so)" },
 
   // advanced
   { long: "no-bootstrap", group: "advanced", apply: flag("bootstrap", false),
