@@ -18,10 +18,8 @@
  * asked.refuses({ path: ".bashrc", kind: "file", top: true }); // "does not match the request"
  */
 import path from "path-browserify";
-import { globPattern } from "./sources.ts";
+import { GLOB, globPattern, withoutEscapes } from "./sources.ts";
 import type { FileEntry } from "../protocol.ts";
-
-const GLOB = /[*?[]/;
 
 export class Request {
   private readonly names = new Set<string>();
@@ -38,7 +36,7 @@ export class Request {
       // The remote takes the escapes out of an operand without a pattern (`d1/\.` is `d1/.`,
       // `d1\/` is `d1/`), unless a file has the name as written: both spellings count.
       const last = path.basename(op.replace(/\/+$/, ""));
-      const spellings = GLOB.test(last) || !op.includes("\\") ? [op] : [op, op.replace(/\\(.)/gs, "$1")];
+      const spellings = GLOB.test(last) || !op.includes("\\") ? [op] : [op, withoutEscapes(op)];
       for (const spelling of spellings) {
         const trimmed = spelling.replace(/\/+$/, "");
         const base = path.basename(trimmed);
@@ -47,7 +45,7 @@ export class Request {
         else this.names.add(base);
       }
       if (!GLOB.test(last)) continue;
-      this.names.add(last.replace(/\\(.)/gs, "$1"));
+      this.names.add(withoutEscapes(last));
       try {
         const glob = new Bun.Glob(globPattern(last));
         (last.startsWith(".") || last.startsWith("\\.") ? this.dotPatterns : this.patterns).push(glob);

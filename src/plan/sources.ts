@@ -14,7 +14,8 @@ export interface Sources {
   missing: { path: string; message: string }[];
 }
 
-const GLOB = /[*?[]/;
+/** What makes an operand a pattern for the remote's glob. */
+export const GLOB = /[*?[]/;
 
 export function expandSources(operands: string[]): Sources {
   const out: Sources = { paths: [], missing: [] };
@@ -110,8 +111,18 @@ function bracketExpression(op: string, i: number): { glob: string; end: number }
  */
 function unescaped(op: string): string {
   if (!op.includes("\\")) return op;
-  const plain = op.replace(/\\(.)/gs, "$1");
+  const plain = withoutEscapes(op);
   return fs.existsSync(fsPath(op)) && !fs.existsSync(fsPath(plain)) ? op : plain;
+}
+
+/**
+ * `s` with each backslash escape taken out, as the remote's glob takes them out.
+ *
+ * @example
+ * withoutEscapes("a\\ b\\.txt"); // "a b.txt"
+ */
+export function withoutEscapes(s: string): string {
+  return s.replace(/\\(.)/gs, "$1");
 }
 
 /**
