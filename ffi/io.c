@@ -57,8 +57,7 @@ static int try_direct(int fd) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return 0;
   if (fl & O_DIRECT) return 1;
-  struct statfs fs;
-  if (fstatfs(fd, &fs) == 0 && fs.f_type == FUSE_SUPER_MAGIC) return 0;
+  if (escp_on_fuse(fd)) return 0;
   return fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
 }
 
