@@ -205,9 +205,11 @@ export async function transfer(
     }
     log.info("other end ready", { port: ready.port, addr: ready.addr, streams: ready.streams });
     const streams = ready.streams;
-    if (!Number.isInteger(streams) || streams < 1 || streams > asked) throw new Error(`${where}: the other end answered with ${JSON.stringify(streams)} data streams, not 1 to ${asked}`);
-    if (!Number.isInteger(ready.port) || ready.port < 1 || ready.port > 65535) throw new Error(`${where}: the other end answered with ${printable(String(JSON.stringify(ready.port)))} as its data port, not 1 to 65535`);
-    if (ready.addr !== undefined && (typeof ready.addr !== "string" || !isIP(ready.addr))) throw new Error(`${where}: the other end answered with ${printable(String(JSON.stringify(ready.addr)))} as its address, not an IP address`);
+    // What the other end put in `ready`, as it was: any value, any characters.
+    const answered = (value: unknown, as: string) => new Error(`${where}: the other end answered with ${printable(String(JSON.stringify(value)))} ${as}`);
+    if (!Number.isInteger(streams) || streams < 1 || streams > asked) throw answered(streams, `data streams, not 1 to ${asked}`);
+    if (!Number.isInteger(ready.port) || ready.port < 1 || ready.port > 65535) throw answered(ready.port, "as its data port, not 1 to 65535");
+    if (ready.addr !== undefined && (typeof ready.addr !== "string" || !isIP(ready.addr))) throw answered(ready.addr, "as its address, not an IP address");
     const [addr, port] = dataAddress(plan.dir === "local" ? "127.0.0.1" : ready.addr ?? plan.host.host, ready.port);
     // Remote: straight to the data port, or through ssh (--tunnel, or by itself when that port is unreachable).
     // The connects hold this thread: Ctrl-C ends them from the native side (escp_watch_interrupts).
