@@ -473,7 +473,7 @@ function readSize(fd: number, statSize: bigint): bigint | string {
 /** Scratch for the native calls of one file at a time on this thread (read before the next call). */
 const STAT = new BigInt64Array(STAT_SLOTS), IS_DIRECT = new Int32Array(1);
 
-/** [size, mtime_ns, mode, dev, ino, atime_ns, type] of an open fd, in a scratch array valid until the next call. */
+/** escp_fstat's fields of an open fd (native.ts STAT_SLOTS), in a scratch array valid until the next call. */
 export function fstat(fd: number): BigInt64Array {
   const out = STAT;
   const r = native().escp_fstat(fd, ptr(out));
