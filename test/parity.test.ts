@@ -311,6 +311,24 @@ describe.concurrent("operands and directions", () => {
     expectSame(ref, esc, {}, (s) => path.join(home, names[s.tool]!));
   });
 
+  test("~user of a user the remote does not know is refused (push and pull), not made a file named ~user in the home", async () => {
+    const nobody = (s: Side) => `~escp-nouser-${process.pid}-${s.tool}`;
+    const [ref, esc] = await both(
+      (s) => write(`${s.src}/a`, "nobody\n"),
+      (s) =>
+        steps(s, [
+          [`${s.src}/a`, `${H}:${nobody(s)}`],
+          [`${s.src}/a`, `${H}:${nobody(s)}/a`],
+          [`${H}:${nobody(s)}/a`, `${s.dst}/back`],
+        ]),
+    );
+    expectSame(ref, esc);
+    for (const o of [ref, esc]) expect(fs.existsSync(path.join(home, nobody(o.side)))).toBe(false);
+    const said = results(esc).map((r) => withoutLoginNoise(r.stderr).trimEnd());
+    const me = nobody(esc.side);
+    expect(said).toEqual([`escp: ${H}: ${me}: no such user`, `escp: ${H}: ${me}/a: no such user`, `escp: ${me}/a: no such user`]);
+  });
+
   test("pull: a ~/ path is walked by the kernel, not tidied first: lnk/../a goes through the link, ~/d/. is d's contents", async () => {
     let names: Record<string, string> = {};
     const [ref, esc] = await both(
@@ -1388,6 +1406,17 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     }
     expect(fs.readFileSync(`${work}/~/a`, "utf8")).toBe("a\n");
     expect(fs.readdirSync(home).filter((n) => n !== ".cache")).toEqual([]); // its library's cache, nothing copied
+  });
+
+  test("an empty local source is an error that says so, and the other sources are copied (push and local)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    write(`${src}/a`, "a\n");
+    for (const to of [`${H}:${dst}/`, `${dst}/`]) {
+      const r = await runEscp(["", `${src}/a`, to]);
+      expect([r.code, withoutLoginNoise(r.stderr)]).toEqual([1, "escp: the source is an empty name: No such file or directory\n"]);
+      expect(fs.readFileSync(`${dst}/a`, "utf8")).toBe("a\n");
+      fs.rmSync(`${dst}/a`);
+    }
   });
 
   test("a source file given twice is copied once, with cp's warning, exit 0", async () => {

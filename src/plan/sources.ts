@@ -6,7 +6,7 @@
 import fs from "node:fs";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
-import { expandHome } from "./target.ts";
+import { expandHome, unknownUser } from "./target.ts";
 import { decodeName, fsPath, lossyName } from "../names.ts";
 
 export interface Sources {
@@ -20,6 +20,11 @@ export const GLOB = /[*?[]/;
 export function expandSources(operands: string[]): Sources {
   const out: Sources = { paths: [], missing: [] };
   for (const given of operands) {
+    const nobody = unknownUser(given);
+    if (nobody) {
+      out.missing.push({ path: given, message: "no such user" });
+      continue;
+    }
     const op = expandHome(given);
     if (!GLOB.test(op)) {
       out.paths.push(unescaped(op));

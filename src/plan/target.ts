@@ -63,14 +63,29 @@ export function safeComponents(p: string): string[] {
 export function expandHome(p: string, home?: string): string {
   if (p === "" || p === "~") return home ?? homeDir();
   if (p.startsWith("~/")) return under(home ?? homeDir(), p.slice(2));
-  const m = /^~([^/]+)(\/.*)?$/.exec(p);
-  if (m) {
-    try {
-      const line = fs.readFileSync("/etc/passwd", "utf8").split("\n").find((l) => l.split(":")[0] === m[1]);
-      if (line) return under(line.split(":")[5], (m[2] ?? "").slice(1));
-    } catch {}
+  const m = TILDE_USER.exec(p);
+  const dir = m ? userHome(m[1]) : undefined;
+  return dir === undefined ? p : under(dir, (m![2] ?? "").slice(1));
+}
+
+const TILDE_USER = /^~([^/]+)(\/.*)?$/;
+
+/**
+ * The message for a `~user` path whose user this host does not know, which
+ * expandHome leaves as it is; as scp, such a path is refused, not taken as a
+ * file named `~user` in the home directory.
+ */
+export function unknownUser(p: string): string | undefined {
+  const m = TILDE_USER.exec(p);
+  return m && userHome(m[1]) === undefined ? `${p}: no such user` : undefined;
+}
+
+function userHome(user: string): string | undefined {
+  try {
+    return fs.readFileSync("/etc/passwd", "utf8").split("\n").find((l) => l.split(":")[0] === user)?.split(":")[5];
+  } catch {
+    return undefined;
   }
-  return p;
 }
 
 /**
@@ -155,6 +170,8 @@ export function sameAsDestination(src: string, dest: string): string | undefined
 }
 
 export function resolveTarget(dest: string, o: { multipleSources: boolean; home?: string }): Target {
+  const nobody = unknownUser(dest);
+  if (nobody) throw new TargetError(nobody);
   const target = expandHome(dest, o.home);
   let st: fs.Stats | undefined;
   try {

@@ -55,7 +55,8 @@ export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Pr
     try {
       st = fs.statSync(fsPath(src), { bigint: true });
     } catch (e) {
-      await emit({ kind: "error", abs: src, message: errnoText(e) });
+      // An empty operand would print as a bare "escp: No such file or directory".
+      await emit({ kind: "error", abs: src, message: src === "" ? `the source is an empty name: ${errnoText(e)}` : errnoText(e) });
       continue;
     }
     const name = topName(src);
