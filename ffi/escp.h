@@ -234,8 +234,8 @@ int escp_reserve(int fd, int64_t len);
 /* ---- net.c ------------------------------------------------------------- */
 typedef struct escp_conn escp_conn;
 /* Listens on the first free port of [port_lo, port_hi] on bind_addr ("0.0.0.0", "::",
- * "127.0.0.1"...).  Returns the listening fd, *port_out the port, or -errno
- * (-EADDRINUSE when the whole range is taken). */
+ * "127.0.0.1"...); 0-0 is any port the kernel picks.  Returns the listening fd,
+ * *port_out the port, or -errno (-EADDRINUSE when the whole range is taken). */
 int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_t *port_out);
 /* Accepts exactly nstreams authenticated connections (stream indexes 0..nstreams-1).
  * (timeout_ms <= 0: no overall limit.)

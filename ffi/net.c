@@ -288,7 +288,9 @@ ESCP_API int64_t escp_recv_record(escp_conn *c, uint8_t *body_out, uint32_t cap,
 /* ---- listen -------------------------------------------------------------- */
 
 ESCP_API int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_t *port_out) {
-  if (port_lo <= 0 || port_hi < port_lo || port_hi > 65535)
+  /* 0-0: any free port the kernel picks (where no firewall decides which may be used) */
+  int any = port_lo == 0 && port_hi == 0;
+  if (!any && (port_lo <= 0 || port_hi < port_lo || port_hi > 65535))
     return escp__err(-EINVAL, "port range %d-%d is invalid", port_lo, port_hi);
   /* no address: "::" (dual stack), or "0.0.0.0" where IPv6 is off */
   if (!bind_addr || !*bind_addr) {
@@ -326,6 +328,12 @@ ESCP_API int escp_listen(const char *bind_addr, int port_lo, int port_hi, int32_
       else if (ai->ai_family == AF_INET6) ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
       if (bind(fd, (struct sockaddr *)&ss, ai->ai_addrlen) == 0 && listen(fd, 512) == 0) {
         freeaddrinfo(res);
+        if (any) {
+          socklen_t sl = sizeof ss;
+          getsockname(fd, (struct sockaddr *)&ss, &sl);
+          port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                : ((struct sockaddr_in *)&ss)->sin_port);
+        }
         if (port_out) *port_out = port;
         return fd;
       }

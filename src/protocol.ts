@@ -66,6 +66,8 @@ export type ControlMessage =
       sources?: string[]; // pull: the source paths on the server
       multipleSources?: boolean; // push: several operands, so the target must be a directory
       ports: [number, number];
+      /** With every port of `ports` taken, any free one will do: the client comes through ssh's forwarding (--tunnel) or from the same host (a local copy). */
+      anyPort?: boolean;
       /** The client takes pings from the server too, every keepaliveS once the streams are up. */
       pings?: boolean;
     }

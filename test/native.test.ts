@@ -520,6 +520,12 @@ describe("net", () => {
     expect(p2[0]).toBeLessThanOrEqual(PORT_BASE + 10);
     // a range of one taken port
     expect(L.escp_listen(cstr("127.0.0.1"), p1[0], p1[0], p2)).toBe(-98 /* EADDRINUSE */);
+    // 0-0: one the kernel picks, reported
+    const any = L.escp_listen(cstr("127.0.0.1"), 0, 0, p2);
+    expect(any).toBeGreaterThanOrEqual(0);
+    expect(p2[0]).toBeGreaterThan(0);
+    expect(p2[0]).not.toBe(p1[0]);
+    L.escp_close(any);
     L.escp_close(fd2);
     lfd = fd1;
     port = p1[0];

@@ -11,6 +11,7 @@ import { describe, test, expect, beforeAll, setDefaultTimeout } from "bun:test";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import { hostname } from "node:os";
 import { startSshd, runEscp, spawnEscp, tmpdir, makeFile, sameFile, freePort, SSH_HOST } from "./harness.ts";
 
 setDefaultTimeout(120_000);
@@ -60,6 +61,31 @@ describe("--tunnel", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+});
+
+describe("every data port taken", () => {
+  test("--tunnel and a copy on this host listen on a port the kernel picks; a direct push names the taken range", async () => {
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", r));
+    const port = (taken.address() as net.AddressInfo).port;
+    try {
+      const src = tmpdir("src"), dst = tmpdir("dst");
+      await makeFile(path.join(src, "f"), 3 * MiB + 5, { seed: 8 });
+      const range = `${port}-${port}`;
+      for (const [args, to] of [[["--tunnel"], `${SSH_HOST}:${dst}/t`], [[], `${dst}/local`]] as const) {
+        const r = await runEscp([...args, "--port", range, path.join(src, "f"), to]);
+        expect([r.code, r.stderr]).toEqual([0, ""]);
+      }
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "t"))).toBe(true);
+      expect(await sameFile(path.join(src, "f"), path.join(dst, "local"))).toBe(true);
+      const direct = await runEscp(["--port", range, path.join(src, "f"), `${SSH_HOST}:${dst}/d`]);
+      expect(direct.stderr).toBe(`escp: escp-test: cannot listen on ${hostname()} ports ${range}: every port of ${range} on 127.0.0.1 is taken (choose another range with --port first-last)\n`);
+      expect(direct.code).toBe(1);
+      expect(fs.existsSync(path.join(dst, "d"))).toBe(false);
+    } finally {
+      taken.close();
+    }
   });
 });
 

@@ -342,7 +342,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { long: "zstd-level", arg: "level", group: "transfer", apply: value("zstdLevel", parseZstdLevel),
     help: "zstd level for -C, 1 (fastest, default) to 19" },
   { long: "port", arg: "first[-last]", group: "transfer", apply: value("ports", parsePorts),
-    help: "TCP ports the remote end may listen on for the data streams; it takes the first free one (default 1232-1242)" },
+    help: "TCP ports the remote end may listen on for the data streams; it takes the first free one (default 1232-1242); with --tunnel, or for a copy on this host, any free port when all are taken" },
   { long: "sockbuf", arg: "size", group: "transfer", apply: value("sockbuf", parseSockbuf),
     help: "socket buffer per stream, such as 32M for a long fast path (default: the kernel's autotuning); escp says when the kernel grants less" },
   { long: "tunnel", group: "transfer", apply: flag("tunnel", true),

@@ -166,7 +166,7 @@ export async function transfer(
   ch.send({
     type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
     serverRole: plan.dir === "pull" ? "sender" : "receiver", streams: asked, blockSize: o.blockSize,
-    options: session, ports: o.ports,
+    options: session, ports: o.ports, anyPort: plan.dir === "local" || o.tunnel || undefined,
     target: plan.dir === "pull" ? undefined : plan.target,
     sources: plan.dir === "pull" ? plan.sources : undefined,
     multipleSources: several,

@@ -34,11 +34,17 @@ export interface Listener {
 /**
  * Listens on the first free port of the range; the error says what to do when
  * none is, naming this host by `host()` (called only then: it loads node:os).
+ * `anyPort`: with the whole range taken, any free port will do (the client comes
+ * through ssh's forwarding, or from this host: no firewall decides the port).
  */
-export function listen(bindAddr: string, range: [number, number], host: () => string): Listener {
+export function listen(bindAddr: string, range: [number, number], host: () => string, anyPort = false): Listener {
   protectSecrets(); // the server parses the master key right after it listens
   const port = new Int32Array(1);
-  const fd = native().escp_listen(cstr(bindAddr), range[0], range[1], ptr(port));
+  let fd = native().escp_listen(cstr(bindAddr), range[0], range[1], ptr(port));
+  if (fd === -98 /* EADDRINUSE */ && anyPort) {
+    log.info("every port of the range is taken: listening on one the kernel picks", { range });
+    fd = native().escp_listen(cstr(bindAddr), 0, 0, ptr(port));
+  }
   if (fd < 0) {
     const cause = nativeError(fd);
     throw new Error(`cannot listen on ${host()} ports ${range[0]}-${range[1]}: ${cause} (choose another range with --port first-last)`);

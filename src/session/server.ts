@@ -108,7 +108,7 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
     if (memory.why) report.warning(`${hostName()}: ${memory.why}`);
     const streams = memory.streams;
     const bindAddr = sshServerAddress() ?? "127.0.0.1";
-    const l = listen(bindAddr, hello.ports, hostName);
+    const l = listen(bindAddr, hello.ports, hostName, hello.anyPort === true);
     log.info("listening", { addr: bindAddr, port: l.port, streams });
     const pings = !!hello.pings && hello.options.keepaliveS > 0;
     ch.send({ type: "ready", version: PROTO_VERSION, port: l.port, addr: bindAddr, fileWindow: fileWindow(streams), streams, pings, sources: target ? undefined : sources.paths.length });
