@@ -205,6 +205,7 @@ export class Report implements Events {
   private sessions = 0;
   /** How a path is shown: a relay shows the source host's path, not its spool's. */
   private shownAs = (p: string) => p;
+  private fileEvents = true;
   /** Failed paths printed on stderr, and how many failures under each were not (failed). */
   private readonly printed = new Set<string>();
   private readonly unprinted = new Map<string, number>();
@@ -256,25 +257,31 @@ export class Report implements Events {
   }
 
   /**
-   * Shows every path `f` maps until the returned function is called: the
-   * relay's pull names files by where they come from, not by its spool.
+   * Shows every path `f` maps until the returned function is called: a relay
+   * names files by where they come from, not by its spool. Without
+   * `fileEvents`, files starting and arriving are not events meanwhile (the
+   * relay's pull brings them only as far as its spool); failures still are.
    */
-  showPathsAs(f: (p: string) => string): () => void {
+  showPathsAs(f: (p: string) => string, fileEvents = true): () => void {
     this.shownAs = f;
-    return () => (this.shownAs = (p) => p);
+    this.fileEvents = fileEvents;
+    return () => {
+      this.shownAs = (p) => p;
+      this.fileEvents = true;
+    };
   }
 
   started(path: string, size: number): void {
     path = this.shownAs(path);
     this.tally.started(path, size);
     // Per file: the event (and its time stamp) only when someone takes it.
-    if (this.listened) this.emit({ event: "file_start", time: now(), path, size });
+    if (this.listened && this.fileEvents) this.emit({ event: "file_start", time: now(), path, size });
   }
 
   finished(path: string, size: number): void {
     path = this.shownAs(path);
     this.tally.finished(path, size);
-    if (this.listened) this.emit({ event: "file_done", time: now(), path, size });
+    if (this.listened && this.fileEvents) this.emit({ event: "file_done", time: now(), path, size });
   }
 
   /** `shown`: the user saw it already (escp -R: on the source host's stderr, passed on). */

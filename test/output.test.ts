@@ -240,6 +240,23 @@ describe("--json", () => {
     expect(r.stderr).toBe(`escp: ${path.join(src, "absent")}: No such file or directory\n`);
   });
 
+  test("sources from several places: one summary counts them all, and ends the events even when the last place fails", async () => {
+    await startSshd();
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "here"), 2000, { seed: 40 });
+    await makeFile(path.join(src, "there"), 3 << 20, { seed: 41 });
+    const both = await runEscp(["--json", path.join(src, "here"), `${SSH_HOST}:${src}/there`, dst + "/"]);
+    expect([both.code, both.stderr]).toEqual([0, ""]);
+    const events = jsonLines(both.stdout);
+    expect(events.filter((e) => e.event === "summary")).toHaveLength(1);
+    expect(events.at(-1)).toMatchObject({ event: "summary", files: 2, bytes: 2000 + (3 << 20), failures: 0, exit: 0 });
+    const lastFails = await runEscp(["--json", "-o", "ConnectTimeout=5", `${SSH_HOST}:${src}/there`, path.join(src, "here"), "nosuch.invalid:/x", dst + "/"]);
+    expect(lastFails.code).toBe(1);
+    const after = jsonLines(lastFails.stdout);
+    expect(after.at(-1)).toMatchObject({ event: "summary", files: 2, failures: 1, exit: 1 });
+    expect((after.at(-1) as SummaryEvent).failed[0].message).toMatch(/^nosuch\.invalid: ssh failed/);
+  });
+
   test("a session that cannot run ends with an error event", async () => {
     const src = tmpdir("src");
     await makeFile(path.join(src, "x"), 10, { seed: 31 });

@@ -289,6 +289,31 @@ describe("relay", () => {
     expect(await sameFile(path.join(src, "tree", "sub", "b"), path.join(dst, "tree", "sub", "b"))).toBe(true);
   });
 
+  test("--json: each file starts and arrives once, named by its source, and one summary covers the relay", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "tree", "a"), 2 * BLOCK + 3, { seed: 35 });
+    await makeFile(path.join(src, "tree", "sub", "b"), 10, { seed: 36 });
+    const r = await runEscp(["--json", "-r", `${SSH_HOST}:${src}/tree`, `${SSH_HOST}:${dst}/`]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(r.stdout).not.toContain("escp-relay-");
+    const events = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const names = (kind: string) => events.filter((e) => e.event === kind).map((e) => e.path).sort();
+    const want = [`${SSH_HOST}:${src}/tree/a`, `${SSH_HOST}:${src}/tree/sub/b`];
+    expect([names("file_start"), names("file_done")]).toEqual([want, want]);
+    expect(events.filter((e) => e.event === "summary")).toHaveLength(1);
+    expect(events.at(-1)).toMatchObject({ event: "summary", files: 2, bytes: 2 * BLOCK + 13, exit: 0 });
+  });
+
+  test("a pattern that matches several files is several sources: refused into a file name, not written there in turn", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    for (const [n, seed] of [["f1", 37], ["f2", 38]] as const) await makeFile(path.join(src, n), 100, { seed });
+    fs.writeFileSync(path.join(dst, "file"), "old\n");
+    const r = await runEscp([`${SSH_HOST}:${src}/f*`, `${SSH_HOST}:${dst}/file`]);
+    expect(r.stderr).toBe(`escp: ${SSH_HOST}: ${dst}/file: Not a directory (several sources need an existing directory as destination)\n`);
+    expect(r.code).toBe(1);
+    expect(fs.readFileSync(path.join(dst, "file"), "utf8")).toBe("old\n");
+  });
+
   test("a spool left by a relay killed with SIGKILL is removed by the next relay; a running relay's is not", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), tmp = tmpdir("spools");
     await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 28 });
@@ -405,6 +430,19 @@ describe("-R: the source host copies straight to the target", () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^escp: nosuch\.invalid: ssh failed: .*nosuch\.invalid/m);
     expect(r.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: the copy escp ran there for -R failed \\(above\\)\n$`, "m"));
+  });
+
+  test("-q: the source host's failures are still named, once", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 100, { seed: 39 });
+    const { env } = await sourceHost();
+    const r = await runEscp(["-q", "-R", `${SSH_HOST}:${src}/f`, `${SSH_HOST}:${src}/absent`, `${SSH_HOST}:${dst}/`], { env });
+    expect([r.code, r.stderr]).toEqual([1, `escp: ${src}/absent: No such file or directory\n`]);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+    const unreachable = await runEscp(["-q", "-R", `${SSH_HOST}:${src}/f`, "nosuch.invalid:/tmp/"], { env });
+    expect(unreachable.code).toBe(1);
+    // Its ssh got -q too, and said nothing; the source host's escp says as much, above the line that points at it.
+    expect(unreachable.stderr).toMatch(new RegExp(`^escp: nosuch\\.invalid: the connection ended .*without -q ssh says which.*\nescp: ${SSH_HOST}: the copy escp ran there for -R failed \\(above\\)\n$`));
   });
 
   test("on a terminal: the source host's progress and summary are shown here, each failure once", async () => {

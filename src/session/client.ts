@@ -80,13 +80,24 @@ function literalTarget(plan: Plan): Plan | string {
 
 /** Like scp, sources from several places are copied one place after the other into the target directory. */
 async function inTurn(o: Options, groups: Operand[][], target: Operand, report: Report, signal?: AbortSignal): Promise<TransferResult> {
-  let last: TransferResult = { failures: [] };
+  const started = performance.now(), ran: TransferSummary[] = [];
   for (const g of groups) {
-    last = await transfer(o, g, target, report, signal, true);
-    if (last.interrupted || last.usage) return last;
-    if (last.error) report.failed("", last.error); // this place failed; the others still get copied
+    const one = await transfer(o, g, target, report, signal, true);
+    if (one.interrupted || one.usage) return one;
+    if (one.summary) ran.push(one.summary);
+    if (one.error) report.failed("", one.error); // this place failed; the others still get copied
   }
-  return { ...last, error: undefined, failures: report.failures };
+  return { summary: together(ran, started, report.failures), failures: report.failures };
+}
+
+/** One summary for sessions run one after the other: what they moved, and the time from the first's start. */
+export function together(parts: TransferSummary[], startedMs: number, failures: Failure[]): TransferSummary {
+  const sum = (k: "files" | "bytes" | "bytesSkipped" | "bytesNetwork" | "bytesDisk" | "bytesCompressed") => parts.reduce((n, p) => n + p[k], 0);
+  return {
+    files: sum("files"), bytes: sum("bytes"), bytesSkipped: sum("bytesSkipped"), bytesNetwork: sum("bytesNetwork"),
+    bytesDisk: sum("bytesDisk"), bytesCompressed: sum("bytesCompressed"),
+    seconds: (performance.now() - startedMs) / 1000, failures, streams: Math.max(0, ...parts.map((p) => p.streams)),
+  };
 }
 
 /**

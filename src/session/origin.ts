@@ -42,7 +42,8 @@ export async function fromSource(
   // they drive this end's progress display, summary and library events.
   const argv = [...copyFlags({ ...o, json: true }), "--", ...sources.map((s) => asLocalOperand(s.path)), formatOperand(into)];
   const child = startRemote(o, host, "--origin");
-  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom());
+  // Given -q, the escp there prints only failures, each named once and counted here as shown.
+  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom(), /error|denied|refused|not found|^escp: (?!warning: )/im);
   let summary: TransferSummary | undefined;
   let failedThere = false; // its session failed as a whole (it printed why)
   let answered = false; // it started the copy (its first event came)

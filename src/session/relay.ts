@@ -14,7 +14,7 @@ import path from "path-browserify";
 import type { Options } from "../cli/args.ts";
 import { formatOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
 import type { Report } from "../report.ts";
-import { transfer, type TransferResult } from "./client.ts";
+import { together, transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
 import { errnoText } from "../plan/walk.ts";
 
@@ -29,9 +29,12 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   } catch (e) {
     return { failures: [], error: `a copy between two remote hosts passes through ${tmpDir()} on this host, where no spool can be made (${errnoText(e)}): ${around}` };
   }
+  const started = performance.now();
+  const asSource = (p: string) => spoolSource(p, spool, sources as RemoteOperand[]);
   try {
-    const shownAsSource = report.showPathsAs((p) => spoolSource(p, spool, sources as RemoteOperand[]));
-    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal).finally(shownAsSource);
+    // A file in the spool has not arrived yet: its file_start and file_done are the push's.
+    const inSpool = report.showPathsAs(asSource, false);
+    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal).finally(inSpool);
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
     if ([pulled.error ?? "", ...pulled.failures.map((f) => f.message)].some((m) => /No space left on device|Disk quota exceeded/.test(m))) {
       report.warning(`a copy between two remote hosts passes through ${path.dirname(spool)} on this host, which is full: ${around}`);
@@ -39,8 +42,11 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
     if (pulled.error || pulled.interrupted) return pulled;
     const names = fs.readdirSync(spool, { encoding: "buffer" }).map(decodeName).sort();
     if (names.length === 0) return pulled;
-    const pushed = await transfer(o, names.map((n) => ({ kind: "local", path: path.join(spool, n) }) as Operand), target, report, signal, several);
-    return { ...pushed, failures: report.failures };
+    // A pattern that matched several files is several sources: only into a directory.
+    const fromSpool = report.showPathsAs(asSource);
+    const pushed = await transfer(o, names.map((n) => ({ kind: "local", path: path.join(spool, n) }) as Operand), target, report, signal, several || names.length > 1).finally(fromSpool);
+    // What reached the target, in the time the whole relay took.
+    return { ...pushed, summary: pushed.summary && together([pushed.summary], started, report.failures), failures: report.failures };
   } finally {
     fs.rmSync(spool, { recursive: true, force: true });
   }

@@ -156,19 +156,21 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
 /**
  * Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping
  * the tail for diagnosis. `makeRoom` erases the progress display first, so that the text
- * starts on a line of its own and the next redraw does not write over it.
+ * starts on a line of its own and the next redraw does not write over it. With -q only
+ * what matches `kept` goes through: by default what reads as an ssh error.
  */
 export function forwardStderr(
   stream: ReadableStream<Uint8Array>,
   o: Options,
   makeRoom: () => void,
+  kept = /error|denied|refused|not found/i,
 ): { text: string; done: Promise<void>; quiet: boolean } {
   const tail = { text: "", done: Promise.resolve(), quiet: o.quiet };
   tail.done = (async () => {
     for await (const chunk of stream as any as AsyncIterable<Uint8Array>) {
       const s = Buffer.from(chunk).toString("utf8");
       tail.text = (tail.text + s).slice(-4096);
-      if (o.quiet && !/error|denied|refused|not found/i.test(s)) continue;
+      if (o.quiet && !kept.test(s)) continue;
       makeRoom();
       toStderr(s);
     }
