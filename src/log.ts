@@ -24,6 +24,7 @@
  */
 import fs from "node:fs";
 import { toStderr } from "./stderr.ts";
+import { errnoText } from "./native.ts";
 
 export type Level = "error" | "warn" | "info" | "debug" | "trace";
 export type Role = "sender" | "receiver";
@@ -89,7 +90,7 @@ export class Logger {
         } catch {}
       }
       this.max = -1;
-      toStderr(`escp: warning: cannot write the log ${path}: ${(e as Error).message}\n`);
+      toStderr(`escp: warning: cannot write the log ${path}: ${errnoText(e)}\n`);
       return undefined;
     }
     return path;

@@ -288,8 +288,19 @@ export function nativeError(code: number, n: Pick<StreamNative, "escp_last_error
 }
 
 /** Text for a code that another thread produced (a block's status): no thread detail applies. */
-export function codeText(code: number): string {
-  return String(native().escp_strerror(code));
+export function codeText(code: number, n: Pick<StreamNative, "escp_strerror"> = native()): string {
+  return String(n.escp_strerror(code));
+}
+
+/**
+ * The C library's wording of a node:fs error ("No such file or directory"), as scp
+ * prints it, without node's "ENOENT: no such file or directory, open '/x'" around it.
+ * `n`: the library this thread has (the walker's holds only the directory calls).
+ */
+export function errnoText(e: unknown, n?: Pick<StreamNative, "escp_strerror">): string {
+  const err = e as NodeJS.ErrnoException;
+  if (err && typeof err.errno === "number") return codeText(-Math.abs(err.errno), n);
+  return err instanceof Error ? err.message : String(e);
 }
 
 /** Starts choosing the AES-128-GCM implementation (ffi/gcm.c) on a thread of its own. */

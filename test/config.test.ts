@@ -139,7 +139,16 @@ describe("errors name the file and line", () => {
   });
 
   test("a repeated key", () => {
-    expect(loadError("threads: 4\nthreads: 5\n")).toMatch(/:2: Map keys must be unique/);
+    expect(loadError("threads: 4\nthreads: 5\n")).toEndWith(":2: a key given twice");
+  });
+
+  test("a second document, a value without a key: said in a settings file's words, not the yaml library's", () => {
+    expect(loadError("---\nthreads: 8\n---\nthreads: 9\n")).toEndWith(":3: a second document ('---'): the settings are one list of 'key: value' lines");
+    expect(loadError("threads: 8\n: x\n")).toEndWith(":2: a value with no key before it (write 'key: value')");
+  });
+
+  test("a path that cannot be read is named with the C library's words", () => {
+    expect(() => loadConfig([dir])).toThrow(`escp: cannot read ${dir}: Is a directory`);
   });
 
   test("a file that is not a mapping", () => {

@@ -269,6 +269,15 @@ describe("--json", () => {
 });
 
 describe("logs", () => {
+  test("a --log that cannot be written is a warning in the C library's words, and the copy goes on", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), log = path.join(tmpdir("logs"), "missing", "x.log");
+    await makeFile(path.join(src, "f"), 1000, { seed: 42 });
+    const r = await runEscp(["--log", log, path.join(src, "f"), `${dst}/`]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toStartWith(`escp: warning: cannot write the log ${log}: No such file or directory\n`);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
   test("--log FILE: both ends append timestamped lines with their role, stream and file ids", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), logs = tmpdir("logs");
     await makeFile(path.join(src, "l.bin"), 4 * MiB, { seed: 40 });

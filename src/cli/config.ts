@@ -26,6 +26,7 @@ import {
   ValueError,
 } from "./args.ts";
 import { toStderr } from "../stderr.ts";
+import { errnoText } from "../native.ts";
 
 /** The options a config file may set. */
 export type ConfigOption = "cpumask" | "nodemask" | "threads" | "blockSize" | "ports" | "compress" | "zstdLevel" | "direct" | "log" | "keepaliveS" | "sockbuf";
@@ -146,16 +147,22 @@ function readIfExists(path: string): string | undefined {
       toStderr(`escp: warning: cannot read ${path} (permission denied): its settings are not used\n`);
       return undefined;
     }
-    throw new ConfigError(`escp: cannot read ${path}: ${(e as Error).message}`);
+    throw new ConfigError(`escp: cannot read ${path}: ${errnoText(e)}`);
   }
 }
+
+/** The yaml library's errors that name its own API or terms, in the words of a settings file. */
+const YAML_ERRORS: Record<string, string> = {
+  MULTIPLE_DOCS: "a second document ('---'): the settings are one list of 'key: value' lines",
+  DUPLICATE_KEY: "a key given twice",
+};
 
 function readFile(path: string, src: string, config: Config): void {
   const lines = new (Y().LineCounter)();
   const doc = Y().parseDocument(src, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const at = (offset: number) => `${path}:${lines.linePos(offset).line}`;
   const err = doc.errors[0];
-  if (err) throw new ConfigError(`escp: ${at(err.pos[0])}: ${err.message}`);
+  if (err) throw new ConfigError(`escp: ${at(err.pos[0])}: ${YAML_ERRORS[err.code] ?? err.message}`);
   const root = doc.contents;
   if (root === null) return; // empty, or only comments
   if (!Y().isMap(root)) {
@@ -163,10 +170,11 @@ function readFile(path: string, src: string, config: Config): void {
   }
   for (const pair of root.items) {
     const keyNode = pair.key as Node | null;
-    const key = Y().isScalar(keyNode) ? String(keyNode.value) : "";
+    const key = Y().isScalar(keyNode) && keyNode.value !== null ? String(keyNode.value) : "";
     const spec = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
     const where = at(keyNode?.range?.[0] ?? root.range?.[0] ?? 0);
     if (!spec) {
+      if (key === "") throw new ConfigError(`escp: ${where}: a value with no key before it (write 'key: value')`);
       throw new ConfigError(`escp: ${where}: unknown key '${key}' (known: ${CONFIG_KEYS.join(", ")})`);
     }
     const valueNode = pair.value as Node | null;

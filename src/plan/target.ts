@@ -15,9 +15,9 @@ import fs from "node:fs";
 import { homeDir } from "../system.ts";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
-import { errnoText } from "./walk.ts";
 import { dfgOnly } from "../jit.ts";
 import { decodeName, fsPath, nameBytes } from "../names.ts";
+import { errnoText } from "../native.ts";
 
 export interface Target {
   /** The directory every entry is written beneath (absolute, for messages). */

@@ -13,7 +13,7 @@
 import fs from "node:fs";
 // Not node:path: Bun's replaces what is not UTF-8 in a name with U+FFFD (names.ts).
 import path from "path-browserify";
-import { native, nativePath, cstr, ptr, type DirNative } from "../native.ts";
+import { native, nativePath, cstr, ptr, codeText, errnoText, type DirNative } from "../native.ts";
 import { WALKER_URL } from "../entrypoints.ts";
 import { prestart, takeWorker } from "../streams/spare.ts";
 import { dfgOnly } from "../jit.ts";
@@ -56,7 +56,7 @@ export async function walk(sources: string[], opts: WalkOptions, emit: Emit): Pr
       st = fs.statSync(fsPath(src), { bigint: true });
     } catch (e) {
       // An empty operand would print as a bare "escp: No such file or directory".
-      await emit({ kind: "error", abs: src, message: src === "" ? `the source is an empty name: ${errnoText(e)}` : errnoText(e) });
+      await emit({ kind: "error", abs: src, message: src === "" ? `the source is an empty name: ${errText(e)}` : errText(e) });
       continue;
     }
     const name = topName(src);
@@ -223,7 +223,7 @@ function readChunk(dir: DirReader, abs: string, skip: number, entries: Entry[], 
       },
       (err) => {
         e.kind = "error";
-        e.message = errnoText(err);
+        e.message = errText(err);
       },
     ));
   }
@@ -238,7 +238,7 @@ async function list(abs: string): Promise<Listing> {
     if (!st.isDirectory()) return { entries: [], error: "not a directory any more (changed during the walk)" };
     self = { dev: st.dev, ino: st.ino, mode: Number(st.mode & 0o7777n), mtimeNs: st.mtimeNs, atimeNs: st.atimeNs };
   } catch (e) {
-    return { entries: [], error: errnoText(e) };
+    return { entries: [], error: errText(e) };
   }
   const fd = lib().escp_opendir(cstr(abs));
   if (fd < 0) return { self, entries: [], error: strerror(fd) };
@@ -247,7 +247,7 @@ async function list(abs: string): Promise<Listing> {
     const { entries, more } = await readEntries(dir, abs);
     return { self, entries, rest: more ? dir : undefined };
   } catch (e) {
-    return { self, entries: [], error: errnoText(e) };
+    return { self, entries: [], error: errText(e) };
   }
 }
 
@@ -289,7 +289,7 @@ async function walkFiles(
     }
     if (!rest) break;
     // Past MAX_SUBDIRS, the subdirectories' names are read again later (walkWide): not now.
-    const next = await readEntries(rest, abs, seen.wide ? DT_DIR : -1).catch((e) => ({ entries: [] as Entry[], more: false, error: errnoText(e) }));
+    const next = await readEntries(rest, abs, seen.wide ? DT_DIR : -1).catch((e) => ({ entries: [] as Entry[], more: false, error: errText(e) }));
     if ("error" in next) await emit({ kind: "error", abs, message: next.error });
     entries = next.entries;
     if (!next.more) rest = undefined;
@@ -419,16 +419,13 @@ function topName(src: string): string {
   return base === "" || base === "." || base === ".." ? path.basename(path.resolve(workingDir(), src)) || "root" : base;
 }
 
-/** The C library's wording of an errno ("No such file or directory"), as scp prints it. */
-export function errnoText(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  if (err && typeof err.errno === "number") return strerror(-Math.abs(err.errno));
-  return err instanceof Error ? err.message : String(e);
+/** errnoText and codeText with this thread's library. */
+function errText(e: unknown): string {
+  return errnoText(e, lib());
 }
 
-/** The C library's wording of -errno `code`. */
 function strerror(code: number): string {
-  return String(lib().escp_strerror(code));
+  return codeText(code, lib());
 }
 
 /** Plain operands (no -r) up to this many are walked on the calling thread. */

@@ -16,7 +16,7 @@ import { formatOperand, type Operand, type RemoteOperand } from "../cli/operands
 import type { Report } from "../report.ts";
 import { together, transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
-import { errnoText } from "../plan/walk.ts";
+import { errnoText } from "../native.ts";
 
 export async function relay(o: Options, sources: Operand[], target: Operand, report: Report, signal?: AbortSignal, several = sources.length > 1): Promise<TransferResult> {
   pruneSpools(tmpDir());

@@ -16,8 +16,8 @@ import type * as BuiltinSsh from "./builtin-ssh.ts";
 import { bootstrapping, CACHE_PATH } from "./bootstrap.ts";
 import { encodeFrame } from "./control.ts";
 import { BUILTIN_SSH_URL } from "../entrypoints.ts";
-import { errnoText } from "../plan/walk.ts";
 import { toStderr } from "../stderr.ts";
+import { errnoText } from "../native.ts";
 
 export type Remote = { user?: string; host: string; port?: number };
 export type Plan =
