@@ -271,6 +271,17 @@ describe("copies with --ssh builtin", () => {
     expect(await sameFile(src, path.join(dst, "pull.bin"))).toBe(true);
   });
 
+  test("what it does not do (-A, -S, -o ControlMaster) is a warning naming each, not dropped in silence; -q keeps it quiet", async () => {
+    const src = await source(100_000, 97);
+    const dst = tmpdir("dst");
+    const asked = ["-S", "/nonexistent/ssh", "-A", "-o", "ControlMaster=auto", "-o", "User=root", "-o", "ControlPath=/tmp/cm-%C"];
+    const r = await runEscp([...BUILTIN, ...asked, src, `${SSH_HOST}:${dst}/`]);
+    expect([r.code, r.stderr]).toEqual([0, "escp: warning: the built-in ssh client ignores -S /nonexistent/ssh, -A, -o ControlMaster=auto, -o ControlPath=/tmp/cm-%C (OpenSSH's ssh reads them)\n"]);
+    expect(await sameFile(src, path.join(dst, "f.bin"))).toBe(true);
+    const q = await runEscp([...BUILTIN, "-q", ...asked, src, `${SSH_HOST}:${dst}/again`]);
+    expect([q.code, q.stderr]).toEqual([0, ""]);
+  });
+
   test("with no ssh on PATH the built-in client is used without being asked", async () => {
     const src = await source(200_000, 93);
     const dst = tmpdir("dst");

@@ -175,6 +175,30 @@ function localUserName(): string {
   return os.userInfo().username;
 }
 
+/** The ssh_config keywords resolveSettings reads; docs/ssh.md lists them. */
+const READ_KEYWORDS = new Set([
+  "hostname", "user", "port", "identityfile", "identitiesonly", "identityagent", "userknownhostsfile", "globalknownhostsfile",
+  "stricthostkeychecking", "hashknownhosts", "hostkeyalias", "batchmode", "connecttimeout", "serveraliveinterval",
+  "serveralivecountmax", "addressfamily", "ciphers", "pubkeyauthentication", "passwordauthentication",
+  "kbdinteractiveauthentication", "challengeresponseauthentication", "loglevel", "proxyjump", "proxycommand",
+]);
+
+/**
+ * What the command line asks of ssh that this client does not do: said, not dropped
+ * in silence (a copy that seems to run as asked, without the agent or the control
+ * master it was given). The ssh_config files may hold anything; only what was typed counts.
+ */
+export function ignoredOptions(o: Options): string[] {
+  const out: string[] = [];
+  if (o.sshProgram !== undefined) out.push(`-S ${o.sshProgram}`);
+  if (o.forwardAgent) out.push("-A");
+  for (const opt of o.sshOptions) {
+    const l = parseConfigLine(opt, `-o ${opt}`);
+    if (l && !READ_KEYWORDS.has(l.key)) out.push(`-o ${opt}`);
+  }
+  return out;
+}
+
 const yes = (v: string | undefined) => v !== undefined && /^(yes|true)$/i.test(v);
 const no = (v: string | undefined) => v !== undefined && /^(no|false)$/i.test(v);
 
@@ -691,6 +715,8 @@ class Connection {
     };
     if (o.ssh !== "builtin") d1("debug1: no ssh program on PATH: using escp's built-in ssh client");
     if (s.proxy) throw new SshFailure(`the built-in ssh client cannot connect through ${s.proxy}: install OpenSSH's ssh, or copy without the proxy`);
+    const ignored = ignoredOptions(o);
+    if (ignored.length) warn(`escp: warning: the built-in ssh client ignores ${ignored.join(", ")} (OpenSSH's ssh reads ${ignored.length === 1 ? "it" : "them"})`);
 
     let ciphers: string[] | undefined;
     if (s.ciphers) {
