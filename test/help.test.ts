@@ -59,6 +59,18 @@ describe("man page", () => {
     for (const n of names) expect(page).toContain(`\\fB${n.replace(/-/g, "\\-")}\\fR`);
   });
 
+  test("the synopsis keeps each [option argument] on one line, unhyphenated and not spread", () => {
+    const synopsis = manPage().split(".SH SYNOPSIS\n")[1]!.split(".SH DESCRIPTION")[0]!;
+    expect(synopsis).toStartWith(".nh\n.ad l\n");
+    expect(synopsis).toContain("[\\fB\\-F\\fR\\ \\fIssh_config\\fR]");
+    const nroff = Bun.which("nroff");
+    if (!nroff) return; // the roff above is what keeps them together; nroff shows it where it is installed
+    const shown = Bun.spawnSync([nroff, "-man", "-rLL=80n", join(root, "docs/escp.1")], { env: { ...process.env, LC_ALL: "C" } }).stdout.toString();
+    const lines = shown.replace(/.\x08/g, "").split("SYNOPSIS")[1]!.split("DESCRIPTION")[0]!.split("\n").map((l) => l.trim());
+    expect(lines.join(" ")).toContain("[-F ssh_config]");
+    for (const l of lines) expect(l).not.toMatch(/\[[^\]]*$|  /); // no "[-F" left open at a line's end, no spread spaces
+  });
+
   test("has the usual sections", () => {
     const page = manPage();
     for (const s of ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FILES", "EXIT STATUS", "SEE ALSO"]) {

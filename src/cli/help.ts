@@ -63,9 +63,13 @@ export function manPage(): string {
     ".SH NAME",
     `${PROGRAM} \\- fast, encrypted remote file copy`,
     ".SH SYNOPSIS",
+    ".nh", // an option's name is not to be broken at a hyphen ("ssh_op-tion"),
+    ".ad l", // nor spread over the line
     ".B escp",
     ...synopsisWords().slice(0, -2).map(manSynopsisWord),
     ".I source ... target",
+    ".ad",
+    ".hy",
     ".SH DESCRIPTION",
     ".B escp",
     "copies files between hosts the way",
@@ -295,7 +299,8 @@ function synopsisWords(): string[] {
 function manSynopsisWord(word: string): string {
   const m = /^\[(\S+)(?: (.+))?\]$/.exec(word)!;
   const name = roffDashes(m[1]);
-  return m[2] === undefined ? `.RB [ ${name} ]` : `.RB [ ${name}\n.IR ${roffEscape(m[2])} ]`;
+  // "\ " is a space no line breaks at: "[-F ssh_config]" stays on one line.
+  return m[2] === undefined ? `.RB [ ${name} ]` : `[\\fB${name}\\fR\\ \\fI${roffEscape(m[2])}\\fR]`;
 }
 
 function manHeading(o: OptionSpec): string {
