@@ -160,6 +160,10 @@ int escp_fstat(int fd, int64_t out[ESCP_STAT_SLOTS]);
 /* 1 when fd's filesystem makes a file's content as it is read (procfs, sysfs, debugfs,
  * tracefs, securityfs, configfs, cgroup): its size in stat says nothing about it. */
 int escp_made_on_read(int fd);
+/* Reads fd from its start to its end into a new memfd (close-on-exec) and returns it: what
+ * escp_made_on_read's files read as now, sent from one read (they change with every read).
+ * -EFBIG past max bytes, or -errno. */
+int escp_snapshot(int fd, int64_t max);
 /* 1 when `name` in dirfd is the root of a mount (a file bind-mounted over, as containers
  * do with config files): no rename can replace it, so it is written in place. */
 int escp_is_mount_root(int dirfd, const char *name);

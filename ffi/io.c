@@ -14,6 +14,7 @@
 #include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <linux/fs.h>
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
@@ -124,7 +125,9 @@ static int mostly_cached(int fd, const struct stat *st) {
 ESCP_API int escp_openat_read(int dirfd, const char *name, int64_t direct_min, int32_t *is_direct, int64_t st_out[ESCP_STAT_SLOTS]) {
   if (is_direct) *is_direct = 0;
   if (!name) return -EINVAL;
-  int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  /* Non-blocking until it is known to be a regular file: a name the walk saw as one may
+   * be a FIFO by now, whose open would wait for a writer, deaf to signals. */
+  int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) return escp__errno("open %s", name);
   struct stat st;
   if (fstat(fd, &st) != 0) {
@@ -132,6 +135,11 @@ ESCP_API int escp_openat_read(int dirfd, const char *name, int64_t direct_min, i
     close(fd);
     return rc;
   }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return escp__err(-EINVAL, "open %s: Not a regular file now (it was one when its directory was read)", name);
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   if (st_out) stat_fields(&st, st_out);
   if (direct_min >= 0 && st.st_size >= direct_min && !mostly_cached(fd, &st) && try_direct(fd) && is_direct)
     *is_direct = 1;
@@ -785,6 +793,38 @@ ESCP_API int escp_made_on_read(int fd) {
     return 1;
   default:
     return 0;
+  }
+}
+
+ESCP_API int escp_snapshot(int fd, int64_t max) {
+  int snap = (int)syscall(SYS_memfd_create, "escp-snapshot", MFD_CLOEXEC);
+  if (snap < 0) return escp__errno("memfd_create");
+  char buf[64 << 10];
+  int64_t total = 0;
+  for (;;) {
+    ssize_t n = pread(fd, buf, sizeof buf, (off_t)total);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = -errno;
+      close(snap);
+      return e;
+    }
+    if (n == 0) return snap;
+    if (total + n > max) {
+      close(snap);
+      return -EFBIG;
+    }
+    for (ssize_t done = 0; done < n;) {
+      ssize_t w = write(snap, buf + done, (size_t)(n - done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) {
+        int e = escp__errno("snapshot write");
+        close(snap);
+        return e;
+      }
+      done += w;
+    }
+    total += n;
   }
 }
 

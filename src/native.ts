@@ -81,6 +81,7 @@ const symbols = {
   escp_unlinkat_beneath: { args: [i32, cstring, i32], returns: i32 },
   escp_fstat: { args: [i32, P], returns: i32 },
   escp_made_on_read: { args: [i32], returns: i32 },
+  escp_snapshot: { args: [i32, i64], returns: i32 },
   escp_dir_ignores_case: { args: [i32], returns: i32 },
   escp_on_fuse: { args: [i32], returns: i32 },
   escp_is_mount_root: { args: [i32, cstring], returns: i32 },

@@ -367,9 +367,10 @@ describe("sources that misbehave", () => {
     await asNobody(async ({ src, dst, escp }) => {
       await makeFile(path.join(src, "a"), 1000, { seed: 1 });
       await makeFile(path.join(src, "secret"), 1000, { seed: 2, mode: 0o000 });
+      await makeFile(path.join(src, "se\ncret"), 1000, { seed: 4, mode: 0o000 }); // the cause still parted from the name
       await makeFile(path.join(src, "b"), 1000, { seed: 3 });
-      const r = await escp([path.join(src, "a"), path.join(src, "secret"), path.join(src, "b"), `${dst}/`]);
-      expect(r.stderr).toBe(`escp: ${path.join(src, "secret")}: Permission denied\n`);
+      const r = await escp([path.join(src, "a"), path.join(src, "secret"), path.join(src, "se\ncret"), path.join(src, "b"), `${dst}/`]);
+      expect(r.stderr).toBe(`escp: ${path.join(src, "secret")}: Permission denied\nescp: ${path.join(src, "se\\012cret")}: Permission denied\n`);
       expect(r.code).toBe(1);
       expect(fs.readdirSync(dst).sort()).toEqual(["a", "b"]);
     });

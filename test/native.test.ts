@@ -38,6 +38,7 @@ const SYMS = {
   escp_gcm_seal: { args: ["ptr", "ptr", "ptr", "u32", "ptr", "u32", "ptr"], returns: "i32" },
   escp_gcm_open: { args: ["ptr", "ptr", "ptr", "u32", "ptr", "u32", "ptr"], returns: "i32" },
   escp_open_read: { args: ["ptr", "i32", "ptr"], returns: "i32" },
+  escp_snapshot: { args: ["i32", "i64"], returns: "i32" },
   escp_drop_cache: { args: ["i32", "i64", "i64"], returns: "i32" },
   escp_reserve: { args: ["i32", "i64"], returns: "i32" },
   escp_openat_beneath: { args: ["i32", "ptr", "i32", "u32", "i32", "ptr"], returns: "i32" },
@@ -321,6 +322,29 @@ describe("crypto", () => {
 // ---- io -------------------------------------------------------------------------
 
 describe("io", () => {
+  test("a source that is no longer a regular file (a FIFO by the time it is opened) is refused at once, not waited on", () => {
+    const fifo = path.join(tmp, "now-a-fifo");
+    expect(spawnSync("mkfifo", [fifo]).status).toBe(0);
+    const fd = L.escp_open_read(cstr(fifo), 0, new Int32Array(1));
+    expect(fd).toBe(-22 /* EINVAL */);
+    expect(lastError()).toBe(`open ${fifo}: Not a regular file now (it was one when its directory was read)`);
+  });
+
+  test("a snapshot holds what one read from the start found; past its limit it is EFBIG", () => {
+    const file = path.join(tmp, "snap.src");
+    const data = randomBytes(200_000);
+    fs.writeFileSync(file, data);
+    const src = fs.openSync(file, "r");
+    fs.readSync(src, Buffer.alloc(10), 0, 10, null); // the snapshot reads from the start, whatever the offset
+    const snap = L.escp_snapshot(src, 1 << 20);
+    expect(snap).toBeGreaterThan(src);
+    expect(fs.fstatSync(snap).size).toBe(data.length);
+    expect(Buffer.compare(fs.readFileSync(`/proc/self/fd/${snap}`), data)).toBe(0);
+    L.escp_close(snap);
+    expect(L.escp_snapshot(src, 100_000)).toBe(-27 /* EFBIG */);
+    fs.closeSync(src);
+  });
+
   test("*_beneath never leave the directory", () => {
     const root = path.join(tmp, "beneath");
     fs.mkdirSync(root);

@@ -1349,6 +1349,16 @@ describe.concurrent("differences found by this suite, now fixed", () => {
     for (const name of ["push", "pull", "local"]) expect(fs.readFileSync(`${dst}/${name}`)).toEqual(want);
   });
 
+  test("/proc files that change with every read arrive whole, as one read found them (never cut to an earlier read's length)", async () => {
+    const dst = tmpdir("dst");
+    for (let i = 0; i < 8; i++) {
+      const r = await runEscp(["/proc/stat", "/proc/vmstat", "/proc/interrupts", `${H}:${mkdir(`${dst}/${i}`)}/`]);
+      expect([r.code, r.stderr]).toEqual([0, ""]);
+      for (const name of ["stat", "vmstat", "interrupts"]) expect(fs.readFileSync(`${dst}/${i}/${name}`, "utf8")).toEndWith("\n");
+      expect(fs.readFileSync(`${dst}/${i}/stat`, "utf8").trimEnd().split("\n").at(-1)).toStartWith("softirq ");
+    }
+  });
+
   const unreadable = "/sys/class/net/lo/queues/tx-0/xps_cpus"; // on this kernel, lo's reads fail (ENOENT)
   test.skipIf(readFails(unreadable) === undefined)("a /sys file whose read fails is named with the read's error, not copied empty", async () => {
     const dst = tmpdir("dst");

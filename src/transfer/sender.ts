@@ -153,16 +153,30 @@ export class Sender {
     const isDirect = IS_DIRECT;
     // Size and times come from the open file, so a file replaced after the walk is seen as it is read.
     const st = STAT;
-    const fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstrNow(item.abs.slice(slash + 1)), this.opts.direct ? DIRECT_MIN : -1, ptr(isDirect), ptr(st));
+    let fd = dfd < 0 ? dfd : this.lib.escp_openat_read(dfd, cstrNow(item.abs.slice(slash + 1)), this.opts.direct ? DIRECT_MIN : -1, ptr(isDirect), ptr(st));
     if (fd < 0) {
       this.stats.failures++;
-      this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^.*: (?=[A-Z])/, ""));
+      this.events.failed(item.abs, dfd < 0 ? codeText(dfd) : nativeError(fd).replace(/^[^]*: (?=[A-Z])/, ""));
       return;
     }
-    // A size of 0 may be a /proc file's, and a /sys file's 4096 is a page, not its length:
-    // such files are read to their end first and announced with what was there.
+    const mode = Number(st[2]) & 0o7777, mtimeNs = statTimeNs(st, 1), atimeNs = statTimeNs(st, 5), statSize = st[0];
+    // A /proc file's size is 0, and a /sys file's 4096 is a page, not its length; what
+    // they read as changes from one read to the next: such a file is read to its end once,
+    // and that copy is what is announced and sent (read twice, the second read was cut
+    // to the first one's length: a line lost, and "verified").
     const pseudo = this.madeOnRead(st[3], fd);
-    const read = st[0] === 0n || pseudo ? readSize(fd, st[0]) : 0n;
+    if (pseudo) {
+      const snap = this.lib.escp_snapshot(fd, BigInt(MADE_UP_MAX));
+      this.lib.escp_close(fd);
+      if (snap < 0) {
+        this.stats.failures++;
+        this.events.failed(item.abs, snap === -27 /* EFBIG */ ? `it reads as more than ${MADE_UP_MAX >> 20} MiB, though its size says ${statSize}: not copied` : codeText(snap));
+        return;
+      }
+      fd = snap;
+    }
+    // A regular file of 0 bytes may be being written: read for what it holds now.
+    const read = pseudo ? fstat(fd)[0] : statSize === 0n ? readSize(fd, statSize) : 0n;
     if (typeof read === "string") {
       this.lib.escp_close(fd);
       this.stats.failures++;
@@ -170,11 +184,10 @@ export class Sender {
       return;
     }
     const entry: FileEntry = {
-      id: this.nextId++, path: item.rel, kind: "file", size: pseudo ? read : read || st[0], mode: Number(st[2]) & 0o7777,
-      mtimeNs: statTimeNs(st, 1), atimeNs: statTimeNs(st, 5), top: item.top,
+      id: this.nextId++, path: item.rel, kind: "file", size: pseudo ? read : read || statSize, mode, mtimeNs, atimeNs, top: item.top,
     };
     const f: SendFile = {
-      id: entry.id, path: item.abs, rel: item.rel, fd, direct: isDirect[0] === 1, size: entry.size,
+      id: entry.id, path: item.abs, rel: item.rel, fd, direct: !pseudo && isDirect[0] === 1, size: entry.size,
       mtimeNs: entry.mtimeNs, next: 0n, outstanding: 0, sent: 0n, digest: new FileDigest(), doneSent: false,
       awaitingOffer: this.opts.resume, madeUp: pseudo ? "made" : read > 0n ? "grown" : undefined,
     };
@@ -447,17 +460,15 @@ export class Sender {
   }
 }
 
-/** A file whose size is 0 (or made as read) is read this far, at most, to learn how much the kernel makes up. */
+/** A file whose size is 0, or made as read, is read this far, at most: to learn how much it holds, or to keep what it made. */
 const MADE_UP_MAX = 64 << 20;
 const MADE_UP_BUF = new Uint8Array(64 << 10);
 
 /**
- * What a read of fd from its start finds, in bytes: for a file whose size is 0,
- * as /proc's are although reading them gives their content, or one whose
- * filesystem makes it as it is read (/sys: 4096). scp (SFTP) reads them to their
- * end; sent as size 0 they arrived empty and "verified", /sys's failed as shorter
- * than announced. Why not, past MADE_UP_MAX or when the read fails (a write-only
- * /sys file).
+ * What a read of fd from its start finds, in bytes: for a regular file whose size
+ * is 0 at the open, which a writer may be filling (scp reads to the end; sent as
+ * size 0 it arrived empty and "verified"). Why not, past MADE_UP_MAX or when the
+ * read fails.
  */
 function readSize(fd: number, statSize: bigint): bigint | string {
   let total = 0;
