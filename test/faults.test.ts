@@ -487,7 +487,8 @@ describe("the destination's permissions, for a user who is not root", () => {
       fs.chmodSync(dir, 0o1777);
       await makeFile(target, 96 * MiB, { seed: 77 });
       fs.chmodSync(target, 0o666);
-      const r = await escp(["--resume", "--json", "-t", "1", a, target]);
+      // -l 400 Mbit/s: the refusal, however late a loaded machine hears it, comes long before half the file has gone.
+      const r = await escp(["--resume", "--json", "-t", "1", "-l", "400000", a, target]);
       expect(r.stderr).toMatch(new RegExp(`^escp: ${target}: Operation not permitted: its directory is sticky .*--inplace.*\n$`));
       expect(r.code).toBe(1);
       expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesNetwork).toBeLessThan(48 * MiB);
