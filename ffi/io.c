@@ -139,7 +139,7 @@ ESCP_API int escp_openat_read(int dirfd, const char *name, int64_t direct_min, i
     close(fd);
     return escp__err(-EINVAL, "open %s: Not a regular file now (it was one when its directory was read)", name);
   }
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  fcntl(fd, F_SETFL, 0); /* one call: O_NONBLOCK is the only status flag set so far (O_DIRECT comes later) */
   if (st_out) stat_fields(&st, st_out);
   if (direct_min >= 0 && st.st_size >= direct_min && !mostly_cached(fd, &st) && try_direct(fd) && is_direct)
     *is_direct = 1;

@@ -5,7 +5,7 @@
  * cannot lift this end's bound.
  */
 import { test, expect } from "bun:test";
-import { fileWindow, sharedWindow, streamsAllowed, openFilesLimit } from "../src/transfer/side.ts";
+import { fileWindow, sharedWindow, streamsFilesAllow, openFilesLimit } from "../src/transfer/side.ts";
 
 test("the sender keeps the smaller window; nonsense from the other end is ignored", () => {
   const own = fileWindow(4);
@@ -17,7 +17,9 @@ test("the sender keeps the smaller window; nonsense from the other end is ignore
 
 test("more streams leave fewer descriptors for files; never more streams than the descriptors allow", () => {
   expect(fileWindow(64)).toBeLessThanOrEqual(fileWindow(1));
-  const allowed = streamsAllowed();
-  expect(allowed).toBeGreaterThanOrEqual(1);
-  expect(allowed).toBeLessThan(openFilesLimit() / 3);
+  const allowed = streamsFilesAllow(1e6);
+  expect(allowed.streams).toBeGreaterThanOrEqual(1);
+  expect(allowed.streams).toBeLessThan(openFilesLimit() / 3);
+  expect(allowed.why).toBe(`ulimit -n is ${openFilesLimit()}, which leaves room for ${allowed.streams} of the 1000000 streams asked for: using ${allowed.streams} (raise it with ulimit -n)`);
+  expect(streamsFilesAllow(1)).toEqual({ streams: 1 });
 });

@@ -20,8 +20,7 @@ export const GLOB = /[*?[]/;
 export function expandSources(operands: string[]): Sources {
   const out: Sources = { paths: [], missing: [] };
   for (const given of operands) {
-    const nobody = unknownUser(given);
-    if (nobody) {
+    if (unknownUser(given)) {
       out.missing.push({ path: given, message: "no such user" });
       continue;
     }

@@ -71,13 +71,13 @@ export function expandHome(p: string, home?: string): string {
 const TILDE_USER = /^~([^/]+)(\/.*)?$/;
 
 /**
- * The message for a `~user` path whose user this host does not know, which
+ * Whether `p` is a `~user` path whose user this host does not know, which
  * expandHome leaves as it is; as scp, such a path is refused, not taken as a
  * file named `~user` in the home directory.
  */
-export function unknownUser(p: string): string | undefined {
+export function unknownUser(p: string): boolean {
   const m = TILDE_USER.exec(p);
-  return m && userHome(m[1]) === undefined ? `${p}: no such user` : undefined;
+  return m !== null && userHome(m[1]) === undefined;
 }
 
 function userHome(user: string): string | undefined {
@@ -170,8 +170,7 @@ export function sameAsDestination(src: string, dest: string): string | undefined
 }
 
 export function resolveTarget(dest: string, o: { multipleSources: boolean; home?: string }): Target {
-  const nobody = unknownUser(dest);
-  if (nobody) throw new TargetError(nobody);
+  if (unknownUser(dest)) throw new TargetError(`${dest}: no such user`);
   const target = expandHome(dest, o.home);
   let st: fs.Stats | undefined;
   try {

@@ -20,7 +20,7 @@ import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
-import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, streamsTargetTakes, tooFewFiles, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsFilesAllow, streamsMemoryAllows, streamsTargetTakes, type Side } from "../transfer/side.ts";
 import { resolveTarget, sameAsDestination, TargetError } from "../plan/target.ts";
 import { Request } from "../plan/request.ts";
 import { failuresOf, type Report, type Failure } from "../report.ts";
@@ -142,13 +142,13 @@ export async function transfer(
       return { failures: [], error: (e as Error).message };
     }
   }
-  const scarce = tooFewFiles();
-  if (scarce) return { failures: [], error: scarce };
   // As the sender we know what there is to move; pulling, the server tells us in `ready`.
   // No more streams than our descriptors allow (and the server's, which may answer with fewer).
-  const threads = Math.min(localTarget ? streamsTargetTakes(localTarget, o.threads) : o.threads, streamsAllowed());
-  const wanted = plan.dir === "pull" ? threads : streamsFor(plan.sources, threads, o.blockSize);
-  const memory = streamsMemoryAllows(wanted, o.blockSize, o.compress);
+  const threads = localTarget ? streamsTargetTakes(localTarget, o.threads) : o.threads;
+  const files = streamsFilesAllow(plan.dir === "pull" ? threads : streamsFor(plan.sources, threads, o.blockSize));
+  if (files.streams < 1) return { failures: [], error: files.why };
+  if (files.why) report.warning(files.why);
+  const memory = streamsMemoryAllows(files.streams, o.blockSize, o.compress);
   if (memory.streams < 1) return { failures: [], error: memory.why };
   if (memory.why) report.warning(memory.why);
   const asked = memory.streams;

@@ -28,7 +28,10 @@ import { EXIT, type Report, type TransferEvent } from "../report.ts";
 import type { TransferSummary } from "../protocol.ts";
 import type { TransferResult } from "./client.ts";
 import { ControlChannel, encodeFrame } from "./control.ts";
-import { connectionFailure, forwardStderr, startRemote } from "./remote.ts";
+import { connectionFailure, forwardStderr, SSH_ERROR, startRemote } from "./remote.ts";
+
+/** Given -q, the escp there prints only failures, each named once and counted here as shown: those and ssh's errors go through. */
+const FAILURES_THERE = new RegExp(`${SSH_ERROR.source}|^escp: (?!warning: )`, "im");
 
 /** Runs the copy of `sources` (all on one host) to `target` on that host, as escp -R. */
 export async function fromSource(
@@ -42,8 +45,7 @@ export async function fromSource(
   // they drive this end's progress display, summary and library events.
   const argv = [...copyFlags({ ...o, json: true }), "--", ...sources.map((s) => asLocalOperand(s.path)), formatOperand(into)];
   const child = startRemote(o, host, "--origin");
-  // Given -q, the escp there prints only failures, each named once and counted here as shown.
-  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom(), /error|denied|refused|not found|^escp: (?!warning: )/im);
+  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom(), FAILURES_THERE);
   let summary: TransferSummary | undefined;
   let failedThere = false; // its session failed as a whole (it printed why)
   let answered = false; // it started the copy (its first event came)

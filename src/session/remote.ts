@@ -153,6 +153,9 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
   return out;
 }
 
+/** What reads as an ssh error in the other end's stderr: kept under -q. */
+export const SSH_ERROR = /error|denied|refused|not found/i;
+
 /**
  * Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping
  * the tail for diagnosis. `makeRoom` erases the progress display first, so that the text
@@ -163,7 +166,7 @@ export function forwardStderr(
   stream: ReadableStream<Uint8Array>,
   o: Options,
   makeRoom: () => void,
-  kept = /error|denied|refused|not found/i,
+  kept = SSH_ERROR,
 ): { text: string; done: Promise<void>; quiet: boolean } {
   const tail = { text: "", done: Promise.resolve(), quiet: o.quiet };
   tail.done = (async () => {

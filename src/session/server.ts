@@ -12,7 +12,7 @@ import { listen, acceptStreams, tuneStreams } from "./connect.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
 import { prestartWalker } from "../plan/walk.ts";
-import { makeSide, summarize, fileWindow, streamsAllowed, streamsMemoryAllows, streamsTargetTakes, tooFewFiles, type Side } from "../transfer/side.ts";
+import { makeSide, summarize, fileWindow, streamsFilesAllow, streamsMemoryAllows, streamsTargetTakes, type Side } from "../transfer/side.ts";
 import { resolveTarget } from "../plan/target.ts";
 import { expandSources, streamsFor } from "../plan/sources.ts";
 import { Report } from "../report.ts";
@@ -100,10 +100,11 @@ async function serve(ch: ControlChannel, onGone: (f: () => void) => void): Promi
       ? resolveTarget(hello.target ?? "", { multipleSources: !!hello.multipleSources })
       : undefined;
     const sources = expandSources(hello.serverRole === "sender" ? hello.sources ?? [] : []);
-    const scarce = tooFewFiles();
-    if (scarce) throw new Error(scarce);
-    const threads = Math.min(target ? streamsTargetTakes(target, hello.streams) : hello.streams, streamsAllowed());
-    const memory = streamsMemoryAllows(target ? threads : streamsFor(sources.paths, threads, hello.blockSize), hello.blockSize, hello.options.compress, 0.6);
+    const threads = target ? streamsTargetTakes(target, hello.streams) : hello.streams;
+    const files = streamsFilesAllow(target ? threads : streamsFor(sources.paths, threads, hello.blockSize));
+    if (files.streams < 1) throw new Error(files.why);
+    if (files.why) report.warning(`${hostName()}: ${files.why}`);
+    const memory = streamsMemoryAllows(files.streams, hello.blockSize, hello.options.compress, 0.6);
     if (memory.streams < 1) throw new Error(`${hostName()}: ${memory.why}`);
     if (memory.why) report.warning(`${hostName()}: ${memory.why}`);
     const streams = memory.streams;

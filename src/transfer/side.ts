@@ -60,18 +60,15 @@ export function fileWindow(streams: number): number {
 const BASE_FDS = 32, FDS_PER_STREAM = 4;
 
 /**
- * The most data streams `ulimit -n` leaves room for: -t is the most a copy
- * opens, and one that asks for more than the descriptors allow gets fewer
- * instead of files failing with "Too many open files". 0: not even one.
+ * The most of `streams` data streams `ulimit -n` leaves room for, with why when they
+ * are fewer (a warning, as for memory): a copy that asked for more than the descriptors
+ * allow gets fewer, instead of files failing with "Too many open files". 0: not even one.
  */
-export function streamsAllowed(): number {
-  return Math.max(0, Math.floor((openFilesLimit() - BASE_FDS) / FDS_PER_STREAM) - 1);
-}
-
-/** Why this process cannot run a session at all under its `ulimit -n`, or undefined. */
-export function tooFewFiles(): string | undefined {
-  if (streamsAllowed() >= 1) return undefined;
-  return `too few file descriptors: ulimit -n is ${openFilesLimit()}, and a copy needs ${BASE_FDS + 2 * FDS_PER_STREAM} or more`;
+export function streamsFilesAllow(streams: number): { streams: number; why?: string } {
+  const limit = openFilesLimit(), fit = Math.max(0, Math.floor((limit - BASE_FDS) / FDS_PER_STREAM) - 1);
+  if (fit < 1) return { streams: 0, why: `too few file descriptors: ulimit -n is ${limit}, and a copy needs ${BASE_FDS + 2 * FDS_PER_STREAM} or more` };
+  if (fit >= streams) return { streams };
+  return { streams: fit, why: `ulimit -n is ${limit}, which leaves room for ${fit} of the ${streams} streams asked for: using ${fit} (raise it with ulimit -n)` };
 }
 
 /**
