@@ -11,7 +11,7 @@
  *   progress display of progress.ts, then one summary line;
  * - `listener`: the library API (src/index.ts) gets every event object;
  * - otherwise nothing but failures and warnings on stderr, and with -q only
- *   failures.
+ *   failures and the warnings of sources left out (loud).
  *
  * @example
  * const ev = new Report({ quiet: false, json: false });
@@ -32,7 +32,8 @@ export interface Events {
   started(path: string, size: number): void;
   finished(path: string, size: number): void;
   failed(subject: string, cause: string, id?: bigint): void;
-  warning(message: string): void;
+  /** loud: a source left out (a FIFO, a loop), said even under -q, as scp does. */
+  warning(message: string, loud?: boolean): void;
 }
 
 /** The session as the client sees it once the streams are up. */
@@ -314,12 +315,12 @@ export class Report implements Events {
     return undefined;
   }
 
-  warning(message: string): void {
+  warning(message: string, loud = false): void {
     log.warn(message);
     this.emit({ event: "warning", time: now(), message });
     // A server (print off) has no report field for warnings: its stderr reaches the
-    // user through ssh, where the client applies -q.
-    if (!this.print || !this.opts.quiet) this.stderr(`escp: warning: ${message}\n`);
+    // user through ssh, where the client applies -q (KEPT_QUIET).
+    if (!this.print || !this.opts.quiet || loud) this.stderr(`escp: warning: ${message}\n`);
   }
 
   /** Failures the peer found that we have not printed yet. */

@@ -28,10 +28,10 @@ import { EXIT, type Report, type TransferEvent } from "../report.ts";
 import type { TransferSummary } from "../protocol.ts";
 import type { TransferResult } from "./client.ts";
 import { ControlChannel, encodeFrame } from "./control.ts";
-import { connectionFailure, forwardStderr, SSH_ERROR, startRemote } from "./remote.ts";
+import { connectionFailure, forwardStderr, KEPT_QUIET, startRemote } from "./remote.ts";
 
 /** Given -q, the escp there prints only failures, each named once and counted here as shown: those and ssh's errors go through. */
-const FAILURES_THERE = new RegExp(`${SSH_ERROR.source}|^escp: (?!warning: )`, "im");
+const FAILURES_THERE = new RegExp(`${KEPT_QUIET.source}|^escp: (?!warning: )`, "im");
 
 /** Runs the copy of `sources` (all on one host) to `target` on that host, as escp -R. */
 export async function fromSource(

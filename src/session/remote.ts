@@ -153,8 +153,8 @@ export function withKeepalive(p: ServerProcess, seconds: number): ServerProcess 
   return out;
 }
 
-/** What reads as an ssh error in the other end's stderr: kept under -q. */
-export const SSH_ERROR = /error|denied|refused|not found/i;
+/** What the other end's stderr keeps under -q: what reads as an ssh error, and escp's word of a source left out (Report.warning's loud). */
+export const KEPT_QUIET = /error|denied|refused|not found|^escp: warning: .*, skipped$/im;
 
 /**
  * Passes the other end's stderr (ssh's messages, the server's warnings) through, keeping
@@ -166,7 +166,7 @@ export function forwardStderr(
   stream: ReadableStream<Uint8Array>,
   o: Options,
   makeRoom: () => void,
-  kept = SSH_ERROR,
+  kept = KEPT_QUIET,
 ): { text: string; done: Promise<void>; quiet: boolean } {
   const tail = { text: "", done: Promise.resolve(), quiet: o.quiet };
   tail.done = (async () => {

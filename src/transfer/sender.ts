@@ -138,7 +138,7 @@ export class Sender {
       return;
     }
     if (item.kind === "warning") {
-      this.events.warning(`${item.abs}: ${item.message}`);
+      this.events.warning(`${item.abs}: ${item.message}`, true);
       return;
     }
     if (item.kind === "dir") {
