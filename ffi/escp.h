@@ -62,6 +62,11 @@ enum escp_err {
   ESCP_E_BUSY = -10012,     /* the temporary file is locked: another escp writes this target */
   ESCP_E_NOTOURS = -10013,  /* --resume: the temporary file is another user's, or linked, and stays */
   ESCP_E_KEPT = -10014,     /* the temporary name holds another user's file, or one made since we began: kept */
+  ESCP_E_INPLACE_BUSY = -10015,  /* --inplace: the target is write-locked: another escp writes it */
+  ESCP_E_PART_GONE = -10016,     /* the temporary file was removed before its commit */
+  ESCP_E_PART_REPLACED = -10017, /* another file took the temporary name before the commit */
+  ESCP_E_DIR_GONE = -10018,      /* the target's directory was removed */
+  ESCP_E_TARGET_GONE = -10019,   /* --inplace: the target was removed or replaced before its commit */
 };
 
 const char *escp_strerror(int code);
@@ -144,6 +149,16 @@ int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *is_direct
  * (ESCP_E_KEPT); one of ours with other links is not continued but replaced by a new
  * one.  fd or -errno / ESCP_E_*. */
 int escp_open_resume_part(int dirfd, const char *name);
+/* --inplace: opens the target `name` (one component) in dirfd for writing, made if
+ * missing (with mode, less the umask), as escp_openat_beneath opens, and write-locks it
+ * as escp_create_part locks a temporary file, until its commit or its writer's end: a
+ * target someone holds write-locked is another escp's, writing it now, and is left
+ * alone (ESCP_E_INPLACE_BUSY).  flags: ESCP_INPLACE_EMPTY empties it once locked;
+ * ESCP_INPLACE_OURS neither locks nor empties it (the caller writes it in place
+ * already, under another name: a hard link, and holds its lock).  fd or -errno / ESCP_E_*. */
+int escp_open_inplace(int dirfd, const char *name, int flags, uint32_t mode, int direct, int32_t *is_direct);
+#define ESCP_INPLACE_EMPTY 1
+#define ESCP_INPLACE_OURS 2
 /* Removes a stale temporary file `name` (one component) in dirfd: this user's, older
  * than this process.  0 (also when nothing is there); ESCP_E_BUSY while another escp
  * holds it; ESCP_E_KEPT for anything else there (another user's; made since we began),

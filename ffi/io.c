@@ -308,11 +308,39 @@ static int busy_part(int fd) {
   return write_locked(fd) && fstat(fd, &st) == 0 && st.st_uid == my_euid() ? ESCP_E_BUSY : 0;
 }
 
+/* Write-locks fd (open for writing): 1 when another open file holds a lock in the way,
+ * else 0 (also where the filesystem has no locks). */
+static int lock_refused(int fd) {
+  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+  return fcntl(fd, F_OFD_SETLK, &l) != 0 && (errno == EAGAIN || errno == EACCES);
+}
+
 /* Locks fd (open for writing): 0, or ESCP_E_BUSY when another escp of ours holds it. */
 static int lock_part(int fd) {
-  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
-  if (fcntl(fd, F_OFD_SETLK, &l) == 0) return 0;
-  return errno == EAGAIN || errno == EACCES ? busy_part(fd) : 0;
+  return lock_refused(fd) ? busy_part(fd) : 0;
+}
+
+/* --inplace has no temporary file: the target itself is locked, the same way, from
+ * its open (before --sparse empties it) to its commit, so that a second copy into it
+ * fails instead of mixing its blocks with the first's (ESCP_E_INPLACE_BUSY).  Any
+ * write lock there counts, whoever holds it: it takes the file open for writing, and
+ * whoever may write the target can spoil a copy into it anyway (with the rule of
+ * temporary files, two copies by root into a user's file both went ahead).  A read
+ * lock, which any reader may take, does not stop the copy (it goes unlocked). */
+static int lock_target(int fd) {
+  return lock_refused(fd) && write_locked(fd) ? ESCP_E_INPLACE_BUSY : 0;
+}
+
+/* Whether dirfd's directory has been removed (a file made in it fails with ENOENT). */
+static int dir_removed(int dirfd) {
+  struct stat d;
+  return fstat(dirfd, &d) == 0 && d.st_nlink == 0;
+}
+
+/* -errno of a failed create in dirfd, told apart where the directory itself is gone. */
+static int create_failure(int dirfd) {
+  int e = errno;
+  return e == ENOENT && dir_removed(dirfd) ? ESCP_E_DIR_GONE : -e;
 }
 
 /* Whether the open fd is what `name` in dirfd is now. */
@@ -370,11 +398,21 @@ ESCP_API int escp_create_part(int dirfd, const char *name, int direct, uint32_t 
     if (busy) return busy;
     fd = openat(dirfd, name, flags, m);
   }
-  if (fd < 0) return -errno;
+  if (fd < 0) return create_failure(dirfd);
   int busy = lock_part(fd); /* only if another escp locked it in the instant since */
   if (busy) return close(fd), busy;
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
+}
+
+ESCP_API int escp_open_inplace(int dirfd, const char *name, int flags, uint32_t mode, int direct, int32_t *is_direct) {
+  int fd = escp_openat_beneath(dirfd, name, O_WRONLY | O_CREAT, mode, direct, is_direct);
+  if (fd == -ENOENT && dir_removed(dirfd)) return ESCP_E_DIR_GONE;
+  if (fd < 0) return fd;
+  struct stat st;
+  int rc = !(flags & ESCP_INPLACE_OURS) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? lock_target(fd) : 0;
+  if (!rc && (flags & ESCP_INPLACE_EMPTY) && !(flags & ESCP_INPLACE_OURS) && ftruncate(fd, 0) != 0) rc = escp__errno("truncate %s", name);
+  return rc ? (close(fd), rc) : fd;
 }
 
 /* --resume continues the temporary file a killed run left, so it is opened, not made
@@ -422,7 +460,7 @@ ESCP_API int escp_create_unnamed(int dirfd, int direct, uint32_t mode, int32_t *
   if (fd < 0) {
     /* Kernels before 3.11 take O_TMPFILE for O_DIRECTORY (EISDIR); NFS and others refuse it. */
     int e = errno;
-    return e == EOPNOTSUPP || e == EISDIR || e == EINVAL ? -EOPNOTSUPP : -e;
+    return e == EOPNOTSUPP || e == EISDIR || e == EINVAL ? -EOPNOTSUPP : create_failure(dirfd);
   }
   if (direct && try_direct(fd) && is_direct) *is_direct = 1;
   return fd;
@@ -433,13 +471,13 @@ static int link_fd(int fd, int dirfd, const char *name) {
   static int empty_path_refused;
   if (!__atomic_load_n(&empty_path_refused, __ATOMIC_RELAXED)) {
     if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0) return 0;
-    if (errno != ENOENT) return -errno;
-    /* ENOENT: no CAP_DAC_READ_SEARCH (or dirfd's directory is gone: the retry says so too) */
+    if (errno != ENOENT || dir_removed(dirfd)) return create_failure(dirfd);
+    /* ENOENT: no CAP_DAC_READ_SEARCH */
     __atomic_store_n(&empty_path_refused, 1, __ATOMIC_RELAXED);
   }
   char p[32];
   snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
-  return linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
+  return linkat(AT_FDCWD, p, dirfd, name, AT_SYMLINK_FOLLOW) == 0 ? 0 : create_failure(dirfd);
 }
 
 ESCP_API int escp_mkdirat_beneath(int dirfd, const char *rel, uint32_t mode) {
@@ -588,6 +626,22 @@ ESCP_API int escp_fchmod(int fd, uint32_t mode) {
   return fchmod(fd, (mode_t)mode) == 0 ? 0 : escp__errno("fchmod fd %d", fd);
 }
 
+/* Why tmp in dirfd is no longer the file being committed: someone removed its directory,
+ * or removed it or put another file there; that file, write-locked by this user, is
+ * another escp's (one that began after ours was removed).  With --inplace tmp is the
+ * target itself, and the data went into a file no longer under its name. */
+static int name_lost(int dirfd, const char *tmp, const char *name) {
+  struct stat st;
+  int there = fstatat(dirfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0;
+  if (!there && dir_removed(dirfd)) return escp__err(ESCP_E_DIR_GONE, "the directory of %s was removed", tmp);
+  if (strcmp(tmp, name) == 0) return escp__err(ESCP_E_TARGET_GONE, "%s was removed or replaced", tmp);
+  if (!there) return escp__err(ESCP_E_PART_GONE, "%s was removed", tmp);
+  int other = S_ISREG(st.st_mode) ? openat(dirfd, tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
+  int busy = other >= 0 ? busy_part(other) : 0;
+  if (other >= 0) close(other);
+  return busy ? escp__err(busy, "%s is another escp's now", tmp) : escp__err(ESCP_E_PART_REPLACED, "%s was replaced", tmp);
+}
+
 /* The last steps of a commit: close fd (where NFS and quotas report late write errors),
  * then rename tmp (if any) over name, but only while tmp is still this file: the lock
  * is held, through a duplicate of fd, until the rename is done.  On failure `linked`
@@ -595,7 +649,7 @@ ESCP_API int escp_fchmod(int fd, uint32_t mode) {
 static int close_and_rename(int fd, int rc, int dirfd, const char *tmp, const char *name, const char *linked) {
   int held = tmp ? dup(fd) : -1;
   if (close(fd) != 0 && !rc) rc = escp__errno("close %s", tmp ? tmp : name);
-  if (!rc && tmp && held >= 0 && !is_named(held, dirfd, tmp)) rc = escp__err(ESCP_E_BUSY, "%s is another escp's now", tmp);
+  if (!rc && tmp && held >= 0 && !is_named(held, dirfd, tmp)) rc = name_lost(dirfd, tmp, name);
   /* tmp is name for a file written or kept in place (--inplace, --resume): a rename onto
    * itself does nothing, but a read-only filesystem refuses even that. */
   if (!rc && tmp && strcmp(tmp, name) != 0 && renameat(dirfd, tmp, dirfd, name) != 0)

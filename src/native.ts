@@ -75,6 +75,7 @@ const symbols = {
   escp_create_part: { args: [i32, cstring, i32, u32, P], returns: i32 },
   escp_clear_stale_part: { args: [i32, cstring], returns: i32 },
   escp_open_resume_part: { args: [i32, cstring], returns: i32 },
+  escp_open_inplace: { args: [i32, cstring, i32, u32, i32, P], returns: i32 },
   escp_create_unnamed: { args: [i32, i32, u32, P], returns: i32 },
   escp_mkdirat_beneath: { args: [i32, cstring, u32], returns: i32 },
   escp_renameat_beneath: { args: [i32, cstring, cstring], returns: i32 },
@@ -123,6 +124,7 @@ export const Rec = { HELLO: 1, FILES: 2, DATA: 3, DONE: 4, RESULT: 5, RESUME: 6,
 export const E = {
   AUTH: -10001, SEQ: -10002, TRUNC: -10003, PROTO: -10004, NEEDFILE: -10005, DECOMP: -10006,
   TIMEOUT: -10007, CHANGED: -10008, RANGE: -10009, CANCEL: -10010, VERSION: -10011, BUSY: -10012, NOTOURS: -10013, KEPT: -10014,
+  INPLACE_BUSY: -10015, PART_GONE: -10016, PART_REPLACED: -10017, DIR_GONE: -10018, TARGET_GONE: -10019,
 } as const;
 export const PROTO_VERSION = 2;
 export const ALIGN = 4096;
@@ -153,6 +155,8 @@ export const MODE_KEEP = 0xffffffff;
  * replaces a file, whose owner, group and attributes it takes; and its mode, as it is then.
  */
 export const COMMIT_TIMES = 1, COMMIT_UNNAMED = 2, COMMIT_REPLACES = 4, COMMIT_OLD_MODE = 8;
+/** escp_open_inplace's flags: empty the target once locked; take no lock (this copy holds it, under another name). */
+export const INPLACE_EMPTY = 1, INPLACE_OURS = 2;
 /** escp_fdslot.direct bits: O_DIRECT; may be (once created: was) created unnamed. */
 export const SLOT_DIRECT = 1, SLOT_UNNAMED = 2;
 export const LOOP_OPTS_SIZE = 16;

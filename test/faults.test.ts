@@ -276,6 +276,82 @@ describe("two copies to one target at once", () => {
   });
 });
 
+describe("two --inplace copies to one target at once", () => {
+  // --inplace has no temporary file to lock: both used to write the target at once, exit 0,
+  // and leave it holding blocks of each source.
+  const LOCKED = "another escp is copying to this file now (it is locked: written in place)";
+
+  test("the second is refused, with --resume too; the first's success means its file; hard links in one copy are not refused (push)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const a = await makeFile(path.join(src, "a"), 64 * MiB, { seed: 91 });
+    const b = await makeFile(path.join(src, "b"), 64 * MiB, { seed: 92 });
+    const target = path.join(dst, "t");
+    const first = spawnEscp(["--inplace", "-l", "100000", b, `${SSH_HOST}:${target}`]);
+    await waitFor(() => size(target) > 0, 30_000, "the first copy's data");
+    for (const extra of [[], ["--resume"]]) {
+      const second = await runEscp(["--inplace", ...extra, a, `${SSH_HOST}:${target}`]);
+      expect(second.stderr).toBe(`escp: ${target}: ${LOCKED}\n`);
+      expect(second.code).toBe(1);
+    }
+    expect(await first.p.exited).toBe(0);
+    expect(await first.stderr).toBe("");
+    expect(await sameFile(b, target)).toBe(true);
+    expect(fs.readdirSync(dst)).toEqual(["t"]);
+    // Two names of one file, written in place by one copy, share its lock (-r of a tree of links).
+    fs.mkdirSync(path.join(src, "tree"));
+    fs.writeFileSync(path.join(src, "tree", "x"), "linked\n");
+    fs.linkSync(path.join(src, "tree", "x"), path.join(src, "tree", "y"));
+    fs.mkdirSync(path.join(dst, "tree"));
+    fs.linkSync(target, path.join(dst, "tree", "x"));
+    fs.linkSync(target, path.join(dst, "tree", "y"));
+    const links = await runEscp(["-r", "--inplace", path.join(src, "tree"), `${SSH_HOST}:${dst}/`]);
+    expect([links.code, links.stderr]).toEqual([0, ""]);
+    expect(fs.readFileSync(target, "utf8")).toBe("linked\n");
+  });
+
+  test("the second is refused (pull); the lock goes with a copy killed with -9, and the next copy completes", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const a = await makeFile(path.join(src, "a"), 64 * MiB, { seed: 93 });
+    const b = await makeFile(path.join(src, "b"), 64 * MiB, { seed: 94 });
+    const target = path.join(dst, "t");
+    const first = spawnEscp(["--inplace", "-l", "100000", `${SSH_HOST}:${b}`, target]);
+    await waitFor(() => size(target) > 0, 30_000, "the first copy's data");
+    const second = await runEscp(["--inplace", "--sparse", `${SSH_HOST}:${a}`, target]); // --sparse empties it: only once locked
+    expect(second.stderr).toBe(`escp: ${target}: ${LOCKED}\n`);
+    expect(second.code).toBe(1);
+    expect(size(target)).toBeGreaterThan(0);
+    first.p.kill("SIGKILL");
+    await first.p.exited;
+    const third = await runEscp(["--inplace", `${SSH_HOST}:${a}`, target]);
+    expect([third.code, third.stderr]).toEqual([0, ""]);
+    expect(await sameFile(a, target)).toBe(true);
+    expect(fs.readdirSync(dst)).toEqual(["t"]);
+  });
+});
+
+describe("what a copy writes, removed while it runs", () => {
+  // Each was reported as "another escp is copying to this file now".
+  test("its temporary file, its directory, or (--inplace) the target: said so, exit 1, nothing left (push)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const a = await makeFile(path.join(src, "f"), 64 * MiB, { seed: 95 });
+    const sub = path.join(dst, "sub");
+    const cases: [string[], string, string, string][] = [
+      [[], path.join(dst, "f"), path.join(dst, ".f.escp-part"), "its temporary file was removed during the copy"],
+      [[], path.join(sub, "f"), sub, "its directory was removed during the copy"],
+      [["--inplace"], path.join(dst, "f"), path.join(dst, "f"), "it was removed or replaced during the copy"],
+    ];
+    for (const [extra, target, removed, why] of cases) {
+      fs.mkdirSync(sub, { recursive: true });
+      const t = spawnEscp([...extra, "-l", "200000", a, `${SSH_HOST}:${target}`]);
+      await waitFor(() => size(removed) > 0 && (removed !== sub || size(path.join(sub, ".f.escp-part")) > 0), 30_000, "data to arrive");
+      fs.rmSync(removed, { recursive: true });
+      expect(await t.stderr).toBe(`escp: ${target}: ${why}\n`);
+      expect(await t.p.exited).toBe(1);
+      expect(fs.readdirSync(dst)).toEqual(removed === sub ? [] : ["sub"]);
+    }
+  });
+});
+
 describe("a temporary file another escp holds", () => {
   test("a one-block file onto it fails naming the target and why, not the temporary name; the target is kept", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");

@@ -11,7 +11,7 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE, STAT_SLOTS, statTimeNs, timesOf } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE, INPLACE_EMPTY, INPLACE_OURS, STAT_SLOTS, statTimeNs, timesOf } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED, LEFT_INCOMPLETE,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -99,7 +99,7 @@ interface Kept {
   received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_NONBLOCK, O_TRUNC } = fs.constants;
+const { O_WRONLY, O_RDONLY, O_NONBLOCK } = fs.constants;
 /** Files announced and not yet settled that a receiver accepts (the sender's window is 512). */
 const MAX_OPEN_FILES = TABLE_CAP / 2;
 const DIRECT_MIN_N = BigInt(DIRECT_MIN);
@@ -342,11 +342,12 @@ export class Receiver {
     // Whatever sits at the temporary name, a symbolic link is never followed; without
     // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
     // --inplace writes through a link as scp does, but never out of the destination (openat2
-    // beneath it); what the target held beyond the new size goes at commit (sized). With
-    // --sparse it is emptied first: the holes, never sent, would keep its old bytes.
+    // beneath it), and locks the target as a temporary file is locked; what the target held
+    // beyond the new size goes at commit (sized). With --sparse it is emptied first (once
+    // locked): the holes, never sent, would keep its old bytes.
     const isDirect = new Int32Array(1);
     let fd = inplace
-      ? this.lib.escp_openat_beneath(dfd, nameC, O_WRONLY | O_CREAT | (this.opts.sparse && !this.opts.resume ? O_TRUNC : 0), createMode, direct ? 1 : 0, ptr(isDirect))
+      ? this.openInPlace(dfd, nameC, this.opts.sparse && !this.opts.resume ? INPLACE_EMPTY : 0, createMode, direct, isDirect)
       : this.opts.resume
         ? this.lib.escp_open_resume_part(dfd, tmpC)
         : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
@@ -369,6 +370,28 @@ export class Receiver {
     // The sender sends none of this file's blocks before our offer's last RESUME.
     if (this.opts.resume) this.later(() => this.offer(f, fromTarget));
     this.pool.publish(e.id, e.size, fd, isDirect[0] === 1);
+  }
+
+  /**
+   * The target, opened to be written in place and locked (escp_open_inplace). One this
+   * copy writes in place already, under a name that is a hard link of it (a tree of
+   * links copied --inplace), is not another escp's: it is opened as it is, under the
+   * lock held through that name.
+   */
+  private openInPlace(dfd: number, nameC: Buffer, flags: number, mode: number, direct: boolean, isDirect: Int32Array): number {
+    const fd = this.lib.escp_open_inplace(dfd, nameC, flags, mode, direct ? 1 : 0, ptr(isDirect));
+    if (fd !== E.INPLACE_BUSY || !this.writingInPlace(dfd, nameC)) return fd;
+    return this.lib.escp_open_inplace(dfd, nameC, flags | INPLACE_OURS, mode, direct ? 1 : 0, ptr(isDirect));
+  }
+
+  /** Whether `name` in dfd is a file this receiver has open, written in place (device and inode). */
+  private writingInPlace(dfd: number, nameC: Buffer): boolean {
+    const at = new BigInt64Array(STAT_SLOTS), open = new BigInt64Array(STAT_SLOTS);
+    if (this.lib.escp_fstatat(dfd, nameC, ptr(at)) < 0) return false;
+    for (const f of this.files.values()) {
+      if (f.inplace && f.fd >= 0 && this.lib.escp_fstat(f.fd, ptr(open)) === 0 && open[3] === at[3] && open[4] === at[4]) return true;
+    }
+    return false;
   }
 
   private start(f: RecvFile): void {
@@ -770,8 +793,8 @@ export class Receiver {
     const times = this.opts.preserve ? timesOf(f.entry.atimeNs, f.entry.mtimeNs) : undefined;
     const r = this.lib.escp_commit_file(f.fd, f.mode, flags, times ? ptr(times) : null, dfd, f.tmpC!, f.nameC!);
     if (r >= 0) return undefined;
-    // A failed rename leaves our temporary file, unless another escp took the name over since.
-    return causeOf(r) + (r !== E.BUSY ? this.dropPart(f) : "");
+    // A failed rename leaves our temporary file, unless its name holds ours no more.
+    return causeOf(r) + (NAME_LOST.has(r) ? "" : this.dropPart(f));
   }
 
   /**
@@ -900,6 +923,9 @@ function fstatSize(fd: number): number {
 }
 
 const EXDEV = 18, EEXIST = 17, EINVAL = 22, ENOENT = 2, ENODATA = 61;
+
+/** A commit's failures that find the name it was writing no longer holding its file: nothing there to remove. */
+const NAME_LOST = new Set<number>([E.BUSY, E.PART_GONE, E.PART_REPLACED, E.DIR_GONE, E.TARGET_GONE]);
 
 /** Why a path under the destination could not be opened or made, in the user's terms. */
 function openFailure(code: number): string {
