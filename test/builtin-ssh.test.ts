@@ -103,15 +103,17 @@ Host *
     expect(s.proxy).toBeUndefined();
   });
 
-  test("the command line wins: operand user and port, then -P, -o, -i, -B", () => {
+  test("the command line wins as with system ssh under scp: -o first, then the operand's user and port, then -P, -i, -B", () => {
     const o = opts({ sshConfig: cfg, sshPort: 23, identities: ["~/k"], sshOptions: ["User=bob", "Port 24", "StrictHostKeyChecking=accept-new"] });
     let s = resolveSettings(o, { host: "escp-test" }, env);
-    expect(s).toMatchObject({ port: 23, user: "bob", strict: "accept-new" });
+    expect(s).toMatchObject({ port: 24, user: "bob", strict: "accept-new" });
     expect(s.identityFiles.map((f) => f.path)).toEqual([`${home}/k`, `${home}/id_a`]);
     s = resolveSettings(o, { host: "escp-test", user: "carol", port: 25 }, env);
+    expect(s).toMatchObject({ port: 24, user: "bob" }); // scp -o User=bob carol@h: ssh logs in as bob
+    s = resolveSettings(opts({ sshConfig: cfg, sshPort: 23 }), { host: "escp-test", user: "carol", port: 25 }, env);
     expect(s).toMatchObject({ port: 25, user: "carol" });
-    s = resolveSettings(opts({ sshConfig: cfg, sshOptions: ["Port=24"] }), { host: "escp-test" }, env);
-    expect(s.port).toBe(24);
+    s = resolveSettings(opts({ sshConfig: cfg, sshPort: 23 }), { host: "escp-test" }, env);
+    expect(s.port).toBe(23); // -P over the config file's Port 2222
   });
 
   test("patterns with negation, tokens, Match blocks skipped, ProxyJump noticed", () => {

@@ -240,8 +240,11 @@ export function resolveSettings(o: Options, target: Remote, env: Environment = l
   const alias = target.host;
   const hostnameRaw = get("hostname");
   const hostname = hostnameRaw ? hostnameRaw.replace(/%h/g, alias).replace(/%%/g, "%") : alias;
-  const port = target.port ?? o.sshPort ?? num("port", 1, 65535) ?? 22;
-  const user = target.user ?? get("user") ?? env.localUser;
+  // As system ssh under scp: a -o Port or User comes before the -p and -l that carry -P,
+  // the operand's user and an scp:// port, and ssh keeps the first value it sees.
+  const given = (key: string) => cmdline.some((l) => l.key === key && l.args.length > 0);
+  const port = (given("port") ? num("port", 1, 65535) : undefined) ?? target.port ?? o.sshPort ?? num("port", 1, 65535) ?? 22;
+  const user = (given("user") ? get("user") : undefined) ?? target.user ?? get("user") ?? env.localUser;
   const expand = (s: string) =>
     s
       .replace(/^~(?=\/|$)/, env.home)
