@@ -61,7 +61,7 @@ ESCP_API const char *escp_strerror(int code) {
   case ESCP_E_BUSY: return "another escp is copying to this file now (its temporary file is locked)";
   case ESCP_E_NOTOURS: return "its temporary file is another user's, or has other links, and cannot be removed: not resumed";
   case ESCP_E_KEPT: return "its temporary name is taken by another user's file, or by one made during this copy, which stays";
-  case ESCP_E_INPLACE_BUSY: return "another escp is copying to this file now (it is locked: written in place)";
+  case ESCP_E_INPLACE_BUSY: return "write-locked by another process, most likely an escp copying into it now: left as it is";
   case ESCP_E_PART_GONE: return "its temporary file was removed during the copy";
   case ESCP_E_PART_REPLACED: return "its temporary file was replaced by another file during the copy";
   case ESCP_E_DIR_GONE: return "its directory was removed during the copy";

@@ -279,7 +279,7 @@ describe("two copies to one target at once", () => {
 describe("two --inplace copies to one target at once", () => {
   // --inplace has no temporary file to lock: both used to write the target at once, exit 0,
   // and leave it holding blocks of each source.
-  const LOCKED = "another escp is copying to this file now (it is locked: written in place)";
+  const LOCKED = "write-locked by another process, most likely an escp copying into it now: left as it is";
 
   test("the second is refused, with --resume too; the first's success means its file; hard links in one copy are not refused (push)", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
