@@ -745,6 +745,29 @@ describe("the receiving disk", () => {
     }
   });
 
+  test("--resume on a full disk keeps the partial file it can continue, not empty ones for the files it never reached (push, pull)", async () => {
+    const src = tmpdir("src");
+    const mnt = tmpdir("full");
+    const names = ["f1", "f2", "f3", "f4"];
+    for (const [i, n] of names.entries()) await makeFile(path.join(src, n), 3 * MiB, { seed: 70 + i });
+    expect((await run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt])).code).toBe(0);
+    try {
+      for (const [from, to] of [[names.map((n) => path.join(src, n)), `${SSH_HOST}:${mnt}/`], [names.map((n) => `${SSH_HOST}:${path.join(src, n)}`), `${mnt}/`]] as const) {
+        const r = await runEscp(["--resume", "-t", "1", ...from, to]);
+        expect(r.code).toBe(1);
+        expect(r.stderr).toContain("No space left on device");
+        expect(await sameFile(path.join(src, "f1"), path.join(mnt, "f1"))).toBe(true);
+        // f2 got the last MiB of space: that block is worth continuing from.
+        const parts = fs.readdirSync(mnt).filter((n) => n.endsWith(".escp-part"));
+        expect(parts).toEqual([".f2.escp-part"]);
+        expect(size(path.join(mnt, ".f2.escp-part"))).toBeGreaterThanOrEqual(MiB);
+        for (const n of fs.readdirSync(mnt)) fs.rmSync(path.join(mnt, n));
+      }
+    } finally {
+      await run(["umount", "-l", mnt]);
+    }
+  });
+
   test("a destination directory made unwritable mid-transfer fails the file with the cause, and names the temporary file it cannot remove", async () => {
     // Root ignores permissions, but not the immutable attribute (ext4's chattr +i).
     const src = tmpdir("src"), dst = tmpdir("dst");

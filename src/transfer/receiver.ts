@@ -812,7 +812,7 @@ export class Receiver {
   }
 
   /**
-   * Removes a failed file's temporary name; --resume keeps it to resume from, an
+   * Removes a failed file's temporary name; --resume keeps it to resume from (when it holds a block), an
    * unnamed file has none (its data goes with its descriptor), and with --inplace
    * it is the target's (left as the failure left it, as the option says). What the
    * failure's message adds when a name stays (a directory made immutable, or
@@ -822,8 +822,10 @@ export class Receiver {
     if (!f.tmp || f.fd < 0) return "";
     if (f.inplace) return f.processed > 0n || f.emptied ? `; ${LEFT_INCOMPLETE}` : "";
     if (f.tmp === f.name) return ""; // a target --resume kept whole: it is the file itself
-    // --resume keeps its partial file, but not one made this run for a file it may not replace.
-    if ((this.opts.resume && !f.refused) || f.unnamed) return "";
+    // --resume keeps its partial file, but not one made this run for a file it may not replace,
+    // nor one holding no whole block (a full disk refused its first): the next --resume would
+    // offer nothing of it, and an empty `.NAME.escp-part` per file not reached would stay.
+    if ((this.opts.resume && !f.refused && fstatSize(f.fd) >= this.opts.blockSize) || f.unnamed) return "";
     const dfd = this.dirs.get(f.dir);
     const r = dfd < 0 ? dfd : this.lib.escp_unlinkat_beneath(dfd, f.tmpC!, 0);
     return r < 0 && r !== -ENOENT ? `; its temporary file ${this.target.show(f.dir ? `${f.dir}/${f.tmp}` : f.tmp)} is left behind (${codeText(r)})` : "";
