@@ -314,6 +314,20 @@ describe("relay", () => {
     expect(fs.readFileSync(path.join(dst, "file"), "utf8")).toBe("old\n");
   });
 
+  test("a destination directory missing on the target host fails before anything is pulled, as a direct copy to it does", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst"), spool = tmpdir("spool");
+    await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 39 });
+    const to = `${SSH_HOST}:${dst}/missing/x`;
+    const direct = await runEscp([path.join(src, "f"), to]);
+    expect(direct.stderr).toBe(`escp: ${SSH_HOST}: ${dst}/missing: No such file or directory\n`);
+    const r = await runEscp(["-3", "--json", `${SSH_HOST}:${src}/f`, to], { env: { TMPDIR: spool } });
+    expect([r.code, r.stderr]).toEqual([1, direct.stderr]);
+    // Its one line: no session began, neither the pull nor the push.
+    expect(r.stdout.trim().split("\n").map((l) => JSON.parse(l).event)).toEqual(["error"]);
+    expect(fs.readdirSync(spool)).toEqual([]);
+    expect(fs.readdirSync(dst)).toEqual([]);
+  });
+
   test("a spool left by a relay killed with SIGKILL is removed by the next relay; a running relay's is not", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), tmp = tmpdir("spools");
     await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 28 });

@@ -11,9 +11,9 @@ import type { Operand } from "../cli/operands.ts";
 import { ControlChannel, watchSilence } from "./control.ts";
 import { relay } from "./relay.ts";
 import { fromSource } from "./origin.ts";
-import { startServer, forwardStderr, connectionFailure, type Plan } from "./remote.ts";
+import { startServer, forwardStderr, connectionFailure, type Plan, type ServerProcess } from "./remote.ts";
 import { StallWatch } from "../streams/stall.ts";
-import { newKeys, connectStreams, tuneStreams, Interrupted } from "./connect.ts";
+import { newKeys, connectStreams, tuneStreams, Interrupted, type SessionKeys } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource, native } from "../native.ts";
 import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
@@ -158,31 +158,10 @@ export async function transfer(
   prestartStreamWorkers(asked);
   if (plan.dir !== "pull") prestartWalker(plan.sources, { recursive: o.recursive });
   prepareGcm();
-  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom());
-  const ch = new ControlChannel(child.stdout, (b) => {
-    try {
-      child.stdin.write(b);
-      child.stdin.flush();
-    } catch {}
-  }, where, (text) => {
-    if (!o.quiet) toStderr(`escp: warning: ${where} printed "${text.slice(0, 200)}" before escp started (a shell startup file? make non-interactive shells silent)\n`);
-  });
+  const { ch, stderrTail } = controlOf(child, o, where, report);
   const keys = newKeys();
-  const session: SessionOptions = {
-    recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,
-    resume: o.resume, verify: o.verify, sparse: o.sparse, inplace: o.inplace,
-    limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, sockbuf: o.sockbuf ?? 0,
-    verbose: o.verbose, log: o.log, fileWindow: fileWindow(asked),
-  };
-  ch.send({
-    type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
-    serverRole: plan.dir === "pull" ? "sender" : "receiver", streams: asked, blockSize: o.blockSize,
-    options: session, ports: o.ports, anyPort: plan.dir === "local" || o.tunnel || undefined,
-    target: plan.dir === "pull" ? undefined : plan.target,
-    sources: plan.dir === "pull" ? plan.sources : undefined,
-    multipleSources: several,
-    pings: true,
-  });
+  const session = sessionOptions(o, asked);
+  ch.send(hello(o, plan, keys, session, asked, several));
   let pool: StreamPool | undefined;
   let side: Side | undefined;
   let stopWatching = () => {};
@@ -199,11 +178,7 @@ export async function transfer(
   };
   signal?.addEventListener("abort", interrupt);
   try {
-    const ready = await Promise.race([ch.receive(), aborted]);
-    if (!ready) throw new Error(await connectionFailure(where, child, stderrTail));
-    if (ready.type === "error") throw new Error(said(ready.message));
-    if (ready.type === "hello") throw new Error(`${where} sent back escp's own first message instead of starting escp (a forced command in authorized_keys?)`);
-    if (ready.type !== "ready") throw new Error(`${where}: expected ready, got ${ready.type}`);
+    const ready = await readyOf(await Promise.race([ch.receive(), aborted]), child, where, stderrTail, said);
     if (plan.dir === "pull" && !several && (ready.sources ?? 0) > 1) {
       // A remote pattern that matched several: as for several operands, only into a directory
       // (written to one name, each would have replaced the one before).
@@ -328,6 +303,79 @@ export async function transfer(
     stopWatching();
     dropSpares();
     signal?.removeEventListener("abort", interrupt);
+  }
+}
+
+/** The control channel on the other end's stdio; what it prints on stderr reaches the user. */
+function controlOf(child: ServerProcess, o: Options, where: string, report: Report) {
+  const stderrTail = forwardStderr(child.stderr, o, () => report.makeRoom());
+  const ch = new ControlChannel(child.stdout, (b) => {
+    try {
+      child.stdin.write(b);
+      child.stdin.flush();
+    } catch {}
+  }, where, (text) => {
+    if (!o.quiet) toStderr(`escp: warning: ${where} printed "${text.slice(0, 200)}" before escp started (a shell startup file? make non-interactive shells silent)\n`);
+  });
+  return { ch, stderrTail };
+}
+
+function sessionOptions(o: Options, streams: number): SessionOptions {
+  return {
+    recursive: o.recursive, preserve: o.preserve, compress: o.compress, zstdLevel: o.zstdLevel, direct: o.direct,
+    resume: o.resume, verify: o.verify, sparse: o.sparse, inplace: o.inplace,
+    limitBps: o.limitKbps ? (o.limitKbps * 1000) / 8 : 0, keepaliveS: o.keepaliveS, sockbuf: o.sockbuf ?? 0,
+    verbose: o.verbose, log: o.log, fileWindow: fileWindow(streams),
+  };
+}
+
+function hello(o: Options, plan: Plan, keys: SessionKeys, session: SessionOptions, streams: number, several: boolean): ControlMessage {
+  return {
+    type: "hello", version: PROTO_VERSION, sid: hex(keys.sid), key: hex(keys.master),
+    serverRole: plan.dir === "pull" ? "sender" : "receiver", streams, blockSize: o.blockSize,
+    options: session, ports: o.ports, anyPort: plan.dir === "local" || o.tunnel || undefined,
+    target: plan.dir === "pull" ? undefined : plan.target,
+    sources: plan.dir === "pull" ? plan.sources : undefined,
+    multipleSources: several,
+    pings: true,
+  };
+}
+
+/** The other end's answer to hello, which must be `ready`: anything else is why the session cannot start. */
+async function readyOf(
+  m: ControlMessage | null, child: ServerProcess, where: string, stderrTail: ReturnType<typeof forwardStderr>, said: (m: string) => string,
+): Promise<Extract<ControlMessage, { type: "ready" }>> {
+  if (!m) throw new Error(await connectionFailure(where, child, stderrTail));
+  if (m.type === "error") throw new Error(said(m.message));
+  if (m.type === "hello") throw new Error(`${where} sent back escp's own first message instead of starting escp (a forced command in authorized_keys?)`);
+  if (m.type !== "ready") throw new Error(`${where}: expected ready, got ${m.type}`);
+  return m;
+}
+
+/**
+ * Why `target`'s host would refuse it as a destination, if it would: its escp is
+ * started and greeted as for a push, and left as soon as it answers (`ready` means it
+ * took the target; closing its stdin then ends it). A relay asks before it pulls
+ * anything, as scp -3 fails before any data moves: a missing directory there is said
+ * in the words of a direct copy, at the cost of one more login to that host.
+ */
+export async function destinationRefusal(o: Options, target: Extract<Operand, { kind: "remote" }>, several: boolean, report: Report): Promise<string | undefined> {
+  const plan: Plan = { dir: "push", host: target, sources: [], target: target.path };
+  const where = target.host;
+  const child = startServer(o, plan);
+  const { ch, stderrTail } = controlOf(child, o, where, report);
+  const keys = newKeys();
+  ch.send(hello(o, plan, keys, sessionOptions(o, 1), 1, several));
+  keys.master.fill(0);
+  try {
+    await readyOf(await ch.receive(), child, where, stderrTail, (m) => `${where}: ${m}`);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  } finally {
+    child.stdin.end();
+    await Promise.race([child.exited, Bun.sleep(STDERR_GRACE_MS)]);
+    child.kill();
   }
 }
 

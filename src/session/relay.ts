@@ -2,7 +2,8 @@
  * Remote-to-remote copies (`escp a:x b:y`, and what `-3` asks for): relayed
  * through this host, as scp ≥ 8.7 does by default, so the two remotes need
  * no access to each other. The files pass through a private spool directory
- * here: pulled from the source host (times and modes kept), then pushed to the
+ * here: once the target host has taken the destination (so that a missing
+ * directory there fails at once), pulled from the source host (times and modes kept), then pushed to the
  * target with the user's options, then removed. This needs local space for
  * the files of one copy; streaming the relay without the spool is future work
  * (docs/design-notes.md).
@@ -14,7 +15,7 @@ import path from "path-browserify";
 import type { Options } from "../cli/args.ts";
 import { formatOperand, type Operand, type RemoteOperand } from "../cli/operands.ts";
 import type { Report } from "../report.ts";
-import { together, transfer, type TransferResult } from "./client.ts";
+import { destinationRefusal, together, transfer, type TransferResult } from "./client.ts";
 import { decodeName } from "../names.ts";
 import { errnoText } from "../native.ts";
 
@@ -22,6 +23,10 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   pruneSpools(tmpDir());
   const from = (sources.find((s) => s.kind === "remote") as RemoteOperand).host, to = (target as RemoteOperand).host;
   const around = `point TMPDIR elsewhere, or use -R to send straight from ${from} to ${to}`;
+  // A target its host refuses (a missing directory) is known before a byte is pulled.
+  const refused = await destinationRefusal(o, target as RemoteOperand, several, report);
+  if (signal?.aborted) return { failures: report.failures, interrupted: true };
+  if (refused) return { failures: [], error: refused };
   // Named for this process, so that a later relay can tell it was left by a kill -9.
   let spool: string;
   try {
