@@ -153,11 +153,11 @@ int escp_open_resume_part(int dirfd, const char *name);
  * missing (with mode, less the umask), as escp_openat_beneath opens, and write-locks it
  * as escp_create_part locks a temporary file, until its commit or its writer's end: a
  * target someone holds write-locked is another escp's, writing it now, and is left
- * alone (ESCP_E_INPLACE_BUSY).  flags: ESCP_INPLACE_EMPTY empties it once locked;
- * ESCP_INPLACE_OURS neither locks nor empties it (the caller writes it in place
- * already, under another name: a hard link, and holds its lock).  fd or -errno / ESCP_E_*. */
+ * alone (ESCP_E_INPLACE_BUSY).  flags: ESCP_INPLACE_OURS does not lock it (the caller
+ * writes it in place already, under another name: a hard link, and holds its lock).
+ * It is never emptied here: with --sparse it may be the very file the sender reads
+ * (escp_zero_unwritten clears what no block replaced, at its end).  fd or -errno / ESCP_E_*. */
 int escp_open_inplace(int dirfd, const char *name, int flags, uint32_t mode, int direct, int32_t *is_direct);
-#define ESCP_INPLACE_EMPTY 1
 #define ESCP_INPLACE_OURS 2
 /* Removes a stale temporary file `name` (one component) in dirfd: this user's, older
  * than this process.  0 (also when nothing is there); ESCP_E_BUSY while another escp
@@ -222,6 +222,11 @@ int escp_fchmod(int fd, uint32_t mode);
 int escp_commit_file(int fd, uint32_t mode, int flags, const int64_t times[4], int dirfd, const char *tmp,
                      const char *name);
 int escp_ftruncate(int fd, int64_t size);
+/* --inplace --sparse, before the file is cut to `size`: every block of block_size that
+ * no data replaced (written[i] == 0, i < nblocks) is zeroed below min(its size, size),
+ * as a hole where the filesystem punches one (FALLOC_FL_PUNCH_HOLE), else written with
+ * zeros; the blocks that came are untouched.  0 or -errno. */
+int escp_zero_unwritten(int fd, const uint8_t *written, uint64_t nblocks, uint64_t block_size, int64_t size);
 int escp_fdatasync(int fd);
 int escp_close(int fd);
 /* ---- dirlist.c: a directory's names in bounded chunks ------------------- */

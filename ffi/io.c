@@ -411,7 +411,6 @@ ESCP_API int escp_open_inplace(int dirfd, const char *name, int flags, uint32_t 
   if (fd < 0) return fd;
   struct stat st;
   int rc = !(flags & ESCP_INPLACE_OURS) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? lock_target(fd) : 0;
-  if (!rc && (flags & ESCP_INPLACE_EMPTY) && !(flags & ESCP_INPLACE_OURS) && ftruncate(fd, 0) != 0) rc = escp__errno("truncate %s", name);
   return rc ? (close(fd), rc) : fd;
 }
 
@@ -895,6 +894,40 @@ ESCP_API int escp_on_fuse(int fd) {
 
 ESCP_API int escp_ftruncate(int fd, int64_t size) {
   return ftruncate(fd, (off_t)size) == 0 ? 0 : escp__errno("ftruncate fd %d", fd);
+}
+
+/* Zeros [off, off+len) of fd: a hole where the filesystem punches one, else written. */
+static int zero_range(int fd, off_t off, off_t len) {
+  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) == 0) return 0;
+  if (errno != EOPNOTSUPP && errno != ENOSYS) return escp__errno("punch a hole in fd %d", fd);
+  static const char zeros[64 << 10];
+  for (off_t done = 0; done < len;) {
+    ssize_t n = pwrite(fd, zeros, (size_t)(len - done < (off_t)sizeof zeros ? len - done : (off_t)sizeof zeros), off + done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return n < 0 ? escp__errno("write zeros to fd %d", fd) : escp__err(-EIO, "write zeros to fd %d: wrote nothing", fd);
+    done += n;
+  }
+  return 0;
+}
+
+ESCP_API int escp_zero_unwritten(int fd, const uint8_t *written, uint64_t nblocks, uint64_t block_size, int64_t size) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return escp__errno("fstat fd %d", fd);
+  /* Past the file's end, or past the new size (cut next), no old byte can stay. */
+  uint64_t end = (uint64_t)(st.st_size < size ? st.st_size : size);
+  for (uint64_t i = 0; i < nblocks && i * block_size < end;) {
+    const uint8_t *gap = memchr(written + i, 0, nblocks - i);
+    if (!gap) break;
+    uint64_t from = (uint64_t)(gap - written), to = from;
+    while (to < nblocks && !written[to]) to++;
+    uint64_t lo = from * block_size, hi = to * block_size < end ? to * block_size : end;
+    if (lo < hi) {
+      int rc = zero_range(fd, (off_t)lo, (off_t)(hi - lo));
+      if (rc) return rc;
+    }
+    i = to;
+  }
+  return 0;
 }
 
 ESCP_API int escp_fdatasync(int fd) { return fdatasync(fd) == 0 ? 0 : escp__errno("fdatasync fd %d", fd); }

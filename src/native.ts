@@ -97,6 +97,7 @@ const symbols = {
   escp_tty_foreground: { args: [i32], returns: i32 },
   escp_commit_file: { args: [i32, u32, i32, P, i32, cstring, cstring], returns: i32 },
   escp_ftruncate: { args: [i32, i64], returns: i32 },
+  escp_zero_unwritten: { args: [i32, P, u64, u64, i64], returns: i32 },
   escp_fdatasync: { args: [i32], returns: i32 },
   escp_seek_data: { args: [i32, i64], returns: i64 },
   escp_seek_hole: { args: [i32, i64], returns: i64 },
@@ -155,8 +156,8 @@ export const MODE_KEEP = 0xffffffff;
  * replaces a file, whose owner, group and attributes it takes; and its mode, as it is then.
  */
 export const COMMIT_TIMES = 1, COMMIT_UNNAMED = 2, COMMIT_REPLACES = 4, COMMIT_OLD_MODE = 8;
-/** escp_open_inplace's flags: empty the target once locked; take no lock (this copy holds it, under another name). */
-export const INPLACE_EMPTY = 1, INPLACE_OURS = 2;
+/** escp_open_inplace's flag: take no lock (this copy holds it, under another name). */
+export const INPLACE_OURS = 2;
 /** escp_fdslot.direct bits: O_DIRECT; may be (once created: was) created unnamed. */
 export const SLOT_DIRECT = 1, SLOT_UNNAMED = 2;
 export const LOOP_OPTS_SIZE = 16;

@@ -316,7 +316,7 @@ describe("two --inplace copies to one target at once", () => {
     const target = path.join(dst, "t");
     const first = spawnEscp(["--inplace", "-l", "100000", `${SSH_HOST}:${b}`, target]);
     await waitFor(() => size(target) > 0, 30_000, "the first copy's data");
-    const second = await runEscp(["--inplace", "--sparse", `${SSH_HOST}:${a}`, target]); // --sparse empties it: only once locked
+    const second = await runEscp(["--inplace", "--sparse", `${SSH_HOST}:${a}`, target]); // --sparse once emptied it: it must not touch it, locked
     expect(second.stderr).toBe(`escp: ${target}: ${LOCKED}\n`);
     expect(second.code).toBe(1);
     expect(size(target)).toBeGreaterThan(0);

@@ -8,7 +8,7 @@ import fs from "node:fs";
 import net from "node:net";
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { startSshd, run, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, freePort, SSH_HOST, ESCP_BIN, GCM_NAME, gcmBackendsHere } from "./harness.ts";
+import { startSshd, run, runEscp, asNobody, tmpdir, makeFile, makeSparseFile, sameFile, sha256File, freePort, SSH_HOST, ESCP_BIN, GCM_NAME, gcmBackendsHere } from "./harness.ts";
 import { startProxy } from "./proxy.ts";
 
 const BLOCK = 1 << 20;
@@ -1099,6 +1099,23 @@ describe("--inplace", () => {
       expect(fs.statSync(path.join(dst, "m")).ino).toBe(ino);
       expect(await sameFile(path.join(src, "m"), path.join(dst, "m"))).toBe(true);
     }
+  });
+
+  test("--sparse onto the very source file (this host through ssh, same path) leaves it whole; a longer target's old blocks become holes", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const m = await makeSparseFile(path.join(src, "m"), 6 * BLOCK + 5, { seed: 51, extents: [[BLOCK, BLOCK], [4 * BLOCK, 2 * BLOCK + 5]] });
+    const before = await sha256File(m);
+    // The sender reads the file the receiver writes: once emptied up front, it was left empty (exit 0 or
+    // "changed while being read", as without --sparse: the writes of the same bytes change its time).
+    for (const [from, to] of [[m, `${SSH_HOST}:${m}`], [`${SSH_HOST}:${m}`, m]]) {
+      await runEscp(["--inplace", "--sparse", from, to]);
+      expect(await sha256File(m)).toBe(before);
+    }
+    const t = await makeFile(path.join(dst, "m"), 9 * BLOCK, { seed: 52 });
+    const r = await runEscp(["--inplace", "--sparse", m, `${SSH_HOST}:${t}`]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(await sameFile(m, t)).toBe(true);
+    expect(fs.statSync(t).blocks * 512).toBeLessThan(4 * BLOCK); // 3 blocks and 5 bytes of data
   });
 
   test("pull -rp: files are written in place, with the source's mode and times", async () => {

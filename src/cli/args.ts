@@ -348,7 +348,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { long: "tunnel", group: "transfer", apply: flag("tunnel", true),
     help: "carry the data streams inside the ssh connection; slower, but needs no open port (used automatically when the port range is closed)" },
   { long: "sparse", group: "transfer", apply: flag("sparse", true),
-    help: "skip holes in sparse source files and leave them as holes at the destination (with --inplace the target is emptied first; a block device is refused)" },
+    help: "skip holes in sparse source files and leave them as holes at the destination (with --inplace the target's old bytes there are cleared at the end; a block device is refused)" },
   { long: "nodirect", group: "transfer", apply: flag("direct", false),
     help: "use the page cache instead of O_DIRECT for file reads and writes" },
 

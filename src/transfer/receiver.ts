@@ -11,7 +11,7 @@
  * --inplace writes the target itself instead.
  */
 import fs from "node:fs";
-import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE, INPLACE_EMPTY, INPLACE_OURS, STAT_SLOTS, statTimeNs, timesOf } from "../native.ts";
+import { native, cstr, ptr, nativeError, codeText, Rec, E, FD_CLAIMED, DIRECT_MIN, MODE_KEEP, COMMIT_TIMES, COMMIT_UNNAMED, COMMIT_REPLACES, COMMIT_OLD_MODE, INPLACE_OURS, STAT_SLOTS, statTimeNs, timesOf } from "../native.ts";
 import {
   decodeFiles, decodeVerdicts, encodeResume, ProtocolError, RESUME_CHUNK, STATUS_SKIPPED, LEFT_INCOMPLETE,
   type FileEntry, type FileVerdict, type SessionOptions,
@@ -73,8 +73,10 @@ interface RecvFile {
   readBack?: boolean;
   /** Written in place: the target itself (--inplace, or a file mounted over). */
   inplace?: boolean;
-  /** Written in place, the target was made or emptied: a failure leaves it incomplete even before any block. */
+  /** Written in place, the target was made, or had blocks zeroed: a failure leaves it incomplete even before any block. */
   emptied?: boolean;
+  /** Per block of the file: 1 once DATA replaced it (--resume: the rest are kept blocks; --inplace --sparse: zeroed at the end). */
+  received?: Uint8Array;
   /** Why the target may not be replaced, when --resume offers its blocks before any temporary file is made: the file fails unless kept whole. */
   refused?: string;
 }
@@ -96,7 +98,6 @@ interface Kept {
   target?: string;
   /** All of them were in the old target, which stays as the file (keepTarget). */
   whole?: boolean;
-  received: Uint8Array; // per block of the file: 1 once DATA replaced it
 }
 
 const { O_WRONLY, O_RDONLY, O_NONBLOCK } = fs.constants;
@@ -333,7 +334,7 @@ export class Receiver {
     const lazy = offerFirst && !statAt(dfd, tmpC) && this.dirs.pin(dir);
     if (refused && !lazy) return this.reject(e, rel, refused);
     if (lazy) {
-      const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: lastMode, replaces, refused, readBack };
+      const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, workerCreates: true, fd: -1, processed: 0n, digest: new FileDigest(), mode: lastMode, replaces, refused, readBack, received: this.blockMap(e) };
       this.start(f);
       this.later(() => this.offer(f, true));
       this.pool.publishCreate(e.id, e.size, dfd, tmpC, false, 0);
@@ -343,11 +344,12 @@ export class Receiver {
     // --resume a stale partial file (from a killed run) is replaced (escp_create_part).
     // --inplace writes through a link as scp does, but never out of the destination (openat2
     // beneath it), and locks the target as a temporary file is locked; what the target held
-    // beyond the new size goes at commit (sized). With --sparse it is emptied first (once
-    // locked): the holes, never sent, would keep its old bytes.
+    // beyond the new size goes at commit (sized). With --sparse the holes, never sent, would
+    // keep its old bytes: they are zeroed at the end (zeroUnwritten), not emptied up front,
+    // since the target may be the very file the sender reads (escp --inplace --sparse f localhost:f).
     const isDirect = new Int32Array(1);
     let fd = inplace
-      ? this.openInPlace(dfd, nameC, this.opts.sparse && !this.opts.resume ? INPLACE_EMPTY : 0, createMode, direct, isDirect)
+      ? this.openInPlace(dfd, nameC, createMode, direct, isDirect)
       : this.opts.resume
         ? this.lib.escp_open_resume_part(dfd, tmpC)
         : this.lib.escp_create_part(dfd, tmpC, direct ? 1 : 0, createMode, ptr(isDirect));
@@ -364,8 +366,9 @@ export class Receiver {
       return this.reject(e, rel, `${tmpShown} is not a regular file; remove it to resume`);
     }
     // Opened, not made, by --resume (0600) and --inplace (an existing target keeps its mode): commit sets it.
-    const emptied = inplace && (existing?.kind !== "file" || (this.opts.sparse && !this.opts.resume));
-    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, inplace, emptied, readBack };
+    const emptied = inplace && existing?.kind !== "file";
+    const received = this.opts.resume || (inplace && this.opts.sparse) ? this.blockMap(e) : undefined;
+    const f: RecvFile = { entry: e, rel, dir, name, tmp, nameC, tmpC, fd, processed: 0n, digest: new FileDigest(), mode: this.opts.resume || inplace ? lastMode : commitMode, replaces, inplace, emptied, readBack, received };
     this.start(f);
     // The sender sends none of this file's blocks before our offer's last RESUME.
     if (this.opts.resume) this.later(() => this.offer(f, fromTarget));
@@ -378,10 +381,10 @@ export class Receiver {
    * links copied --inplace), is not another escp's: it is opened as it is, under the
    * lock held through that name.
    */
-  private openInPlace(dfd: number, nameC: Buffer, flags: number, mode: number, direct: boolean, isDirect: Int32Array): number {
-    const fd = this.lib.escp_open_inplace(dfd, nameC, flags, mode, direct ? 1 : 0, ptr(isDirect));
+  private openInPlace(dfd: number, nameC: Buffer, mode: number, direct: boolean, isDirect: Int32Array): number {
+    const fd = this.lib.escp_open_inplace(dfd, nameC, 0, mode, direct ? 1 : 0, ptr(isDirect));
     if (fd !== E.INPLACE_BUSY || !this.writingInPlace(dfd, nameC)) return fd;
-    return this.lib.escp_open_inplace(dfd, nameC, flags | INPLACE_OURS, mode, direct ? 1 : 0, ptr(isDirect));
+    return this.lib.escp_open_inplace(dfd, nameC, INPLACE_OURS, mode, direct ? 1 : 0, ptr(isDirect));
   }
 
   /** Whether `name` in dfd is a file this receiver has open, written in place (device and inode). */
@@ -392,6 +395,11 @@ export class Receiver {
       if (f.inplace && f.fd >= 0 && this.lib.escp_fstat(f.fd, ptr(open)) === 0 && open[3] === at[3] && open[4] === at[4]) return true;
     }
     return false;
+  }
+
+  /** One byte per block of the file, for RecvFile.received. */
+  private blockMap(e: FileEntry): Uint8Array {
+    return new Uint8Array(Number((e.size + this.oneBlock - 1n) / this.oneBlock));
   }
 
   private start(f: RecvFile): void {
@@ -461,7 +469,7 @@ export class Receiver {
       if (rd >= 0) this.lib.escp_close(rd);
     }
     if (this.closed) return;
-    f.kept = { hashes, n, fromTarget, target, received: new Uint8Array(Number((f.entry.size + bs - 1n) / bs)) };
+    f.kept = { hashes, n, fromTarget, target };
     for (let first = 0; first < n || first === 0; first += RESUME_CHUNK) {
       const chunk = hashes.subarray(first * 16, Math.min(n, first + RESUME_CHUNK) * 16);
       this.pool.sendControl(Rec.RESUME, encodeResume({ id: f.entry.id, first, hashes: chunk, last: first + RESUME_CHUNK >= n }));
@@ -550,7 +558,7 @@ export class Receiver {
       const f = this.files.get(b.fileId);
       if (!f) continue;
       f.processed += BigInt(b.len);
-      if (f.kept) f.kept.received[Number(b.offset / BigInt(this.opts.blockSize))] = 1;
+      if (f.received) f.received[Number(b.offset / this.oneBlock)] = 1;
       // A block came that a target offered first lacks: it cannot be kept whole, and may not be replaced.
       if ((b.status < 0 || f.refused) && !f.error) this.failEarly(f, f.refused ?? codeText(b.status) + this.fuseHint(f));
       else if (b.status >= 0) f.digest.add(b.offset, b.len, b.hash);
@@ -624,6 +632,7 @@ export class Receiver {
     const digest = f.digest.final();
     // --sparse: holes never travel; the digest covers the blocks that did, and the size is set here.
     const whole = this.opts.sparse && !this.opts.resume ? covered === f.verdict!.bytes : covered === f.entry.size;
+    if (!cause && f.inplace && this.opts.sparse && !this.opts.resume) cause = this.zeroUnwritten(f);
     if (!cause && (this.opts.sparse || f.inplace) && !f.special && !f.kept?.whole) cause = this.sized(f);
     if (!cause && (!whole || !sameDigest(digest, f.verdict!.digest))) {
       cause = "integrity check failed: what was written differs from what was read";
@@ -689,7 +698,7 @@ export class Receiver {
     }
     const buf = copy ? Buffer.alloc(this.opts.blockSize) : undefined;
     for (let i = 0; i < k.n && !this.closed; i++) {
-      if (k.received[i]) continue;
+      if (f.received![i]) continue;
       await slice();
       const off = BigInt(i) * bs;
       const len = Number(f.entry.size - off < bs ? f.entry.size - off : bs);
@@ -772,6 +781,15 @@ export class Receiver {
       this.lib.escp_close(fd);
     }
     return sameDigest(d.final(), expected) ? undefined : "verify failed: the file read back from disk differs from the source";
+  }
+
+  /** --inplace --sparse: the old bytes of the blocks that did not come (the source's holes) go, as holes where the filesystem can. */
+  private zeroUnwritten(f: RecvFile): string | undefined {
+    const written = f.received!;
+    if (written.length === 0) return undefined;
+    f.emptied = true; // from here on, a failure leaves the target neither old nor new
+    const r = this.lib.escp_zero_unwritten(f.fd, ptr(written), written.length, this.oneBlock, f.entry.size);
+    return r < 0 ? causeOf(r) : undefined;
   }
 
   private sized(f: RecvFile): string | undefined {
