@@ -435,6 +435,14 @@ describe("refusals", () => {
     expect(r.stderr).toContain(`connect to host 127.0.0.1 port ${port}: Connection refused`);
   });
 
+  test("-6 (or AddressFamily inet6) with an IPv4 address is refused as ssh refuses it, not connected over IPv4", async () => {
+    for (const family of [["-6"], ["-o", "AddressFamily=inet6"]]) {
+      const r = await escp([...BUILTIN, "-F", "/dev/null", ...family, "-P", String(sshd.port), "-B", await source(), `127.0.0.1:/tmp/x`]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain("Could not resolve hostname 127.0.0.1: Address family for hostname not supported");
+    }
+  });
+
   test("ConnectTimeout bounds a server that never greets", async () => {
     const silent = net.createServer(() => {});
     await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));

@@ -1229,6 +1229,14 @@ describe("socket buffers (--sockbuf)", () => {
     for (const l of lines) expect(l).toMatch(/asked=3145728 send=3145728 receive=3145728/);
   });
 
+  test("--sockbuf 1G, the most it takes, is granted to root without a word (the kernel grants 1 GiB less a byte)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    await makeFile(path.join(src, "f"), 2 * BLOCK, { seed: 10 });
+    const r = await runEscp(["--sockbuf", "1G", path.join(src, "f"), `${SSH_HOST}:${dst}/`]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(await sameFile(path.join(src, "f"), path.join(dst, "f"))).toBe(true);
+  });
+
   test("buffers the kernel will not grant are named with the sysctl to raise, and the copy still succeeds", async () => {
     // root may exceed net.core.[rw]mem_max (SO_RCVBUFFORCE): this local copy runs as nobody.
     await asNobody(async ({ src, dst, escp }) => {

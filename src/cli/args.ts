@@ -364,7 +364,7 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { long: "json", group: "output", apply: flag("json", true),
     help: "print newline-delimited JSON events and a final summary instead of the progress meter" },
   { long: "log", arg: "file", complete: "file", group: "output", apply: value("log", text),
-    help: "write the log of this side to file" },
+    help: "log to file instead, on each host (the remote end writes that path on its host)" },
 
   // integrity and resume
   { long: "resume", group: "integrity", apply: flag("resume", true),

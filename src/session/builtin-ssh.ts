@@ -557,6 +557,10 @@ async function connectTcp(s: SshSettings, debug: (m: string) => void): Promise<n
     const why = code === "ENOTFOUND" || code === "EAI_NONAME" ? "Name or service not known" : code === "EAI_AGAIN" ? "Temporary failure in name resolution" : (e as Error).message;
     throw new SshFailure(`Could not resolve hostname ${s.hostname}: ${why}`);
   }
+  // An address literal comes back as it is, whatever family was asked for: -6 of 127.0.0.1
+  // must fail as ssh's getaddrinfo does, not connect over IPv4.
+  if (s.family) addrs = addrs.filter((a) => a.family === s.family);
+  if (addrs.length === 0) throw new SshFailure(`Could not resolve hostname ${s.hostname}: Address family for hostname not supported`);
   let last = "";
   for (const a of addrs) {
     debug(`debug1: Connecting to ${s.hostname} [${a.address}] port ${s.port}.`);

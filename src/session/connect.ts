@@ -116,9 +116,11 @@ export function tuneStreams(conns: number[], limitBps: number, keepaliveS: numbe
     if (s > 0) [send, receive] = [Math.min(send, granted[0]), Math.min(receive, granted[1])];
   });
   if (!sockbuf) return undefined;
-  // Linux reports twice the size it was asked for (the other half is its bookkeeping).
+  // Linux reports twice the size it was asked for (the other half is its bookkeeping),
+  // of at most INT_MAX / 2: --sockbuf 1G is granted as 1 GiB less a byte.
   log.info("socket buffers", { asked: sockbuf, send: send / 2, receive: receive / 2 });
-  if (send >= 2 * sockbuf && receive >= 2 * sockbuf) return undefined;
+  const full = 2 * Math.min(sockbuf, 0x3fffffff);
+  if (send >= full && receive >= full) return undefined;
   const wmax = sysctl("net/core/wmem_max"), rmax = sysctl("net/core/rmem_max");
   return `--sockbuf ${formatBytes(sockbuf)} was not granted: this kernel allows ${formatBytes(wmax)} to send and ` +
     `${formatBytes(rmax)} to receive (net.core.wmem_max, net.core.rmem_max), so the streams keep its autotuning; ` +
