@@ -949,6 +949,26 @@ describe("temporary files", () => {
     }
   });
 
+  test("--resume over a target cut short (a stopped scp or cp) or longer keeps its matching blocks and sends the rest (push, pull)", async () => {
+    const src = tmpdir("src"), dst = tmpdir("dst");
+    const big = await makeFile(path.join(src, "big"), 5 * BLOCK, { seed: 19 });
+    const bytes = fs.readFileSync(big);
+    fs.writeFileSync(path.join(src, "short"), bytes.subarray(0, 3 * BLOCK + BLOCK / 2));
+    for (const [dir, run] of [["push", (f: string, d: string) => [path.join(src, f), `${SSH_HOST}:${d}/`]], ["pull", (f: string, d: string) => [`${SSH_HOST}:${path.join(src, f)}`, `${d}/`]]] as const) {
+      const to = path.join(dst, dir);
+      fs.mkdirSync(to);
+      fs.writeFileSync(path.join(to, "big"), bytes.subarray(0, 2 * BLOCK + 100)); // two whole blocks, and part of a third
+      fs.writeFileSync(path.join(to, "short"), bytes); // the source was cut to 3.5 blocks since
+      for (const [name, skipped] of [["big", 2 * BLOCK], ["short", 3 * BLOCK + BLOCK / 2]] as const) {
+        const r = await runEscp(["--resume", "--json", ...run(name, to)]);
+        expect([r.code, r.stderr], `${dir} ${name}`).toEqual([0, ""]);
+        expect(JSON.parse(r.stdout.trim().split("\n").at(-1)!).bytesSkipped, `${dir} ${name}`).toBe(skipped);
+        expect(await sameFile(path.join(src, name), path.join(to, name))).toBe(true);
+      }
+      expect(listNames(to)).toEqual(["big", "short"]);
+    }
+  });
+
   test("--resume that finds the target complete removes the partial file a killed run left beside it", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst");
     await makeFile(path.join(src, "f"), 3 * BLOCK, { seed: 16 });

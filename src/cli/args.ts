@@ -364,11 +364,11 @@ export const OPTION_TABLE: readonly OptionSpec[] = [
   { long: "json", group: "output", apply: flag("json", true),
     help: "print newline-delimited JSON events and a final summary instead of the progress meter" },
   { long: "log", arg: "file", complete: "file", group: "output", apply: value("log", text),
-    help: "log to file instead, on each host (the remote end writes that path on its host)" },
+    help: "write the log to file, on each host (the remote end writes that path on its host)" },
 
   // integrity and resume
   { long: "resume", group: "integrity", apply: flag("resume", true),
-    help: "skip files already complete at the destination (same size and mtime) and send only the missing or different blocks of partial ones" },
+    help: "skip files already complete at the destination (same size and mtime) and send only the blocks that differ from what is there: a partial file a stopped escp left, or a target of any size (one a stopped scp or cp cut short)" },
   { long: "verify", group: "integrity", apply: flag("verify", true),
     help: "with --resume, also compare the contents of complete files before skipping them" },
   { long: "inplace", group: "integrity", apply: flag("inplace", true),

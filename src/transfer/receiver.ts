@@ -88,12 +88,14 @@ interface Checked {
   covered: bigint;
 }
 
-/** Blocks held before the transfer (a partial file, or a complete target of the same size). */
+/** Blocks held before the transfer (a partial file, or the old target: of any size, cut short by an scp or cp that was stopped, or longer). */
 interface Kept {
   hashes: Uint8Array; // 16 per block, blocks 0..n-1
   n: number;
   /** Where the kept bytes are: the temporary file itself, or the old target (copied at the end). */
   fromTarget: boolean;
+  /** The old target had the source's size: found whole, it may stay as the file (keepTarget). */
+  sameSize?: boolean;
   /** The old target as its blocks were hashed (fileIdentity): they are used only from that file, unchanged. */
   target?: string;
   /** All of them were in the old target, which stays as the file (keepTarget). */
@@ -279,8 +281,10 @@ export class Receiver {
     // On FUSE, blocks kept from the target would be copied in after those that came, out of
     // order: only a partial file's blocks (its beginning) are offered there.
     const fuse = this.onFuse(dir, dfd);
-    const fromTarget = !fuse && existing?.kind === "file" && existing.size === e.size;
-    const offerFirst = this.opts.resume && !this.opts.sparse && !inplace && fromTarget && e.size > 0n;
+    // A target of another size (an scp or cp stopped partway, or a source that was cut) is
+    // offered too, once a temporary file is made: its matching blocks are copied, not sent.
+    const fromTarget = !fuse && existing?.kind === "file" && existing.size > 0n;
+    const offerFirst = this.opts.resume && !this.opts.sparse && !inplace && fromTarget && existing.size === e.size;
     const refused = existing?.kind === "file" && !inplace ? this.mayReplace(dir, dfd, nameC) : undefined;
     if (refused && !offerFirst) return this.reject(e, rel, refused);
     // A file of one block has no partial copy worth keeping for --resume: a worker writes
@@ -445,19 +449,23 @@ export class Receiver {
 
   /**
    * --resume: tells the sender the digests of the blocks we hold, from the partial
-   * file (its whole blocks), or else from a complete target of the same size.
+   * file (its whole blocks), or else from the old target (a last block shorter than
+   * the source's cannot match it: the sender hashes its own length).
    */
-  private async offer(f: RecvFile, targetSameSize: boolean): Promise<void> {
+  private async offer(f: RecvFile, targetUsable: boolean): Promise<void> {
     const bs = BigInt(this.opts.blockSize);
     const partSize = BigInt(fstatSize(f.fd));
-    const fromTarget = partSize === 0n && targetSameSize;
-    const held = fromTarget ? f.entry.size : partSize < f.entry.size ? partSize : f.entry.size;
+    // A target it cannot read (mode 0200) offers nothing: everything is sent.
+    const old = partSize === 0n && targetUsable ? this.openTarget(f) : undefined;
+    const fromTarget = old?.st !== undefined;
+    const have = old?.st ? old.st.size : partSize;
+    const held = have < f.entry.size ? have : f.entry.size;
     const n = Number(fromTarget ? (held + bs - 1n) / bs : held / bs);
     const hashes = new Uint8Array(n * 16);
     let target: string | undefined;
+    if (n === 0 && fromTarget) this.lib.escp_close(old!.fd);
     if (n > 0) {
-      const old = fromTarget ? this.openTarget(f) : undefined;
-      const rd = old ? old.fd : this.lib.escp_reopen_read(f.fd, 0); // ours: not by name (escp_reopen_read)
+      const rd = fromTarget ? old!.fd : this.lib.escp_reopen_read(f.fd, 0); // ours: not by name (escp_reopen_read)
       if (old?.st) target = fileIdentity(old.st);
       const h = hashes;
       for (let i = 0; i < n && rd >= 0 && !this.closed; i++) {
@@ -469,7 +477,7 @@ export class Receiver {
       if (rd >= 0) this.lib.escp_close(rd);
     }
     if (this.closed) return;
-    f.kept = { hashes, n, fromTarget, target };
+    f.kept = { hashes, n, fromTarget, target, sameSize: old?.st?.size === f.entry.size };
     for (let first = 0; first < n || first === 0; first += RESUME_CHUNK) {
       const chunk = hashes.subarray(first * 16, Math.min(n, first + RESUME_CHUNK) * 16);
       this.pool.sendControl(Rec.RESUME, encodeResume({ id: f.entry.id, first, hashes: chunk, last: first + RESUME_CHUNK >= n }));
@@ -677,7 +685,7 @@ export class Receiver {
     const k = f.kept!;
     const bs = BigInt(this.opts.blockSize);
     let bytes = 0n;
-    k.whole = k.fromTarget && f.processed === 0n && this.keepTarget(f);
+    k.whole = k.fromTarget && k.sameSize && f.processed === 0n && this.keepTarget(f);
     if (!k.whole && f.refused) return f.refused;
     const copy = k.fromTarget && !k.whole;
     const old = copy ? this.openTarget(f) : { fd: -1 };
