@@ -572,6 +572,20 @@ describe("the destination's permissions, for a user who is not root", () => {
     });
   });
 
+  test("--resume over a target of the user's they may write but not read (0200): nothing to offer, so all of it is sent", async () => {
+    await asNobody(async ({ src, dst, escp }) => {
+      const a = await makeFile(path.join(src, "a"), 3 * MiB, { seed: 79 });
+      const target = path.join(dst, "f");
+      await makeFile(target, 3 * MiB, { seed: 80 }); // the source's size: its blocks would be offered
+      fs.chownSync(target, 65534, 65534);
+      fs.chmodSync(target, 0o200);
+      const r = await escp(["--resume", a, target]);
+      expect([r.code, r.stderr]).toEqual([0, ""]);
+      fs.chmodSync(target, 0o600);
+      expect(await sameFile(a, target)).toBe(true);
+    });
+  });
+
   test("a setuid file of the user's own loses its setuid bits when replaced, as a write clears them", async () => {
     await asNobody(async ({ src, dst, escp }) => {
       const a = await makeFile(path.join(src, "a"), 1000, { seed: 74 });
