@@ -11,7 +11,6 @@ import { helpText, usage, completion } from "./cli/help.ts";
 import { loadConfig, mergeConfig, formatConfig, ConfigError } from "./cli/config.ts";
 import { transfer } from "./session/client.ts";
 import { Report } from "./report.ts";
-import { printable } from "./text.ts";
 import { runServer } from "./session/server.ts";
 import { receiveCopy, sourcesHere } from "./session/origin.ts";
 import { VERSION } from "./version.ts";
@@ -80,9 +79,7 @@ async function copy(o: Options, sources: Operand[], target: Operand, until?: Pro
   const r = await transfer(o, sources, target, report, stop.signal);
   const code = Report.exitStatus(r);
   if (r.interrupted || r.error) {
-    // The progress line goes first, so the message starts a clean line.
-    report.error(r.interrupted ? "interrupted" : r.error!, code, { interrupted: r.interrupted, usage: r.usage });
-    toStderr(`escp: ${r.interrupted ? "interrupted" : printable(r.error!)}\n`);
+    report.error(r.interrupted ? "interrupted" : r.error!, code, { interrupted: r.interrupted, usage: r.usage }, r.errorLine);
     return code;
   }
   if (r.summary) report.summary(r.summary, code);

@@ -102,6 +102,11 @@ export class Tally {
     return this.active.size;
   }
 
+  /** The paths of the files with neither verdict yet, oldest first. */
+  unfinished(): string[] {
+    return [...this.active.keys()];
+  }
+
   /**
    * The file the bytes are going into now, and how many of its bytes are
    * through: the oldest unfinished file the disk counter has not passed yet.

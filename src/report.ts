@@ -186,6 +186,9 @@ export type TransferEvent =
   | SummaryEvent
   | ErrorEvent;
 
+/** How many unfinished files a failed session names on stderr (all are in --json). */
+const NAMED_NOT_COPIED = 10;
+
 /** --json progress lines come at most this often (the library's listener gets every sample). */
 const JSON_PROGRESS_MS = 1000;
 
@@ -285,8 +288,11 @@ export class Report implements Events {
     if (this.listened && this.fileEvents) this.emit({ event: "file_done", time: now(), path, size });
   }
 
-  /** `shown`: the user saw it already (escp -R: on the source host's stderr, passed on). */
-  failed(subject: string, cause: string, id?: bigint, shown = false): void {
+  /**
+   * `shown`: true if the user saw it already (escp -R: on the source host's stderr,
+   * passed on); text to print in place of the cause if they saw the cause (ssh's line).
+   */
+  failed(subject: string, cause: string, id?: bigint, shown: boolean | string = false): void {
     subject = this.shownAs(subject);
     const key = id === undefined ? `p:${subject}:${cause}` : `i:${this.sessions}:${id}`;
     if (this.seen.has(key)) return;
@@ -295,7 +301,7 @@ export class Report implements Events {
     this.failures.push({ path: subject, message: cause, id: id?.toString() });
     log.warn(`file failed: ${cause}`, { file: id, path: subject });
     this.emit({ event: "file_failed", time: now(), path: subject, message: cause, id: id?.toString() });
-    if (!this.print || shown) return;
+    if (!this.print || shown === true) return;
     // A directory that could not be made fails everything in it: one line says so, as
     // scp's does, not one per file; close() gives the count, --json has each.
     const above = this.failedAbove(subject);
@@ -304,7 +310,7 @@ export class Report implements Events {
       return;
     }
     this.printed.add(subject);
-    this.stderr(`escp: ${subject ? subject + ": " : ""}${cause}\n`);
+    this.stderr(`escp: ${subject ? subject + ": " : ""}${typeof shown === "string" ? shown : cause}\n`);
   }
 
   /** The printed failure that `p` lies under, if any. */
@@ -350,14 +356,27 @@ export class Report implements Events {
   }
 
   /**
-   * The session failed as a whole (or was interrupted): the caller prints
-   * the message on stderr; this ends the display and tells --json and the
-   * library.
+   * The session failed as a whole (or was interrupted): ends the display, says
+   * why on stderr (`line` if the cause is on stderr already, e.g. ssh's own),
+   * names the files it left unfinished and tells --json and the library.
    */
-  error(message: string, exit: number, how: { interrupted?: boolean; usage?: boolean } = {}): void {
+  error(message: string, exit: number, how: { interrupted?: boolean; usage?: boolean } = {}, line = message): void {
     this.close();
     log.error(`session failed: ${message}`, { exit });
+    if (this.print) this.stderr(`escp: ${line}\n`);
+    if (!how.interrupted) this.notCopied();
     this.emit({ event: "error", time: now(), message, exit, ...how, failed: this.failures });
+  }
+
+  /**
+   * A failed session's files that were under way: each fails, and the first few are
+   * named on stderr, as scp names the file it was copying; a count stands for the rest.
+   */
+  notCopied(): void {
+    const paths = this.tally.unfinished();
+    paths.forEach((p, i) => this.failed(p, "not copied", undefined, i >= NAMED_NOT_COPIED));
+    const more = paths.length - NAMED_NOT_COPIED;
+    if (more > 0 && this.print) this.stderr(`escp: ${more} more ${more === 1 ? "file" : "files"} not copied\n`);
   }
 
   /** Stops progress (timers, display); later progress samples are ignored. */

@@ -146,14 +146,53 @@ describe("resume", () => {
   });
 });
 
+/** What escp says when the remote escp, or the ssh carrying it, dies mid-transfer. */
+const GONE = `lost connection to ${SSH_HOST}: the remote escp or its ssh connection went away mid-transfer`;
+
+/**
+ * Three 32 MiB files under way at 100 Mbit/s (about 8 s in all) when the remote
+ * escp is killed: escp says it lost the connection, in one line, then names each
+ * file that did not arrive, as scp names the one it was copying; nothing is left
+ * under a final name but whole files.
+ */
+async function killedAmidFiles(pull: boolean, seed: number) {
+  const src = tmpdir("src"), dst = tmpdir("dst");
+  const names = ["a", "b", "c"];
+  for (const [i, n] of names.entries()) await makeFile(path.join(src, n), 32 * MiB, { seed: seed + i });
+  const ends = pull ? [...names.map((n) => `${SSH_HOST}:${src}/${n}`), `${dst}/`] : [...names.map((n) => path.join(src, n)), `${SSH_HOST}:${dst}/`];
+  const t = spawnEscp(["-l", "100000", ...ends]);
+  await waitFor(() => size(path.join(dst, ".a.escp-part")) > 4 * MiB, 60_000, "data to arrive");
+  for (const pid of serverPids()) process.kill(pid, "SIGKILL");
+  expect(await t.p.exited).toBe(1);
+  const lines = (await t.stderr).split("\n");
+  expect(lines[0]).toBe(`escp: ${GONE}`);
+  const missing = [];
+  for (const n of names) {
+    if (!fs.existsSync(path.join(dst, n))) missing.push(n);
+    else expect(await sameFile(path.join(src, n), path.join(dst, n))).toBe(true);
+  }
+  expect(missing).toContain("a");
+  // Each by the name the user knows it by here: the source pushed, the destination pulled into.
+  const shown = (n: string) => (pull ? path.join(dst, n) : path.join(src, n));
+  expect(lines.slice(1)).toEqual([...missing.map((n) => `escp: ${shown(n)}: not copied`), ""]);
+}
+
 describe("killed processes", () => {
+  test("SIGKILL of the remote receiver amid a push of three files: the lost connection in a line, then each file not copied", async () => {
+    await killedAmidFiles(false, 160);
+  });
+
+  test("SIGKILL of the remote sender amid a pull of three files: the lost connection in a line, then each file not copied", async () => {
+    await killedAmidFiles(true, 170);
+  });
+
   test("SIGKILL of the remote receiver fails the transfer and leaves no corrupt file", async () => {
     const t = await pushUnderWay(54);
     const { file, dst } = t;
     for (const pid of serverPids()) process.kill(pid, "SIGKILL");
     const code = await t.p.exited;
     expect(code).toBe(1);
-    expect(await t.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: the remote escp or its ssh connection went away mid-transfer \\(`));
+    expect(await t.stderr).toStartWith(`escp: ${GONE}\n`);
     expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
   });
 
@@ -169,7 +208,10 @@ describe("killed processes", () => {
     expect(await t.p.exited).toBe(1);
     const lines = (await t.stderr).trim().split("\n");
     expect(lines.every((l) => l.startsWith("escp: ")), lines.join("\n")).toBe(true);
-    expect(lines.some((l) => l.startsWith(`escp: ${SSH_HOST}`)), lines.join("\n")).toBe(true);
+    expect(lines[0], lines.join("\n")).toStartWith(`escp: lost connection to ${SSH_HOST}: `);
+    // The files under way: the first few named, the rest counted.
+    expect(lines.slice(1).every((l, i) => (i < 10 ? /: not copied$/ : /^escp: \d+ more files? not copied$/).test(l)), lines.join("\n")).toBe(true);
+    expect(lines.length).toBeLessThanOrEqual(12);
     // Files of one block are written unnamed and linked in once verified: the receiver's
     // death leaves nothing half-written under any name.
     const names = fs.readdirSync(path.join(dst, "m"), { recursive: true }).map(String);
@@ -856,7 +898,7 @@ describe("the control connection", () => {
     const receivers = serverPids();
     process.kill(ssh[0], "SIGKILL");
     expect(await t.p.exited).toBe(1);
-    expect(await t.stderr).toMatch(new RegExp(`^escp: ${SSH_HOST}: the remote escp or its ssh connection went away mid-transfer \\(`));
+    expect(await t.stderr).toStartWith(`escp: ${GONE}\n`);
     await receiversExit(receivers, 10_000);
     expect(await intactOrAbsent(file, path.join(dst, "f"))).toBe(true);
   });

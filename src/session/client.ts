@@ -11,12 +11,12 @@ import type { Operand } from "../cli/operands.ts";
 import { ControlChannel, watchSilence } from "./control.ts";
 import { relay } from "./relay.ts";
 import { fromSource } from "./origin.ts";
-import { startServer, forwardStderr, connectionFailure, type Plan, type ServerProcess } from "./remote.ts";
+import { startServer, forwardStderr, connectionFailure, StartFailure, type Plan, type ServerProcess } from "./remote.ts";
 import { StallWatch } from "../streams/stall.ts";
 import { newKeys, connectStreams, tuneStreams, Interrupted, type SessionKeys } from "./connect.ts";
 import { connectData } from "./tunnel.ts";
 import { PROTO_VERSION, gcmBackend, prepareGcm, nativeSource, native } from "../native.ts";
-import { StreamPool, prestartStreamWorkers } from "../streams/pool.ts";
+import { StreamPool, prestartStreamWorkers, ConnectionLost, LOST_WORDS } from "../streams/pool.ts";
 import { dropSpares } from "../streams/spare.ts";
 import { prestartWalker } from "../plan/walk.ts";
 import { streamsFor } from "../plan/sources.ts";
@@ -37,6 +37,8 @@ export interface TransferResult {
   failures: Failure[];
   /** A failure of the whole session (host unreachable, stream broken...), one line. */
   error?: string;
+  /** What stderr shows for error when its cause was printed there already (ssh's own line): escp's part only. */
+  errorLine?: string;
   /** The operands cannot be combined (exit status 2, like a usage error). */
   usage?: boolean;
   interrupted?: boolean;
@@ -85,7 +87,11 @@ async function inTurn(o: Options, groups: Operand[][], target: Operand, report: 
     const one = await transfer(o, g, target, report, signal, true);
     if (one.interrupted || one.usage) return one;
     if (one.summary) ran.push(one.summary);
-    if (one.error) report.failed("", one.error); // this place failed; the others still get copied
+    if (one.error) {
+      // This place failed; the others still get copied.
+      report.failed("", one.error, undefined, one.errorLine);
+      report.notCopied();
+    }
   }
   return { summary: together(ran, started, report.failures), failures: report.failures };
 }
@@ -250,7 +256,7 @@ export async function transfer(
       // The server gave up (its disk, its stream): stop ours and say why it did.
       pool.abort();
       side?.cleanup();
-      throw new Error(said(first.m.message));
+      throw new Error(isHangup(first.m.message) ? lostConnection(where, `${first.m.message} (seen by ${where})`) : said(first.m.message));
     }
     const err = await workError;
     // What the remote sent broke the protocol (a name not asked for, ids out of order):
@@ -259,19 +265,19 @@ export async function transfer(
     if (err) {
       // Our streams broke; the server usually knows the cause (e.g. a record that failed authentication).
       remote = await Promise.race([serverEnd, Bun.sleep(3000).then(() => undefined)]);
-      if (remote?.type === "error") throw new Error(rootCause(said(remote.message), err.message));
+      if (remote?.type === "error") throw new Error(rootCause(where, remote.message, err, said));
       if (remote === null) {
         // It went without a word on the channel (killed, or its ssh was): what it said on
-        // stderr reaches the user first, and ours says what happened before how it showed.
+        // stderr reaches the user first. How our streams then broke adds nothing.
         await Promise.race([Promise.all([stderrTail.done, child.exited]), Bun.sleep(STDERR_GRACE_MS)]);
-        throw new Error(`${where}: the remote escp or its ssh connection went away mid-transfer (${err.message})`);
+        throw new Error(lostConnection(where, "the remote escp or its ssh connection went away mid-transfer"));
       }
       throw err;
     }
     remote = await serverEnd;
     // Every file is verified by now (side.run() ended well), but what only the report carries
     // (a pull's unreadable sources, -p's directory times) is unknown: still a failure.
-    if (!remote) throw new Error(await connectionFailure(where, child, stderrTail, "after every file was copied and verified, before the remote escp's final report"));
+    if (!remote) throw await connectionFailure(where, child, stderrTail, "after every file was copied and verified, before the remote escp's final report");
     if (remote.type === "error") throw new Error(said(remote.message));
     if (remote.type === "report") {
       const failures = failuresOf(remote.summary);
@@ -297,8 +303,9 @@ export async function transfer(
     child.kill();
     // A data stream's failure says only "stream 0: ..."; the user needs the host it was with.
     const message = (e as Error).message;
-    const error = /^stream \d+: /.test(message) ? `${where}: ${message}` : message;
-    return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error };
+    const error = e instanceof ConnectionLost ? lostConnection(where, `${message} (seen here)`)
+      : /^stream \d+: /.test(message) ? `${where}: ${message}` : message;
+    return interrupted ? { failures: report.failures, interrupted } : { failures: report.failures, error, errorLine: e instanceof StartFailure ? e.line : undefined };
   } finally {
     stopWatching();
     dropSpares();
@@ -345,7 +352,7 @@ function hello(o: Options, plan: Plan, keys: SessionKeys, session: SessionOption
 async function readyOf(
   m: ControlMessage | null, child: ServerProcess, where: string, stderrTail: ReturnType<typeof forwardStderr>, said: (m: string) => string,
 ): Promise<Extract<ControlMessage, { type: "ready" }>> {
-  if (!m) throw new Error(await connectionFailure(where, child, stderrTail));
+  if (!m) throw await connectionFailure(where, child, stderrTail);
   if (m.type === "error") throw new Error(said(m.message));
   if (m.type === "hello") throw new Error(`${where} sent back escp's own first message instead of starting escp (a forced command in authorized_keys?)`);
   if (m.type !== "ready") throw new Error(`${where}: expected ready, got ${m.type}`);
@@ -359,7 +366,7 @@ async function readyOf(
  * anything, as scp -3 fails before any data moves: a missing directory there is said
  * in the words of a direct copy, at the cost of one more login to that host.
  */
-export async function destinationRefusal(o: Options, target: Extract<Operand, { kind: "remote" }>, several: boolean, report: Report): Promise<string | undefined> {
+export async function destinationRefusal(o: Options, target: Extract<Operand, { kind: "remote" }>, several: boolean, report: Report): Promise<Pick<TransferResult, "error" | "errorLine"> | undefined> {
   const plan: Plan = { dir: "push", host: target, sources: [], target: target.path };
   const where = target.host;
   const child = startServer(o, plan);
@@ -371,7 +378,7 @@ export async function destinationRefusal(o: Options, target: Extract<Operand, { 
     await readyOf(await ch.receive(), child, where, stderrTail, (m) => `${where}: ${m}`);
     return undefined;
   } catch (e) {
-    return (e as Error).message;
+    return { error: (e as Error).message, errorLine: e instanceof StartFailure ? e.line : undefined };
   } finally {
     child.stdin.end();
     await Promise.race([child.exited, Bun.sleep(STDERR_GRACE_MS)]);
@@ -395,9 +402,17 @@ const STDERR_GRACE_MS = 2000;
 /** How often the progress display is refreshed from the stream counters. */
 const PROGRESS_MS = 200;
 
-/** An error that only says a connection went away: a consequence, rarely the cause. */
+/**
+ * An error that only says a connection went away: a consequence, rarely the cause.
+ * Besides our words for it (LOST_WORDS), an older remote escp's.
+ */
 function isHangup(message: string): boolean {
-  return /connection closed|Connection reset|Broken pipe|cancelled/i.test(message);
+  return LOST_WORDS.test(message) || /connection closed|Connection reset|Broken pipe|cancelled/i.test(message);
+}
+
+/** The line for a session that broke: the host, then where and how, in plain words (scp says "lost connection"). */
+function lostConnection(where: string, how: string): string {
+  return `lost connection to ${where}: ${how}`;
 }
 
 /**
@@ -405,9 +420,12 @@ function isHangup(message: string): boolean {
  * failed authentication, a full disk) wins over a mere hang-up. When both only
  * saw hang-ups, either may be the first, so both are shown.
  */
-function rootCause(theirs: string, ours: string): string {
-  if (isHangup(theirs) === isHangup(ours)) return isHangup(ours) && theirs !== ours ? `${theirs} (here: ${ours})` : theirs;
-  return isHangup(theirs) ? ours : theirs;
+function rootCause(where: string, theirs: string, ours: Error, said: (m: string) => string): string {
+  const theirsLost = isHangup(theirs), oursLost = ours instanceof ConnectionLost || isHangup(ours.message);
+  if (theirsLost && oursLost) {
+    return lostConnection(where, theirs === ours.message ? `${theirs} (seen by both ends)` : `${theirs} (seen by ${where}; here, ${ours.message})`);
+  }
+  return theirsLost ? ours.message : said(theirs);
 }
 
 /**

@@ -90,7 +90,8 @@ export async function fromSource(
     if (code === EXIT.usage) return { failures: report.failures, error: `${where}: escp there refused the copy's command line`, usage: true };
     // Mid-copy, the escp there or an ssh hop was killed: not a start-up failure.
     if (answered) return { failures: report.failures, error: `${where}: the escp running the copy there (-R) or its ssh connection went away mid-copy (status ${code})` };
-    return { failures: report.failures, error: await connectionFailure(where, child, stderrTail) };
+    const failure = await connectionFailure(where, child, stderrTail);
+    return { failures: report.failures, error: failure.message, errorLine: failure.line };
   } finally {
     signal?.removeEventListener("abort", stop);
     child.stdin.end();

@@ -26,7 +26,7 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   // A target its host refuses (a missing directory) is known before a byte is pulled.
   const refused = await destinationRefusal(o, target as RemoteOperand, several, report);
   if (signal?.aborted) return { failures: report.failures, interrupted: true };
-  if (refused) return { failures: [], error: refused };
+  if (refused) return { failures: [], ...refused };
   // Named for this process, so that a later relay can tell it was left by a kill -9.
   let spool: string;
   try {

@@ -167,13 +167,14 @@ export function forwardStderr(
   o: Options,
   makeRoom: () => void,
   kept = KEPT_QUIET,
-): { text: string; done: Promise<void>; quiet: boolean } {
-  const tail = { text: "", done: Promise.resolve(), quiet: o.quiet };
+): StderrTail {
+  const tail = { text: "", shown: "", done: Promise.resolve(), quiet: o.quiet };
   tail.done = (async () => {
     for await (const chunk of stream as any as AsyncIterable<Uint8Array>) {
       const s = Buffer.from(chunk).toString("utf8");
       tail.text = (tail.text + s).slice(-4096);
       if (o.quiet && !kept.test(s)) continue;
+      tail.shown = (tail.shown + s).slice(-4096);
       makeRoom();
       toStderr(s);
     }
@@ -181,34 +182,62 @@ export function forwardStderr(
   return tail;
 }
 
+/** The end of the other end's stderr: all of it (text), and what of it the user was shown. */
+export interface StderrTail {
+  text: string;
+  shown: string;
+  done: Promise<void>;
+  quiet?: boolean;
+}
+
+/**
+ * Why the other end could not be started or went quiet. `line`, when set, is what
+ * stderr shows in place of the message: the user has just read its cause there in
+ * ssh's own words, and escp adds only whose it was.
+ */
+export class StartFailure extends Error {
+  constructor(message: string, readonly line?: string) {
+    super(message);
+  }
+}
+
 export async function connectionFailure(
   where: string,
   child: { exited: Promise<number>; failure?: string; named?: string },
-  tail: { text: string; done: Promise<void>; quiet?: boolean },
+  tail: StderrTail,
   when = "before the remote escp answered",
-): Promise<string> {
+): Promise<StartFailure> {
+  return new StartFailure(...(await explain(where, child, tail, when)));
+}
+
+async function explain(
+  where: string,
+  child: { exited: Promise<number>; failure?: string; named?: string },
+  tail: StderrTail,
+  when: string,
+): Promise<[string, string?]> {
   const code = await child.exited;
   await tail.done;
-  if (child.failure) return child.failure;
+  if (child.failure) return [child.failure];
   const last = lastSaid(tail.text);
   if (/command not found|No such file or directory|not found/.test(last) && /escp/.test(last)) {
-    return child.named !== undefined
+    return [child.named !== undefined
       ? `${where}: the escp named by --remote-escp or ESCP_REMOTE cannot be run there (${last})`
-      : `${where}: escp is not installed there (${last}); name it with --remote-escp PATH`;
+      : `${where}: escp is not installed there (${last}); name it with --remote-escp PATH`];
   }
   // The bootstrap snippet's own message (bootstrap.ts), or the remote escp's: it says it all.
-  if (last.startsWith("escp: ")) return `${where}: ${last.slice("escp: ".length)}`;
-  if (code === 255 && last) return `${where}: ssh failed: ${last}`;
+  if (last.startsWith("escp: ")) return [`${where}: ${last.slice("escp: ".length)}`];
+  if (code === 255 && last) return [`${where}: ssh failed: ${last}`, lastSaid(tail.shown) === last ? `${where}: ssh failed (above)` : undefined];
   // Without a word from either, ssh itself (or -S's program) may be what ended; 255 is
   // also how ssh tells that the remote escp was killed.
   // -q makes ssh itself quiet too (as scp's does): it may have said nothing about a failed login.
   const why = code !== 255 ? code
     : tail.quiet ? "255: ssh could not connect or log in, or lost the connection, or the remote escp was killed; without -q ssh says which"
     : "255: the remote escp was killed, or the connection was lost";
-  if (!last) return `${where}: the connection ended (ssh exited with status ${why}) ${when}`;
+  if (!last) return [`${where}: the connection ended (ssh exited with status ${why}) ${when}`];
   // The shell could not run the cached copy (damaged, or another machine's): a new one is sent once it is gone.
   const damaged = (code === 126 || code === 127) && last.includes(CACHE_PATH) ? ` (remove ~/${CACHE_PATH} there, and escp installs a new copy)` : "";
-  return `${where}: the remote command exited (status ${code}) ${when}: ${last}${damaged}`;
+  return [`${where}: the remote command exited (status ${code}) ${when}: ${last}${damaged}`];
 }
 
 /**

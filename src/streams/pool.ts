@@ -10,7 +10,7 @@
  * pool.offer(batch);
  */
 import {
-  native, nativePath, nativeError, ptr, Rec, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, FD_AWAITED, SLOT_DIRECT, SLOT_UNNAMED, type Pointer,
+  native, nativePath, nativeError, ptr, Rec, E, COUNTERS_SIZE, FDSLOT_SIZE, FD_CREATE, FD_CREATING, FD_CLAIMED, FD_AWAITED, SLOT_DIRECT, SLOT_UNNAMED, type Pointer,
 } from "../native.ts";
 import { WORKER_URL } from "../entrypoints.ts";
 import type { FromWorker, ToWorker, WorkerInit } from "./messages.ts";
@@ -122,7 +122,7 @@ export class StreamPool {
   sendControl(type: number, body: Uint8Array | null): void {
     const n = native();
     const r = n.escp_send_record(this.conns[0] as Pointer, type, 0, body && body.length ? ptr(body) : null, body?.length ?? 0);
-    if (r < 0) throw new Error(nativeError(r));
+    if (r < 0) throw streamFailure(0, r, nativeError(r));
   }
 
   /** Gives a batch of escp_work items to the least busy send worker; false if all are full. */
@@ -259,7 +259,7 @@ export class StreamPool {
       case "error":
         if (Atomics.load(new Int32Array(this.cancel), 0)) return; // our own abort, not news
         log.error(`stream failed: ${m.message}`, { stream: m.stream, code: m.code });
-        this.die(new Error(m.message));
+        this.die(streamFailure(m.stream, m.code, m.message));
         break;
     }
   }
@@ -277,6 +277,31 @@ export class StreamPool {
     this.endWaiters = [];
     w.forEach((f) => f());
   }
+}
+
+/**
+ * A stream's connection went away before its END: the network broke, or the
+ * process at the other end did. The user gets plain words; the native detail
+ * (record, byte counts) is in the log.
+ */
+export class ConnectionLost extends Error {}
+
+/** How a connection can go, by the native code that tells it. */
+const LOST: Record<number, string> = {
+  [E.TRUNC]: "closed",
+  [-104 /* ECONNRESET */]: "was reset",
+  [-103 /* ECONNABORTED: the socket destroyed on its host (ss -K) */]: "was cut",
+  [-32 /* EPIPE */]: "closed",
+  [-110 /* ETIMEDOUT: keepalive */]: "timed out",
+};
+
+/** Words that say a stream's connection went, as streamFailure puts them (this end's or the other's). */
+export const LOST_WORDS = /^stream \d+ (closed|was reset|was cut|timed out) mid-transfer$/;
+
+/** The error for a stream that failed with native `code`; `detail` is the native text. */
+export function streamFailure(stream: number, code: number, detail: string): Error {
+  const how = LOST[code];
+  return how ? new ConnectionLost(`stream ${stream} ${how} mid-transfer`) : new Error(detail);
 }
 
 function decodeDone(entries: Uint8Array): BlockDone[] {
