@@ -381,9 +381,10 @@ describe("refusals", () => {
     for (const extra of ["", "StrictHostKeyChecking ask"]) {
       const r = await escp([...BUILTIN, "-F", config(dir, `IdentityFile ${sshd.identity}\n${extra}`, kh), src, `t:${dst}/`]);
       expect(r.code).toBe(1);
-      const last = r.stderr.trim().split("\n").pop()!;
-      expect(last).toContain("escp: t: ");
-      expect(last).toContain("Host key verification failed");
+      // The client's last line says it all; escp's after it only whose connection it was.
+      const [last, ours] = r.stderr.trim().split("\n").slice(-2);
+      expect(ours).toBe("escp: t: ssh failed (above)");
+      expect(last).toStartWith("Host key verification failed");
       expect(last).toContain(`no host key is known for [127.0.0.1]:${sshd.port}`);
       expect(last).toContain(`ssh-keyscan -p ${sshd.port} -t ed25519 127.0.0.1 >> ${kh}`);
       expect(last).toContain("connect once with ssh");
@@ -420,7 +421,8 @@ describe("refusals", () => {
       expect(r.code).toBe(1);
       expect(r.stderr).toContain("WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!");
       expect(r.stderr).toContain(`Offending ED25519 key in ${kh}:1`);
-      const last = r.stderr.trim().split("\n").pop()!;
+      const [last, ours] = r.stderr.trim().split("\n").slice(-2);
+      expect(ours).toBe("escp: t: ssh failed (above)");
       expect(last).toContain("Host key verification failed: REMOTE HOST IDENTIFICATION HAS CHANGED");
       expect(last).toContain(`ssh-keygen -f '${kh}' -R '[127.0.0.1]:${sshd.port}'`);
     }

@@ -237,7 +237,7 @@ describe("the local end gives up", () => {
       const took = (performance.now() - t0) / 1000;
       expect(took).toBeGreaterThan(3.5); // 3 intervals of 2 s, less up to one since the last ping
       expect(took).toBeLessThan(12);
-      expect(await t.stderr).toBe(`escp: ${SSH_HOST}: no word from the remote escp for 6 s (stopped, or its host hung?): giving up\n`);
+      expect(await t.stderr).toBe(`escp: ${SSH_HOST}: no word from the remote escp for 6 s (stopped, or its host hung?): giving up\nescp: ${dst}/f: not copied\n`);
       expect(fs.readdirSync(dst)).toEqual([]);
     } finally {
       process.kill(server, "SIGCONT");

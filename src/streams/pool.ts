@@ -258,7 +258,6 @@ export class StreamPool {
         break;
       case "error":
         if (Atomics.load(new Int32Array(this.cancel), 0)) return; // our own abort, not news
-        log.error(`stream failed: ${m.message}`, { stream: m.stream, code: m.code });
         this.die(streamFailure(m.stream, m.code, m.message));
         break;
     }
@@ -298,8 +297,9 @@ const LOST: Record<number, string> = {
 /** Words that say a stream's connection went, as streamFailure puts them (this end's or the other's). */
 export const LOST_WORDS = /^stream \d+ (closed|was reset|was cut|timed out) mid-transfer$/;
 
-/** The error for a stream that failed with native `code`; `detail` is the native text. */
+/** The error for a stream that failed with native `code`; `detail`, the native text, is logged. */
 export function streamFailure(stream: number, code: number, detail: string): Error {
+  log.error(`stream failed: ${detail}`, { stream, code });
   const how = LOST[code];
   return how ? new ConnectionLost(`stream ${stream} ${how} mid-transfer`) : new Error(detail);
 }
