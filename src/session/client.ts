@@ -268,8 +268,10 @@ export async function transfer(
       if (remote?.type === "error") throw new Error(rootCause(where, remote.message, err, said));
       if (remote === null) {
         // It went without a word on the channel (killed, or its ssh was): what it said on
-        // stderr reaches the user first. How our streams then broke adds nothing.
+        // stderr reaches the user first. That our streams then broke adds nothing; what
+        // we refused in what it sent (a record over the limit) is the cause.
         await Promise.race([Promise.all([stderrTail.done, child.exited]), Bun.sleep(STDERR_GRACE_MS)]);
+        if (!(err instanceof ConnectionLost || isHangup(err.message))) throw err;
         throw new Error(lostConnection(where, "the remote escp or its ssh connection went away mid-transfer"));
       }
       throw err;
