@@ -526,7 +526,7 @@ describe("-R: the source host copies straight to the target", () => {
     expect(origin.length).toBe(1);
     process.kill(Number(origin[0]), "SIGKILL");
     expect(await t.exited).toBe(1);
-    expect(await stderr).toMatch(new RegExp(`escp: ${SSH_HOST}: the escp running the copy there \\(-R\\) or its ssh connection went away mid-copy \\(status \\d+\\)\\n$`));
+    expect(await stderr).toMatch(new RegExp(`escp: ${SSH_HOST}: the escp running the copy there \\(-R\\) or its ssh connection went away mid-copy \\(status \\d+\\)\\nescp: ${src}/big: not copied\\n$`));
     for (let i = 0; i < 100 && fs.readdirSync(dst).length > 0; i++) await Bun.sleep(50);
     expect(fs.readdirSync(dst)).toEqual([]);
   });
