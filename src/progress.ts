@@ -102,6 +102,11 @@ export class Tally {
     return this.active.size;
   }
 
+  /** Files started that will get no verdict, and are no failure of theirs: a pull called off (relay.ts). */
+  forgetUnfinished(): void {
+    this.active.clear();
+  }
+
   /** The paths of the files with neither verdict yet, oldest first. */
   unfinished(): string[] {
     return [...this.active.keys()];

@@ -327,16 +327,20 @@ describe("relay", () => {
     expect(fs.readFileSync(path.join(dst, "file"), "utf8")).toBe("old\n");
   });
 
-  test("a destination directory missing on the target host fails before anything is pulled, as a direct copy to it does", async () => {
+  test("a destination directory missing on the target host stops the pull at once, failing as a direct copy to it does", async () => {
     const src = tmpdir("src"), dst = tmpdir("dst"), spool = tmpdir("spool");
-    await makeFile(path.join(src, "f"), 4 * BLOCK, { seed: 39 });
+    await makeFile(path.join(src, "f"), 64 * BLOCK, { seed: 39 });
     const to = `${SSH_HOST}:${dst}/missing/x`;
     const direct = await runEscp([path.join(src, "f"), to]);
     expect(direct.stderr).toBe(`escp: ${SSH_HOST}: ${dst}/missing: No such file or directory\n`);
-    const r = await runEscp(["-3", "--json", `${SSH_HOST}:${src}/f`, to], { env: { TMPDIR: spool } });
+    // At 5 MB/s the pull alone would take 13 s: the refusal comes long before.
+    const t0 = performance.now();
+    const r = await runEscp(["-3", "--json", "-l", "40000", `${SSH_HOST}:${src}/f`, to], { env: { TMPDIR: spool } });
     expect([r.code, r.stderr]).toEqual([1, direct.stderr]);
-    // Its one line: no session began, neither the pull nor the push.
-    expect(r.stdout.trim().split("\n").map((l) => JSON.parse(l).event)).toEqual(["error"]);
+    expect(performance.now() - t0).toBeLessThan(8000);
+    const events = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    expect(events.at(-1)).toMatchObject({ event: "error", message: direct.stderr.slice("escp: ".length, -1) });
+    expect(events.some((e) => e.event === "file_done" || e.event === "summary")).toBe(false);
     expect(fs.readdirSync(spool)).toEqual([]);
     expect(fs.readdirSync(dst)).toEqual([]);
   });

@@ -364,9 +364,9 @@ async function readyOf(
 /**
  * Why `target`'s host would refuse it as a destination, if it would: its escp is
  * started and greeted as for a push, and left as soon as it answers (`ready` means it
- * took the target; closing its stdin then ends it). A relay asks before it pulls
- * anything, as scp -3 fails before any data moves: a missing directory there is said
- * in the words of a direct copy, at the cost of one more login to that host.
+ * took the target; closing its stdin then ends it). A relay asks as its pull starts,
+ * as scp -3 fails before the data moves: a missing directory there is said in the
+ * words of a direct copy, at the cost of one more login to that host.
  */
 export async function destinationRefusal(o: Options, target: Extract<Operand, { kind: "remote" }>, several: boolean, report: Report): Promise<Pick<TransferResult, "error" | "errorLine"> | undefined> {
   const plan: Plan = { dir: "push", host: target, sources: [], target: target.path };

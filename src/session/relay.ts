@@ -2,8 +2,9 @@
  * Remote-to-remote copies (`escp a:x b:y`, and what `-3` asks for): relayed
  * through this host, as scp ≥ 8.7 does by default, so the two remotes need
  * no access to each other. The files pass through a private spool directory
- * here: once the target host has taken the destination (so that a missing
- * directory there fails at once), pulled from the source host (times and modes kept), then pushed to the
+ * here: pulled from the source host (times and modes kept) while the target host
+ * is asked whether it takes the destination (a missing directory there stops the
+ * pull at once), then pushed to the
  * target with the user's options, then removed. This needs local space for
  * the files of one copy; streaming the relay without the spool is future work
  * (docs/design-notes.md).
@@ -23,23 +24,34 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
   pruneSpools(tmpDir());
   const from = (sources.find((s) => s.kind === "remote") as RemoteOperand).host, to = (target as RemoteOperand).host;
   const around = `point TMPDIR elsewhere, or use -R to send straight from ${from} to ${to}`;
-  // A target its host refuses (a missing directory) is known before a byte is pulled.
-  const refused = await destinationRefusal(o, target as RemoteOperand, several, report);
-  if (signal?.aborted) return { failures: report.failures, interrupted: true };
-  if (refused) return { failures: [], ...refused };
+  // The target host is asked for its destination while the pull starts, as scp -3 opens
+  // both at once: one it refuses (a missing directory) stops the pull in its first second,
+  // and is what the user is told.
+  const pull = new AbortController();
+  const stop = () => pull.abort();
+  signal?.addEventListener("abort", stop);
+  const refusal = destinationRefusal(o, target as RemoteOperand, several, report).then((r) => (r && stop(), r));
   // Named for this process, so that a later relay can tell it was left by a kill -9.
   let spool: string;
   try {
     spool = fs.mkdtempSync(path.join(tmpDir(), `${SPOOL_PREFIX}${process.pid}-`));
   } catch (e) {
-    return { failures: [], error: `a copy between two remote hosts passes through ${tmpDir()} on this host, where no spool can be made (${errnoText(e)}): ${around}` };
+    const refused = await refusal;
+    signal?.removeEventListener("abort", stop);
+    return { failures: [], ...(refused ?? { error: `a copy between two remote hosts passes through ${tmpDir()} on this host, where no spool can be made (${errnoText(e)}): ${around}` }) };
   }
   const started = performance.now();
   const asSource = (p: string) => spoolSource(p, spool, sources as RemoteOperand[]);
   try {
     // A file in the spool has not arrived yet: its file_start and file_done are the push's.
     const inSpool = report.showPathsAs(asSource, false);
-    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, signal).finally(inSpool);
+    const pulled = await transfer({ ...o, preserve: true }, sources, { kind: "local", path: spool }, report, pull.signal).finally(inSpool);
+    // Interrupted, the user is not kept waiting for the answer.
+    const refused = signal?.aborted ? undefined : await refusal;
+    if (refused) {
+      report.tally.forgetUnfinished(); // the target's refusal says it all: the pull's file is not news
+      return { failures: [], ...refused };
+    }
     // The user named two remote hosts: a full disk here needs saying where, and the way around it.
     if ([pulled.error ?? "", ...pulled.failures.map((f) => f.message)].some((m) => /No space left on device|Disk quota exceeded/.test(m))) {
       report.warning(`a copy between two remote hosts passes through ${path.dirname(spool)} on this host, which is full: ${around}`);
@@ -53,6 +65,7 @@ export async function relay(o: Options, sources: Operand[], target: Operand, rep
     // What reached the target, in the time the whole relay took.
     return { ...pushed, summary: pushed.summary && together([pushed.summary], started, report.failures), failures: report.failures };
   } finally {
+    signal?.removeEventListener("abort", stop);
     fs.rmSync(spool, { recursive: true, force: true });
   }
 }
