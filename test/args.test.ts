@@ -71,13 +71,15 @@ describe("short options", () => {
 
   test("-T, -O, -s and -X sftp_option are accepted for scp compatibility", () => {
     expect(copy(["-TOs", "a", "h:"]).explicit.size).toBe(0);
-    const r = copy(["-X", "nrequests=8", "-Xbuffer=65536", "a", "h:"]);
+    const r = copy(["-X", "nrequests=8", "-Xbuffer=65536", "-X", "buffer=32K", "a", "h:"]);
     expect(r.explicit.size).toBe(0);
     expect(r.sources).toEqual([{ kind: "local", path: "a" }]);
   });
 
-  test("-X with anything but scp's buffer=N or nrequests=N is refused, as scp refuses it", () => {
-    expect(usageError(["-X", "nonsense", "a", "h:"]).message).toBe("escp: -X needs buffer=N or nrequests=N (scp's SFTP tuning, which escp ignores), got 'nonsense'");
+  test("-X with anything but scp's buffer=N or nrequests=N, of 1 to 256K, is refused, as scp refuses it", () => {
+    for (const bad of ["nonsense", "buffer=0", "buffer=300K", "nrequests=0", "nrequests=8K"]) {
+      expect(usageError(["-X", bad, "a", "h:"]).message).toBe(`escp: -X needs buffer=N or nrequests=N, of 1 to 256K (scp's SFTP tuning, which escp ignores), got '${bad}'`);
+    }
   });
 
   test("an unknown option is a usage error naming it", () => {

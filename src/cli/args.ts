@@ -245,8 +245,13 @@ const text = (s: string) => s;
 const ignore: Apply = () => {};
 
 /** -X: what scp takes (buffer=N, nrequests=N) is ignored; anything else is refused, as scp refuses it. */
+/** scp's -X: checked as scp checks it (buffer= takes a K or M suffix; both 1 to 256K), then ignored. */
 const sftpOption: Apply = (_st, v) => {
-  if (!/^(buffer|nrequests)=\d+$/.test(v ?? "")) throw new ValueError("buffer=N or nrequests=N (scp's SFTP tuning, which escp ignores)");
+  const m = /^(buffer|nrequests)=(\d+)([kKmM]?)$/.exec(v ?? "");
+  const n = m ? Number(m[2]) * (m[3] === "" ? 1 : /k/i.test(m[3]) ? 1024 : 1 << 20) : NaN;
+  if (!m || (m[1] === "nrequests" && m[3] !== "") || !(n >= 1 && n <= 256 * 1024)) {
+    throw new ValueError("buffer=N or nrequests=N, of 1 to 256K (scp's SFTP tuning, which escp ignores)");
+  }
 };
 
 function mode(m: NonNullable<ParseState["mode"]>): Apply {
